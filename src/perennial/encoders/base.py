@@ -1,0 +1,112 @@
+"""The encoder protocol and the adapters for plain feature arrays and user callables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from perennial.exceptions import EmptyInputError, EncoderError, InputTypeError
+from perennial.heads.base import check_features
+
+__all__ = ["Encoder", "FunctionEncoder", "IdentityEncoder", "as_encoder"]
+
+Float32Array = NDArray[np.float32]
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Anything that maps a batch of inputs to a float32 array of shape (n, dim).
+
+    ``name`` identifies the encoder and its weights; caches and saved models record it, so two
+    encoders with the same name must give the same features.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def encode(self, inputs: Any) -> Float32Array: ...
+
+
+class IdentityEncoder:
+    """Numeric feature vectors passed through unchanged (validated, as float32).
+
+    Examples
+    --------
+    >>> IdentityEncoder().encode([[1, 2], [3, 4]]).dtype
+    dtype('float32')
+    """
+
+    kind = "identity"
+
+    def __init__(self) -> None:
+        pass
+
+    @property
+    def name(self) -> str:
+        return "identity"
+
+    def encode(self, inputs: Any) -> Float32Array:
+        return check_features(inputs).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return "IdentityEncoder()"
+
+
+class FunctionEncoder:
+    """Wrap a callable that maps a batch to an array of shape (n, dim).
+
+    Examples
+    --------
+    >>> enc = FunctionEncoder(lambda batch: [[len(t), t.count(" ")] for t in batch], name="len")
+    >>> enc.encode(["a b", "c"]).tolist()
+    [[3.0, 1.0], [1.0, 0.0]]
+    """
+
+    kind = "function"
+
+    def __init__(self, function: Callable[[Any], Any], name: str | None = None) -> None:
+        self.function = function
+        self._name: str = name or str(getattr(function, "__qualname__", type(function).__name__))
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def encode(self, inputs: Any) -> Float32Array:
+        if isinstance(inputs, Sequence) and not isinstance(inputs, (str, bytes)) and not inputs:
+            raise EmptyInputError("expected at least one input, got an empty batch")
+        try:
+            output = self.function(inputs)
+        except Exception as error:
+            raise EncoderError(f"encoder {self.name!r} failed: {error}") from error
+        features = check_features(output, name=f"features from encoder {self.name!r}")
+        n = len(inputs) if hasattr(inputs, "__len__") else features.shape[0]
+        if features.shape[0] != n:
+            raise EncoderError(
+                f"encoder {self.name!r} returned {features.shape[0]} rows for {n} inputs"
+            )
+        return features.astype(np.float32)
+
+    def __repr__(self) -> str:
+        return f"FunctionEncoder({self.function!r}, name={self._name!r})"
+
+
+def as_encoder(encoder: Any) -> Encoder:
+    """An :class:`Encoder` from an encoder, a registry name, a callable, or None (identity)."""
+    if encoder is None:
+        return IdentityEncoder()
+    if isinstance(encoder, str):
+        from perennial.encoders import make_encoder
+
+        return make_encoder(encoder)
+    if isinstance(encoder, Encoder):
+        return encoder
+    if callable(encoder):
+        return FunctionEncoder(encoder)
+    raise InputTypeError(
+        f"expected an encoder (an object with .name and .encode), a callable, a name or None, "
+        f"got {type(encoder).__name__}"
+    )

@@ -1,0 +1,94 @@
+"""A disk cache of encoded features, keyed by encoder name and a hash of the inputs.
+
+Only features are written, never the inputs themselves: the key is a SHA-256 digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perennial.encoders.base import Encoder, Float32Array
+
+__all__ = ["FeatureCache", "default_cache_dir", "inputs_digest"]
+
+
+def default_cache_dir() -> Path:
+    """``$PERENNIAL_CACHE`` if set, else ``~/.cache/perennial/features``."""
+    env = os.environ.get("PERENNIAL_CACHE")
+    if env:
+        return Path(env)
+    return Path.home() / ".cache" / "perennial" / "features"
+
+
+def inputs_digest(inputs: Any) -> str:
+    """SHA-256 of a batch of texts or an array, independent of Python's hash seed."""
+    digest = hashlib.sha256()
+    if isinstance(inputs, np.ndarray):
+        array = np.ascontiguousarray(inputs)
+        digest.update(f"array:{array.dtype.str}:{array.shape}".encode())
+        digest.update(array.tobytes())
+    else:
+        items = list(inputs)
+        digest.update(f"list:{len(items)}".encode())
+        for item in items:
+            if isinstance(item, str):
+                data = item.encode("utf-8")
+                digest.update(b"s%d:" % len(data))
+                digest.update(data)
+            else:
+                array = np.ascontiguousarray(np.asarray(item))
+                digest.update(f"a:{array.dtype.str}:{array.shape}:".encode())
+                digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    """Encode through a cache folder: a batch seen before is read back instead of re-encoded.
+
+    Parameters
+    ----------
+    directory
+        Where the ``.npy`` files live; created on first write.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from perennial.encoders.base import IdentityEncoder
+    >>> cache = FeatureCache(tempfile.mkdtemp())
+    >>> cache.encode(IdentityEncoder(), np.eye(2)).shape
+    (2, 2)
+    """
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else default_cache_dir()
+
+    def path_for(self, encoder: Encoder, inputs: Any) -> Path:
+        key = hashlib.sha256(f"{encoder.name}\0{inputs_digest(inputs)}".encode()).hexdigest()
+        return self.directory / f"{key}.npy"
+
+    def encode(self, encoder: Encoder, inputs: Any) -> Float32Array:
+        path = self.path_for(encoder, inputs)
+        if path.exists():
+            try:
+                cached = np.load(path, allow_pickle=False)
+                if cached.ndim == 2 and cached.shape[0] == len(inputs):
+                    return np.asarray(cached, dtype=np.float32)
+            except (OSError, ValueError):
+                pass  # an unreadable entry is recomputed and overwritten below
+        features = encoder.encode(inputs)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                np.save(stream, features, allow_pickle=False)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return features

@@ -1,0 +1,30 @@
+"""Streaming heads on encoded features: numpy only, additive statistics, exact solutions."""
+
+from perennial.heads.base import Head
+from perennial.heads.ncm import NCMHead
+from perennial.heads.ridge import RidgeHead
+from perennial.heads.slda import SLDAHead
+
+__all__ = ["HEADS", "Head", "NCMHead", "RidgeHead", "SLDAHead", "make_head"]
+
+#: Heads by the name the command line and the service use.
+HEADS: dict[str, type[Head]] = {"ridge": RidgeHead, "slda": SLDAHead, "ncm": NCMHead}
+
+
+def make_head(name: str, **params: object) -> Head:
+    """Build a head from its registry name and constructor parameters.
+
+    Examples
+    --------
+    >>> make_head("ridge", n_features=128)
+    RidgeHead(n_features=128, ridge='auto', seed=0, exact_forget=False, max_pending=128)
+    """
+    from perennial.exceptions import InvalidParameterError
+
+    try:
+        cls = HEADS[name]
+    except KeyError:
+        raise InvalidParameterError(
+            f"unknown head {name!r}; expected one of {', '.join(sorted(HEADS))}"
+        ) from None
+    return cls(**params)

@@ -1,0 +1,340 @@
+"""Heads against independent numpy references, and the exactness properties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from perennial.exceptions import (
+    EmptyInputError,
+    FeatureDimensionError,
+    InputTypeError,
+    InvalidInputError,
+    InvalidParameterError,
+    LabelLengthError,
+    NonFiniteInputError,
+    NotFittedError,
+    UnknownLabelError,
+)
+from perennial.heads import NCMHead, RidgeHead, SLDAHead
+from perennial.heads.base import Head
+
+
+def blobs(seed: int, n_classes: int = 4, per_class: int = 30, dim: int = 6):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 2, (n_classes, dim))
+    X = np.vstack([c + rng.normal(0, 1, (per_class, dim)) for c in centers])
+    y = [f"c{k}" for k in range(n_classes) for _ in range(per_class)]
+    order = rng.permutation(len(y))
+    return X[order], [y[i] for i in order]
+
+
+def aligned_scores(head: Head, X: np.ndarray, classes: list) -> np.ndarray:
+    scores = head.decision_scores(X)
+    return scores[:, [head.classes_.index(c) for c in classes]]
+
+
+def relative_gap(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+
+
+# --- references ------------------------------------------------------------------------------------
+def ridge_reference(head: RidgeHead, X, y, X_eval, lam):
+    """Closed form from the raw examples: W = (H^T H + lam I)^-1 H^T Y."""
+    H = np.maximum(X @ head.projection_, 0)
+    Y = np.array([[1.0 if label == c else 0.0 for c in head.classes_] for label in y])
+    W = np.linalg.solve(H.T @ H + lam * np.eye(H.shape[1]), H.T @ Y)
+    return np.maximum(X_eval @ head.projection_, 0) @ W
+
+
+def gcv_reference(head: RidgeHead, X, y) -> float:
+    """The grid value of lam minimising GCV, from the explicit hat matrix of the raw examples."""
+    H = np.maximum(X @ head.projection_, 0)
+    Y = np.array([[1.0 if label == c else 0.0 for c in head.classes_] for label in y])
+    n, m = H.shape
+    scale = np.trace(H.T @ H) / m
+    best, best_lam = np.inf, None
+    for relative in 10.0 ** np.linspace(-6.0, 2.0, 33):
+        lam = scale * relative
+        hat = H @ np.linalg.solve(H.T @ H + lam * np.eye(m), H.T)
+        residual = n - np.trace(hat)
+        if residual <= 1e-9 * n:
+            continue
+        score = n * np.sum((Y - hat @ Y) ** 2) / residual**2
+        if score < best:
+            best, best_lam = score, lam
+    return float(best_lam)
+
+
+def test_ridge_matches_closed_form_with_fixed_strength():
+    X, y = blobs(0)
+    head = RidgeHead(n_features=48, ridge=0.7)
+    head.learn_many(X, y)
+    expected = ridge_reference(head, X, y, X[:20], 0.7)
+    assert relative_gap(head.decision_scores(X[:20]), expected) < 1e-9
+
+
+@pytest.mark.parametrize("n_features", [16, 64])
+def test_ridge_gcv_choice_matches_hat_matrix_reference(n_features):
+    X, y = blobs(1, per_class=25)
+    head = RidgeHead(n_features=n_features)
+    head.learn_many(X, y)
+    lam = gcv_reference(head, X, y)
+    assert head.ridge_ == pytest.approx(lam, rel=1e-12)
+    expected = ridge_reference(head, X, y, X, lam)
+    assert relative_gap(head.decision_scores(X), expected) < 1e-8
+
+
+def test_ridge_gcv_picks_stronger_regularisation_for_noisier_labels():
+    X, y = blobs(2, per_class=40)
+    rng = np.random.default_rng(0)
+    noisy = [y[i] if rng.random() > 0.5 else f"c{rng.integers(4)}" for i in range(len(y))]
+    clean_head, noisy_head = RidgeHead(n_features=64), RidgeHead(n_features=64)
+    clean_head.learn_many(X, y)
+    noisy_head.learn_many(X, noisy)
+    assert noisy_head.ridge_ > clean_head.ridge_
+
+
+def test_slda_matches_numpy_reference():
+    X, y = blobs(3)
+    head = SLDAHead(shrinkage=1e-3)
+    head.learn_many(X, y)
+    classes = head.classes_
+    means = np.array([X[np.array(y) == c].mean(axis=0) for c in classes])
+    centered = X - means[[classes.index(label) for label in y]]
+    cov = centered.T @ centered / len(y)
+    precision = np.linalg.inv((1 - 1e-3) * cov + 1e-3 * np.eye(X.shape[1]))
+    expected = X @ precision @ means.T - 0.5 * np.einsum("kd,de,ke->k", means, precision, means)
+    assert relative_gap(head.decision_scores(X), expected) < 1e-9
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_ncm_matches_numpy_reference(metric):
+    X, y = blobs(4)
+    head = NCMHead(metric=metric)
+    head.learn_many(X, y)
+    means = np.array([X[np.array(y) == c].mean(axis=0) for c in head.classes_])
+    if metric == "cosine":
+        expected = (X / np.linalg.norm(X, axis=1, keepdims=True)) @ (
+            means / np.linalg.norm(means, axis=1, keepdims=True)
+        ).T
+    else:
+        expected = -((X[:, None, :] - means[None]) ** 2).sum(axis=2)
+    assert relative_gap(head.decision_scores(X), expected) < 1e-9
+
+
+# --- exactness: order and batch split do not matter ----------------------------------------------
+HEAD_FACTORIES = {
+    "ridge-fixed": lambda: RidgeHead(n_features=40, ridge=0.5, max_pending=7),
+    "ridge-auto": lambda: RidgeHead(n_features=40, max_pending=7),
+    "slda": lambda: SLDAHead(),
+    "ncm": lambda: NCMHead(),
+}
+
+
+def learn_in_pieces(head: Head, X, y, order, cuts, probe_every: int):
+    """Learn X[order] in the given batches, predicting now and then to exercise the caches."""
+    pieces = np.split(np.asarray(order), sorted(set(cuts)))
+    for i, piece in enumerate(pieces):
+        if len(piece) == 0:
+            continue
+        if len(piece) == 1:
+            head.learn_one(X[piece[0]], y[piece[0]])
+        else:
+            head.learn_many(X[piece], [y[j] for j in piece])
+        if probe_every and i % probe_every == 0:
+            head.decision_scores(X[:3])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(sorted(HEAD_FACTORIES)),
+    seed=st.integers(0, 10_000),
+    cuts=st.lists(st.integers(1, 119), max_size=12),
+    probe_every=st.integers(0, 3),
+)
+def test_any_order_and_batch_split_gives_the_same_model(name, seed, cuts, probe_every):
+    X, y = blobs(seed, per_class=30)
+    whole = HEAD_FACTORIES[name]()
+    whole.learn_many(X, y)
+    pieces = HEAD_FACTORIES[name]()
+    order = np.random.default_rng(seed + 1).permutation(len(y))
+    learn_in_pieces(pieces, X, y, order, cuts, probe_every)
+    classes = whole.classes_
+    expected = aligned_scores(whole, X, classes)
+    got = aligned_scores(pieces, X, classes)
+    assert relative_gap(got, expected) < 1e-6
+    assert pieces.predict_many(X) == whole.predict_many(X)
+
+
+# --- forgetting -----------------------------------------------------------------------------------
+EXACT_FORGET = {
+    "ridge": lambda: RidgeHead(n_features=32, exact_forget=True, max_pending=5),
+    "ridge-fixed": lambda: RidgeHead(n_features=32, ridge=0.3, exact_forget=True),
+    "slda": lambda: SLDAHead(exact_forget=True),
+    "ncm": lambda: NCMHead(),
+}
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(["ridge", "ridge-fixed", "slda", "ncm"]),
+    seed=st.integers(0, 10_000),
+    forgotten=st.integers(0, 3),
+)
+def test_forget_equals_a_model_that_never_saw_the_label(name, seed, forgotten):
+    X, y = blobs(seed, per_class=20)
+    label = f"c{forgotten}"
+    everything = EXACT_FORGET[name]()
+    everything.learn_many(X[:40], y[:40])
+    everything.decision_scores(X[:2])
+    everything.learn_many(X[40:], y[40:])
+    everything.forget(label)
+    keep = [i for i, lab in enumerate(y) if lab != label]
+    never = EXACT_FORGET[name]()
+    never.learn_many(X[keep], [y[i] for i in keep])
+    assert label not in everything.classes_
+    classes = never.classes_
+    assert sorted(everything.classes_) == sorted(classes)
+    assert (
+        relative_gap(aligned_scores(everything, X, classes), aligned_scores(never, X, classes))
+        < 1e-6
+    )
+    assert everything.n_seen_ == never.n_seen_
+
+
+def test_default_ridge_forget_keeps_the_examples_as_unlabelled_rows():
+    X, y = blobs(5)
+    head = RidgeHead(n_features=32, ridge=0.4)
+    head.learn_many(X, y)
+    head.forget("c2")
+    # Reference: all examples in G, the forgotten class's targets removed.
+    H = np.maximum(X @ head.projection_, 0)
+    Y = np.array([[1.0 if label == c else 0.0 for c in head.classes_] for label in y])
+    W = np.linalg.solve(H.T @ H + 0.4 * np.eye(32), H.T @ Y)
+    assert relative_gap(head.decision_scores(X), H @ W) < 1e-9
+    assert "c2" not in head.predict_many(X)
+
+
+def test_forgotten_label_can_be_learned_again():
+    X, y = blobs(6)
+    head = NCMHead()
+    head.learn_many(X, y)
+    head.forget("c1")
+    head.learn_many(X[:5], ["c1"] * 5)
+    assert head.classes_[-1] == "c1"
+    assert head.counts_[-1] == 5
+
+
+def test_ridge_state_size_does_not_grow_with_examples():
+    X, y = blobs(7, per_class=50)
+    head = RidgeHead(n_features=32)
+    head.learn_many(X[:40], y[:40])
+    sizes = {k: v.shape for k, v in head.get_state()[1].items()}
+    head.learn_many(X[40:], y[40:])
+    assert {k: v.shape for k, v in head.get_state()[1].items()} == sizes
+    assert head.state_bytes == sum(v.nbytes for v in head.get_state()[1].values())
+
+
+# --- bad input ------------------------------------------------------------------------------------
+def snapshot(head: Head):
+    meta, arrays = head.get_state()
+    return meta, {k: v.copy() for k, v in arrays.items()}
+
+
+def assert_unchanged(head: Head, before) -> None:
+    meta, arrays = head.get_state()
+    assert meta["classes"] == before[0]["classes"] and meta["n_seen"] == before[0]["n_seen"]
+    assert arrays.keys() == before[1].keys()
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(value, before[1][key])
+
+
+BAD_BATCHES = [
+    (
+        "nan",
+        lambda X: np.where(np.arange(X.size).reshape(X.shape) == 3, np.nan, X),
+        ["c0"] * 4,
+        NonFiniteInputError,
+        "nan",
+    ),
+    (
+        "inf",
+        lambda X: np.where(np.arange(X.size).reshape(X.shape) == 5, np.inf, X),
+        ["c0"] * 4,
+        NonFiniteInputError,
+        "inf",
+    ),
+    ("width", lambda X: X[:, :-1], ["c0"] * 4, FeatureDimensionError, "expected 6"),
+    ("empty", lambda X: X[:0], [], EmptyInputError, "empty"),
+    ("labels", lambda X: X, ["c0"] * 3, LabelLengthError, "4 inputs but 3 labels"),
+    ("rank", lambda X: X[0], ["c0"], InvalidInputError, "shape"),
+    ("text", lambda X: "abc", ["c0"], InputTypeError, "str"),
+    ("strings", lambda X: np.array([["a", "b"]]), ["c0"], InputTypeError, "dtype"),
+    ("float-label", lambda X: X, [1.5, "a", "b", "c"], InputTypeError, "1.5"),
+    ("bool-label", lambda X: X, [True, "a", "b", "c"], InputTypeError, "True"),
+    ("empty-label", lambda X: X, ["", "a", "b", "c"], InvalidInputError, "''"),
+]
+
+
+@pytest.mark.parametrize("head_name", ["ridge", "slda", "ncm"])
+@pytest.mark.parametrize(
+    ("case", "make", "labels", "error", "text"), BAD_BATCHES, ids=[b[0] for b in BAD_BATCHES]
+)
+def test_bad_batches_raise_and_change_nothing(head_name, case, make, labels, error, text):
+    X, y = blobs(8)
+    head = {"ridge": RidgeHead(n_features=16), "slda": SLDAHead(), "ncm": NCMHead()}[head_name]
+    head.learn_many(X, y)
+    before = snapshot(head)
+    with pytest.raises(error, match=text):
+        head.learn_many(make(X[:4]), labels)
+    assert_unchanged(head, before)
+
+
+def test_predict_before_learning_and_forget_unknown():
+    head = RidgeHead(n_features=8)
+    with pytest.raises(NotFittedError, match="learned nothing"):
+        head.predict_many([[1.0, 2.0]])
+    head.learn_many([[1.0, 2.0]], ["a"])
+    before = snapshot(head)
+    with pytest.raises(UnknownLabelError, match="'zebra'"):
+        head.forget("zebra")
+    assert_unchanged(head, before)
+    with pytest.raises(FeatureDimensionError, match="expected 2 features per example, got 3"):
+        head.predict_many([[1.0, 2.0, 3.0]])
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (lambda: RidgeHead(n_features=0), "n_features"),
+        (lambda: RidgeHead(ridge=-1.0), "ridge"),
+        (lambda: RidgeHead(ridge="gcv"), "'gcv'"),
+        (lambda: SLDAHead(shrinkage=2.0), "shrinkage"),
+        (lambda: NCMHead(metric="manhattan"), "manhattan"),
+    ],
+)
+def test_invalid_parameters_are_named(factory, message):
+    with pytest.raises(InvalidParameterError, match=message):
+        factory()
+
+
+def test_clone_and_params_round_trip():
+    head = RidgeHead(n_features=12, ridge=0.1, seed=3)
+    clone = head.clone()
+    assert clone.get_params() == head.get_params()
+    assert (
+        repr(clone)
+        == "RidgeHead(n_features=12, ridge=0.1, seed=3, exact_forget=False, max_pending=128)"
+    )
+
+
+def test_probabilities_sum_to_one_and_follow_scores():
+    X, y = blobs(9)
+    for head in (RidgeHead(n_features=16), SLDAHead(), NCMHead()):
+        head.learn_many(X, y)
+        proba = head.predict_proba_many(X)
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+        np.testing.assert_array_equal(proba.argmax(axis=1), head.decision_scores(X).argmax(axis=1))

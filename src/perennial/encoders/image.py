@@ -166,12 +166,15 @@ class ImageEncoder:
     Notes
     -----
     The network and its weights are loaded on the first call to :meth:`encode`. A 3-D array is
-    read as a batch of grayscale images ``(n, H, W)``, never as one RGB image.
+    read as a batch of grayscale images ``(n, H, W)``, never as one RGB image. Non-square images
+    are stretched to the square input, not cropped.
 
     Examples
     --------
     >>> encoder = ImageEncoder(image_size=64)
-    >>> encoder.encode(np.zeros((2, 28, 28), dtype=np.uint8)).shape
+    >>> encoder.dim
+    1280
+    >>> encoder.encode(np.zeros((2, 28, 28), dtype=np.uint8)).shape  # doctest: +SKIP
     (2, 1280)
     """
 
@@ -188,6 +191,17 @@ class ImageEncoder:
         self.batch_size = int(batch_size)
         self.num_threads = None if num_threads is None else int(num_threads)
         self._network: EfficientNetLite0 | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickle the settings only; the network is rebuilt lazily after unpickling.
+        state = self.__dict__.copy()
+        state["_network"] = None
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:

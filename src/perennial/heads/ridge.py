@@ -110,8 +110,10 @@ class RidgeHead(Head):
             self._eigen: tuple[FloatArray, FloatArray] | None = None  # (s, V) of G at the base
             self._pending: list[FloatArray] = []  # V^T h of examples since the base, (M, k) each
             self._rotated_targets: FloatArray | None = None  # V^T C
-        self._weights: FloatArray | None = None
+        self._weights: FloatArray | None = None  # V @ rotated weights, formed lazily
+        self._rotated_weights: FloatArray | None = None
         self._lambda: float | None = None
+        self._small_rows = 0  # rows predicted without forming W since the last solution
 
     def _initialise(self, dim: int) -> None:
         rng = np.random.default_rng(self.seed)
@@ -181,9 +183,18 @@ class RidgeHead(Head):
 
     # --- solution --------------------------------------------------------------------------------
     def _solve(self) -> FloatArray:
-        if self._weights is not None:
-            return self._weights
+        """The output weights ``W``, formed from the rotated solution when first needed."""
+        if self._weights is None:
+            s, V = self._eigen_solution()
+            assert self._rotated_weights is not None
+            self._weights = V @ self._rotated_weights
+        return self._weights
+
+    def _eigen_solution(self) -> tuple[FloatArray, FloatArray]:
+        """Make ``V^T W`` current (re-decomposing ``G`` if needed); returns ``(s, V)``."""
         assert self.gram_ is not None and self.targets_ is not None
+        if self._rotated_weights is not None and self._eigen is not None:
+            return self._eigen
         if self._eigen is None:
             s, V = scipy.linalg.eigh(self.gram_, lower=False, check_finite=False, driver="evd")
             self._eigen = (np.maximum(s, 0.0), np.asfortranarray(V))
@@ -196,45 +207,41 @@ class RidgeHead(Head):
             lam = self._select_ridge(s, pending, self._rotated_targets)
         else:
             lam = float(self.ridge)
-        rotated_weights, _ = _rotated_solution(s, pending, self._rotated_targets, lam)
+        self._rotated_weights = _rotated_solution(s, pending, self._rotated_targets, lam)
         self._lambda = lam
-        self._weights = V @ rotated_weights
-        return self._weights
+        self._small_rows = 0
+        return s, V
 
-    def _select_ridge(
-        self, s: FloatArray, pending: FloatArray | None, rotated: FloatArray
-    ) -> float:
+    def _select_ridge(self, s: FloatArray, pending: FloatArray | None, rotated: FloatArray) -> float:
         assert self.gram_ is not None
         scale = float(np.trace(self.gram_)) / self.n_features
         if scale <= 0.0:
             return 1.0
         n = float(self.n_seen_)
         target_energy = float(self.counts_.sum())  # ||Y||^2 for one-hot targets
+        row_energy = np.einsum("ij,ij->i", rotated, rotated)
         best, best_lam = np.inf, scale * float(_RELATIVE_GRID[0])
         for relative in _RELATIVE_GRID:
             lam = scale * float(relative)
-            weights, trace_inverse = _rotated_solution(s, pending, rotated, lam, need_trace=True)
-            dof = self.n_features - lam * trace_inverse
-            residual = n - dof
+            fit, weight_energy, trace_inverse = _gcv_terms(s, pending, rotated, row_energy, lam)
+            residual = n - (self.n_features - lam * trace_inverse)
             if residual < 1.0:
                 # Near interpolation both the residual sum of squares and n - dof vanish and
                 # their ratio is rounding noise; GCV needs at least one residual degree of freedom.
                 continue
-            fit = float(np.sum(rotated * weights))
-            rss = max(target_energy - fit - lam * float(np.sum(weights * weights)), 0.0)
+            rss = max(target_energy - fit - lam * weight_energy, 0.0)
             score = n * rss / residual**2
             # Ties within rounding go to the stronger ridge, so the choice does not depend on
             # the order in which the statistics were summed.
             if score <= best * (1.0 + 1e-9) or best == np.inf:
-                if score < best:
-                    best = score
+                best = min(best, score)
                 best_lam = lam
         return best_lam
 
     @property
     def ridge_(self) -> float:
         """The ridge strength in use (chosen by GCV when ``ridge="auto"``)."""
-        self._solve()
+        self._eigen_solution()
         assert self._lambda is not None
         return self._lambda
 
@@ -244,8 +251,17 @@ class RidgeHead(Head):
         return self._solve()
 
     def _scores(self, X: FloatArray) -> FloatArray:
-        weights = self._solve()
-        return self.expand(X) @ weights
+        H = self.expand(X)
+        if self._weights is None:
+            _, V = self._eigen_solution()
+            n_classes = self.targets_.shape[1] if self.targets_ is not None else 0
+            # Forming W = V (V^T W) costs M^2 K; a few rows are cheaper through V directly.
+            if self._small_rows + H.shape[0] < max(n_classes // 4, 1):
+                self._small_rows += H.shape[0]
+                assert self._rotated_weights is not None
+                scores: FloatArray = (H @ V) @ self._rotated_weights
+                return scores
+        return H @ self._solve()
 
     # --- persistence -----------------------------------------------------------------------------
     def _state_arrays(self) -> dict[str, np.ndarray]:
@@ -307,30 +323,53 @@ def _symmetric(upper: FloatArray) -> FloatArray:
     return full
 
 
-def _rotated_solution(
+def _gcv_terms(
     s: FloatArray,
     pending: FloatArray | None,
     rotated_targets: FloatArray,
+    row_energy: FloatArray,
     lam: float,
-    need_trace: bool = False,
-) -> tuple[FloatArray, float]:
-    """``V^T (G + lam I)^-1 C`` and ``tr((G + lam I)^-1)``, with ``G = V diag(s) V^T + V P P^T V^T``.
+) -> tuple[float, float, float]:
+    """``tr(C^T W)``, ``||W||^2`` and ``tr((G + lam I)^-1)`` for ``W = (G + lam I)^-1 C``.
+
+    Computed without forming ``W``: ``O(M)`` per strength with no pending examples, and
+    ``O(M r (r + K))`` with ``r`` pending ones. ``row_energy`` holds the squared row norms of
+    ``V^T C``.
+    """
+    d = 1.0 / (s + lam)
+    fit = float(d @ row_energy)
+    weight_energy = float((d * d) @ row_energy)
+    trace = float(d.sum())
+    if pending is None or pending.shape[1] == 0:
+        return fit, weight_energy, trace
+    scaled = d[:, None] * pending  # D P
+    capacitance = np.eye(pending.shape[1]) + pending.T @ scaled  # small (r x r), well conditioned
+    cross = scaled.T @ rotated_targets  # P^T D C~
+    cross_twice = (d[:, None] * scaled).T @ rotated_targets  # P^T D^2 C~
+    inner = scaled.T @ scaled  # P^T D^2 P
+    solved = np.linalg.solve(capacitance, np.hstack([cross, inner]))
+    z, inner_solved = solved[:, : cross.shape[1]], solved[:, cross.shape[1] :]
+    fit -= float(np.sum(cross * z))
+    weight_energy += float(np.sum(z * (inner @ z)) - 2.0 * np.sum(z * cross_twice))
+    trace -= float(np.trace(inner_solved))
+    return fit, weight_energy, trace
+
+
+def _rotated_solution(
+    s: FloatArray, pending: FloatArray | None, rotated_targets: FloatArray, lam: float
+) -> FloatArray:
+    """``V^T (G + lam I)^-1 C`` with ``G = V diag(s) V^T + V P P^T V^T``.
 
     The pending examples enter through the Woodbury identity, so the cost is linear in ``M`` for
     a fixed number of pending examples.
     """
     inverse_diagonal = 1.0 / (s + lam)
-    scaled_targets = inverse_diagonal[:, None] * rotated_targets
-    trace = float(inverse_diagonal.sum()) if need_trace else 0.0
+    scaled_targets: FloatArray = inverse_diagonal[:, None] * rotated_targets
     if pending is None or pending.shape[1] == 0:
-        return scaled_targets, trace
+        return scaled_targets
     scaled_pending = inverse_diagonal[:, None] * pending
     capacitance = np.eye(pending.shape[1]) + pending.T @ scaled_pending
     factor = scipy.linalg.cho_factor(capacitance, lower=True, check_finite=False)
-    weights = scaled_targets - scaled_pending @ scipy.linalg.cho_solve(
-        factor, pending.T @ scaled_targets, check_finite=False
-    )
-    if need_trace:
-        inner = scaled_pending.T @ scaled_pending
-        trace -= float(np.trace(scipy.linalg.cho_solve(factor, inner, check_finite=False)))
-    return weights, trace
+    correction = scipy.linalg.cho_solve(factor, pending.T @ scaled_targets, check_finite=False)
+    weights: FloatArray = scaled_targets - scaled_pending @ correction
+    return weights

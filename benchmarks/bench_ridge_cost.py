@@ -1,0 +1,111 @@
+"""Learning cost of the default head (RidgeHead, M=4096, float64) on 384-d features.
+
+Prints each figure beside the limit it is held to (issue targets); nothing here is a test.
+Run: .venv/bin/python benchmarks/bench_ridge_cost.py  (about a minute on 2 cores)
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import numpy as np
+
+from perennial.datasets import load_clinc150
+from perennial.encoders.text import TextEncoder
+from perennial.heads import RidgeHead
+
+M = 4096
+DIM = 384
+
+
+def unit_rows(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = rng.standard_normal((n, DIM))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def timed(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    rng = np.random.default_rng(0)
+    head = RidgeHead(n_features=M)
+    warm = unit_rows(rng, 2000)
+    head.learn_many(warm, [f"w{i % 50}" for i in range(2000)])
+    first_solve = timed(lambda: head.predict_many(warm[:1]))  # full eigendecomposition of G
+
+    # Single examples on top of a current solution: one projection and one rank-1 update each.
+    singles = [timed(lambda: head.learn_one(unit_rows(rng, 1)[0], f"w{k % 50}")) for k in range(30)]
+    predict_after_single = timed(lambda: head.predict_many(warm[:1]))
+
+    # Batches of 100 and 1000 in a stream (no prediction in between).
+    batch_100 = [
+        timed(lambda: head.learn_many(unit_rows(rng, 100), [f"w{k}" for k in range(100)])) / 100
+        for _ in range(10)
+    ]
+    batch_1000 = [
+        timed(lambda: head.learn_many(unit_rows(rng, 1000), [f"w{k % 50}" for k in range(1000)]))
+        / 1000
+        for _ in range(3)
+    ]
+    resolve = timed(lambda: head.predict_many(warm[:1]))
+    bytes_before = head.state_bytes
+    head.learn_many(unit_rows(rng, 5000), [f"w{k % 50}" for k in range(5000)])
+    bytes_after = head.state_bytes
+
+    # A new class from 10 real texts, encoding included, on a model that is serving.
+    data = load_clinc150()
+    encoder = TextEncoder()
+    encoder.encode(["warm up the encoder"])
+    texts = [
+        t
+        for t, label in zip(data.train.inputs, data.train.labels, strict=True)
+        if label == "pto_request"
+    ][:10]
+    head.predict_many(warm[:1])
+    encode_s = timed(lambda: encoder.encode(texts))
+    features = encoder.encode(texts)
+    learn_s = timed(lambda: head.learn_many(features, ["pto_request"] * 10))
+    predict_new_s = timed(lambda: head.predict_many(features[:1]))
+
+    rows = [
+        (
+            "batch of 100, learning per example (amortized)",
+            1e3 * statistics.mean(batch_100),
+            "ms",
+            2.0,
+        ),
+        (
+            "batch of 1000, learning per example (amortized)",
+            1e3 * statistics.mean(batch_1000),
+            "ms",
+            2.0,
+        ),
+        ("single example, learn_one (median of 30)", 1e3 * statistics.median(singles), "ms", 30.0),
+        ("new class from 10 texts: encode + learn", 1e3 * (encode_s + learn_s), "ms", 100.0),
+        ("  of which encoding 10 texts", 1e3 * encode_s, "ms", None),
+        ("  of which learning 10 examples", 1e3 * learn_s, "ms", None),
+        ("first prediction after the new class", 1e3 * predict_new_s, "ms", None),
+        ("first prediction after one example", 1e3 * predict_after_single, "ms", None),
+        ("full re-solve (eigh of G + GCV), after a stream", resolve, "s", None),
+        ("first solve of a fresh model", first_solve, "s", None),
+        ("state bytes after 2.0k / 17.4k examples", f"{bytes_before} / {bytes_after}", "B", None),
+    ]
+    print(f"RidgeHead(n_features={M}) on {DIM}-d features, float64; limits from the issue")
+    for name, value, unit, limit in rows:
+        shown = f"{value:.2f} {unit}" if isinstance(value, float) else f"{value} {unit}"
+        verdict = (
+            ""
+            if limit is None
+            else (f"limit {limit:g} {unit}: " + ("ok" if value <= limit else "OVER"))
+        )
+        print(f"  {name:<52} {shown:>16}   {verdict}")
+    print(json.dumps({name: value for name, value, _, _ in rows}))
+
+
+if __name__ == "__main__":
+    main()

@@ -39,7 +39,10 @@ def main() -> None:
     first_solve = timed(lambda: head.predict_many(warm[:1]))  # full eigendecomposition of G
 
     # Single examples on top of a current solution: one projection and one rank-1 update each.
-    singles = [timed(lambda: head.learn_one(unit_rows(rng, 1)[0], f"w{k % 50}")) for k in range(30)]
+    singles = []
+    for k in range(30):
+        x, label = unit_rows(rng, 1)[0], f"w{k % 50}"
+        singles.append(timed(lambda x=x, label=label: head.learn_one(x, label)))
     predict_after_single = timed(lambda: head.predict_many(warm[:1]))
 
     # Batches of 100 and 1000 in a stream (no prediction in between).

@@ -185,7 +185,7 @@ class RidgeHead(Head):
     def _solve(self) -> FloatArray:
         """The output weights ``W``, formed from the rotated solution when first needed."""
         if self._weights is None:
-            s, V = self._eigen_solution()
+            _, V = self._eigen_solution()
             assert self._rotated_weights is not None
             self._weights = V @ self._rotated_weights
         return self._weights
@@ -212,7 +212,9 @@ class RidgeHead(Head):
         self._small_rows = 0
         return s, V
 
-    def _select_ridge(self, s: FloatArray, pending: FloatArray | None, rotated: FloatArray) -> float:
+    def _select_ridge(
+        self, s: FloatArray, pending: FloatArray | None, rotated: FloatArray
+    ) -> float:
         assert self.gram_ is not None
         scale = float(np.trace(self.gram_)) / self.n_features
         if scale <= 0.0:

@@ -81,3 +81,15 @@ def test_registry_name_and_identity(encoder):
 def test_bad_texts_are_refused(encoder, batch, error, message):
     with pytest.raises(error, match=message):
         encoder.encode(batch)
+
+
+def test_a_text_model_keeps_no_raw_text(encoder, tmp_path):
+    from perennial import LifelongClassifier, RidgeHead
+    from perennial.audit import raw_bytes_stored
+
+    texts = [f"{s} (reference {i:04d})" for i, s in enumerate(SENTENCES * 5)]
+    labels = ["card", "card", "weather", "restaurant"] * 5
+    model = LifelongClassifier(encoder, RidgeHead(n_features=64))
+    model.learn_many(texts, labels)
+    assert model.predict_one("I forgot my card PIN") == "card"
+    assert raw_bytes_stored(model, texts) == 0

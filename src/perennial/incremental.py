@@ -55,13 +55,22 @@ class IncrementalResult:
 
 
 def encode_split(
-    encoder: Encoder, inputs: Any, cache: FeatureCache | None, batch_size: int = 2048
+    encoder: Encoder,
+    inputs: Any,
+    cache: FeatureCache | None,
+    batch_size: int = 1024,
+    progress: TextIO | None = None,
+    what: str = "inputs",
 ) -> np.ndarray:
-    """Encode ``inputs`` in chunks (through ``cache`` when given)."""
+    """Encode ``inputs`` in chunks (through ``cache`` when given), reporting progress."""
     chunks = []
+    started = time.perf_counter()
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start : start + batch_size]
         chunks.append(cache.encode(encoder, chunk) if cache is not None else encoder.encode(chunk))
+        done = min(start + batch_size, len(inputs))
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        _say(progress, f"  encoded {done}/{len(inputs)} {what} ({rate:.0f}/s)")
     return np.vstack(chunks)
 
 
@@ -112,8 +121,8 @@ def run_incremental(
         progress,
         f"encoding {len(train_labels)} train and {len(test_labels)} test inputs with {encoder.name}",
     )
-    X_train = encode_split(encoder, dataset.train.inputs, cache)
-    X_test = encode_split(encoder, dataset.test.inputs, cache)
+    X_train = encode_split(encoder, dataset.train.inputs, cache, progress=progress, what="train")
+    X_test = encode_split(encoder, dataset.test.inputs, cache, progress=progress, what="test")
     encode_seconds = clock() - started
 
     model = LifelongClassifier(encoder=encoder, head=head)

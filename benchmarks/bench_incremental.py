@@ -26,8 +26,9 @@ def main() -> None:
     parser.add_argument("--datasets", default="clinc150,banking77")
     parser.add_argument("--head", default="ridge")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pooling", default="mean-layers", choices=["mean-layers", "last"])
     args = parser.parse_args()
-    encoder = TextEncoder()
+    encoder = TextEncoder(pooling=args.pooling)
     summary = {}
     for name in args.datasets.split(","):
         data = load_dataset(name)

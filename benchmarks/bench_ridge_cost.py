@@ -60,20 +60,36 @@ def main() -> None:
     head.learn_many(unit_rows(rng, 5000), [f"w{k % 50}" for k in range(5000)])
     bytes_after = head.state_bytes
 
-    # A new class from 10 real texts, encoding included, on a model that is serving.
+    # New classes from 10 real texts each, encoding included, on a model that is serving.
     data = load_clinc150()
     encoder = TextEncoder()
-    encoder.encode(["warm up the encoder"])
-    texts = [
-        t
-        for t, label in zip(data.train.inputs, data.train.labels, strict=True)
-        if label == "pto_request"
-    ][:10]
+    intents = [
+        "pto_request",
+        "credit_limit",
+        "book_flight",
+        "meaning_of_life",
+        "oil_change_how",
+        "timer",
+    ]
+    by_intent = {
+        i: [t for t, y in zip(data.train.inputs, data.train.labels, strict=True) if y == i][:10]
+        for i in intents
+    }
+    encoder.encode(by_intent[intents[0]])  # warm-up: the first call builds the network
     head.predict_many(warm[:1])
-    encode_s = timed(lambda: encoder.encode(texts))
-    features = encoder.encode(texts)
-    learn_s = timed(lambda: head.learn_many(features, ["pto_request"] * 10))
-    predict_new_s = timed(lambda: head.predict_many(features[:1]))
+    encode_times, learn_times, predict_times = [], [], []
+    for intent in intents[1:]:
+        texts = by_intent[intent]
+        start = time.perf_counter()
+        features = encoder.encode(texts)
+        encoded = time.perf_counter()
+        head.learn_many(features, [intent] * len(texts))
+        learned = time.perf_counter()
+        head.predict_many(features[:1])
+        encode_times.append(encoded - start)
+        learn_times.append(learned - encoded)
+        predict_times.append(time.perf_counter() - learned)
+    new_class = [e + lt for e, lt in zip(encode_times, learn_times, strict=True)]
 
     rows = [
         (
@@ -89,10 +105,31 @@ def main() -> None:
             2.0,
         ),
         ("single example, learn_one (median of 30)", 1e3 * statistics.median(singles), "ms", 30.0),
-        ("new class from 10 texts: encode + learn", 1e3 * (encode_s + learn_s), "ms", 100.0),
-        ("  of which encoding 10 texts", 1e3 * encode_s, "ms", None),
-        ("  of which learning 10 examples", 1e3 * learn_s, "ms", None),
-        ("first prediction after the new class", 1e3 * predict_new_s, "ms", None),
+        (
+            "new class from 10 texts: encode + learn (median of 5)",
+            1e3 * statistics.median(new_class),
+            "ms",
+            100.0,
+        ),
+        ("new class from 10 texts: encode + learn (worst of 5)", 1e3 * max(new_class), "ms", None),
+        (
+            "  of which encoding 10 texts (median)",
+            1e3 * statistics.median(encode_times),
+            "ms",
+            None,
+        ),
+        (
+            "  of which learning 10 examples (median)",
+            1e3 * statistics.median(learn_times),
+            "ms",
+            None,
+        ),
+        (
+            "first prediction after a new class (median)",
+            1e3 * statistics.median(predict_times),
+            "ms",
+            None,
+        ),
         ("first prediction after one example", 1e3 * predict_after_single, "ms", None),
         ("full re-solve (eigh of G + GCV), after a stream", resolve, "s", None),
         ("first solve of a fresh model", first_solve, "s", None),

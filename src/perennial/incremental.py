@@ -212,18 +212,18 @@ def format_summary(result: IncrementalResult) -> str:
         "",
         f"{result.dataset}: {result.n_classes} classes in steps of {result.step}, "
         f"{result.n_train} training examples, single pass, seed {result.seed}",
-        f"  {'model':<44} {'accuracy':>9}",
-        f"  {'instant learner (' + result.head.split('(')[0] + ', class-incremental)':<44} "
+        f"  {'model':<52} {'accuracy':>9}",
+        f"  {'instant learner (' + result.head.split('(')[0] + ', class-incremental)':<52} "
         f"{100 * result.final_accuracy:>8.2f}%",
     ]
     if result.joint_accuracy is not None:
         lines.append(
-            f"  {'joint logistic regression (offline, C=' + format(result.joint_c, 'g') + ')':<44} "
+            f"  {'joint logistic regression (offline, C=' + format(result.joint_c, 'g') + ')':<52} "
             f"{100 * result.joint_accuracy:>8.2f}%"
         )
     if result.sgd_finetune_accuracy is not None:
         lines.append(
-            f"  {'softmax head, SGD fine-tuning (class-incr.)':<44} "
+            f"  {'softmax head, SGD fine-tuning (class-incr.)':<52} "
             f"{100 * result.sgd_finetune_accuracy:>8.2f}%"
         )
     lines += [

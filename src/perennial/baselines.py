@@ -41,12 +41,12 @@ def joint_logistic_regression(
     best_c, best_acc = strengths[0], -1.0
     if len(strengths) > 1:
         for c in strengths:
-            model = LogisticRegression(C=c, max_iter=300)
+            model = LogisticRegression(C=c, max_iter=1000)
             model.fit(X_train[fit_idx], labels[fit_idx])
             acc = float(np.mean(model.predict(X_train[val_idx]) == labels[val_idx]))
             if acc > best_acc:
                 best_c, best_acc = c, acc
-    final = LogisticRegression(C=best_c, max_iter=300)
+    final = LogisticRegression(C=best_c, max_iter=1000)
     final.fit(X_train, labels)
     lookup = {str(label): label for label in y_train}
     return [lookup[p] for p in final.predict(X_test)], best_c

@@ -290,3 +290,11 @@ def test_the_raw_input_audit_detects_a_model_that_keeps_inputs(tmp_path):
     model = LifelongClassifier(head=HoardingHead())
     model.learn_many(features, ["a", "b", "a", "b"])
     assert raw_bytes_in_memory(model, [features]) == features.nbytes
+
+
+def test_identity_encoder_flattens_images_to_rows():
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    features = IdentityEncoder().encode(images)
+    np.testing.assert_array_equal(features, images.reshape(2, 12).astype(np.float32))
+    with pytest.raises(EmptyInputError):
+        IdentityEncoder().encode(np.zeros((0, 3, 4)))

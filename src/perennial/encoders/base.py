@@ -50,8 +50,8 @@ class IdentityEncoder:
 
     def encode(self, inputs: Any) -> Float32Array:
         """Validated float32 features; inputs of shape (n, ...) are flattened to (n, -1)."""
-        if isinstance(inputs, np.ndarray) and inputs.ndim > 2 and inputs.shape[0] > 0:
-            inputs = inputs.reshape(inputs.shape[0], -1)
+        if isinstance(inputs, np.ndarray) and inputs.ndim > 2:
+            inputs = inputs.reshape(inputs.shape[0], int(np.prod(inputs.shape[1:])))
         return check_features(inputs).astype(np.float32)
 
     def __repr__(self) -> str:

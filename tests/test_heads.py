@@ -18,7 +18,7 @@ from perennial.exceptions import (
     NotFittedError,
     UnknownLabelError,
 )
-from perennial.heads import NCMHead, RidgeHead, SLDAHead
+from perennial.heads import NCMHead, RidgeEnsembleHead, RidgeHead, SLDAHead
 from perennial.heads.base import Head
 
 
@@ -129,6 +129,7 @@ def test_ncm_matches_numpy_reference(metric):
 
 # --- exactness: order and batch split do not matter ----------------------------------------------
 HEAD_FACTORIES = {
+    "ridge-ensemble": lambda: RidgeEnsembleHead(n_members=2, n_features=24, max_pending=5),
     "ridge-fixed": lambda: RidgeHead(n_features=40, ridge=0.5, max_pending=7),
     "ridge-auto": lambda: RidgeHead(n_features=40, max_pending=7),
     "slda": lambda: SLDAHead(),
@@ -340,3 +341,33 @@ def test_probabilities_sum_to_one_and_follow_scores():
         proba = head.predict_proba_many(X)
         np.testing.assert_allclose(proba.sum(axis=1), 1.0)
         np.testing.assert_array_equal(proba.argmax(axis=1), head.decision_scores(X).argmax(axis=1))
+
+
+def test_ensemble_is_the_mean_of_independent_ridge_heads():
+    X, y = blobs(10, per_class=20)
+    ensemble = RidgeEnsembleHead(n_members=3, n_features=32, seed=5)
+    ensemble.learn_many(X[:30], y[:30])
+    ensemble.decision_scores(X[:2])
+    ensemble.learn_many(X[30:], y[30:])
+    ensemble.forget("c1")
+    expected = 0
+    for i in range(3):
+        single = RidgeHead(n_features=32, seed=5 + i)
+        single.learn_many(X, y)
+        single.forget("c1")
+        expected = expected + aligned_scores(single, X, ensemble.classes_)
+    assert relative_gap(ensemble.decision_scores(X), expected / 3) < 1e-9
+    assert len(ensemble.ridge_) == 3
+
+
+def test_ensemble_state_round_trip():
+    X, y = blobs(11)
+    ensemble = RidgeEnsembleHead(n_members=2, n_features=16)
+    ensemble.learn_many(X, y)
+    meta, arrays = ensemble.get_state()
+    restored = RidgeEnsembleHead(n_members=2, n_features=16)
+    restored.set_state(meta, arrays)
+    np.testing.assert_array_equal(restored.decision_scores(X), ensemble.decision_scores(X))
+    restored.learn_many(X[:5], y[:5])
+    ensemble.learn_many(X[:5], y[:5])
+    assert relative_gap(restored.decision_scores(X), ensemble.decision_scores(X)) < 1e-9

@@ -15,11 +15,13 @@ __all__ = ["main"]
 
 def _head_params(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {}
-    if args.head == "ridge":
+    if args.head in ("ridge", "ridge-ensemble"):
         params["n_features"] = args.n_features
         params["seed"] = args.seed
         if args.ridge is not None:
             params["ridge"] = args.ridge
+    if args.head == "ridge-ensemble":
+        params["n_members"] = args.members
     return params
 
 
@@ -90,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     inc.add_argument(
         "--test", default=None, help="test CSV for a CSV --data (else a stratified split)"
     )
-    inc.add_argument("--head", default="ridge", choices=["ridge", "slda", "ncm"])
+    inc.add_argument("--head", default="ridge", choices=["ridge", "ridge-ensemble", "slda", "ncm"])
+    inc.add_argument("--members", type=int, default=2, help="ridge heads in a ridge-ensemble")
     inc.add_argument("--step", type=int, default=10, help="classes per step (default 10)")
     inc.add_argument("--seed", type=int, default=0)
     inc.add_argument("--test-fraction", type=float, default=0.2, help="for a CSV without --test")

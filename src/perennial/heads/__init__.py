@@ -1,14 +1,20 @@
 """Streaming heads on encoded features: numpy only, additive statistics, exact solutions."""
 
 from perennial.heads.base import Head
+from perennial.heads.ensemble import RidgeEnsembleHead
 from perennial.heads.ncm import NCMHead
 from perennial.heads.ridge import RidgeHead
 from perennial.heads.slda import SLDAHead
 
-__all__ = ["HEADS", "Head", "NCMHead", "RidgeHead", "SLDAHead", "make_head"]
+__all__ = ["HEADS", "Head", "NCMHead", "RidgeEnsembleHead", "RidgeHead", "SLDAHead", "make_head"]
 
 #: Heads by the name the command line and the service use.
-HEADS: dict[str, type[Head]] = {"ridge": RidgeHead, "slda": SLDAHead, "ncm": NCMHead}
+HEADS: dict[str, type[Head]] = {
+    "ridge": RidgeHead,
+    "ridge-ensemble": RidgeEnsembleHead,
+    "slda": SLDAHead,
+    "ncm": NCMHead,
+}
 
 
 def make_head(name: str, **params: object) -> Head:

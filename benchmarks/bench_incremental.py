@@ -24,9 +24,12 @@ from perennial.incremental import run_incremental
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="clinc150,banking77")
-    parser.add_argument("--head", default="ridge")
+    parser.add_argument("--head", default="ridge", help="ridge, ridge-ensemble, slda or ncm")
+    parser.add_argument("--members", type=int, default=2, help="members of a ridge-ensemble")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pooling", default="mean-layers", choices=["mean-layers", "last"])
+    parser.add_argument(
+        "--pooling", default="mean-layers", choices=["mean-layers", "last", "layers"]
+    )
     args = parser.parse_args()
     encoder = TextEncoder(pooling=args.pooling)
     summary = {}

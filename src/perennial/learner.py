@@ -163,7 +163,7 @@ class LifelongClassifier:
         spec: dict[str, Any] = {"name": self._encoder.name, "kind": kind}
         if kind in _REGISTERED_ENCODERS:
             params = {}
-            for key in ("pooling", "backend", "batch_size", "num_threads", "image_size"):
+            for key in ("pooling", "backend", "layers", "batch_size", "num_threads", "image_size"):
                 if hasattr(self._encoder, key):
                     params[key] = getattr(self._encoder, key)
             spec["params"] = params

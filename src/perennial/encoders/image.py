@@ -5,7 +5,6 @@ torch is imported only when images are encoded, so importing this module stays c
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Sequence
 from functools import lru_cache
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from perennial.encoders.cache import file_sha256
 from perennial.exceptions import (
     EmptyInputError,
     InputTypeError,
@@ -40,11 +40,7 @@ _FLOAT_SLACK = 0.01
 
 @lru_cache(maxsize=8)
 def _sha256_hex(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def _check_int(value: object, name: str, *, allow_none: bool = False) -> None:

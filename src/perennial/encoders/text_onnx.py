@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from perennial.encoders.cache import file_sha256
 from perennial.exceptions import (
     EncoderError,
 )
@@ -106,11 +107,7 @@ def default_onnx_dir() -> Path:
 
 
 def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def _package_model_dir() -> Path:

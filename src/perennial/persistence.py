@@ -45,6 +45,12 @@ def _write_durably(directory: Path, name: str, data: bytes) -> None:
         raise
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a synced temporary file and a rename."""
+    _write_durably(path.parent if str(path.parent) else Path("."), path.name, data)
+    _fsync_directory(path.parent)
+
+
 def _fsync_directory(directory: Path) -> None:
     try:
         handle = os.open(directory, os.O_RDONLY)

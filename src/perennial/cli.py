@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from perennial.exceptions import PerennialError
+from perennial.exceptions import InvalidParameterError, PerennialError, PersistenceError
 
 __all__ = ["main"]
 
@@ -68,6 +68,78 @@ def cmd_incremental(args: argparse.Namespace) -> int:
     else:
         print(format_summary(result))
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from perennial.bench import aggregate, check_strategy_names, run_benchmark
+    from perennial.report import format_table, write_report
+
+    strategies = check_strategy_names([s.strip() for s in args.strategies.split(",") if s.strip()])
+    scenario_options: dict[str, Any] = {}
+    for option in ("tasks", "classes_per_task", "examples_per_task", "data"):
+        value = getattr(args, option)
+        if value is not None:
+            scenario_options["n_tasks" if option == "tasks" else option] = value
+    strategy_params: dict[str, Any] = {}
+    for option in ("epochs", "batch_size", "memory_per_class", "lr", "threads"):
+        value = getattr(args, option)
+        if value is not None:
+            strategy_params[option] = value
+    if args.hidden is not None:
+        strategy_params["hidden"] = _int_tuple(args.hidden, "--hidden")
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    runs = run_benchmark(
+        args.scenario,
+        strategies,
+        args.seeds,
+        scenario_options=scenario_options,
+        strategy_params=strategy_params,
+        progress=progress,
+    )
+    results = aggregate(runs)
+    config = {"scenario": args.scenario, "seeds": args.seeds, **scenario_options, **strategy_params}
+    print(f"{args.scenario}: mean [90% CI] over {args.seeds} seed(s); accuracies in percent")
+    print(format_table(results))
+    if args.json:
+        document = {
+            "config": {key: list(v) if isinstance(v, tuple) else v for key, v in config.items()},
+            "results": results,
+            "runs": [run.to_json() for run in runs],
+        }
+        _write_text(args.json, json.dumps(document, indent=2))
+        print(f"JSON written to {args.json}")
+    if args.report:
+        path = write_report(
+            runs, results, args.report, title=f"perennial bench: {args.scenario}", config=config
+        )
+        print(f"report written to {path}")
+    return 0
+
+
+def _int_tuple(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise InvalidParameterError(
+            f"{option} must be comma-separated positive integers, got {text!r}"
+        )
+    return values
+
+
+def _write_text(path: str, text: str) -> None:
+    from pathlib import Path
+
+    from perennial.persistence import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(Path(path), text.encode("utf-8"))
+    except OSError as error:
+        raise PersistenceError(f"cannot write {path!r}: {error}") from error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +203,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-baselines", action="store_true", help="skip joint LR and SGD fine-tuning"
     )
     inc.set_defaults(handler=cmd_incremental)
+
+    bench = commands.add_parser(
+        "bench",
+        help="continual-learning strategies side by side on a scenario, over seeds",
+        description=(
+            "Trains each strategy on the scenario's experiences in order, measures the accuracy "
+            "matrix, and prints the mean and 90%% confidence interval over seeds of average "
+            "accuracy, forgetting, backward and forward transfer, training time and memory."
+        ),
+    )
+    bench.add_argument("--scenario", required=True, help="scenario name, e.g. permuted-mnist")
+    bench.add_argument(
+        "--strategies", required=True, help="comma-separated strategy names, e.g. naive,ewc,er"
+    )
+    bench.add_argument("--seeds", type=int, default=1, help="seeds 0..K-1 (default 1)")
+    bench.add_argument("--tasks", type=int, default=None, help="number of experiences")
+    bench.add_argument("--classes-per-task", type=int, default=None)
+    bench.add_argument("--examples-per-task", type=int, default=None)
+    bench.add_argument("--data", default=None, help="data set for class-/domain-incremental")
+    bench.add_argument("--epochs", type=int, default=None, help="epochs per experience")
+    bench.add_argument("--batch-size", type=int, default=None)
+    bench.add_argument("--lr", type=float, default=None, help="SGD learning rate")
+    bench.add_argument("--hidden", default=None, help="hidden layer sizes, e.g. 256,256")
+    bench.add_argument(
+        "--memory-per-class", type=int, default=None, help="replay examples per class"
+    )
+    bench.add_argument("--threads", type=int, default=None, help="torch threads")
+    bench.add_argument("--json", default=None, help="write results as JSON to this path")
+    bench.add_argument("--report", default=None, help="write report.html/.md and plots here")
+    bench.set_defaults(handler=cmd_bench)
     return parser
 
 

@@ -1,0 +1,254 @@
+"""Run continual-learning strategies side by side on a scenario, over seeds.
+
+One *run* is one strategy with one seed on the scenario built with that seed: it trains on the
+experiences in order and, after each, measures the accuracy on every experience's test set, which
+fills one row of the accuracy matrix. Runs are independent of each other, so they can be spread
+over processes or a cluster; :func:`run_benchmark` runs them in turn and :func:`aggregate` turns
+them into the mean and 90% confidence interval of each metric per strategy.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from perennial.exceptions import InvalidParameterError
+from perennial.metrics import ResourceMeter, mean_ci90, summarize
+
+__all__ = [
+    "METRICS",
+    "RunResult",
+    "aggregate",
+    "check_strategy_names",
+    "run_benchmark",
+    "run_one",
+]
+
+#: Metrics reported per strategy, in table order. Accuracies are fractions.
+METRICS = (
+    "average_accuracy",
+    "forgetting",
+    "bwt",
+    "fwt",
+    "train_seconds",
+    "peak_memory_mb",
+    "stored_mb",
+)
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RunResult:
+    """What one strategy did with one seed.
+
+    ``matrix[i, j]`` is the accuracy on experience ``j`` after training experience ``i``;
+    ``baseline[j]`` the accuracy of the untrained model on experience ``j`` (for forward
+    transfer). A strategy that trains on the whole stream at once (joint training) has only its
+    last row measured; the other rows are NaN, and so are the metrics that need them.
+    """
+
+    strategy: str
+    seed: int
+    matrix: np.ndarray
+    baseline: np.ndarray
+    train_seconds: float
+    peak_memory_bytes: int
+    stored_bytes: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "seed": self.seed,
+            "accuracy_matrix": _nan_to_none(self.matrix.tolist()),
+            "baseline": _nan_to_none(self.baseline.tolist()),
+            "metrics": _nan_to_none(self.metrics),
+        }
+
+
+def check_strategy_names(names: Sequence[str]) -> list[str]:
+    """Validate a list of strategy names before any work starts."""
+    from perennial.strategies import STRATEGY_NAMES
+
+    if not names:
+        raise InvalidParameterError("strategies must name at least one strategy")
+    unknown = [name for name in names if name not in STRATEGY_NAMES]
+    if unknown:
+        raise InvalidParameterError(
+            f"unknown strategy {unknown[0]!r}; valid strategies: {', '.join(STRATEGY_NAMES)}"
+        )
+    if len(set(names)) != len(names):
+        raise InvalidParameterError(f"strategies must not repeat, got {', '.join(names)}")
+    return list(names)
+
+
+def params_for(name: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """The subset of the shared ``params`` that strategy ``name`` accepts.
+
+    One command line sets options for several strategies at once: ``memory_per_class`` matters
+    to the replay methods and is ignored by the others. A parameter that no strategy accepts is an
+    error.
+    """
+    from perennial.strategies import STRATEGIES
+
+    params = dict(params or {})
+    known = {key for cls in STRATEGIES.values() for key in cls.param_names()}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise InvalidParameterError(
+            f"no strategy has a parameter {unknown[0]!r}; known parameters: {', '.join(sorted(known))}"
+        )
+    accepted = STRATEGIES[name].param_names()
+    return {key: value for key, value in params.items() if key in accepted}
+
+
+def _accuracy(strategy: Any, experience: Any) -> float:
+    predicted = strategy.predict(experience.test_x, experience)
+    return float(np.mean(predicted == experience.test_y))
+
+
+def run_one(
+    scenario: Any,
+    strategy_name: str,
+    seed: int,
+    params: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Train one strategy on ``scenario`` and measure its accuracy matrix.
+
+    Parameters
+    ----------
+    scenario : perennial.scenarios.Scenario
+        The stream, already built for this seed.
+    strategy_name : str
+        A name from ``perennial.strategies.STRATEGY_NAMES``.
+    seed : int
+        Seed of the strategy (model initialisation, shuffling, buffers).
+    params : dict, optional
+        Keyword arguments for the strategy (epochs, batch size, memory, ...).
+    progress : callable, optional
+        Called with a one-line message after each experience.
+    """
+    from perennial.strategies import make_strategy
+
+    strategy = make_strategy(strategy_name, **{**params_for(strategy_name, params), "seed": seed})
+    n_tasks = len(scenario)
+    matrix = np.full((n_tasks, n_tasks), np.nan)
+    strategy.prepare(scenario)
+    baseline = np.array([_accuracy(strategy, experience) for experience in scenario])
+    seconds = 0.0
+    peak = 0
+    started = time.perf_counter()
+    if strategy.whole_stream:
+        with ResourceMeter() as meter:
+            strategy.fit_stream(scenario)
+        seconds, peak = meter.seconds, meter.peak_rss_increase_bytes
+        matrix[-1] = [_accuracy(strategy, experience) for experience in scenario]
+        if progress is not None:
+            progress(
+                f"{strategy_name} seed {seed}: whole stream trained in {seconds:.1f}s, "
+                f"average accuracy {np.mean(matrix[-1]):.4f}"
+            )
+    else:
+        for i, experience in enumerate(scenario):
+            with ResourceMeter() as meter:
+                strategy.fit_experience(experience, scenario)
+            seconds += meter.seconds
+            peak = max(peak, meter.peak_rss_increase_bytes)
+            matrix[i] = [_accuracy(strategy, other) for other in scenario]
+            if progress is not None:
+                progress(
+                    f"{strategy_name} seed {seed}: experience {i + 1}/{n_tasks} "
+                    f"({time.perf_counter() - started:.1f}s) "
+                    f"average so far {np.mean(matrix[i, : i + 1]):.4f}"
+                )
+    metrics = summarize(matrix if not strategy.whole_stream else _last_row_only(matrix))
+    if n_tasks > 1 and not strategy.whole_stream:
+        from perennial.metrics import forward_transfer
+
+        metrics["fwt"] = forward_transfer(matrix, baseline)
+    metrics["train_seconds"] = seconds
+    metrics["peak_memory_mb"] = peak / 2**20
+    stored = int(strategy.stored_bytes())
+    metrics["stored_mb"] = stored / 2**20
+    return RunResult(strategy_name, seed, matrix, baseline, seconds, peak, stored, metrics)
+
+
+def _last_row_only(matrix: np.ndarray) -> np.ndarray:
+    """A matrix a summary can read when only the final row was measured."""
+    n = matrix.shape[0]
+    if n == 1:
+        return matrix
+    # Only the average accuracy is defined: give summarize a one-task view of the final row.
+    return np.array([[float(np.mean(matrix[-1]))]])
+
+
+def run_benchmark(
+    scenario_name: str,
+    strategies: Sequence[str],
+    seeds: int,
+    *,
+    scenario_options: dict[str, Any] | None = None,
+    strategy_params: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> list[RunResult]:
+    """Run every strategy with seeds ``0 .. seeds-1``; the scenario is rebuilt for each seed.
+
+    Every name and option is checked, and the scenario for seed 0 is built, before any training.
+    """
+    from perennial.scenarios import make_scenario
+    from perennial.strategies import make_strategy
+
+    names = check_strategy_names(strategies)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise InvalidParameterError(f"seeds must be a positive integer, got {seeds!r}")
+    for name in names:  # bad parameters fail here, before the first run
+        make_strategy(name, **{**params_for(name, strategy_params), "seed": 0})
+    options = dict(scenario_options or {})
+    runs: list[RunResult] = []
+    for seed in range(seeds):
+        scenario = make_scenario(scenario_name, seed=seed, **options)
+        for name in names:
+            runs.append(run_one(scenario, name, seed, strategy_params, progress))
+    return runs
+
+
+def aggregate(runs: Sequence[RunResult]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Mean and 90% confidence interval over seeds of each metric, per strategy.
+
+    Undefined values (forgetting of a joint model, a single task's transfer) are ``None``.
+    """
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in dict.fromkeys(run.strategy for run in runs):
+        mine = [run for run in runs if run.strategy == name]
+        results[name] = {}
+        for metric in METRICS:
+            values = np.array([run.metrics.get(metric, math.nan) for run in mine], dtype=float)
+            mean, (low, high) = mean_ci90(values)
+            results[name][metric] = _nan_to_none({"mean": mean, "ci90": [low, high]})
+    return results
+
+
+def mean_matrix(runs: Sequence[RunResult], strategy: str) -> np.ndarray:
+    """The accuracy matrix of one strategy averaged over its seeds."""
+    stack = np.stack([run.matrix for run in runs if run.strategy == strategy])
+    with warnings.catch_warnings():  # cells never measured (joint training) stay NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.asarray(np.nanmean(stack, axis=0))
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, dict):
+        return {key: _nan_to_none(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(item) for item in value]
+    return value

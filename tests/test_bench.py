@@ -1,0 +1,154 @@
+"""The benchmark runner, its report, and ``perennial bench`` as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perennial import LifelongClassifier, RidgeHead
+from perennial.bench import aggregate, params_for, run_benchmark, run_one
+from perennial.encoders import IdentityEncoder
+from perennial.exceptions import InvalidParameterError
+from perennial.metrics import backward_transfer, forgetting, mean_ci90
+from perennial.report import format_table, seen_average_curve, write_report
+from perennial.scenarios import from_arrays
+
+
+def _scenario(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (6, 5))
+    X = np.vstack([rng.normal(c, 1.0, (30, 5)) for c in centres]).astype(np.float32)
+    y = np.repeat(np.arange(6), 30)
+    return from_arrays(X, y, n_tasks=3, seed=seed, test_fraction=0.3)
+
+
+def test_lifelong_run_matches_a_learner_fed_by_hand():
+    scenario = _scenario()
+    run = run_one(scenario, "lifelong", seed=2, params={"n_features": 64})
+
+    model = LifelongClassifier(IdentityEncoder(), RidgeHead(n_features=64, seed=2))
+    expected = np.full((3, 3), np.nan)
+    for i, experience in enumerate(scenario):
+        model.learn_many(experience.train_x, experience.train_y.tolist())
+        for j, other in enumerate(scenario):
+            predicted = np.asarray(model.predict_many(other.test_x))
+            expected[i, j] = np.mean(predicted == other.test_y)
+    np.testing.assert_allclose(run.matrix, expected, rtol=0, atol=0)
+    assert run.metrics["average_accuracy"] == pytest.approx(expected[-1].mean())
+    assert run.metrics["forgetting"] == pytest.approx(forgetting(expected))
+    assert run.metrics["bwt"] == pytest.approx(backward_transfer(expected))
+    # Before anything is learned every class scores 0 and the first label (0) is the answer.
+    np.testing.assert_array_equal(run.baseline, [np.mean(e.test_y == 0) for e in scenario])
+    assert run.stored_bytes == 0
+
+
+def test_joint_has_only_its_final_row():
+    run = run_one(_scenario(), "joint", seed=0, params={"hidden": (16,), "epochs": 3})
+    assert np.isnan(run.matrix[:-1]).all() and np.isfinite(run.matrix[-1]).all()
+    assert run.metrics["average_accuracy"] == pytest.approx(run.matrix[-1].mean())
+    assert np.isnan(run.metrics["forgetting"]) and np.isnan(run.metrics["bwt"])
+
+
+def test_aggregate_is_the_mean_and_t_interval_over_seeds():
+    runs = [
+        run_one(_scenario(seed), name, seed, {"hidden": (16,), "n_features": 64})
+        for seed in range(3)
+        for name in ("naive", "lifelong")
+    ]
+    results = aggregate(runs)
+    for name in ("naive", "lifelong"):
+        values = [r.metrics["average_accuracy"] for r in runs if r.strategy == name]
+        _, (low, high) = mean_ci90(values)
+        entry = results[name]["average_accuracy"]
+        assert entry["mean"] == pytest.approx(float(np.mean(values)))
+        assert entry["ci90"] == pytest.approx([low, high])
+    assert results["naive"]["stored_mb"]["mean"] == 0.0
+    table = format_table(results)
+    assert table.splitlines()[0].split()[:2] == ["strategy", "average_accuracy"]
+    assert len(table.splitlines()) == 3
+
+
+def test_seen_average_curve():
+    R = np.array([[0.9, np.nan], [0.5, 0.8]])
+    np.testing.assert_allclose(seen_average_curve(R), [0.9, 0.65])
+
+
+def test_report_files(tmp_path):
+    runs = [run_one(_scenario(s), "naive", s, {"hidden": (8,)}) for s in range(2)]
+    runs += [run_one(_scenario(s), "joint", s, {"hidden": (8,)}) for s in range(2)]
+    path = write_report(runs, aggregate(runs), tmp_path / "r", title="t", config={"seeds": 2})
+    assert path.read_text().startswith("<!doctype html>")
+    for name in ("accuracy_matrices.png", "average_accuracy.png", "train_time.png"):
+        assert (tmp_path / "r" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({name})" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_parameters_are_routed_and_checked():
+    assert params_for("naive", {"memory_per_class": 3, "epochs": 2}) == {"epochs": 2}
+    assert params_for("er", {"memory_per_class": 3}) == {"memory_per_class": 3}
+    with pytest.raises(InvalidParameterError, match="memory_per_klass"):
+        params_for("er", {"memory_per_klass": 3})
+    with pytest.raises(InvalidParameterError, match=r"valid strategies: .*naive"):
+        run_benchmark("split-mnist", ["naive", "ewk"], 1)
+    with pytest.raises(InvalidParameterError, match="seeds"):
+        run_benchmark("split-mnist", ["naive"], 0)
+    with pytest.raises(InvalidParameterError, match="epochs"):
+        run_benchmark("split-mnist", ["naive"], 1, strategy_params={"epochs": 0})
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "perennial.cli", "bench", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PERENNIAL_DATA": os.environ.get("PERENNIAL_DATA", "../shared/data")},
+        timeout=600,
+    )
+
+
+def test_cli_on_split_mnist(tmp_path: Path):
+    out = tmp_path / "results.json"
+    done = _cli(
+        "--scenario", "split-mnist", "--strategies", "naive,er,joint", "--seeds", "2",
+        "--examples-per-task", "300", "--memory-per-class", "5", "--hidden", "64",
+        "--json", str(out), "--report", str(tmp_path / "report"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "naive seed 1: experience 5/5" in done.stderr  # progress
+    document = json.loads(out.read_text())
+    assert set(document["results"]) == {"naive", "er", "joint"}
+    for metrics in document["results"].values():
+        for key in ("average_accuracy", "forgetting", "bwt", "fwt", "train_seconds"):
+            assert set(metrics[key]) == {"mean", "ci90"}
+    naive = document["results"]["naive"]["average_accuracy"]
+    assert 0.0 <= naive["ci90"][0] <= naive["mean"] <= naive["ci90"][1] <= 1.0
+    # Each run's average accuracy is the mean of its matrix's last row.
+    for run in document["runs"]:
+        last = run["accuracy_matrix"][-1]
+        assert run["metrics"]["average_accuracy"] == pytest.approx(float(np.mean(last)))
+    assert document["results"]["er"]["stored_mb"]["mean"] > 0
+    assert (tmp_path / "report" / "report.html").exists()
+    assert "naive" in done.stdout and "average_accuracy" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--scenario", "split-mnist", "--strategies", "naive,sgd"], "valid strategies"),
+        (["--scenario", "split-mnst", "--strategies", "naive"], "split-mnist"),
+        (["--scenario", "split-mnist", "--strategies", "naive", "--tasks", "0"], "n_tasks"),
+        (["--scenario", "split-mnist", "--strategies", "er", "--memory-per-class", "-1"], "memory"),
+        (["--scenario", "split-mnist", "--strategies", "naive", "--seeds", "0"], "seeds"),
+    ],
+)
+def test_cli_bad_input_fails_before_training(args, message):
+    done = _cli(*args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "experience" not in done.stderr

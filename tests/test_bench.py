@@ -152,3 +152,26 @@ def test_cli_bad_input_fails_before_training(args, message):
     assert done.returncode == 2
     assert message in done.stderr
     assert "experience" not in done.stderr
+
+
+def test_curves_change_nothing_and_give_continual_world_metrics():
+    scenario = _scenario()
+    plain = run_one(scenario, "naive", 1, {"hidden": (16,)})
+    sampled = run_one(scenario, "naive", 1, {"hidden": (16,)}, curves=True)
+    np.testing.assert_array_equal(plain.matrix, sampled.matrix)
+    R = plain.matrix
+    by_hand = np.mean([R[i, i] - R[-1, i] for i in range(3)])
+    assert plain.metrics["cw_forgetting"] == pytest.approx(by_hand)
+    assert np.isnan(plain.metrics["ft_auc"])
+    assert np.isfinite(sampled.metrics["ft_auc"])
+
+
+def test_first_task_has_no_forward_transfer():
+    # On a one-task stream the continual run and the from-scratch reference are the same run.
+    single = from_arrays(
+        np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32),
+        np.repeat([0, 1], 30),
+        n_tasks=1,
+    )
+    run = run_one(single, "naive", 0, {"hidden": (8,)}, curves=True)
+    assert run.metrics["ft_auc"] == 0.0

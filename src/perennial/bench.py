@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 
 from perennial.exceptions import InvalidParameterError
-from perennial.metrics import ResourceMeter, mean_ci90, summarize
+from perennial.metrics import (
+    ResourceMeter,
+    continual_world_forgetting,
+    forward_transfer_auc,
+    mean_ci90,
+    summarize,
+)
 
 __all__ = [
     "METRICS",
@@ -36,6 +42,8 @@ METRICS = (
     "forgetting",
     "bwt",
     "fwt",
+    "cw_forgetting",
+    "ft_auc",
     "train_seconds",
     "peak_memory_mb",
     "stored_mb",
@@ -120,8 +128,17 @@ def run_one(
     seed: int,
     params: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    curves: bool = False,
 ) -> RunResult:
     """Train one strategy on ``scenario`` and measure its accuracy matrix.
+
+    Besides the accuracy-matrix metrics, ``cw_forgetting`` is Continual World's mean forgetting
+    (Wołczyk et al. 2021: accuracy on each task when its training ended minus at the end of the
+    stream, averaged over all tasks). With ``curves=True`` the accuracy on the current task is
+    also sampled at 11 points while it trains, and again for a fresh copy of the strategy trained
+    on that task alone; ``ft_auc`` is then Continual World's forward transfer, the normalised
+    gain in area under the first curve over the second. The sampling is not counted in
+    ``train_seconds``.
 
     Parameters
     ----------
@@ -135,10 +152,15 @@ def run_one(
         Keyword arguments for the strategy (epochs, batch size, memory, ...).
     progress : callable, optional
         Called with a one-line message after each experience.
+    curves : bool
+        Sample the learning curves needed for ``ft_auc`` (costs one evaluation of the current
+        task at each of 11 points per experience, plus one single-task run per experience).
     """
     from perennial.strategies import make_strategy
 
-    strategy = make_strategy(strategy_name, **{**params_for(strategy_name, params), "seed": seed})
+    own_params = {**params_for(strategy_name, params), "seed": seed}
+    strategy = make_strategy(strategy_name, **own_params)
+    own_curves: list[list[float]] = []
     n_tasks = len(scenario)
     matrix = np.full((n_tasks, n_tasks), np.nan)
     strategy.prepare(scenario)
@@ -158,9 +180,12 @@ def run_one(
             )
     else:
         for i, experience in enumerate(scenario):
+            sampler = _CurveSampler(strategy, experience) if curves else None
             with ResourceMeter() as meter:
-                strategy.fit_experience(experience, scenario)
-            seconds += meter.seconds
+                strategy.fit_experience(experience, scenario, progress=sampler)
+            seconds += meter.seconds - (sampler.seconds if sampler is not None else 0.0)
+            if sampler is not None:
+                own_curves.append(sampler.points)
             peak = max(peak, meter.peak_rss_increase_bytes)
             matrix[i] = [_accuracy(strategy, other) for other in scenario]
             if progress is not None:
@@ -174,11 +199,51 @@ def run_one(
         from perennial.metrics import forward_transfer
 
         metrics["fwt"] = forward_transfer(matrix, baseline)
+    metrics["cw_forgetting"] = (
+        math.nan
+        if strategy.whole_stream or n_tasks < 2
+        else float(np.mean(continual_world_forgetting(matrix.T, np.arange(n_tasks))))
+    )
+    metrics["ft_auc"] = math.nan
+    if own_curves:
+        transfers = []
+        for experience, curve in zip(scenario, own_curves, strict=True):
+            fresh = make_strategy(strategy_name, **own_params)
+            fresh.prepare(scenario)
+            reference = _CurveSampler(fresh, experience)
+            fresh.fit_experience(experience, scenario, progress=reference)
+            transfers.append(_auc_transfer(curve, reference.points))
+        metrics["ft_auc"] = (
+            float(np.nanmean(transfers)) if np.isfinite(transfers).any() else math.nan
+        )
     metrics["train_seconds"] = seconds
     metrics["peak_memory_mb"] = peak / 2**20
     stored = int(strategy.stored_bytes())
     metrics["stored_mb"] = stored / 2**20
     return RunResult(strategy_name, seed, matrix, baseline, seconds, peak, stored, metrics)
+
+
+class _CurveSampler:
+    """A progress callback that records the accuracy on one experience at each point."""
+
+    def __init__(self, strategy: Any, experience: Any) -> None:
+        self.strategy, self.experience = strategy, experience
+        self.points: list[float] = []
+        self.seconds = 0.0
+
+    def __call__(self, fraction: float) -> None:
+        started = time.perf_counter()
+        self.points.append(_accuracy(self.strategy, self.experience))
+        self.seconds += time.perf_counter() - started
+
+
+def _auc_transfer(curve: list[float], reference: list[float]) -> float:
+    if len(curve) != len(reference) or len(curve) < 2:
+        raise InvalidParameterError(
+            f"learning curves need the same number of points (at least 2), got "
+            f"{len(curve)} and {len(reference)}"
+        )
+    return forward_transfer_auc(curve, reference)
 
 
 def _last_row_only(matrix: np.ndarray) -> np.ndarray:
@@ -198,6 +263,7 @@ def run_benchmark(
     scenario_options: dict[str, Any] | None = None,
     strategy_params: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    curves: bool = False,
 ) -> list[RunResult]:
     """Run every strategy with seeds ``0 .. seeds-1``; the scenario is rebuilt for each seed.
 
@@ -216,7 +282,7 @@ def run_benchmark(
     for seed in range(seeds):
         scenario = make_scenario(scenario_name, seed=seed, **options)
         for name in names:
-            runs.append(run_one(scenario, name, seed, strategy_params, progress))
+            runs.append(run_one(scenario, name, seed, strategy_params, progress, curves))
     return runs
 
 

@@ -98,6 +98,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         scenario_options=scenario_options,
         strategy_params=strategy_params,
         progress=progress,
+        curves=args.curves,
     )
     results = aggregate(runs)
     config = {"scenario": args.scenario, "seeds": args.seeds, **scenario_options, **strategy_params}
@@ -230,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-per-class", type=int, default=None, help="replay examples per class"
     )
     bench.add_argument("--threads", type=int, default=None, help="torch threads")
+    bench.add_argument(
+        "--curves",
+        action="store_true",
+        help="also sample learning curves for Continual World's forward transfer (ft_auc)",
+    )
     bench.add_argument("--json", default=None, help="write results as JSON to this path")
     bench.add_argument("--report", default=None, help="write report.html/.md and plots here")
     bench.set_defaults(handler=cmd_bench)

@@ -28,7 +28,7 @@ from perennial.metrics import mean_ci90
 
 __all__ = ["format_table", "seen_average_curve", "write_report"]
 
-_PERCENT = {"average_accuracy", "forgetting", "bwt", "fwt"}
+_PERCENT = {"average_accuracy", "forgetting", "bwt", "fwt", "cw_forgetting", "ft_auc"}
 
 
 def _cell(metric: str, entry: dict[str, Any]) -> str:

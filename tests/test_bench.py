@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from perennial import LifelongClassifier, RidgeHead
-from perennial.bench import aggregate, params_for, run_benchmark, run_one
+from perennial.bench import aggregate, failures, params_for, run_benchmark, run_one
 from perennial.encoders import IdentityEncoder
 from perennial.exceptions import InvalidParameterError
 from perennial.metrics import backward_transfer, forgetting, mean_ci90
@@ -175,3 +175,22 @@ def test_first_task_has_no_forward_transfer():
     )
     run = run_one(single, "naive", 0, {"hidden": (8,)}, curves=True)
     assert run.metrics["ft_auc"] == 0.0
+
+
+def test_a_diverged_run_is_recorded_and_the_benchmark_goes_on():
+    runs = run_benchmark(
+        "split-mnist",
+        ["ewc", "naive"],
+        1,
+        scenario_options={"examples_per_task": 200, "n_tasks": 2, "classes_per_task": 2},
+        strategy_params={"strength": 1e9, "hidden": (16,), "lr": 0.1},
+    )
+    ewc, naive = runs
+    assert ewc.error is not None and "diverged" in ewc.error
+    assert np.isnan(ewc.metrics["average_accuracy"])
+    assert naive.error is None and np.isfinite(naive.metrics["average_accuracy"])
+    results = aggregate(runs)
+    assert results["ewc"]["failed_runs"]["mean"] == 1.0
+    assert results["ewc"]["average_accuracy"]["mean"] is None
+    assert "ewc (1/1 diverged)" in format_table(results)
+    assert failures(runs) == {"ewc": [{"seed": 0, "error": ewc.error}]}

@@ -25,6 +25,7 @@ from perennial.exceptions import (
     InvalidInputError,
     InvalidParameterError,
     NotFittedError,
+    TrainingDivergedError,
 )
 from perennial.heads import RidgeHead
 from perennial.learner import LifelongClassifier
@@ -689,7 +690,7 @@ def test_a_penalty_too_strong_for_sgd_is_an_error():
     scenario = make_scenario()
     strategy = EWC(strength=1e7, hidden=(), lr=0.5, epochs=3)
     strategy.fit_experience(scenario[0], scenario)
-    with pytest.raises(InvalidParameterError, match="diverged on experience 1"):
+    with pytest.raises(TrainingDivergedError, match="diverged on experience 1"):
         strategy.fit_experience(scenario[1], scenario)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from perennial.exceptions import InvalidParameterError
+from perennial.exceptions import InvalidParameterError, TrainingDivergedError
 from perennial.metrics import (
     ResourceMeter,
     continual_world_forgetting,
@@ -32,6 +32,7 @@ __all__ = [
     "RunResult",
     "aggregate",
     "check_strategy_names",
+    "failures",
     "run_benchmark",
     "run_one",
 ]
@@ -70,11 +71,13 @@ class RunResult:
     peak_memory_bytes: int
     stored_bytes: int
     metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "strategy": self.strategy,
             "seed": self.seed,
+            "error": self.error,
             "accuracy_matrix": _nan_to_none(self.matrix.tolist()),
             "baseline": _nan_to_none(self.baseline.tolist()),
             "metrics": _nan_to_none(self.metrics),
@@ -282,14 +285,39 @@ def run_benchmark(
     for seed in range(seeds):
         scenario = make_scenario(scenario_name, seed=seed, **options)
         for name in names:
-            runs.append(run_one(scenario, name, seed, strategy_params, progress, curves))
+            try:
+                runs.append(run_one(scenario, name, seed, strategy_params, progress, curves))
+            except TrainingDivergedError as error:
+                # A diverged run is a result, not a crash: keep it, flagged, and go on.
+                if progress is not None:
+                    progress(f"{name} seed {seed}: FAILED: {error}")
+                runs.append(_failed_run(scenario, name, seed, str(error)))
     return runs
+
+
+def _failed_run(scenario: Any, name: str, seed: int, error: str) -> RunResult:
+    n = len(scenario)
+    metrics = dict.fromkeys(METRICS, math.nan)
+    return RunResult(
+        name, seed, np.full((n, n), np.nan), np.full(n, np.nan), math.nan, 0, 0, metrics, error
+    )
+
+
+def failures(runs: Sequence[RunResult]) -> dict[str, list[dict[str, Any]]]:
+    """Failed runs (training diverged) by strategy: ``{name: [{"seed": s, "error": text}]}``."""
+    failed: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        if run.error is not None:
+            failed.setdefault(run.strategy, []).append({"seed": run.seed, "error": run.error})
+    return failed
 
 
 def aggregate(runs: Sequence[RunResult]) -> dict[str, dict[str, dict[str, Any]]]:
     """Mean and 90% confidence interval over seeds of each metric, per strategy.
 
-    Undefined values (forgetting of a joint model, a single task's transfer) are ``None``.
+    Undefined values (forgetting of a joint model, a single task's transfer) are ``None``. Failed
+    runs (see :func:`failures`) are left out of the means, and ``runs`` / ``failed_runs`` give
+    the counts, so a strategy that diverged on some seeds is never shown as if it had not.
     """
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for name in dict.fromkeys(run.strategy for run in runs):
@@ -299,6 +327,9 @@ def aggregate(runs: Sequence[RunResult]) -> dict[str, dict[str, dict[str, Any]]]
             values = np.array([run.metrics.get(metric, math.nan) for run in mine], dtype=float)
             mean, (low, high) = mean_ci90(values)
             results[name][metric] = _nan_to_none({"mean": mean, "ci90": [low, high]})
+        failed = sum(run.error is not None for run in mine)
+        results[name]["runs"] = {"mean": float(len(mine) - failed), "ci90": None}
+        results[name]["failed_runs"] = {"mean": float(failed), "ci90": None}
     return results
 
 

@@ -71,7 +71,7 @@ def cmd_incremental(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from perennial.bench import aggregate, check_strategy_names, run_benchmark
+    from perennial.bench import aggregate, check_strategy_names, failures, run_benchmark
     from perennial.report import format_table, write_report
 
     strategies = check_strategy_names([s.strip() for s in args.strategies.split(",") if s.strip()])
@@ -104,10 +104,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = {"scenario": args.scenario, "seeds": args.seeds, **scenario_options, **strategy_params}
     print(f"{args.scenario}: mean [90% CI] over {args.seeds} seed(s); accuracies in percent")
     print(format_table(results))
+    for name, failed in failures(runs).items():
+        seeds = ", ".join(str(entry["seed"]) for entry in failed)
+        print(f"{name}: training diverged on seed(s) {seeds}; means are over the other seeds")
     if args.json:
         document = {
             "config": {key: list(v) if isinstance(v, tuple) else v for key, v in config.items()},
             "results": results,
+            "failures": failures(runs),
             "runs": [run.to_json() for run in runs],
         }
         _write_text(args.json, json.dumps(document, indent=2))

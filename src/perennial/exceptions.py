@@ -24,6 +24,7 @@ __all__ = [
     "NotFittedError",
     "PerennialError",
     "PersistenceError",
+    "TrainingDivergedError",
     "UnknownLabelError",
 ]
 
@@ -98,3 +99,7 @@ class FormatVersionError(PersistenceError):
 
 class ModelMismatchError(PersistenceError):
     """A saved model whose contents disagree with its metadata or with the expected configuration."""
+
+
+class TrainingDivergedError(PerennialError, FloatingPointError):
+    """Gradient training left non-finite weights (a learning rate or penalty strength too large)."""

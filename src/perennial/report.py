@@ -40,10 +40,21 @@ def _cell(metric: str, entry: dict[str, Any]) -> str:
     return f"{mean:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
+def _name_cell(name: str, metrics: dict[str, Any]) -> str:
+    failed = int((metrics.get("failed_runs") or {}).get("mean") or 0)
+    if not failed:
+        return name
+    total = failed + int((metrics.get("runs") or {}).get("mean") or 0)
+    return f"{name} ({failed}/{total} diverged)"
+
+
 def format_table(results: dict[str, dict[str, dict[str, Any]]], markdown: bool = False) -> str:
     """One row per strategy: each metric's mean and [90% interval]; accuracies in percent."""
     header = ["strategy", *METRICS]
-    rows = [[name] + [_cell(m, metrics[m]) for m in METRICS] for name, metrics in results.items()]
+    rows = [
+        [_name_cell(name, metrics)] + [_cell(m, metrics[m]) for m in METRICS]
+        for name, metrics in results.items()
+    ]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -168,7 +179,7 @@ def write_report(
 
     table_rows = "".join(
         "<tr><td>"
-        + html.escape(name)
+        + html.escape(_name_cell(name, metrics))
         + "</td>"
         + "".join(f"<td>{html.escape(_cell(m, metrics[m]))}</td>" for m in METRICS)
         + "</tr>"

@@ -30,6 +30,7 @@ from perennial.exceptions import (
     InvalidInputError,
     InvalidParameterError,
     NotFittedError,
+    TrainingDivergedError,
 )
 from perennial.scenarios.base import Experience, LabelArray, Scenario
 from perennial.strategies.models import mlp
@@ -368,14 +369,14 @@ class GradientStrategy(Strategy, TrainingHooks):
         self.n_experiences_ += 1
 
     def check_finite(self, where: str) -> None:
-        """Raise :class:`InvalidParameterError` if training left non-finite weights.
+        """Raise :class:`TrainingDivergedError` if training left non-finite weights.
 
         SGD on a quadratic penalty diverges when ``lr * strength * importance`` exceeds 2; the
         error says so instead of letting NaN weights answer. The strategy is unusable after it.
         """
         if all(bool(torch.isfinite(p).all()) for p in self.trainer_.model.parameters()):
             return
-        raise InvalidParameterError(
+        raise TrainingDivergedError(
             f"{self!r} diverged on {where}: its weights are no longer finite; "
             "lower lr or the strength of the penalty"
         )

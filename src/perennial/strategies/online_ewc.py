@@ -25,7 +25,7 @@ class OnlineEWC(GradientStrategy):
     Parameters
     ----------
     strength
-        ``lambda``; default 100, as :class:`~perennial.strategies.EWC`.
+        ``lambda``; default 10, as :class:`~perennial.strategies.EWC`.
     gamma
         Decay of the old Fisher, in ``[0, 1]``. The default 1 (no decay) is the default of van de
         Ven et al.'s implementation used for "Three scenarios for continual learning" (van de Ven
@@ -50,7 +50,7 @@ class OnlineEWC(GradientStrategy):
     """
 
     def __init__(
-        self, *, strength: float = 100.0, gamma: float = 1.0, **common: Unpack[CommonParams]
+        self, *, strength: float = 10.0, gamma: float = 1.0, **common: Unpack[CommonParams]
     ) -> None:
         super().__init__(**common)
         self.strength = strength

@@ -118,6 +118,70 @@ class LifelongClassifier:
         """Remove a class; see the head's documentation for what is removed exactly."""
         self.head.forget(label)
 
+    def unlearn_many(self, X: Any, y: Any) -> None:
+        """Remove examples learned before, exactly: the model becomes the one that never saw them.
+
+        The inputs are encoded again and their statistics subtracted (see
+        :meth:`perennial.heads.Head.unlearn_many`). A class left with no example disappears.
+        Classes are compared by label: a model retrained on the remaining data may list them in
+        another order. The model cannot check that these are the very examples it learned (it
+        kept none); it checks that each label is known and that no class loses more examples
+        than it counted. Unlearning examples that were never learned corrupts the model silently.
+        All or nothing: on any error the model is unchanged.
+
+        Examples
+        --------
+        >>> from perennial.heads import NCMHead
+        >>> model = LifelongClassifier(head=NCMHead())
+        >>> model.learn_many([[1.0, 0.0], [0.0, 1.0], [0.0, 2.0]], ["cat", "dog", "dog"])
+        >>> model.unlearn([[0.0, 1.0], [0.0, 2.0]], ["dog", "dog"])
+        >>> model.classes_, model.n_seen_
+        (['cat'], 1)
+        """
+        n = _batch_length(X)
+        check_labels(y, n)  # cheap checks first, before any encoding work
+        features = self.encode(X)
+        self.head.unlearn_many(features, y)
+
+    unlearn = unlearn_many
+
+    def unlearn_one(self, x: Any, y: Label) -> None:
+        """Remove one example learned before (see :meth:`unlearn_many`)."""
+        self.unlearn_many([x], [y])
+
+    def merge(self, other: LifelongClassifier) -> None:
+        """Add what ``other`` learned: this model becomes the model of both models' data.
+
+        Both must use the same encoder (the same name, which identifies the feature space, as
+        :meth:`load` checks) and heads of the same type, parameters and projection. Classes are
+        matched by label; labels new to this model are appended. ``other`` is unchanged.
+
+        Raises
+        ------
+        ModelMismatchError
+            Different encoders or heads; the message names the difference, and this model is
+            unchanged.
+
+        Examples
+        --------
+        >>> from perennial.heads import NCMHead
+        >>> here, there = LifelongClassifier(head=NCMHead()), LifelongClassifier(head=NCMHead())
+        >>> here.learn_many([[1.0, 0.0]], ["cat"])
+        >>> there.learn_many([[0.0, 1.0], [0.8, 0.0]], ["dog", "cat"])
+        >>> here.merge(there)
+        >>> here.classes_, here.n_seen_
+        (['cat', 'dog'], 3)
+        """
+        if not isinstance(other, LifelongClassifier):
+            raise InputTypeError(f"can only merge a LifelongClassifier, got {type(other).__name__}")
+        mine, theirs = self._encoder.name, other._encoder.name
+        if mine != theirs:
+            raise ModelMismatchError(
+                f"cannot merge models with different encoders: {mine!r} here, {theirs!r} in the "
+                "other; their features would not match"
+            )
+        self.head.merge(other.head)
+
     # --- prediction ------------------------------------------------------------------------------
     def _require_fitted(self) -> None:
         if not self.head.is_fitted:

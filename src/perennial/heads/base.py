@@ -110,8 +110,8 @@ class Head(ABC):
     """Base class of the streaming heads.
 
     Subclasses keep per-class statistics in rows/columns ordered like ``classes_`` and implement
-    the ``_learn``, ``_scores``, ``_forget_index`` and state hooks. This class does the label
-    bookkeeping, validation and (de)serialisation of parameters.
+    the ``_learn``, ``_unlearn``, ``_merge``, ``_scores``, ``_forget_index`` and state hooks. This
+    class does the label bookkeeping, validation and (de)serialisation of parameters.
     """
 
     #: Default temperature for turning scores into probabilities with a softmax.
@@ -227,6 +227,153 @@ class Head(ABC):
         del self.classes_[index]
         self._index = {c: i for i, c in enumerate(self.classes_)}
 
+    # --- unlearning -------------------------------------------------------------------------------
+    def unlearn_one(self, x: Any, y: Label) -> None:
+        """Remove one example learned before (see :meth:`unlearn_many`)."""
+        row = np.asarray(x)
+        self.unlearn_many(row.reshape(1, -1) if row.ndim == 1 else row, [y])
+
+    def unlearn_many(self, X: Any, y: Any) -> None:
+        """Remove examples learned before: subtract their contribution from the statistics.
+
+        The result is the head that never learned them, up to rounding. A class whose count
+        reaches zero disappears entirely (from ``classes_`` and from every statistic), as it would
+        from a head retrained on the rest; the other classes keep their columns and their order.
+        A head retrained on the remaining data may list its classes in another order (first
+        appearance in *its* data), so "the same head" means the same classes as a set and the same
+        scores and counts label by label, not column by column. Unlearning everything gives an
+        empty head. "Up to rounding": a subtraction keeps the rounding error of the larger sum,
+        so the error relative to what remains grows with the share of the data removed (tests:
+        within 1e-6 of retraining in decision scores, removing up to all but one example).
+
+        Nothing of the learned examples was kept, so the caller supplies them again and the head
+        cannot tell whether they are the ones it learned. What it checks is that every label is
+        known and that no class loses more examples than it counted; examples that pass this check
+        but were never learned are subtracted all the same and silently corrupt the model.
+
+        The batch is checked whole before anything changes: on any error the head is unchanged.
+
+        Raises
+        ------
+        UnknownLabelError
+            A label the head does not know.
+        InvalidInputError
+            More examples of a class than the head counted (the message names the class and
+            both counts), or features that are empty, non-finite, of the wrong width, or labels
+            of another length (the subclasses of ``InvalidInputError`` used by ``learn_many``).
+
+        Examples
+        --------
+        >>> from perennial.heads import NCMHead
+        >>> head = NCMHead()
+        >>> head.learn_many([[1.0, 0.0], [0.0, 1.0], [0.0, 3.0]], ["x", "y", "y"])
+        >>> head.unlearn_many([[0.0, 3.0]], ["y"])
+        >>> head.means_.tolist(), head.n_seen_
+        ([[1.0, 0.0], [0.0, 1.0]], 2)
+        >>> head.unlearn_one([1.0, 0.0], "x")
+        >>> head.classes_
+        ['y']
+        """
+        features = check_features(X, self.dim_)
+        labels = check_labels(y, features.shape[0])
+        unknown = [label for label in dict.fromkeys(labels) if label not in self._index]
+        if unknown:
+            raise UnknownLabelError(
+                f"cannot unlearn examples of {', '.join(map(repr, unknown))}: the head knows "
+                f"{len(self.classes_)} classes and not "
+                + ("this one" if len(unknown) == 1 else "these")
+            )
+        columns = np.asarray([self._index[label] for label in labels], dtype=np.intp)
+        removed = np.bincount(columns, minlength=len(self.classes_))
+        counts = self._class_counts()
+        too_many = np.flatnonzero(removed > counts)
+        if too_many.size:
+            details = "; ".join(
+                f"{removed[i]} examples of {self.classes_[i]!r}, which has counted {counts[i]}"
+                for i in too_many
+            )
+            raise InvalidInputError(
+                f"cannot unlearn more examples of a class than the head learned: {details}"
+            )
+        # Only the classes this batch empties are dropped.
+        kept = np.flatnonzero((removed == 0) | (removed < counts)).astype(np.intp)
+        self._unlearn(features, columns, kept)
+        self.classes_ = [self.classes_[i] for i in kept]
+        self._index = {c: i for i, c in enumerate(self.classes_)}
+        self.n_seen_ -= features.shape[0]
+        if self.n_seen_ == 0 and not self.classes_:
+            self._reset()  # exactly the head that learned nothing, not zeros up to rounding
+
+    # --- merging ----------------------------------------------------------------------------------
+    def merge(self, other: Head) -> None:
+        """Add the statistics of ``other``: this head becomes the head of both heads' data.
+
+        Both heads must be of the same type with the same parameters and the same input width
+        (and, for the ridge heads, the same random projection). Classes are matched by label, in
+        whatever order each head lists them; labels new to this head are appended in the order
+        ``other`` lists them. Merging an empty head changes nothing; merging into an empty head
+        copies ``other``. ``other`` is not modified. As with :meth:`unlearn_many`, the result
+        equals a head trained on both data sets label by label; its column order may differ.
+
+        Raises
+        ------
+        ModelMismatchError
+            Different head types, parameters, input widths or projections; the message names
+            the difference, and this head is unchanged.
+
+        Examples
+        --------
+        >>> from perennial.heads import NCMHead
+        >>> a, b = NCMHead(), NCMHead()
+        >>> a.learn_many([[1.0, 0.0], [3.0, 0.0]], ["x", "x"])
+        >>> b.learn_many([[0.0, 1.0], [2.0, 0.0]], ["y", "x"])
+        >>> a.merge(b)
+        >>> a.classes_, a.means_.tolist(), a.n_seen_
+        (['x', 'y'], [[2.0, 0.0], [0.0, 1.0]], 4)
+        """
+        if not isinstance(other, Head):
+            raise InputTypeError(f"can only merge a head, got {type(other).__name__}")
+        if type(other) is not type(self):
+            raise ModelMismatchError(
+                f"cannot merge a {type(other).__name__} into a {type(self).__name__}"
+            )
+        mine, theirs = self.get_params(), other.get_params()
+        differences = [
+            f"{name}={mine[name]!r} here, {theirs.get(name)!r} in the other"
+            for name in mine
+            if mine[name] != theirs.get(name)
+        ]
+        if differences:
+            raise ModelMismatchError(
+                f"cannot merge {type(self).__name__}s with different parameters: "
+                + "; ".join(differences)
+            )
+        if other.dim_ is None:
+            return
+        if self.dim_ is None:
+            meta, arrays = other.get_state()
+            self.set_state(meta, arrays)  # copies the arrays
+            return
+        if other.dim_ != self.dim_:
+            raise ModelMismatchError(
+                f"cannot merge heads learned on different features: {self.dim_} per example "
+                f"here, {other.dim_} in the other"
+            )
+        self._check_mergeable(other)
+        columns = []
+        new: list[Label] = []
+        for label in other.classes_:
+            column = self._index.get(label)
+            if column is None:
+                column = len(self.classes_) + len(new)
+                new.append(label)
+            columns.append(column)
+        self._merge(other, np.asarray(columns, dtype=np.intp), len(new))
+        for label in new:
+            self._index[label] = len(self.classes_)
+            self.classes_.append(label)
+        self.n_seen_ += other.n_seen_
+
     # --- persistence ---------------------------------------------------------------------------
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Learned state as (JSON-able metadata, named arrays)."""
@@ -295,6 +442,32 @@ class Head(ABC):
     @abstractmethod
     def _forget_index(self, index: int) -> None:
         """Drop the statistics of class number ``index``."""
+
+    @abstractmethod
+    def _class_counts(self) -> NDArray[np.int64]:
+        """Examples counted per class, ordered like ``classes_``."""
+
+    @abstractmethod
+    def _unlearn(self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]) -> None:
+        """Subtract a validated batch, then keep only the columns ``kept`` (in that order).
+
+        The batch never takes more examples of a class than it counted; the columns left out of
+        ``kept`` are the classes it empties. Compute every new array before replacing any.
+        """
+
+    @abstractmethod
+    def _merge(self, other: Any, columns: NDArray[np.intp], n_new: int) -> None:
+        """Add the statistics of a compatible head of the same type.
+
+        Column ``j`` of ``other`` goes to column ``columns[j]``; ``n_new`` new columns are appended
+        first. ``other`` may be this very head.
+        """
+
+    def _check_mergeable(self, other: Any) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`ModelMismatchError` if ``other`` (same type, params, width) cannot merge.
+
+        Heads whose statistics depend only on their parameters and input width need no check.
+        """
 
     @abstractmethod
     def _state_arrays(self) -> dict[str, np.ndarray]:

@@ -21,6 +21,9 @@ class RidgeEnsembleHead(Head):
     re-solve time, for a similar gain in accuracy (RanPAC's random features and KLDA's
     ensemble of random-feature heads use the same lever).
 
+    ``unlearn_many`` and ``merge`` act on every member, so they are exact too (see
+    :class:`RidgeHead`); two ensembles merge only with the same parameters and projections.
+
     Parameters
     ----------
     n_members
@@ -101,6 +104,33 @@ class RidgeEnsembleHead(Head):
         for member in self.members_:
             member._forget_index(index)
         self._number_members(len(self.classes_) - 1)
+
+    def _unlearn(self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]) -> None:
+        for member in self.members_:
+            member._unlearn(X, columns, kept)
+            member.n_seen_ -= X.shape[0]
+        self._number_members(len(kept))
+
+    def _check_mergeable(self, other: RidgeEnsembleHead) -> None:
+        for i, (member, theirs) in enumerate(zip(self.members_, other.members_, strict=True)):
+            try:
+                member._check_mergeable(theirs)
+            except ModelMismatchError as error:
+                raise ModelMismatchError(f"member {i}: {error}") from None
+
+    def _merge(self, other: RidgeEnsembleHead, columns: NDArray[np.intp], n_new: int) -> None:
+        for member, theirs in zip(self.members_, other.members_, strict=True):
+            member._merge(theirs, columns, n_new)
+            member.n_seen_ += theirs.n_seen_
+        self._number_members(len(self.classes_) + n_new)
+
+    def _class_counts(self) -> NDArray[np.int64]:
+        return self.members_[0].counts_
+
+    @property
+    def counts_(self) -> NDArray[np.int64]:
+        """Examples counted per class, ordered like ``classes_`` (the members share them)."""
+        return self.members_[0].counts_
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
         arrays: dict[str, np.ndarray] = {}

@@ -17,7 +17,8 @@ class NCMHead(Head):
     With ``metric="cosine"`` (default) the score is the cosine similarity to each prototype, as in
     SimpleCIL (Zhou et al., "Revisiting Class-Incremental Learning with Pre-Trained Models", 2023);
     with ``"euclidean"`` it is the negative squared distance. Only per-class sums and counts are
-    kept, so ``forget`` is always exact.
+    kept, so ``forget``, ``unlearn_many`` (subtract the examples from their class's sum and
+    count) and ``merge`` (add two heads' sums and counts) are always exact.
 
     Examples
     --------
@@ -49,6 +50,22 @@ class NCMHead(Head):
         counts = np.concatenate([self.counts_, np.zeros(n_new, dtype=np.int64)])
         np.add.at(counts, columns, 1)
         self.sums_, self.counts_ = sums, counts
+
+    def _unlearn(self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]) -> None:
+        sums = self.sums_.copy()
+        np.subtract.at(sums, columns, X)
+        counts = self.counts_ - np.bincount(columns, minlength=self.counts_.shape[0])
+        self.sums_, self.counts_ = sums[kept], counts[kept]
+
+    def _merge(self, other: NCMHead, columns: NDArray[np.intp], n_new: int) -> None:
+        sums = np.vstack([self.sums_, np.zeros((n_new, self.sums_.shape[1]))])
+        sums[columns] += other.sums_  # columns are distinct
+        counts = np.concatenate([self.counts_, np.zeros(n_new, dtype=np.int64)])
+        counts[columns] += other.counts_
+        self.sums_, self.counts_ = sums, counts
+
+    def _class_counts(self) -> NDArray[np.int64]:
+        return self.counts_
 
     def _forget_index(self, index: int) -> None:
         self.n_seen_ -= int(self.counts_[index])

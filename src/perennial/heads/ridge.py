@@ -7,7 +7,7 @@ import scipy.linalg
 from numpy.typing import NDArray
 from scipy.linalg import blas
 
-from perennial.exceptions import InvalidParameterError
+from perennial.exceptions import InvalidParameterError, ModelMismatchError
 from perennial.heads.base import FloatArray, Head, one_hot
 
 __all__ = ["RidgeHead"]
@@ -32,6 +32,15 @@ class RidgeHead(Head):
     of 33 values relative to the mean eigenvalue of ``G``; no held-out data is kept. Because the
     choice is a function of the statistics alone, learning the same data in any order or batch
     split gives the same model.
+
+    ``unlearn_many(X, y)`` subtracts the examples' ``h h^T`` from ``G`` (and from ``G_c`` with
+    ``exact_forget=True``), their targets from ``C`` and their counts: this is exact whatever
+    ``exact_forget`` says, and ``lam`` is chosen again from the new statistics, as retraining would.
+    The eigendecomposition is dropped (a subtraction cannot go through the pending updates, whose
+    Woodbury capacitance is positive definite only for additions), so the next prediction
+    re-decomposes ``G``. Examples of a class removed by the default ``forget`` stay in ``G``
+    without a label and can no longer be unlearned. ``merge(other)`` adds the statistics of a
+    head with the same parameters and the same projection.
 
     ``forget(label)`` drops the class's column of ``C`` and its count. With the default
     ``exact_forget=False`` its examples stay in ``G`` as unlabelled rows (targets all zero): the
@@ -165,6 +174,67 @@ class RidgeHead(Head):
         else:
             self._invalidate(eigen=True)
 
+    def _unlearn(self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]) -> None:
+        assert self.gram_ is not None and self.targets_ is not None
+        H = self.expand(X)
+        n_classes = self.targets_.shape[1]
+        targets = (self.targets_ - H.T @ one_hot(columns, n_classes))[:, kept]
+        counts = (self.counts_ - np.bincount(columns, minlength=n_classes))[kept]
+        H_f = np.asfortranarray(H)
+        class_updates: list[tuple[int, FloatArray]] = []
+        if self.exact_forget:
+            remaining = set(kept.tolist())  # an emptied class's G_c is dropped, not downdated
+            class_updates = [
+                (int(c), np.asfortranarray(H[columns == c]))
+                for c in np.unique(columns)
+                if int(c) in remaining
+            ]
+        # Commit.
+        _add_gram(self.gram_, H_f, alpha=-1.0)
+        for column, rows in class_updates:
+            _add_gram(self.class_grams_[column], rows, alpha=-1.0)
+        if self.exact_forget:
+            self.class_grams_ = [self.class_grams_[i] for i in kept]
+        self.targets_ = targets
+        self.counts_ = counts
+        self._invalidate(eigen=True)
+
+    def _check_mergeable(self, other: RidgeHead) -> None:
+        assert self.projection_ is not None and other.projection_ is not None
+        if not np.array_equal(self.projection_, other.projection_):
+            raise ModelMismatchError(
+                "cannot merge ridge heads whose random projections differ although their seed "
+                f"({self.seed}) and input width ({self.dim_}) agree; were they made with "
+                "different numpy versions?"
+            )
+
+    def _merge(self, other: RidgeHead, columns: NDArray[np.intp], n_new: int) -> None:
+        assert self.gram_ is not None and self.targets_ is not None
+        assert other.gram_ is not None and other.targets_ is not None
+        targets = np.hstack([self.targets_, np.zeros((self.n_features, n_new))])
+        targets[:, columns] += other.targets_  # columns are distinct
+        counts = np.concatenate([self.counts_, np.zeros(n_new, dtype=np.int64)])
+        counts[columns] += other.counts_
+        n_old = len(self.class_grams_)
+        appended = [
+            np.array(other.class_grams_[j], order="F")
+            for j, column in enumerate(columns)
+            if self.exact_forget and column >= n_old
+        ]
+        # Commit. Only upper triangles are authoritative; adding whole matrices keeps them so.
+        self.gram_ += other.gram_
+        if self.exact_forget:
+            for j, column in enumerate(columns):
+                if column < n_old:
+                    self.class_grams_[column] += other.class_grams_[j]
+            self.class_grams_.extend(appended)  # new columns come in the order of other's labels
+        self.targets_ = targets
+        self.counts_ = counts
+        self._invalidate(eigen=True)
+
+    def _class_counts(self) -> NDArray[np.int64]:
+        return self.counts_
+
     def _forget_index(self, index: int) -> None:
         assert self.targets_ is not None and self.gram_ is not None
         self.targets_ = np.delete(self.targets_, index, axis=1)
@@ -229,7 +299,12 @@ class RidgeHead(Head):
                 # Near interpolation both the residual sum of squares and n - dof vanish and
                 # their ratio is rounding noise; GCV needs at least one residual degree of freedom.
                 continue
-            rss = max(target_energy - fit - lam * weight_energy, 0.0)
+            rss = target_energy - fit - lam * weight_energy
+            if rss <= 1e-9 * target_energy:
+                # The targets are fitted to within rounding (repeated examples, fewer examples
+                # than features): the value is noise whose sign and size depend on summation
+                # order, so it must not decide.
+                continue
             score = n * rss / residual**2
             # Ties within rounding go to the stronger ridge, so the choice does not depend on
             # the order in which the statistics were summed.
@@ -301,12 +376,12 @@ class RidgeHead(Head):
         self._invalidate(eigen=True)
 
 
-def _add_gram(gram: FloatArray, rows: FloatArray) -> None:
-    """``gram += rows^T rows`` in place, on the upper triangle only (BLAS syr/syrk)."""
+def _add_gram(gram: FloatArray, rows: FloatArray, alpha: float = 1.0) -> None:
+    """``gram += alpha rows^T rows`` in place, on the upper triangle only (BLAS syr/syrk)."""
     if rows.shape[0] == 1:
-        out = blas.dsyr(1.0, rows[0], lower=0, a=gram, overwrite_a=1)
+        out = blas.dsyr(alpha, rows[0], lower=0, a=gram, overwrite_a=1)
     else:
-        out = blas.dsyrk(1.0, rows, beta=1.0, c=gram, trans=1, lower=0, overwrite_c=1)
+        out = blas.dsyrk(alpha, rows, beta=1.0, c=gram, trans=1, lower=0, overwrite_c=1)
     if out is not gram and not np.shares_memory(out, gram):  # pragma: no cover - BLAS copied
         gram[...] = out
 

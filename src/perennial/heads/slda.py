@@ -22,6 +22,10 @@ class SLDAHead(Head):
     same quantity). Scores are ``x^T L mu_c - mu_c^T L mu_c / 2`` with the shrunk precision
     ``L = ((1 - shrinkage) S + shrinkage I)^-1``.
 
+    ``unlearn_many(X, y)`` subtracts the examples from the class sums, the counts and ``T`` (and
+    from the class's own second moment with ``exact_forget=True``): exact in either mode.
+    ``merge(other)`` adds the statistics of a head with the same parameters.
+
     ``forget(label)`` removes the class's mean and count. With ``exact_forget=False`` (default) the
     class's within-class scatter stays in the shared covariance; with ``exact_forget=True`` the head
     keeps per-class second moments (``n_classes * d**2`` floats) and the result is exactly the model
@@ -77,6 +81,39 @@ class SLDAHead(Head):
         self.sums_, self.counts_, self.second_moment_ = sums, counts, second
         self.class_second_moments_ = class_moments
         self._solution = None
+
+    def _unlearn(self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]) -> None:
+        sums = self.sums_.copy()
+        np.subtract.at(sums, columns, X)
+        counts = self.counts_ - np.bincount(columns, minlength=self.counts_.shape[0])
+        second = self.second_moment_ - X.T @ X
+        class_moments = list(self.class_second_moments_)
+        if self.exact_forget:
+            for column in np.intersect1d(np.unique(columns), kept):
+                rows = X[columns == column]
+                class_moments[column] = class_moments[column] - rows.T @ rows
+            class_moments = [class_moments[i] for i in kept]
+        self.sums_, self.counts_, self.second_moment_ = sums[kept], counts[kept], second
+        self.class_second_moments_ = class_moments
+        self._solution = None
+
+    def _merge(self, other: SLDAHead, columns: NDArray[np.intp], n_new: int) -> None:
+        sums = np.vstack([self.sums_, np.zeros((n_new, self.sums_.shape[1]))])
+        sums[columns] += other.sums_  # columns are distinct
+        counts = np.concatenate([self.counts_, np.zeros(n_new, dtype=np.int64)])
+        counts[columns] += other.counts_
+        second = self.second_moment_ + other.second_moment_
+        class_moments = list(self.class_second_moments_)
+        if self.exact_forget:
+            class_moments += [np.zeros_like(second) for _ in range(n_new)]
+            for j, column in enumerate(columns):
+                class_moments[column] = class_moments[column] + other.class_second_moments_[j]
+        self.sums_, self.counts_, self.second_moment_ = sums, counts, second
+        self.class_second_moments_ = class_moments
+        self._solution = None
+
+    def _class_counts(self) -> NDArray[np.int64]:
+        return self.counts_
 
     def _forget_index(self, index: int) -> None:
         count = self.counts_[index]

@@ -1,0 +1,510 @@
+"""Unlearning and merging against retraining from scratch, for every head.
+
+"The same model" means: the same classes as a set, the same counts and statistics label by label,
+and decision scores within 1e-6 relative, compared label by label. Column order may differ: a
+head lists classes in order of first appearance in the data it learned, and a head retrained on
+the remaining data sees them in another order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from perennial import LifelongClassifier
+from perennial.encoders import FunctionEncoder, IdentityEncoder
+from perennial.exceptions import (
+    EmptyInputError,
+    FeatureDimensionError,
+    InputTypeError,
+    InvalidInputError,
+    LabelLengthError,
+    ModelMismatchError,
+    NonFiniteInputError,
+    UnknownLabelError,
+)
+from perennial.heads import NCMHead, RidgeEnsembleHead, RidgeHead, SLDAHead
+from perennial.heads.base import Head
+
+FACTORIES: dict[str, Callable[[], Head]] = {
+    "ridge-auto": lambda: RidgeHead(n_features=48, max_pending=6),
+    "ridge-fixed": lambda: RidgeHead(n_features=32, ridge=0.5, max_pending=6),
+    "ridge-exact": lambda: RidgeHead(n_features=32, exact_forget=True, max_pending=6),
+    "ridge-ensemble": lambda: RidgeEnsembleHead(n_members=2, n_features=24, max_pending=5),
+    "slda": lambda: SLDAHead(),
+    "slda-exact": lambda: SLDAHead(exact_forget=True),
+    "ncm": lambda: NCMHead(),
+    "ncm-euclidean": lambda: NCMHead(metric="euclidean"),
+}
+NAMES = sorted(FACTORIES)
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def blobs(seed: int, n_classes: int = 4, per_class: int = 12, dim: int = 5):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 2, (n_classes, dim))
+    X = np.vstack([c + rng.normal(0, 1, (per_class, dim)) for c in centers])
+    y = [f"c{k}" for k in range(n_classes) for _ in range(per_class)]
+    order = rng.permutation(len(y))
+    return X[order], [y[i] for i in order]
+
+
+def new_examples(seed: int, n: int = 5):
+    """A few examples not in ``blobs(seed)``.
+
+    Not the same examples again: with repeated examples and fewer examples than random features,
+    the ridge head's GCV choice depends on rounding, whether or not anything was unlearned (see
+    ``test_ridge_gcv_with_repeated_examples_does_not_depend_on_the_batch_split``).
+    """
+    X, y = blobs(seed + 100_000)
+    return X[:n], y[:n]
+
+
+def learn_in_batches(head: Head, X, y, rows, rng: np.random.Generator) -> None:
+    """Learn ``rows`` in random small batches, predicting after each one.
+
+    The predictions keep the ridge head's eigendecomposition alive, so most batches go through
+    its pending (Woodbury) updates rather than a re-solve.
+    """
+    rows = list(rows)
+    start = 0
+    while start < len(rows):
+        size = int(rng.integers(1, 5)) if start else int(rng.integers(1, len(rows) + 1))
+        piece = rows[start : start + size]
+        head.learn_many(X[piece], [y[i] for i in piece])
+        head.decision_scores(X[:2])
+        start += size
+
+
+def statistics_by_label(head: Head) -> dict[tuple[str | int, ...], np.ndarray]:
+    """Every state array, with per-class rows/columns/matrices keyed by label, not position."""
+    meta, arrays = head.get_state()
+    classes = meta["classes"]
+    out: dict[tuple[str | int, ...], np.ndarray] = {}
+    for name, array in arrays.items():
+        parts = tuple(name.split("."))
+        if parts[-1].isdigit():  # class_gram.3, class_second_moment.0
+            out[(*parts[:-1], classes[int(parts[-1])])] = array
+        elif parts[-1] == "targets":  # (n_features, n_classes)
+            out.update({(*parts, c): array[:, i] for i, c in enumerate(classes)})
+        elif parts[-1] in ("sums", "counts"):  # one row per class
+            out.update({(*parts, c): array[i] for i, c in enumerate(classes)})
+        else:
+            out[parts] = array
+    return out
+
+
+def relative_gap(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+
+
+def scores_by_label(head: Head, X, classes) -> np.ndarray:
+    return head.decision_scores(X)[:, [head.classes_.index(c) for c in classes]]
+
+
+def assert_same_model(got: Head, expected: Head, X) -> None:
+    """``got`` equals ``expected`` label by label (see the module docstring)."""
+    if not expected.classes_:
+        assert got.get_state() == expected.get_state()  # both empty: nothing at all
+        return
+    assert set(got.classes_) == set(expected.classes_)
+    assert len(got.classes_) == len(expected.classes_)
+    assert got.n_seen_ == expected.n_seen_ and got.dim_ == expected.dim_
+    mine, theirs = statistics_by_label(got), statistics_by_label(expected)
+    assert mine.keys() == theirs.keys()
+    scale = max(float(np.max(np.abs(v))) for v in theirs.values())
+    for key, value in theirs.items():
+        if value.dtype.kind == "i":
+            np.testing.assert_array_equal(mine[key], value, err_msg=str(key))
+        else:
+            assert np.max(np.abs(mine[key] - value), initial=0.0) <= 1e-9 * scale, key
+    classes = expected.classes_
+    assert relative_gap(scores_by_label(got, X, classes), expected.decision_scores(X)) < 1e-6
+    if isinstance(expected, RidgeHead):
+        assert isinstance(got, RidgeHead)
+        assert got.ridge_ == pytest.approx(expected.ridge_, rel=1e-9)  # GCV follows the statistics
+
+
+def snapshot(head: Head):
+    meta, arrays = head.get_state()
+    return meta, {k: v.copy() for k, v in arrays.items()}
+
+
+def assert_unchanged(head: Head, before) -> None:
+    meta, arrays = head.get_state()
+    assert meta == before[0]
+    assert arrays.keys() == before[1].keys()
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(value, before[1][key], err_msg=key)
+
+
+# --- unlearning == retraining without the examples --------------------------------------------------
+@PROPERTY
+@given(
+    name=st.sampled_from(NAMES),
+    seed=st.integers(0, 10_000),
+    removed=st.sets(st.integers(0, 47)),
+    whole_classes=st.sets(st.sampled_from(["c0", "c1", "c2", "c3"]), max_size=4),
+    n_pieces=st.integers(1, 3),
+)
+def test_unlearning_equals_retraining_without_the_examples(
+    name, seed, removed, whole_classes, n_pieces
+):
+    X, y = blobs(seed)
+    rng = np.random.default_rng(seed + 1)
+    B = sorted(removed | {i for i, label in enumerate(y) if label in whole_classes})
+    A = sorted(set(range(len(y))) - set(B))
+    head = FACTORIES[name]()
+    learn_in_batches(head, X, y, rng.permutation(len(y)), rng)
+    for piece in np.array_split(rng.permutation(B), n_pieces):  # subtractions commute too
+        if len(piece):
+            head.unlearn_many(X[piece], [y[i] for i in piece])
+    never = FACTORIES[name]()
+    if A:
+        never.learn_many(X[A], [y[i] for i in A])
+    assert not set(head.classes_) & (whole_classes - {y[i] for i in A})
+    assert_same_model(head, never, X)
+    # Learning goes on from there exactly as from the retrained head.
+    X_new, y_new = new_examples(seed)
+    head.learn_many(X_new, y_new)
+    never.learn_many(X_new, y_new)
+    assert_same_model(head, never, X)
+
+
+@pytest.mark.parametrize("name", ["ridge-auto", "ridge-exact", "ridge-ensemble"])
+def test_ridge_unlearning_while_updates_are_pending(name):
+    X, y = blobs(3)
+    head = FACTORIES[name]()
+    head.learn_many(X[:30], y[:30])
+    head.decision_scores(X[:2])  # takes the eigendecomposition
+    head.learn_many(X[30:33], y[30:33])
+    head.learn_one(X[33], y[33])
+    members = head.members_ if isinstance(head, RidgeEnsembleHead) else [head]
+    assert all(m._eigen is not None and m._pending for m in members)  # the Woodbury path is live
+    head.unlearn_many(X[28:34], y[28:34])  # two from the base, all the pending ones
+    never = FACTORIES[name]()
+    never.learn_many(X[:28], y[:28])
+    assert_same_model(head, never, X)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unlearning_after_a_save_load_round_trip(tmp_path, name):
+    X, y = blobs(4)
+    B = [i for i, label in enumerate(y) if label == "c1" or i % 7 == 0]
+    A = [i for i in range(len(y)) if i not in set(B)]
+    model = LifelongClassifier(IdentityEncoder(), FACTORIES[name]())
+    learn_in_batches(
+        model.head, IdentityEncoder().encode(X), y, range(len(y)), np.random.default_rng(0)
+    )
+    model.save(tmp_path / "m")
+    loaded = LifelongClassifier.load(tmp_path / "m")
+    loaded.unlearn(X[B], [y[i] for i in B])
+    never = LifelongClassifier(IdentityEncoder(), FACTORIES[name]())
+    never.learn_many(X[A], [y[i] for i in A])
+    assert "c1" not in loaded.classes_
+    assert_same_model(loaded.head, never.head, IdentityEncoder().encode(X))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unlearning_everything_leaves_an_empty_head(name):
+    X, y = blobs(5)
+    head = FACTORIES[name]()
+    head.learn_many(X, y)
+    head.unlearn_many(X[::-1], y[::-1])
+    assert head.get_state() == FACTORIES[name]().get_state()
+    assert not head.is_fitted
+    head.learn_many(X[:, :3], y)  # a new width is fine: nothing is left of the old one
+    assert head.dim_ == 3
+
+
+def test_an_unlearned_class_comes_back_last():
+    X, y = blobs(6)
+    head = NCMHead()
+    head.learn_many(X, y)
+    first = head.classes_[0]
+    rows = [i for i, label in enumerate(y) if label == first]
+    head.unlearn_many(X[rows], [first] * len(rows))
+    assert first not in head.classes_
+    head.learn_one(X[rows[0]], first)
+    assert head.classes_[-1] == first and head.counts_[-1] == 1
+
+
+def test_a_class_removed_by_default_forget_cannot_be_unlearned():
+    X, y = blobs(7)
+    head = RidgeHead(n_features=16)
+    head.learn_many(X, y)
+    head.forget("c2")  # its rows stay in G without a label
+    rows = [i for i, label in enumerate(y) if label == "c2"]
+    with pytest.raises(UnknownLabelError, match="'c2'"):
+        head.unlearn_many(X[rows], ["c2"] * len(rows))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_ridge_gcv_with_repeated_examples_does_not_depend_on_the_batch_split(seed):
+    # Learning an example twice with fewer examples than random features fits the targets to
+    # within rounding at weak ridges; that noise must not pick the strength.
+    X, y = blobs(seed)
+    whole = RidgeHead(n_features=48)
+    whole.learn_many(np.vstack([X[:4], X[:5]]), y[:4] + y[:5])
+    split = RidgeHead(n_features=48)
+    split.learn_many(X[:4], y[:4])
+    split.decision_scores(X[:1])  # the next batch goes through the pending updates
+    split.learn_many(X[:5], y[:5])  # four of them again
+    assert split.ridge_ == pytest.approx(whole.ridge_, rel=1e-9)
+    np.testing.assert_allclose(
+        split.decision_scores(X), whole.decision_scores(X), rtol=1e-6, atol=1e-9
+    )
+
+
+# --- merging == training on the union ----------------------------------------------------------------
+def split_by_class(y, modes, parts, n_parts):
+    """Rows per part: a class whose mode is an int goes whole to that part, else row by row."""
+    groups: list[list[int]] = [[] for _ in range(n_parts)]
+    for i, label in enumerate(y):
+        mode = modes[int(label[1:])]
+        groups[mode if mode < n_parts else parts[i]].append(i)
+    return groups
+
+
+@PROPERTY
+@given(
+    name=st.sampled_from(NAMES),
+    seed=st.integers(0, 10_000),
+    modes=st.lists(st.integers(0, 2), min_size=4, max_size=4),  # 2 = mixed between the parts
+    parts=st.lists(st.integers(0, 1), min_size=48, max_size=48),
+)
+def test_merge_equals_training_on_the_union(name, seed, modes, parts):
+    X, y = blobs(seed)
+    rng = np.random.default_rng(seed + 2)
+    first, second = split_by_class(y, modes, parts, 2)
+    a, b = FACTORIES[name](), FACTORIES[name]()
+    # Each head learns its own part in its own order, so their class orders differ.
+    learn_in_batches(a, X, y, rng.permutation(first), rng)
+    learn_in_batches(b, X, y, rng.permutation(second), rng)
+    b_before = snapshot(b)
+    a.merge(b)
+    assert_unchanged(b, b_before)  # the other head is only read
+    union = FACTORIES[name]()
+    union.learn_many(X, y)
+    assert_same_model(a, union, X)
+    # Learning goes on from the merged statistics as from the union's.
+    X_new, y_new = new_examples(seed)
+    a.learn_many(X_new, y_new)
+    union.learn_many(X_new, y_new)
+    assert_same_model(a, union, X)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(NAMES),
+    seed=st.integers(0, 10_000),
+    modes=st.lists(st.integers(0, 3), min_size=4, max_size=4),  # 3 = mixed between the parts
+    parts=st.lists(st.integers(0, 2), min_size=48, max_size=48),
+)
+def test_three_way_merge_is_associative(name, seed, modes, parts):
+    X, y = blobs(seed)
+    rng = np.random.default_rng(seed + 3)
+    groups = split_by_class(y, modes, parts, 3)
+
+    def learned(rows) -> Head:
+        head = FACTORIES[name]()
+        if rows:
+            order = rng.permutation(rows)
+            head.learn_many(X[order], [y[i] for i in order])
+        return head
+
+    heads = [learned(rows) for rows in groups]
+    left = FACTORIES[name]()
+    left.set_state(*heads[0].get_state())
+    left.merge(heads[1])
+    left.merge(heads[2])  # (a + b) + c
+    right_tail = FACTORIES[name]()
+    right_tail.set_state(*heads[1].get_state())
+    right_tail.merge(heads[2])
+    right = FACTORIES[name]()
+    right.set_state(*heads[0].get_state())
+    right.merge(right_tail)  # a + (b + c)
+    assert left.classes_ == right.classes_  # same order too: a's, then b's new, then c's new
+    assert_same_model(left, right, X)
+    union = FACTORIES[name]()
+    union.learn_many(X, y)
+    assert_same_model(left, union, X)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_merging_an_empty_head_is_a_no_op_and_merging_into_one_copies(name):
+    X, y = blobs(8)
+    trained = FACTORIES[name]()
+    trained.learn_many(X, y)
+    before = snapshot(trained)
+    trained.merge(FACTORIES[name]())
+    assert_unchanged(trained, before)
+    empty = FACTORIES[name]()
+    empty.merge(trained)
+    assert_unchanged(empty, before)
+    np.testing.assert_array_equal(empty.decision_scores(X), trained.decision_scores(X))
+    empty.learn_many(X[:4], y[:4])  # a copy, not a view
+    assert_unchanged(trained, before)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_merging_a_head_with_itself_counts_its_data_twice(name):
+    X, y = blobs(9)
+    head, twice = FACTORIES[name](), FACTORIES[name]()
+    head.learn_many(X, y)
+    twice.learn_many(np.vstack([X, X]), y + y)
+    head.merge(head)
+    assert_same_model(head, twice, X)
+
+
+# --- bad input changes nothing ---------------------------------------------------------------------
+BAD_UNLEARN = [
+    ("unknown", lambda X: X[:2], ["c0", "zebra"], UnknownLabelError, "'zebra'"),
+    ("too-many", lambda X: X[:13], ["c0"] * 13, InvalidInputError, "13 examples of 'c0', which has counted 12"),
+    ("mixed-too-many", lambda X: X[:14], ["c1"] + ["c2"] * 13, InvalidInputError, "'c2'"),
+    ("nan", lambda X: np.where(np.arange(X[:4].size).reshape(4, -1) == 3, np.nan, X[:4]), ["c0"] * 4, NonFiniteInputError, "nan"),
+    ("inf", lambda X: np.where(np.arange(X[:4].size).reshape(4, -1) == 2, -np.inf, X[:4]), ["c0"] * 4, NonFiniteInputError, "inf"),
+    ("width", lambda X: X[:4, :-1], ["c0"] * 4, FeatureDimensionError, "expected 5"),
+    ("empty", lambda X: X[:0], [], EmptyInputError, "empty"),
+    ("labels", lambda X: X[:4], ["c0"] * 3, LabelLengthError, "4 inputs but 3 labels"),
+    ("rank", lambda X: X[0], ["c0"], InvalidInputError, "shape"),
+    ("text", lambda X: "abc", ["c0"], InputTypeError, "str"),
+    ("float-label", lambda X: X[:2], [1.5, "c0"], InputTypeError, "1.5"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    ("case", "make", "labels", "error", "text"), BAD_UNLEARN, ids=[b[0] for b in BAD_UNLEARN]
+)
+def test_bad_unlearning_raises_and_changes_nothing(name, case, make, labels, error, text):
+    X, y = blobs(10)
+    order = np.argsort(y, kind="stable")  # rows of c0 first, then c1, ...
+    X, y = X[order], [y[i] for i in order]
+    head = FACTORIES[name]()
+    head.learn_many(X, y)
+    scores = head.decision_scores(X)
+    before = snapshot(head)
+    with pytest.raises(error, match=text):
+        head.unlearn_many(make(X), labels)
+    assert_unchanged(head, before)
+    np.testing.assert_array_equal(head.decision_scores(X), scores)  # caches intact too
+
+
+def test_unlearning_from_an_empty_head_names_the_label():
+    head = RidgeHead(n_features=8)
+    with pytest.raises(UnknownLabelError, match="'a'"):
+        head.unlearn_one([1.0, 2.0], "a")
+    assert head.get_state() == RidgeHead(n_features=8).get_state()
+
+
+MISMATCHES = [
+    ("type", lambda: RidgeHead(n_features=32), lambda: NCMHead(), "NCMHead into a RidgeHead"),
+    ("n_features", lambda: RidgeHead(n_features=32), lambda: RidgeHead(n_features=16), "n_features=32 here, 16"),
+    ("seed", lambda: RidgeHead(n_features=32), lambda: RidgeHead(n_features=32, seed=1), "seed=0 here, 1"),
+    ("ridge", lambda: RidgeHead(n_features=32), lambda: RidgeHead(n_features=32, ridge=0.5), "ridge='auto' here, 0.5"),
+    ("exact", lambda: RidgeHead(n_features=32), lambda: RidgeHead(n_features=32, exact_forget=True), "exact_forget=False here, True"),
+    ("slda-exact", lambda: SLDAHead(), lambda: SLDAHead(exact_forget=True), "exact_forget"),
+    ("shrinkage", lambda: SLDAHead(), lambda: SLDAHead(shrinkage=0.1), "shrinkage"),
+    ("metric", lambda: NCMHead(), lambda: NCMHead(metric="euclidean"), "metric='cosine' here, 'euclidean'"),
+    ("members", lambda: RidgeEnsembleHead(n_features=16), lambda: RidgeEnsembleHead(n_members=3, n_features=16), "n_members=2 here, 3"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "make", "make_other", "text"), MISMATCHES, ids=[m[0] for m in MISMATCHES]
+)
+def test_mismatched_merge_raises_and_changes_nothing(case, make, make_other, text):
+    X, y = blobs(11)
+    head, other = make(), make_other()
+    head.learn_many(X, y)
+    other.learn_many(X[:10], y[:10])
+    before = snapshot(head)
+    with pytest.raises(ModelMismatchError, match=text):
+        head.merge(other)
+    assert_unchanged(head, before)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_merging_different_input_widths_or_projections_is_refused(name):
+    X, y = blobs(12)
+    head, narrow = FACTORIES[name](), FACTORIES[name]()
+    head.learn_many(X, y)
+    narrow.learn_many(X[:10, :3], y[:10])
+    before = snapshot(head)
+    with pytest.raises(ModelMismatchError, match="5 per example here, 3 in the other"):
+        head.merge(narrow)
+    assert_unchanged(head, before)
+    with pytest.raises(InputTypeError, match="ndarray"):
+        head.merge(X)  # type: ignore[arg-type]
+    tampered = FACTORIES[name]()
+    tampered.learn_many(X[:10], y[:10])
+    members = getattr(tampered, "members_", [tampered])
+    if not isinstance(members[-1], RidgeHead):
+        return
+    members[-1].projection_ = members[-1].projection_ * 1.5  # e.g. another numpy's generator
+    with pytest.raises(ModelMismatchError, match="projections differ"):
+        head.merge(tampered)
+    assert_unchanged(head, before)
+
+
+# --- through the LifelongClassifier -----------------------------------------------------------------
+def test_lifelong_classifier_unlearns_and_merges_end_to_end():
+    X, y = blobs(13, per_class=15)
+    rng = np.random.default_rng(0)
+    B = [i for i, label in enumerate(y) if label == "c3" or rng.random() < 0.3]
+    A = [i for i in range(len(y)) if i not in set(B)]
+
+    def model() -> LifelongClassifier:
+        return LifelongClassifier(IdentityEncoder(), RidgeHead(n_features=48, max_pending=8))
+
+    everything = model()
+    everything.learn_many(X, y)
+    everything.unlearn(X[B[1:]], [y[i] for i in B[1:]])
+    everything.unlearn_one(X[B[0]], y[B[0]])
+    only_a = model()
+    only_a.learn_many(X[A], [y[i] for i in A])
+    features = IdentityEncoder().encode(X)
+    assert "c3" not in everything.classes_
+    assert_same_model(everything.head, only_a.head, features)
+    assert everything.predict_many(X) == only_a.predict_many(X)
+
+    # Two models trained apart, merged, equal the model trained on everything.
+    part_b = model()
+    part_b.learn_many(X[B[::-1]], [y[i] for i in B[::-1]])
+    only_a.merge(part_b)
+    union = model()
+    union.learn_many(X, y)
+    assert_same_model(only_a.head, union.head, features)
+    np.testing.assert_allclose(
+        only_a.decision_scores(X),
+        scores_by_label(union.head, features, only_a.classes_),
+        rtol=1e-6,
+        atol=1e-9,
+    )
+
+
+def test_lifelong_classifier_refuses_to_merge_other_encoders_or_heads():
+    X, y = blobs(14)
+    model = LifelongClassifier(IdentityEncoder(), NCMHead())
+    model.learn_many(X, y)
+    before = snapshot(model.head)
+    other_encoder = LifelongClassifier(FunctionEncoder(lambda b: b, name="scaled"), NCMHead())
+    other_encoder.learn_many(X, y)
+    with pytest.raises(ModelMismatchError, match="'identity' here, 'scaled' in the other"):
+        model.merge(other_encoder)
+    other_head = LifelongClassifier(IdentityEncoder(), SLDAHead())
+    other_head.learn_many(X, y)
+    with pytest.raises(ModelMismatchError, match="SLDAHead into a NCMHead"):
+        model.merge(other_head)
+    with pytest.raises(InputTypeError, match="NCMHead"):
+        model.merge(NCMHead())  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="13 examples of 'c0'"):
+        model.unlearn(X[:13], ["c0"] * 13)
+    with pytest.raises(LabelLengthError):
+        model.unlearn(X[:3], ["c0"])
+    assert_unchanged(model.head, before)

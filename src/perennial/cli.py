@@ -70,6 +70,44 @@ def cmd_incremental(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_openset(args: argparse.Namespace) -> int:
+    from perennial.datasets import load_dataset
+    from perennial.encoders import FeatureCache
+    from perennial.heads import make_head
+    from perennial.openset import run_open_set
+
+    dataset = load_dataset(args.data)
+    encoder = _encoder_for(args, str(dataset.metadata.get("kind", "text")))
+    head = make_head(args.head, **_head_params(args))
+    result = run_open_set(
+        dataset,
+        encoder,
+        head,
+        unknown_rate=args.unknown_rate,
+        step=args.step,
+        seed=args.seed,
+        oos_split=args.oos_split,
+        cache=None if args.no_cache else FeatureCache(args.cache_dir),
+        progress=sys.stderr if args.json else sys.stdout,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(
+            f"{result.dataset}: {result.n_classes} classes, {result.n_in_scope} in-scope and "
+            f"{result.n_out_of_scope} out-of-scope test queries; threshold for "
+            f"{100 * result.unknown_rate:g}% in-scope rejection, from the training stream"
+        )
+        print(
+            f"  in-scope accuracy   {100 * result.in_scope_accuracy:6.2f}%  (closed set {100 * result.closed_set_accuracy:.2f}%)"
+        )
+        print(f"  out-of-scope recall {100 * result.oos_recall:6.2f}%")
+        print(f"  in-scope rejected   {100 * result.in_scope_rejection:6.2f}%")
+        print(f"  AUROC               {100 * result.auroc:6.2f}%")
+        print(f"  FPR at 95% TPR      {100 * result.fpr_at_95tpr:6.2f}%")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from perennial.bench import aggregate, check_strategy_names, failures, run_benchmark
     from perennial.report import format_table, write_report
@@ -208,6 +246,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-baselines", action="store_true", help="skip joint LR and SGD fine-tuning"
     )
     inc.set_defaults(handler=cmd_incremental)
+
+    openset = commands.add_parser(
+        "openset",
+        help="open-set recognition: in-scope accuracy and out-of-scope recall (CLINC150)",
+        description=(
+            "Learns the in-scope classes step by step, calibrating the unknown threshold from "
+            "the training stream alone (no out-of-scope example), then reports in-scope "
+            "accuracy, out-of-scope recall, AUROC and FPR at 95%% TPR on the test splits."
+        ),
+    )
+    openset.add_argument("--data", default="clinc150", help="a data set with an oos split")
+    openset.add_argument("--oos-split", default="oos_test", help="out-of-scope test split")
+    openset.add_argument(
+        "--unknown-rate",
+        type=float,
+        default=0.02,
+        help="target share of in-scope queries called unknown (default 0.02)",
+    )
+    openset.add_argument("--step", type=int, default=10, help="classes per step")
+    openset.add_argument("--seed", type=int, default=0)
+    openset.add_argument("--json", action="store_true", help="print one JSON object")
+    openset.add_argument(
+        "--head", default="ridge", choices=["ridge", "ridge-ensemble", "slda", "ncm"]
+    )
+    openset.add_argument("--members", type=int, default=2, help="ridge heads in a ridge-ensemble")
+    openset.add_argument("--n-features", type=int, default=4096)
+    openset.add_argument("--ridge", type=float, default=None)
+    openset.add_argument("--encoder", default="auto", choices=["auto", "text", "image", "identity"])
+    openset.add_argument(
+        "--pooling", default="mean-layers", choices=["mean-layers", "last", "layers"]
+    )
+    openset.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-fp32"])
+    openset.add_argument("--image-size", type=int, default=224)
+    openset.add_argument("--cache-dir", default=None)
+    openset.add_argument("--no-cache", action="store_true")
+    openset.set_defaults(handler=cmd_openset)
 
     bench = commands.add_parser(
         "bench",

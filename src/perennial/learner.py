@@ -10,12 +10,14 @@ import numpy as np
 from perennial.encoders.base import Encoder, as_encoder
 from perennial.exceptions import (
     InputTypeError,
+    InvalidParameterError,
     ModelMismatchError,
     NotFittedError,
     PersistenceError,
 )
 from perennial.heads import HEADS, Head, RidgeHead
 from perennial.heads.base import FloatArray, Label, check_labels
+from perennial.novelty import NoveltyDetector
 from perennial.persistence import read_model_files, write_model_files
 
 __all__ = ["LifelongClassifier"]
@@ -45,6 +47,15 @@ class LifelongClassifier:
         ``"identity"``), any callable mapping a batch to an array, or None for numeric features.
     head
         A head from :mod:`perennial.heads`; default ``RidgeHead()``.
+    unknown_rate
+        Open-set recognition. None (default): every input gets the best known label. A rate
+        ``r`` in (0, 1): an input whose novelty exceeds the threshold calibrated for rejecting a
+        share ``r`` of in-scope inputs is *unknown*, and ``predict_one`` answers
+        ``unknown_label`` for it. The threshold comes from the learned statistics alone (see
+        :class:`perennial.novelty.NoveltyDetector`); :meth:`tune_threshold` sets one from
+        labelled out-of-scope examples instead.
+    unknown_label
+        What ``predict_one`` and ``predict_many`` answer for an unknown input (default None).
 
     Examples
     --------
@@ -58,10 +69,29 @@ class LifelongClassifier:
     ['cat', 'dog', 'bird']
     """
 
-    def __init__(self, encoder: Any = None, head: Head | None = None) -> None:
+    def __init__(
+        self,
+        encoder: Any = None,
+        head: Head | None = None,
+        *,
+        unknown_rate: float | None = None,
+        unknown_label: Any = None,
+    ) -> None:
         self.encoder = encoder
         self.head = head if head is not None else RidgeHead()
+        self.unknown_rate = unknown_rate
+        self.unknown_label = unknown_label
         self._encoder: Encoder = as_encoder(encoder)
+        if unknown_rate is not None and (
+            isinstance(unknown_rate, bool)
+            or not isinstance(unknown_rate, (int, float))
+            or not 0.0 < unknown_rate < 1.0
+        ):
+            raise InvalidParameterError(
+                f"unknown_rate must be None or strictly between 0 and 1, got {unknown_rate!r}"
+            )
+        self.novelty_: NoveltyDetector = NoveltyDetector()
+        self.threshold_override_: float | None = None
 
     # --- introspection ----------------------------------------------------------------------------
     @property
@@ -80,7 +110,8 @@ class LifelongClassifier:
         return self.head.state_bytes
 
     def __repr__(self) -> str:
-        return f"LifelongClassifier(encoder={self._encoder!r}, head={self.head!r})"
+        extra = "" if self.unknown_rate is None else f", unknown_rate={self.unknown_rate!r}"
+        return f"LifelongClassifier(encoder={self._encoder!r}, head={self.head!r}{extra})"
 
     def encode(self, inputs: Any) -> np.ndarray:
         """Features of a batch of inputs, as the head sees them."""
@@ -97,7 +128,32 @@ class LifelongClassifier:
         n = _batch_length(X)
         check_labels(y, n)  # cheap checks first, before any encoding work
         features = self.encode(X)
-        self.head.learn_many(features, y)
+        self._learn_features(self.head, self.novelty_, features, y)
+
+    def _novelty_in_sync(self) -> bool:
+        """Whether the novelty statistics describe the same examples as the head.
+
+        They do unless the head was changed directly, or the model was saved before open-set
+        recognition existed; then novelty is off for this model (and stays off) rather than wrong.
+        """
+        novelty, head = self.novelty_, self.head
+        if getattr(self, "_novelty_off", False):
+            return False
+        return novelty.n_seen == head.n_seen_ and set(novelty.labels_) == set(head.classes_)
+
+    @staticmethod
+    def _learn_features(head: Head, novelty: NoveltyDetector, features: Any, y: Any) -> None:
+        in_sync = novelty.n_seen == head.n_seen_ and set(novelty.labels_) == set(head.classes_)
+        if not in_sync:
+            head.learn_many(features, y)
+            return
+        before = novelty._snapshot()
+        novelty.learn_many(features, y)
+        try:
+            head.learn_many(features, y)
+        except BaseException:
+            novelty._restore(before)
+            raise
 
     def partial_fit(self, X: Any, y: Any) -> LifelongClassifier:
         """scikit-learn spelling of :meth:`learn_many`; returns the model."""
@@ -110,13 +166,17 @@ class LifelongClassifier:
         check_labels(y, n)
         features = self.encode(X)
         fresh = self.head.clone()
-        fresh.learn_many(features, y)
-        self.head = fresh
+        novelty = NoveltyDetector(**self.novelty_.get_params())
+        self._learn_features(fresh, novelty, features, y)
+        self.head, self.novelty_, self.threshold_override_ = fresh, novelty, None
         return self
 
     def forget(self, label: Label) -> None:
         """Remove a class; see the head's documentation for what is removed exactly."""
+        in_sync = self._novelty_in_sync()
         self.head.forget(label)
+        if in_sync and label in self.novelty_.labels_:
+            self.novelty_.forget(label)
 
     def unlearn_many(self, X: Any, y: Any) -> None:
         """Remove examples learned before, exactly: the model becomes the one that never saw them.
@@ -141,7 +201,16 @@ class LifelongClassifier:
         n = _batch_length(X)
         check_labels(y, n)  # cheap checks first, before any encoding work
         features = self.encode(X)
-        self.head.unlearn_many(features, y)
+        if not self._novelty_in_sync():
+            self.head.unlearn_many(features, y)
+            return
+        before = self.novelty_._snapshot()
+        self.novelty_.unlearn_many(features, y)
+        try:
+            self.head.unlearn_many(features, y)
+        except BaseException:
+            self.novelty_._restore(before)
+            raise
 
     unlearn = unlearn_many
 
@@ -180,7 +249,18 @@ class LifelongClassifier:
                 f"cannot merge models with different encoders: {mine!r} here, {theirs!r} in the "
                 "other; their features would not match"
             )
-        self.head.merge(other.head)
+        if not (self._novelty_in_sync() and other._novelty_in_sync()):
+            self.head.merge(other.head)
+            self.novelty_ = NoveltyDetector(**self.novelty_.get_params())
+            self._novelty_off = self.head.n_seen_ > 0
+            return
+        before = self.novelty_._snapshot()
+        self.novelty_.merge(other.novelty_)
+        try:
+            self.head.merge(other.head)
+        except BaseException:
+            self.novelty_._restore(before)
+            raise
 
     # --- prediction ------------------------------------------------------------------------------
     def _require_fitted(self) -> None:
@@ -193,14 +273,107 @@ class LifelongClassifier:
         self._require_fitted()
         return self.head.decision_scores(self.encode(X))
 
-    def predict_many(self, X: Any) -> list[Label]:
-        """The most likely label of each input."""
-        scores = self.decision_scores(X)
-        return [self.head.classes_[i] for i in np.argmax(scores, axis=1)]
+    def predict_many(self, X: Any) -> list[Any]:
+        """The most likely label of each input (``unknown_label`` for unknown inputs)."""
+        if self.unknown_rate is None and self.threshold_override_ is None:
+            scores = self.decision_scores(X)
+            return [self.head.classes_[i] for i in np.argmax(scores, axis=1)]
+        return [row["label"] for row in self.predict_detailed(X, top=1)]
 
-    def predict_one(self, x: Any) -> Label:
-        """The most likely label of one input."""
+    def predict_one(self, x: Any) -> Any:
+        """The most likely label of one input, or ``unknown_label`` if it is unknown."""
         return self.predict_many([x])[0]
+
+    # --- open-set recognition ----------------------------------------------------------------------
+    def novelty_scores(self, X: Any) -> FloatArray:
+        """How unlike everything learned each input is (relative Mahalanobis distance)."""
+        self._require_novelty()
+        return self.novelty_.score(self.encode(X))
+
+    def _require_novelty(self) -> None:
+        self._require_fitted()
+        if not self._novelty_in_sync():
+            raise NotFittedError(
+                "this model has no open-set statistics (saved before they existed, or its head "
+                "was changed directly); relearn it to get novelty scores"
+            )
+
+    @property
+    def unknown_threshold_(self) -> float | None:
+        """The novelty above which an input is unknown (None while open-set is off)."""
+        if self.threshold_override_ is not None:
+            return self.threshold_override_
+        if self.unknown_rate is None:
+            return None
+        self._require_novelty()
+        return self.novelty_.threshold(self.unknown_rate)
+
+    def predict_detailed(self, X: Any, top: int = 3) -> list[dict[str, Any]]:
+        """Label, score, novelty, unknown decision and the ``top`` best labels of each input.
+
+        ``label`` is the best known label, or ``unknown_label`` when the input is unknown;
+        ``score`` is the head's score of the best known label; ``top`` lists
+        ``{"label", "score"}`` pairs, best first.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> X = np.vstack([rng.normal(m, 1.0, (50, 4)) for m in (-4, 0, 4)])
+        >>> model = LifelongClassifier(unknown_rate=0.05)
+        >>> model.learn_many(X, ["a"] * 50 + ["b"] * 50 + ["c"] * 50)
+        >>> [row["label"] for row in model.predict_detailed([[4, 4, 4, 4], [0, 30, -30, 0]])]
+        ['c', None]
+        """
+        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+            raise InvalidParameterError(f"top must be a positive int, got {top!r}")
+        self._require_fitted()
+        features = self.encode(X)
+        scores = self.head.decision_scores(features)
+        threshold = self.unknown_threshold_
+        novelty = (
+            self.novelty_.score(features) if threshold is not None or self._has_novelty() else None
+        )
+        classes = self.head.classes_
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :top]
+        rows = []
+        for i in range(len(scores)):
+            best = int(order[i, 0])
+            value = None if novelty is None else float(novelty[i])
+            unknown = bool(threshold is not None and value is not None and value > threshold)
+            rows.append(
+                {
+                    "label": self.unknown_label if unknown else classes[best],
+                    "score": float(scores[i, best]),
+                    "novelty": value,
+                    "unknown": unknown,
+                    "top": [{"label": classes[j], "score": float(scores[i, j])} for j in order[i]],
+                }
+            )
+        return rows
+
+    def _has_novelty(self) -> bool:
+        return self._novelty_in_sync() and int((self.novelty_.counts_ > 0).sum()) >= 2
+
+    def tune_threshold(self, X_out: Any, X_in: Any = None) -> float:
+        """Set the unknown threshold from labelled out-of-scope examples; returns it.
+
+        Chooses the threshold that maximises the mean of the out-of-scope recall and the
+        in-scope acceptance rate. ``X_in`` are in-scope examples (default: the calibration
+        scores the model drew from its training stream stand in for them). The threshold is
+        kept until :meth:`fit` or ``tune_threshold`` again; it is saved with the model.
+        """
+        self._require_novelty()
+        outside = self.novelty_.score(self.encode(X_out))
+        inside = self.novelty_.scores_ if X_in is None else self.novelty_.score(self.encode(X_in))
+        if len(inside) == 0:
+            raise NotFittedError("no in-scope scores to tune against; pass X_in")
+        candidates = np.unique(np.concatenate([inside, outside]))
+        recall = 1.0 - np.searchsorted(np.sort(outside), candidates, side="right") / len(outside)
+        accept = np.searchsorted(np.sort(inside), candidates, side="right") / len(inside)
+        best = int(np.argmax(recall + accept))
+        self.threshold_override_ = float(candidates[best])
+        return self.threshold_override_
 
     def predict(self, X: Any) -> np.ndarray:
         """scikit-learn spelling of :meth:`predict_many`, as an array."""
@@ -239,10 +412,20 @@ class LifelongClassifier:
         if head_name is None:
             raise PersistenceError(f"cannot save a head of type {type(self.head).__name__}")
         head_meta, arrays = self.head.get_state()
+        novelty_meta, novelty_arrays = self.novelty_.get_state()
+        if any(key.startswith("novelty.") for key in arrays):
+            raise PersistenceError("head state names clash with the novelty statistics")
+        arrays = {**arrays, **{f"novelty.{key}": value for key, value in novelty_arrays.items()}}
         payload = {
             "learner": "LifelongClassifier",
             "encoder": self._encoder_spec(),
             "head": {"name": head_name, "params": self.head.get_params(), "state": head_meta},
+            "open_set": {
+                "unknown_rate": self.unknown_rate,
+                "unknown_label": self.unknown_label,
+                "threshold_override": self.threshold_override_,
+                "novelty": novelty_meta,
+            },
         }
         return write_model_files(path, payload, arrays)
 
@@ -282,5 +465,29 @@ class LifelongClassifier:
                 f"{path} was learned with encoder {encoder_spec.get('name')!r}, "
                 f"not {resolved.name!r}; its features would not match"
             )
-        head.set_state(dict(head_spec["state"]), arrays)
-        return cls(encoder=encoder, head=head)
+        novelty_arrays = {
+            key.removeprefix("novelty."): value
+            for key, value in arrays.items()
+            if key.startswith("novelty.")
+        }
+        head_arrays = {k: v for k, v in arrays.items() if not k.startswith("novelty.")}
+        head.set_state(dict(head_spec["state"]), head_arrays)
+        open_set = dict(payload.get("open_set") or {})
+        try:
+            model = cls(
+                encoder=encoder,
+                head=head,
+                unknown_rate=open_set.get("unknown_rate"),
+                unknown_label=open_set.get("unknown_label"),
+            )
+            if open_set:
+                novelty_meta = dict(open_set["novelty"])
+                model.novelty_ = NoveltyDetector(**dict(novelty_meta["params"]))
+                model.novelty_.set_state(novelty_meta, novelty_arrays)
+                override = open_set.get("threshold_override")
+                model.threshold_override_ = None if override is None else float(override)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelMismatchError(
+                f"{path}: the open-set record is incomplete: {error}"
+            ) from error
+        return model

@@ -194,3 +194,29 @@ def test_a_diverged_run_is_recorded_and_the_benchmark_goes_on():
     assert results["ewc"]["average_accuracy"]["mean"] is None
     assert "ewc (1/1 diverged)" in format_table(results)
     assert failures(runs) == {"ewc": [{"seed": 0, "error": ewc.error}]}
+
+
+def test_runs_spread_over_a_local_dask_cluster_equal_the_serial_runs():
+    distributed = pytest.importorskip("distributed")
+    options = {"examples_per_task": 200, "n_tasks": 2, "classes_per_task": 2}
+    params = {"hidden": (16,), "n_features": 64}
+    serial = run_benchmark(
+        "split-mnist", ["naive", "lifelong"], 2, scenario_options=options, strategy_params=params
+    )
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        spread = run_benchmark(
+            "split-mnist",
+            ["naive", "lifelong"],
+            2,
+            scenario_options=options,
+            strategy_params=params,
+            client=client,
+        )
+    assert [(r.strategy, r.seed) for r in spread] == [(r.strategy, r.seed) for r in serial]
+    for mine, theirs in zip(spread, serial, strict=True):
+        np.testing.assert_array_equal(mine.matrix, theirs.matrix)

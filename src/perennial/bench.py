@@ -267,10 +267,14 @@ def run_benchmark(
     strategy_params: dict[str, Any] | None = None,
     progress: Progress | None = None,
     curves: bool = False,
+    client: Any = None,
 ) -> list[RunResult]:
     """Run every strategy with seeds ``0 .. seeds-1``; the scenario is rebuilt for each seed.
 
     Every name and option is checked, and the scenario for seed 0 is built, before any training.
+    With a Dask ``client`` (see :func:`perennial.distributed.dask_client`) each (strategy, seed)
+    run is one task on the cluster; the worker builds the scenario itself, so no data is
+    shipped, and the results come back in the same order as a serial run gives them.
     """
     from perennial.scenarios import make_scenario
     from perennial.strategies import make_strategy
@@ -281,6 +285,10 @@ def run_benchmark(
     for name in names:  # bad parameters fail here, before the first run
         make_strategy(name, **{**params_for(name, strategy_params), "seed": 0})
     options = dict(scenario_options or {})
+    if client is not None:
+        return _run_on_cluster(
+            client, scenario_name, names, seeds, options, strategy_params, progress, curves
+        )
     runs: list[RunResult] = []
     for seed in range(seeds):
         scenario = make_scenario(scenario_name, seed=seed, **options)
@@ -293,6 +301,60 @@ def run_benchmark(
                     progress(f"{name} seed {seed}: FAILED: {error}")
                 runs.append(_failed_run(scenario, name, seed, str(error)))
     return runs
+
+
+def _run_task(
+    scenario_name: str,
+    options: dict[str, Any],
+    name: str,
+    seed: int,
+    params: dict[str, Any] | None,
+    curves: bool,
+) -> RunResult:
+    """One (strategy, seed) run, self-contained so that a cluster worker can run it."""
+    from perennial.scenarios import make_scenario
+
+    scenario = make_scenario(scenario_name, seed=seed, **options)
+    try:
+        return run_one(scenario, name, seed, params, None, curves)
+    except TrainingDivergedError as error:
+        return _failed_run(scenario, name, seed, str(error))
+
+
+def _run_on_cluster(
+    client: Any,
+    scenario_name: str,
+    names: list[str],
+    seeds: int,
+    options: dict[str, Any],
+    params: dict[str, Any] | None,
+    progress: Progress | None,
+    curves: bool,
+) -> list[RunResult]:
+    from distributed import as_completed
+
+    from perennial.scenarios import make_scenario
+
+    make_scenario(scenario_name, seed=0, **options)  # bad options fail here, not on a worker
+    jobs = [(name, seed) for seed in range(seeds) for name in names]
+    futures = [
+        client.submit(_run_task, scenario_name, options, name, seed, params, curves, pure=False)
+        for name, seed in jobs
+    ]
+    started = time.perf_counter()
+    for done, future in enumerate(as_completed(futures), start=1):  # type: ignore[no-untyped-call]
+        run = future.result()
+        if progress is not None:
+            status = (
+                "FAILED: " + run.error
+                if run.error
+                else (f"average accuracy {run.metrics['average_accuracy']:.4f}")
+            )
+            progress(
+                f"{run.strategy} seed {run.seed}: done on the cluster ({done}/{len(jobs)}, "
+                f"{time.perf_counter() - started:.1f}s) {status}"
+            )
+    return [future.result() for future in futures]
 
 
 def _failed_run(scenario: Any, name: str, seed: int, error: str) -> RunResult:

@@ -73,6 +73,30 @@ class RunResult:
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> RunResult:
+        """Rebuild a run from :meth:`to_json` output (``null`` becomes NaN)."""
+
+        def array(value: Any) -> np.ndarray:
+            return np.array(value, dtype=float)  # None -> nan
+
+        metrics = {k: math.nan if v is None else float(v) for k, v in record["metrics"].items()}
+        return cls(
+            strategy=str(record["strategy"]),
+            seed=int(record["seed"]),
+            matrix=array(record["accuracy_matrix"]),
+            baseline=array(record["baseline"]),
+            train_seconds=metrics.get("train_seconds", math.nan),
+            peak_memory_bytes=int(metrics.get("peak_memory_mb", 0.0) * 2**20)
+            if math.isfinite(metrics.get("peak_memory_mb", math.nan))
+            else 0,
+            stored_bytes=int(metrics.get("stored_mb", 0.0) * 2**20)
+            if math.isfinite(metrics.get("stored_mb", math.nan))
+            else 0,
+            metrics=metrics,
+            error=record.get("error"),
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "strategy": self.strategy,

@@ -103,7 +103,9 @@ def _plots(runs: Sequence[RunResult], results: dict[str, Any], directory: Path) 
     files.append("accuracy_matrices.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name in names:
+    palette = [plt.get_cmap("tab20")(i) for i in range(20)]
+    styles = ["-", "--", ":", "-."]
+    for k, name in enumerate(names):
         curves = np.stack([seen_average_curve(run.matrix) for run in runs if run.strategy == name])
         x = np.arange(1, curves.shape[1] + 1)
         stats = [mean_ci90(curves[:, i]) for i in range(curves.shape[1])]
@@ -111,11 +113,22 @@ def _plots(runs: Sequence[RunResult], results: dict[str, Any], directory: Path) 
         low = np.array([s[1][0] for s in stats])
         high = np.array([s[1][1] for s in stats])
         if np.isfinite(mean).sum() == 1:  # joint training: one point after the whole stream
-            ax.plot(x[np.isfinite(mean)], mean[np.isfinite(mean)], "*", markersize=12, label=name)
+            ax.plot(
+                x[np.isfinite(mean)],
+                mean[np.isfinite(mean)],
+                "*",
+                markersize=12,
+                color=palette[(2 * k) % 20],
+                label=name,
+            )
             continue
-        (line,) = ax.plot(x, mean, marker=".", label=name)
-        ax.fill_between(x, low, high, alpha=0.2, color=line.get_color())
+        color = palette[(2 * k) % 20 + (k // 10) % 2]
+        ax.plot(x, mean, styles[k % 4], marker=".", color=color, label=name)
+        ax.fill_between(x, low, high, alpha=0.15, color=color)
     ax.set_xlabel("experiences trained")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("average accuracy on experiences seen")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)

@@ -366,7 +366,8 @@ def _run_on_cluster(
         for name, seed in jobs
     ]
     started = time.perf_counter()
-    for done, future in enumerate(as_completed(futures), start=1):  # type: ignore[no-untyped-call]
+    finished = as_completed(futures, loop=client.loop)  # type: ignore[no-untyped-call]
+    for done, future in enumerate(finished, start=1):
         run = future.result()
         if progress is not None:
             status = (

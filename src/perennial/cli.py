@@ -70,6 +70,51 @@ def cmd_incremental(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    import time
+
+    from perennial.datasets import load_dataset
+    from perennial.distributed import dask_client, fit_distributed
+    from perennial.heads import make_head
+
+    # A CSV file is learned whole (given as its own test file, so nothing is held out); a named
+    # data set contributes its training split.
+    is_csv = str(args.data).strip().lower().endswith(".csv")
+    dataset = load_dataset(args.data, test=args.data if is_csv else None)
+    train = dataset.train
+    encoder = _encoder_for(args, str(dataset.metadata.get("kind", "text")))
+    head = make_head(args.head, **_head_params(args))
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    with dask_client(args.scheduler, workers=args.workers, timeout=args.timeout) as client:
+        n_workers = len(client.nthreads())  # type: ignore[no-untyped-call]
+        ready = time.perf_counter()
+        model = fit_distributed(
+            train.inputs,
+            train.labels,
+            encoder=encoder,
+            head=head,
+            client=client,
+            partitions=args.partitions,
+            progress=progress,
+            timeout=args.timeout,
+        )
+        seconds = time.perf_counter() - ready
+    # Saved only now, when every partition has been learned and merged; the save is atomic.
+    path = model.save(args.model)
+    n = len(train)
+    print(
+        f"learned {n} examples of {len(model.classes_)} classes in {seconds:.1f} s "
+        f"({n / seconds:.0f} examples/s) on {n_workers} Dask workers "
+        f"(cluster ready in {ready - started:.1f} s)"
+    )
+    print(f"model saved to {path}")
+    return 0
+
+
 def cmd_openset(args: argparse.Namespace) -> int:
     from perennial.datasets import load_dataset
     from perennial.encoders import FeatureCache
@@ -129,15 +174,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    runs = run_benchmark(
-        args.scenario,
-        strategies,
-        args.seeds,
-        scenario_options=scenario_options,
-        strategy_params=strategy_params,
-        progress=progress,
-        curves=args.curves,
-    )
+    def run(client: Any = None) -> list[Any]:
+        return run_benchmark(
+            args.scenario,
+            strategies,
+            args.seeds,
+            scenario_options=scenario_options,
+            strategy_params=strategy_params,
+            progress=progress,
+            curves=args.curves,
+            client=client,
+        )
+
+    if args.scheduler is not None or args.workers is not None:
+        from perennial.distributed import dask_client
+
+        with dask_client(args.scheduler, workers=args.workers) as client:
+            runs = run(client)
+    else:
+        runs = run()
     results = aggregate(runs)
     config = {"scenario": args.scenario, "seeds": args.seeds, **scenario_options, **strategy_params}
     print(f"{args.scenario}: mean [90% CI] over {args.seeds} seed(s); accuracies in percent")
@@ -247,6 +302,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inc.set_defaults(handler=cmd_incremental)
 
+    fit = commands.add_parser(
+        "fit",
+        help="learn a data set on a Dask cluster (local or remote) and save the model",
+        description=(
+            "Cuts the training data into partitions; Dask workers encode and learn one each, and "
+            "the statistics are added pairwise into one model, saved to --model only when "
+            "everything succeeded. Without --scheduler, a local cluster of --workers processes "
+            "is started and closed afterwards."
+        ),
+    )
+    fit.add_argument(
+        "--data",
+        required=True,
+        help="clinc150, banking77, mnist, cifar10, cifar100 (train split), or a text,category "
+        "CSV (learned whole)",
+    )
+    fit.add_argument("--model", required=True, help="directory to save the model to")
+    where = fit.add_mutually_exclusive_group()
+    where.add_argument(
+        "--scheduler", default=None, help="address of a running Dask scheduler (tcp://host:port)"
+    )
+    where.add_argument(
+        "--workers", type=int, default=None, help="local worker processes to start (default 2)"
+    )
+    fit.add_argument(
+        "--partitions",
+        type=int,
+        default=None,
+        help="data partitions (default: two per worker thread, at most 10,000 examples each)",
+    )
+    fit.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the scheduler and a first worker (default 30)",
+    )
+    fit.add_argument("--encoder", default="auto", choices=["auto", "text", "image", "identity"])
+    fit.add_argument("--head", default="ridge", choices=["ridge", "ridge-ensemble", "slda", "ncm"])
+    fit.add_argument("--members", type=int, default=2, help="ridge heads in a ridge-ensemble")
+    fit.add_argument(
+        "--n-features", type=int, default=4096, help="random features of the ridge head"
+    )
+    fit.add_argument(
+        "--ridge", type=float, default=None, help="fixed ridge strength (default: GCV)"
+    )
+    fit.add_argument("--seed", type=int, default=0, help="seed of the ridge head's projection")
+    fit.add_argument("--pooling", default="mean-layers", choices=["mean-layers", "last", "layers"])
+    fit.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-fp32"])
+    fit.add_argument("--image-size", type=int, default=224, help="image encoder input size")
+    fit.set_defaults(handler=cmd_fit)
+
     openset = commands.add_parser(
         "openset",
         help="open-set recognition: in-scope accuracy and out-of-scope recall (CLINC150)",
@@ -309,6 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-per-class", type=int, default=None, help="replay examples per class"
     )
     bench.add_argument("--threads", type=int, default=None, help="torch threads")
+    cluster = bench.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--scheduler", default=None, help="spread the runs over the Dask cluster at this address"
+    )
+    cluster.add_argument(
+        "--workers", type=int, default=None, help="spread the runs over a local Dask cluster"
+    )
     bench.add_argument(
         "--curves",
         action="store_true",
@@ -317,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", default=None, help="write results as JSON to this path")
     bench.add_argument("--report", default=None, help="write report.html/.md and plots here")
     bench.set_defaults(handler=cmd_bench)
+
     return parser
 
 

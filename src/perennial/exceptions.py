@@ -8,6 +8,8 @@ the message; the service turns them into a 4xx JSON error with the same message.
 from __future__ import annotations
 
 __all__ = [
+    "ClusterError",
+    "CorruptedJournalError",
     "CorruptedModelError",
     "DatasetError",
     "DatasetNotFoundError",
@@ -19,11 +21,13 @@ __all__ = [
     "InvalidInputError",
     "InvalidParameterError",
     "LabelLengthError",
+    "LimitExceededError",
     "ModelMismatchError",
     "NonFiniteInputError",
     "NotFittedError",
     "PerennialError",
     "PersistenceError",
+    "ServiceUnavailableError",
     "TrainingDivergedError",
     "UnknownLabelError",
 ]
@@ -85,6 +89,10 @@ class EncoderError(PerennialError, RuntimeError):
     """An encoder could not be built or loaded (missing package, weights that do not fit, ...)."""
 
 
+class ClusterError(PerennialError, RuntimeError):
+    """A Dask cluster could not be reached or started, or lost work it could not redo."""
+
+
 class PersistenceError(PerennialError, ValueError):
     """A saved model cannot be read."""
 
@@ -103,3 +111,15 @@ class ModelMismatchError(PersistenceError):
 
 class TrainingDivergedError(PerennialError, FloatingPointError):
     """Gradient training left non-finite weights (a learning rate or penalty strength too large)."""
+
+
+class CorruptedJournalError(CorruptedModelError):
+    """A service journal damaged before its last record, or with a gap in its versions."""
+
+
+class LimitExceededError(InvalidInputError):
+    """A request over a configured limit (body size, batch size, text length); names the limit."""
+
+
+class ServiceUnavailableError(PerennialError, RuntimeError):
+    """The service cannot answer now (its model failed to update, or a version did not arrive)."""

@@ -217,6 +217,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from perennial.service.app import Limits
+    from perennial.service.server import serve
+
+    encoder_params: dict[str, Any] = {}
+    for option in ("pooling", "backend", "image_size"):
+        value = getattr(args, option)
+        if value is not None:
+            encoder_params[option] = value
+    if args.encoder_threads is not None:
+        encoder_params["num_threads"] = args.encoder_threads
+    head_params: dict[str, Any] = {}
+    if args.n_features is not None:
+        if args.head not in (None, "ridge", "ridge-ensemble"):
+            raise InvalidParameterError(
+                f"--n-features applies to the ridge heads, not {args.head!r}"
+            )
+        head_params["n_features"] = args.n_features
+    limits = Limits(
+        max_body_bytes=args.max_body_bytes,
+        max_batch=args.max_batch,
+        max_text_chars=args.max_text_chars,
+    )
+    return serve(
+        args.model,
+        encoder=args.encoder,
+        encoder_params=encoder_params,
+        head=args.head,
+        head_params=head_params,
+        unknown_rate=args.unknown_rate,
+        host=args.host,
+        port=args.port,
+        keys_file=args.keys,
+        limits=limits,
+        review_ttl=args.review_ttl,
+        snapshot_every=args.snapshot_every,
+        background_nice=args.background_nice,
+        log_level=args.log_level,
+    )
+
+
 def _int_tuple(text: str, option: str) -> tuple[int, ...]:
     try:
         values = tuple(int(part) for part in text.split(",") if part.strip())
@@ -431,6 +472,77 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--report", default=None, help="write report.html/.md and plots here")
     bench.set_defaults(handler=cmd_bench)
 
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model over HTTP: predict, learn while serving, review unknown inputs",
+        description=(
+            "Serves the model in --model (an empty directory starts a new model) with a JSON "
+            "API; see /docs once running. Every learn, unlearn or forget is journaled and "
+            "synced to disk before it is acknowledged. Without --keys no key is asked, so only "
+            "a loopback --host is allowed."
+        ),
+    )
+    serve.add_argument("--model", required=True, help="model directory (created if missing)")
+    serve.add_argument(
+        "--encoder",
+        default=None,
+        choices=["text", "image", "identity"],
+        help="for a new model (default text); an existing model must have been written with it",
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default loopback)"
+    )
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--keys", default=None, help="file of 'KEY ROLE' lines; roles: read (predict, list), write"
+    )
+    serve.add_argument(
+        "--head",
+        default=None,
+        choices=["ridge", "ridge-ensemble", "slda", "ncm"],
+        help="head of a new model (default ridge)",
+    )
+    serve.add_argument(
+        "--n-features", type=int, default=None, help="ridge head width (default 4096)"
+    )
+    serve.add_argument(
+        "--unknown-rate",
+        type=float,
+        default=None,
+        help="open set: share of in-scope inputs called unknown (default 0.02; 0: off)",
+    )
+    serve.add_argument("--pooling", default=None, choices=["mean-layers", "last", "layers"])
+    serve.add_argument("--backend", default=None, choices=["torch", "onnx", "onnx-fp32"])
+    serve.add_argument("--image-size", type=int, default=None)
+    serve.add_argument(
+        "--encoder-threads",
+        type=int,
+        default=None,
+        help="threads of one forward pass of the encoder (default: one per core)",
+    )
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="default 1 MiB")
+    serve.add_argument("--max-batch", type=int, default=64, help="inputs per request")
+    serve.add_argument("--max-text-chars", type=int, default=2000, help="characters per text")
+    serve.add_argument(
+        "--review-ttl",
+        type=float,
+        default=3600.0,
+        help="seconds an unknown input waits for review (0: no queue)",
+    )
+    serve.add_argument(
+        "--snapshot-every", type=int, default=256, help="journal records between snapshots"
+    )
+    serve.add_argument(
+        "--background-nice",
+        type=int,
+        default=0,
+        help="run model solving and snapshots at this much lower CPU priority, single-threaded "
+        "(Linux; 0: as predictions)",
+    )
+    serve.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    serve.set_defaults(handler=cmd_serve)
     return parser
 
 

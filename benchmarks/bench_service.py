@@ -1,0 +1,316 @@
+"""Load on ``perennial serve``: concurrent clients on loopback for a fixed time.
+
+Starts the service on a new model directory (text encoder, default ridge head of 4096 features),
+teaches it BANKING77 (77 classes, ``--per-class`` training texts each, in batches of 64), then
+runs two phases of ``--seconds`` each with ``--clients`` concurrent clients (threads with
+keep-alive HTTP/1.1 connections, one request at a time each):
+
+* predict: every request is one test text;
+* mix: 90% predictions as above, 10% learn requests of one training text not learned yet.
+
+After each phase it waits for the published version to catch up with the acknowledged one (so
+that every phase starts from a solved model) and prints how long that took.
+
+It prints throughput, p50 and p99 latency and the error count per phase and request kind, each
+figure beside the issue's target (2 cores, text encoder: single-text predict p50 <= 15 ms,
+p99 <= 60 ms, no errors; learn acknowledged, i.e. durable, p50 <= 30 ms), and how far the
+published version trailed the acknowledged one. Nothing here is a test; figures depend on what
+else runs on the machine (the load average is printed).
+
+Run: .venv/bin/python benchmarks/bench_service.py [--seconds 30] [--clients 4] [--backend torch]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perennial.datasets import load_banking77
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Connection:
+    """One keep-alive connection; ``post`` returns (status, body, seconds)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.http = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any, float]:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        start = time.perf_counter()
+        try:
+            self.http.request(method, path, body=data, headers=headers)
+            response = self.http.getresponse()
+            payload = response.read()
+        except (OSError, http.client.HTTPException) as error:
+            self.http.close()
+            self.http = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+            return 0, str(error), time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        try:
+            parsed = json.loads(payload)
+        except ValueError:
+            parsed = payload.decode(errors="replace")
+        return response.status, parsed, seconds
+
+
+def start_server(directory: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "perennial.cli",
+        "serve",
+        "--model",
+        str(directory / "model"),
+        "--encoder",
+        "text",
+        "--backend",
+        args.backend,
+        "--n-features",
+        str(args.n_features),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--review-ttl",
+        "60",
+        "--background-nice",
+        str(args.background_nice),
+        *(["--encoder-threads", str(args.encoder_threads)] if args.encoder_threads else []),
+    ]
+    log = open(directory / "server.log", "wb")  # noqa: SIM115 - kept open for the subprocess
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit((directory / "server.log").read_text())
+        try:
+            status, _, _ = Connection(port).request("GET", "/healthz")
+            if status == 200:
+                return process, port
+        except OSError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit("the server did not start within 300 s")
+
+
+def catch_up(port: int, version: int, limit: float) -> float | None:
+    """Seconds until the served version reaches ``version`` (None: not within ``limit``)."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit:
+        _, info, _ = Connection(port).request("GET", "/v1/model")
+        if isinstance(info, dict) and info["served_version"] >= version:
+            return time.perf_counter() - started
+        time.sleep(0.2)
+    return None
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) * 1000.0 if values else float("nan")
+
+
+def run_phase(
+    port: int,
+    clients: int,
+    seconds: float,
+    learn_share: float,
+    queries: list[str],
+    to_learn: list[tuple[str, str]],
+) -> dict[str, Any]:
+    stop = time.monotonic() + seconds
+    latencies: dict[str, list[float]] = {"predict": [], "learn": []}
+    errors: dict[str, list[str]] = {"predict": [], "learn": []}
+    versions: list[int] = []
+    lock = threading.Lock()
+    pool = list(to_learn)
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        connection = Connection(port)
+        while time.monotonic() < stop:
+            if rng.random() < learn_share:
+                with lock:
+                    if not pool:
+                        continue
+                    text, label = pool.pop()
+                kind = "learn"
+                status, body, took = connection.request(
+                    "POST", "/v1/learn", {"inputs": [text], "labels": [label]}
+                )
+            else:
+                kind = "predict"
+                status, body, took = connection.request(
+                    "POST", "/v1/predict", {"inputs": [rng.choice(queries)]}
+                )
+            with lock:
+                if status == 200:
+                    latencies[kind].append(took)
+                    if kind == "learn":
+                        versions.append(int(body["version"]))
+                else:
+                    errors[kind].append(f"{status}: {str(body)[:200]}")
+
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    del to_learn[: len(to_learn) - len(pool)]  # the texts learned in this phase are used up
+    return {"elapsed": elapsed, "latencies": latencies, "errors": errors, "versions": versions}
+
+
+def report(name: str, result: dict[str, Any], clients: int) -> bool:
+    elapsed = result["elapsed"]
+    good = True
+    for kind in ("predict", "learn"):
+        values = result["latencies"][kind]
+        errors = result["errors"][kind]
+        if not values and not errors:
+            continue
+        p50, p99 = percentile(values, 50), percentile(values, 99)
+        rate = len(values) / elapsed
+        if kind == "predict":
+            marks = [p50 <= 15.0, p99 <= 60.0, not errors]
+            target = "p50 <= 15 ms, p99 <= 60 ms, 0 errors"
+        else:
+            marks = [p50 <= 30.0, not errors]
+            target = "p50 <= 30 ms (durable), 0 errors"
+        good = good and all(marks)
+        print(
+            f"| {name} | {clients} | {kind} | {len(values)} | {rate:7.1f}/s | {p50:7.1f} ms | "
+            f"{p99:7.1f} ms | {len(errors)} | {target}: {'ok' if all(marks) else 'MISSED'} |"
+        )
+        for error in errors[:3]:
+            print(f"    error: {error}")
+    return good
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0, help="per phase")
+    parser.add_argument("--clients", default="1,4", help="comma-separated client counts")
+    parser.add_argument("--per-class", type=int, default=10, help="texts learned per class first")
+    parser.add_argument("--n-features", type=int, default=4096)
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-fp32"])
+    parser.add_argument("--background-nice", type=int, default=0, help="passed to perennial serve")
+    parser.add_argument(
+        "--encoder-threads", type=int, default=None, help="passed to perennial serve"
+    )
+    parser.add_argument(
+        "--catch-up",
+        type=float,
+        default=300.0,
+        help="after a phase, wait this long at most for the served version to catch up",
+    )
+    parser.add_argument("--keep", default=None, help="keep the model and log in this directory")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    data = load_banking77()
+    train = list(zip(data.train.inputs, data.train.labels, strict=True))
+    random.Random(0).shuffle(train)
+    seen: dict[str, int] = {}
+    seed_set, rest = [], []
+    for text, label in train:
+        if seen.get(label, 0) < args.per_class:
+            seen[label] = seen.get(label, 0) + 1
+            seed_set.append((str(text), str(label)))
+        else:
+            rest.append((str(text), str(label)))
+    queries = [str(text) for text in data.test.inputs]
+
+    directory = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-service-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    process, port = start_server(directory, args)
+    try:
+        connection = Connection(port)
+        started = time.perf_counter()
+        version = 0
+        for i in range(0, len(seed_set), 64):
+            chunk = seed_set[i : i + 64]
+            status, body, _ = connection.request(
+                "POST",
+                "/v1/learn",
+                {"inputs": [t for t, _ in chunk], "labels": [c for _, c in chunk]},
+            )
+            assert status == 200, body
+            version = body["version"]
+        while True:  # a full re-solve may take longer than one wait of the server
+            status, body, _ = Connection(port).request(
+                "POST", "/v1/predict", {"inputs": ["hello"], "min_version": version}
+            )
+            if status != 503:
+                break
+        assert status == 200, body
+        print(
+            f"model: {len(seed_set)} BANKING77 texts of {len(seen)} classes learned and served in "
+            f"{time.perf_counter() - started:.1f} s (n_features={args.n_features}, "
+            f"backend={args.backend}, background_nice={args.background_nice}, encoder_threads="
+            f"{args.encoder_threads or 'default'}); load average "
+            f"before: {os.getloadavg()[0]:.2f}"
+        )
+        print()
+        print("| phase | clients | request | count | throughput | p50 | p99 | errors | target |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        good = True
+        lag_notes = []
+        for clients in [int(c) for c in args.clients.split(",") if c.strip()]:
+            for name, share in (("predict", 0.0), ("90/10 mix", 0.1)):
+                result = run_phase(port, clients, args.seconds, share, queries, rest)
+                good = report(name, result, clients) and good
+                _, info, _ = Connection(port).request("GET", "/v1/model")  # idle ones time out
+                waited = catch_up(port, info["version"], args.catch_up)
+                lag_notes.append(
+                    f"{name}, {clients} clients: at the end of the phase, acknowledged version "
+                    f"{info['version']}, served {info['served_version']}; served caught up "
+                    + (
+                        f"{waited:.1f} s later"
+                        if waited is not None
+                        else f"not within {args.catch_up:g} s"
+                    )
+                )
+        print()
+        for note in lag_notes:
+            print(note)
+        _, metrics, _ = Connection(port).request("GET", "/metrics")
+        solve = [
+            line for line in str(metrics).splitlines() if line.startswith("perennial_last_solve")
+        ]
+        print(*solve, sep="\n")
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+        print("all targets met" if good else "some targets MISSED")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,631 @@
+"""The refresher: owns the working model, applies acknowledged updates, publishes versions.
+
+The :class:`~perennial.service.store.ModelStore` acknowledges updates (journal first) and hands
+the records to a :class:`Refresher`, which applies them to the working
+:class:`~perennial.learner.LifelongClassifier`, solves it, and sends back a prediction-only copy
+(:class:`ServedModel`); every ``snapshot_every`` records it saves a snapshot.
+
+It runs in a **child process** by default. The ridge head's re-solve (an eigendecomposition of
+``G``, seconds at 4096 features) and its rank-one updates run in SciPy routines that hold the GIL:
+in a thread of the serving process they would stop every request for as long. In a process,
+they cost predictions only CPU time, and that at a lower priority (``background_nice``). The
+same code runs in a thread (``isolate=False``) for small models and for tests.
+
+Messages, parent to refresher: ``("records", [Record, ...])``, ``("stop", snapshot)``.
+Refresher to parent: ``("ready", info)``, ``("published", ServedModel)``,
+``("snapshotted", version)``, ``("failed", error)``, ``("stopped", None)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import json
+import logging
+import os
+import queue
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from perennial.encoders import make_encoder
+from perennial.encoders.base import Encoder
+from perennial.exceptions import (
+    CorruptedJournalError,
+    CorruptedModelError,
+    ModelMismatchError,
+    NotFittedError,
+    PersistenceError,
+)
+from perennial.heads import HEADS, Head, RidgeEnsembleHead, RidgeHead, make_head
+from perennial.heads.base import check_features
+from perennial.learner import LifelongClassifier
+from perennial.persistence import atomic_write_bytes
+from perennial.service.journal import Record
+
+__all__ = [
+    "PrecomputedFeatures",
+    "Refresher",
+    "RefresherConfig",
+    "ServedModel",
+    "dump_record",
+    "hold_lock",
+    "prediction_copy",
+    "process_main",
+    "remove_leftovers",
+    "restore_projections",
+    "run_in_background",
+    "run_thread",
+    "share_projections",
+    "warm",
+]
+
+SERVICE_FILE = "service.json"
+JOURNAL_FILE = "journal.log"
+SNAPSHOT_PREFIX = "snapshot-"
+SERVICE_FORMAT = "perennial-service"
+SERVICE_FORMAT_VERSION = 1
+DEFAULT_UNKNOWN_RATE = 0.02
+SERVICE_LOCK = ".service.lock"
+REFRESHER_LOCK = ".refresher.lock"
+_ENCODER_PARAMS = ("pooling", "backend", "layers", "batch_size", "num_threads", "image_size")
+
+
+logger = logging.getLogger("perennial.service")
+
+Message = tuple[str, Any]
+
+
+class PrecomputedFeatures:
+    """Stands in for an encoder inside the store's model: the features are computed already.
+
+    It carries the real encoder's ``name``, ``kind`` and parameters, so that a snapshot records
+    the real encoder (and loads with it), while ``encode`` only validates features.
+
+    Examples
+    --------
+    >>> from perennial.encoders import IdentityEncoder
+    >>> PrecomputedFeatures(IdentityEncoder()).encode([[1, 2]]).dtype
+    dtype('float32')
+    """
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+        self.kind = getattr(encoder, "kind", None)
+        for key in _ENCODER_PARAMS:
+            if hasattr(encoder, key):
+                setattr(self, key, getattr(encoder, key))
+
+    @property
+    def name(self) -> str:
+        return self.encoder.name
+
+    def encode(self, inputs: Any) -> NDArray[np.float32]:
+        return check_features(inputs).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return f"PrecomputedFeatures({self.encoder!r})"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A published, read-only model and the version it holds.
+
+    ``model`` is None while nothing is learned. ``open_set`` is ``"on"`` (unknown inputs are
+    flagged), ``"calibrating"`` (open-set is asked for but the threshold needs more examples:
+    nothing is flagged yet), ``"unavailable"`` (the learner turned novelty off, e.g. after a
+    ``forget`` that kept the class's examples in the ridge head's statistics) or ``"off"``.
+    """
+
+    version: int
+    model: LifelongClassifier | None
+    n_seen: int = 0
+    state_bytes: int = 0
+    threshold: float | None = None
+    open_set: str = "off"
+    unknown_rate: float | None = None
+    solve_seconds: float = 0.0
+    published: float = field(default_factory=time.time)
+
+
+def encoder_spec(encoder: Encoder) -> dict[str, Any]:
+    """What rebuilds ``encoder``: its registry kind, its parameters and its name."""
+    params = {key: getattr(encoder, key) for key in _ENCODER_PARAMS if hasattr(encoder, key)}
+    return {"kind": getattr(encoder, "kind", None), "name": encoder.name, "params": params}
+
+
+def _ridge_heads(head: Head) -> list[RidgeHead]:
+    if isinstance(head, RidgeHead):
+        return [head]
+    if isinstance(head, RidgeEnsembleHead):
+        return list(head.members_)
+    return []
+
+
+def warm(model: LifelongClassifier) -> None:
+    """Compute every cache a prediction would otherwise compute lazily (solutions, factors)."""
+    if not model.head.is_fitted:
+        return
+    ridge = _ridge_heads(model.head)
+    for head in ridge:
+        head.coef_  # noqa: B018 - the solve and W = V (V^T W), formed once here
+    dim = model.head.dim_
+    assert dim is not None
+    zeros = np.zeros((1, dim))
+    if not ridge:
+        model.decision_scores(zeros)  # e.g. the SLDA head caches its solution on first use
+    with contextlib.suppress(NotFittedError):
+        model.novelty_scores(zeros)  # caches the novelty detector's factors
+
+
+def prediction_copy(model: LifelongClassifier) -> LifelongClassifier:
+    """A copy of a warmed ``model`` that predicts exactly like it and never changes.
+
+    Learning writes the ridge head's second moment ``G`` (and per-class ones) in place; a
+    prediction from a warmed head reads only the projection and the output weights. So the copy
+    drops ``G`` and the eigendecomposition (hundreds of MB at 4096 features) and shares the
+    projection, which nothing writes. The copy can predict, not learn or solve. Other heads are
+    small and copied whole. The encoder is shared.
+    """
+    memo: dict[int, Any] = {id(model.encoder): model.encoder}
+    encoder = getattr(model, "_encoder", None)
+    if encoder is not None:
+        memo[id(encoder)] = encoder
+    for head in _ridge_heads(model.head):
+        memo[id(head.projection_)] = head.projection_
+        memo[id(head.gram_)] = None
+        memo[id(head.class_grams_)] = []
+        # Private caches of RidgeHead: the copy predicts through the formed weights alone.
+        memo[id(head._eigen)] = None
+        memo[id(head._pending)] = []
+        memo[id(head._rotated_targets)] = None
+    return copy.deepcopy(model, memo)
+
+
+@dataclass(frozen=True)
+class RefresherConfig:
+    """What a refresher needs to rebuild the working model (picklable, for a child process).
+
+    ``record`` is the service record (``service.json``); ``replay`` the journal records newer
+    than its snapshot; ``head``, ``head_params`` what the caller expects (checked);
+    ``unknown_rate`` an override (0: open-set off).
+    """
+
+    directory: str
+    record: dict[str, Any]
+    replay: tuple[Record, ...] = ()
+    head: str | None = None
+    head_params: dict[str, Any] | None = None
+    unknown_rate: float | None = None
+    snapshot_every: int = 256
+    background_nice: int = 0
+    log_level: str | None = None
+
+
+class Refresher:
+    """Applies acknowledged records to the working model, publishes copies, writes snapshots.
+
+    Drive it with :meth:`run` (it opens the model first). Nothing else touches the working model.
+    """
+
+    def __init__(self, config: RefresherConfig) -> None:
+        self.config = config
+        self.sent_projections: dict[int, NDArray[np.float64]] = {}
+
+    def open(self) -> dict[str, Any]:
+        """Load the snapshot and replay the journal; the ``ready`` message's information."""
+        config = self.config
+        path = Path(config.directory)
+        record = dict(config.record)
+        spec = dict(record["encoder"])
+        encoder = make_encoder(str(spec["kind"]), **dict(spec.get("params") or {}))
+        model = _load_model(path, record, PrecomputedFeatures(encoder))
+        _check_head(path, model.head, config.head, config.head_params)
+        odd = [label for label in model.classes_ if not isinstance(label, str)]
+        if odd:
+            raise ModelMismatchError(
+                f"{path} holds classes with non-string labels (such as {odd[0]!r}); the service "
+                "speaks JSON strings only"
+            )
+        if config.unknown_rate is not None:
+            model.unknown_rate = None if config.unknown_rate == 0 else float(config.unknown_rate)
+        for item in config.replay:
+            try:
+                _apply(model, item)
+            except Exception as error:
+                raise CorruptedJournalError(
+                    f"{path / JOURNAL_FILE}: the record of version {item.version} "
+                    f"({item.operation}) cannot be replayed: {error}"
+                ) from error
+        self.model = model
+        self.record = record
+        self.snapshot_version = int(record["snapshot_version"])
+        self.applied = config.replay[-1].version if config.replay else self.snapshot_version
+        self.snapshot_failed_at: int | None = None
+        self._state_bytes_key: tuple[int, int | None] | None = None
+        self._state_bytes = 0
+        head = model.head
+        counts = [int(n) for n in head._class_counts()] if head.is_fitted else []
+        head_name = next((k for k, cls in HEADS.items() if type(head) is cls), None)
+        return {
+            "version": self.applied,
+            "ledger": [(str(c), n) for c, n in zip(head.classes_, counts, strict=True)],
+            "dim": head.dim_ if head.dim_ is not None else model.novelty_.dim,
+            "head": {"name": head_name, "params": head.get_params()},
+        }
+
+    def publish(self) -> ServedModel:
+        """Solve the working model and make a read-only copy of it for predictions."""
+        model = self.model
+        version = self.applied
+        if not model.head.is_fitted:
+            return ServedModel(version, None, n_seen=model.n_seen_, unknown_rate=model.unknown_rate)
+        started = time.perf_counter()
+        warm(model)
+        solve_seconds = time.perf_counter() - started
+        threshold: float | None = None
+        state = "off"
+        if model.unknown_rate is not None or model.threshold_override_ is not None:
+            novelty = model.novelty_
+            in_sync = novelty.n_seen == model.n_seen_ and set(novelty.labels_) == set(
+                model.classes_
+            )
+            try:
+                threshold = model.unknown_threshold_
+                state = "on"
+            except NotFittedError:
+                # Calibrating: too few examples yet. Unavailable: the novelty statistics no
+                # longer describe the head's examples (see LifelongClassifier._novelty_in_sync).
+                state = "calibrating" if in_sync else "unavailable"
+        served = prediction_copy(model)
+        if state in ("calibrating", "unavailable"):
+            served.unknown_rate = None  # nothing is flagged without a threshold
+            served.threshold_override_ = None
+        key = (len(model.classes_), model.head.dim_)
+        if key != self._state_bytes_key:  # fixed by the configuration and the number of classes
+            self._state_bytes, self._state_bytes_key = model.state_bytes, key
+        return ServedModel(
+            version,
+            served,
+            n_seen=model.n_seen_,
+            state_bytes=self._state_bytes,
+            threshold=threshold,
+            open_set=state,
+            unknown_rate=model.unknown_rate,
+            solve_seconds=solve_seconds,
+        )
+
+    def snapshot(self) -> int | None:
+        """Save the working model and point ``service.json`` at it; the version, or None.
+
+        The caller then drops the journal records up to that version.
+        """
+        version = self.applied
+        if version == self.snapshot_version:
+            return None
+        started = time.perf_counter()
+        path = Path(self.config.directory)
+        name = f"{SNAPSHOT_PREFIX}{version:012d}"
+        target = path / name
+        if target.exists():
+            shutil.rmtree(target)  # left by a crash: service.json never named it
+        self.model.save(target)
+        record = {**self.record, "snapshot": name, "snapshot_version": version}
+        record["model"] = {**record["model"], "unknown_rate": self.model.unknown_rate}
+        atomic_write_bytes(path / SERVICE_FILE, dump_record(record))
+        self.record = record
+        self.snapshot_version = version
+        _remove_old_snapshots(path, name)
+        logger.info(
+            "snapshot of version %d written in %.2f s", version, time.perf_counter() - started
+        )
+        return version
+
+    def _snapshot_due(self) -> bool:
+        every = self.config.snapshot_every
+        since = (
+            self.snapshot_failed_at
+            if self.snapshot_failed_at is not None
+            else self.snapshot_version
+        )
+        return self.applied - since >= every
+
+    def _try_snapshot(self, send: Callable[[Message], None]) -> None:
+        try:
+            version = self.snapshot()
+        except Exception:
+            # The journal still holds every update: a failed snapshot loses nothing, it only
+            # leaves a longer journal. Try again after as many records.
+            logger.exception("could not write the snapshot of version %d", self.applied)
+            self.snapshot_failed_at = self.applied
+            return
+        self.snapshot_failed_at = None
+        if version is not None:
+            send(("snapshotted", version))
+
+    def run(
+        self, receive: Callable[[bool], Message | None], send: Callable[[Message], None]
+    ) -> None:
+        """Open, then serve messages until ``("stop", snapshot)``; see the module docstring."""
+        try:
+            info = self.open()
+            send(("ready", info))
+            send(("published", self.publish()))
+        except BaseException as error:
+            send(("failed", error))
+            return
+        failed = False
+        if self._snapshot_due():
+            self._try_snapshot(send)
+        while True:
+            message = receive(True)
+            if message is None:
+                continue
+            records: list[Record] = []
+            stop: bool | None = None
+            while True:  # take everything already waiting: one solve for all of it
+                kind, payload = message
+                if kind == "records":
+                    records += payload
+                else:
+                    stop = bool(payload)
+                    break
+                waiting = receive(False)
+                if waiting is None:
+                    break
+                message = waiting
+            if records and not failed:
+                try:
+                    for item in records:
+                        _apply(self.model, item)
+                        self.applied = item.version
+                    send(("published", self.publish()))
+                except Exception as error:
+                    logger.exception("the model stopped updating at version %d", self.applied)
+                    failed = True
+                    send(("failed", error))
+                else:
+                    if self._snapshot_due():
+                        self._try_snapshot(send)
+            if stop is not None:
+                if stop and not failed:
+                    self._try_snapshot(send)
+                send(("stopped", None))
+                return
+
+
+def share_projections(served: ServedModel, sent: dict[int, Any]) -> ServedModel:
+    """Leave out of ``served`` the random projections already sent (they never change)."""
+    if served.model is None:
+        return served
+    for index, head in enumerate(_ridge_heads(served.model.head)):
+        projection = head.projection_
+        if projection is not None and sent.get(index) is projection:
+            head.projection_ = None
+        sent[index] = projection
+    return served
+
+
+def restore_projections(served: ServedModel, kept: dict[int, Any]) -> ServedModel:
+    """Put back the projections :func:`share_projections` left out; remember new ones."""
+    if served.model is None:
+        return served
+    for index, head in enumerate(_ridge_heads(served.model.head)):
+        if head.projection_ is None:
+            head.projection_ = kept[index]
+        else:
+            kept[index] = head.projection_
+    return served
+
+
+def run_thread(
+    config: RefresherConfig,
+) -> tuple[queue.SimpleQueue[Message], queue.SimpleQueue[Message], threading.Thread]:
+    """A refresher in a thread of this process: its inbox, its outbox, its thread."""
+    inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+    outbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+
+    def receive(block: bool) -> Message | None:
+        try:
+            return inbox.get(block)
+        except queue.Empty:
+            return None
+
+    def main() -> None:
+        if config.background_nice > 0:
+            run_in_background(config.background_nice)
+        Refresher(config).run(receive, outbox.put)
+
+    thread = threading.Thread(target=main, name="perennial-refresher", daemon=True)
+    thread.start()
+    return inbox, outbox, thread
+
+
+def process_main(config: RefresherConfig, inbox: Any, outbox: Any, parent: int) -> None:
+    """Entry point of the refresher's child process (``multiprocessing`` spawn)."""
+    _die_with_parent(parent)
+    if config.log_level:
+        logging.basicConfig(
+            level=config.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s[refresher]: %(message)s",
+        )
+    if config.background_nice > 0:
+        _lower_process_priority(config.background_nice)
+    lock = hold_lock(Path(config.directory) / REFRESHER_LOCK, wait=30.0)
+    sent: dict[int, Any] = {}
+
+    def receive(block: bool) -> Message | None:
+        if not block and not inbox.poll():
+            return None
+        try:
+            message: Message = inbox.recv()
+        except (EOFError, OSError):
+            return ("stop", False)  # the parent is gone: stop without a snapshot
+        return message
+
+    def send(message: Message) -> None:
+        if message[0] == "published":
+            message = ("published", share_projections(message[1], sent))
+        with contextlib.suppress(OSError):
+            outbox.send(message)
+
+    try:
+        Refresher(config).run(receive, send)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to kill this process when its parent dies (a crash takes both down)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    if os.getppid() != parent:
+        os._exit(1)  # the parent died before the request took effect
+
+
+def _lower_process_priority(nice: int) -> None:
+    """Lower the priority of every thread of this process (Linux nice values are per thread)."""
+    try:
+        threads = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [0]
+    for thread in threads:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + nice)
+
+
+def hold_lock(path: Path, wait: float) -> int | None:
+    """An exclusive lock on ``path`` (flock), waiting up to ``wait`` seconds; its descriptor.
+
+    Returns None where flock does not exist. Raises :class:`PersistenceError` on timeout.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        return None
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return descriptor
+        except OSError:
+            if time.monotonic() >= deadline:
+                os.close(descriptor)
+                raise PersistenceError(
+                    f"{path.parent} is in use by another perennial serve (the lock {path.name} is "
+                    "held); stop it first"
+                ) from None
+            time.sleep(0.05)
+
+
+def run_in_background(nice: int) -> bool:
+    """Lower the calling thread's CPU priority by ``nice`` and make its BLAS calls single-threaded.
+
+    Linux only (the nice value is per thread there; OpenBLAS >= 0.3.27 has a per-thread thread
+    count). Returns whether both took effect.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    done = True
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + nice)
+    except OSError as error:
+        logger.warning("could not lower the refresher's priority: %s", error)
+        done = False
+    libraries = set()
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            for line in maps:
+                fields = line.split()
+                if len(fields) >= 6 and "openblas" in os.path.basename(fields[-1]):
+                    libraries.add(fields[-1])
+    except OSError:
+        return False
+    for path in sorted(libraries):
+        try:
+            ctypes.CDLL(path).openblas_set_num_threads_local(1)
+        except (OSError, AttributeError):
+            done = False  # an OpenBLAS without per-thread settings: leave it as it is
+    return done and bool(libraries)
+
+
+def _apply(model: LifelongClassifier, record: Record) -> None:
+    """Make one journal record's update to ``model`` (recovery and the refresher share this)."""
+    if record.operation == "learn":
+        model.learn_many(record.features, list(record.labels))
+    elif record.operation == "unlearn":
+        model.unlearn_many(record.features, list(record.labels))
+    elif record.operation == "forget":
+        model.forget(record.labels[0])
+    else:  # pragma: no cover - Record.decode refuses other operations
+        raise ValueError(f"unknown operation {record.operation!r}")
+
+
+def dump_record(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, indent=1, sort_keys=True).encode("utf-8")
+
+
+def _check_head(path: Path, head: Head, name: str | None, params: dict[str, Any] | None) -> None:
+    actual = next((key for key, cls in HEADS.items() if type(head) is cls), type(head).__name__)
+    if name is not None and name != actual:
+        raise ModelMismatchError(f"{path} holds a {actual!r} head, not {name!r}")
+    mine = head.get_params()
+    for key, value in (params or {}).items():
+        if key in mine and mine[key] != value:
+            raise ModelMismatchError(
+                f"{path} holds a {actual} head with {key}={mine[key]!r}, not {value!r}"
+            )
+
+
+def _load_model(
+    path: Path, record: dict[str, Any], adapter: PrecomputedFeatures
+) -> LifelongClassifier:
+    snapshot = record["snapshot"]
+    if snapshot is None:
+        spec = dict(record["model"])
+        try:
+            head = make_head(str(spec["head"]), **dict(spec["head_params"]))
+        except (KeyError, TypeError) as error:
+            raise CorruptedModelError(
+                f"{path / SERVICE_FILE}: bad model record: {error}"
+            ) from error
+        return LifelongClassifier(encoder=adapter, head=head, unknown_rate=spec.get("unknown_rate"))
+    location = path / str(snapshot)
+    try:
+        return LifelongClassifier.load(location, encoder=adapter)
+    except PersistenceError as error:
+        raise type(error)(
+            f"refusing to start: the snapshot {location} of version {record['snapshot_version']} "
+            f"cannot be used ({error}); the directory is left as it is"
+        ) from error
+
+
+def _remove_old_snapshots(path: Path, current: str | None) -> None:
+    """Delete snapshot directories ``service.json`` does not name (older, or cut short)."""
+    for entry in path.iterdir():
+        if entry.name.startswith(SNAPSHOT_PREFIX) and entry.is_dir() and entry.name != current:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def remove_leftovers(path: Path, record: dict[str, Any]) -> None:
+    """Delete what a crash can leave behind: unnamed snapshots and temporary files."""
+    _remove_old_snapshots(path, record.get("snapshot"))
+    for entry in path.iterdir():
+        if entry.name == JOURNAL_FILE + ".tmp" or (
+            entry.name.startswith(f".{SERVICE_FILE}.") and entry.name.endswith(".tmp")
+        ):
+            entry.unlink(missing_ok=True)

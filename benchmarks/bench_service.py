@@ -99,6 +99,8 @@ def start_server(directory: Path, args: argparse.Namespace) -> tuple[subprocess.
         "--background-nice",
         str(args.background_nice),
         *(["--encoder-threads", str(args.encoder_threads)] if args.encoder_threads else []),
+        "--snapshot-every",
+        str(args.snapshot_every),
     ]
     log = open(directory / "server.log", "wb")  # noqa: SIM115 - kept open for the subprocess
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -221,6 +223,7 @@ def main() -> None:
     parser.add_argument(
         "--encoder-threads", type=int, default=None, help="passed to perennial serve"
     )
+    parser.add_argument("--snapshot-every", type=int, default=256, help="passed to perennial serve")
     parser.add_argument(
         "--catch-up",
         type=float,

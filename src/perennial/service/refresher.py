@@ -66,6 +66,7 @@ __all__ = [
     "run_in_background",
     "run_thread",
     "share_projections",
+    "single_threaded_blas",
     "warm",
 ]
 
@@ -172,8 +173,8 @@ def prediction_copy(model: LifelongClassifier) -> LifelongClassifier:
 
     Learning writes the ridge head's second moment ``G`` (and per-class ones) in place; a
     prediction from a warmed head reads only the projection and the output weights. So the copy
-    drops ``G`` and the eigendecomposition (hundreds of MB at 4096 features) and shares the
-    projection, which nothing writes. The copy can predict, not learn or solve. Other heads are
+    drops ``G``, ``C`` and the eigendecomposition (hundreds of MB at 4096 features) and shares
+    the projection, which nothing writes. The copy can predict, not learn or solve. Other heads are
     small and copied whole. The encoder is shared.
     """
     memo: dict[int, Any] = {id(model.encoder): model.encoder}
@@ -188,6 +189,8 @@ def prediction_copy(model: LifelongClassifier) -> LifelongClassifier:
         memo[id(head._eigen)] = None
         memo[id(head._pending)] = []
         memo[id(head._rotated_targets)] = None
+        memo[id(head._rotated_weights)] = None  # W itself is formed (warm)
+        memo[id(head.targets_)] = None  # C: read only to solve
     return copy.deepcopy(model, memo)
 
 
@@ -460,6 +463,7 @@ def process_main(config: RefresherConfig, inbox: Any, outbox: Any, parent: int) 
         )
     if config.background_nice > 0:
         _lower_process_priority(config.background_nice)
+        single_threaded_blas()  # the refresher runs in this (the main) thread
     lock = hold_lock(Path(config.directory) / REFRESHER_LOCK, wait=30.0)
     sent: dict[int, Any] = {}
 
@@ -546,6 +550,15 @@ def run_in_background(nice: int) -> bool:
     except OSError as error:
         logger.warning("could not lower the refresher's priority: %s", error)
         done = False
+    return single_threaded_blas() and done
+
+
+def single_threaded_blas() -> bool:
+    """Make the calling thread's OpenBLAS calls single-threaded; whether it took effect.
+
+    Background solves then take one core at most: two BLAS threads next to the encoder's torch
+    threads on two cores kept stalling the encoder's parallel sections.
+    """
     libraries = set()
     try:
         with open("/proc/self/maps", encoding="utf-8") as maps:
@@ -555,12 +568,13 @@ def run_in_background(nice: int) -> bool:
                     libraries.add(fields[-1])
     except OSError:
         return False
+    done = bool(libraries)
     for path in sorted(libraries):
         try:
             ctypes.CDLL(path).openblas_set_num_threads_local(1)
         except (OSError, AttributeError):
             done = False  # an OpenBLAS without per-thread settings: leave it as it is
-    return done and bool(libraries)
+    return done
 
 
 def _apply(model: LifelongClassifier, record: Record) -> None:

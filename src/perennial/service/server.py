@@ -7,9 +7,6 @@ import logging
 import os
 from typing import Any
 
-import numpy as np
-
-from perennial.encoders.base import Encoder
 from perennial.exceptions import EncoderError, InvalidParameterError
 from perennial.service.auth import KeyRing
 from perennial.service.review import ReviewQueue
@@ -102,7 +99,6 @@ def serve(
         store.close()
 
     try:
-        _warm_up(store.encoder, str(getattr(store.encoder, "kind", None)))
         app = create_app(
             store,
             keys=keys,
@@ -123,11 +119,3 @@ def serve(
     finally:
         shut_down()  # after a failed start; closing twice does nothing
     return 0
-
-
-def _warm_up(encoder: Encoder, kind: str) -> None:
-    """Load the encoder's weights now rather than on the first request."""
-    if kind == "image":
-        encoder.encode([np.zeros((32, 32, 3), dtype=np.uint8)])
-    elif kind == "text":
-        encoder.encode(["warming up"])

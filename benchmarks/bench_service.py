@@ -17,7 +17,7 @@ p99 <= 60 ms, no errors; learn acknowledged, i.e. durable, p50 <= 30 ms), and ho
 published version trailed the acknowledged one. Nothing here is a test; figures depend on what
 else runs on the machine (the load average is printed).
 
-Run: .venv/bin/python benchmarks/bench_service.py [--seconds 30] [--clients 4] [--backend torch]
+Run: .venv/bin/python benchmarks/bench_service.py [--seconds 30] [--clients 1,2,4] [--backend torch]
 """
 
 from __future__ import annotations
@@ -86,8 +86,7 @@ def start_server(directory: Path, args: argparse.Namespace) -> tuple[subprocess.
         str(directory / "model"),
         "--encoder",
         "text",
-        "--backend",
-        args.backend,
+        *(["--backend", args.backend] if args.backend else []),
         "--n-features",
         str(args.n_features),
         "--port",
@@ -96,8 +95,11 @@ def start_server(directory: Path, args: argparse.Namespace) -> tuple[subprocess.
         "warning",
         "--review-ttl",
         "60",
-        "--background-nice",
-        str(args.background_nice),
+        *(
+            ["--background-nice", str(args.background_nice)]
+            if args.background_nice is not None
+            else []
+        ),
         *(["--encoder-threads", str(args.encoder_threads)] if args.encoder_threads else []),
         "--snapshot-every",
         str(args.snapshot_every),
@@ -215,13 +217,20 @@ def report(name: str, result: dict[str, Any], clients: int) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="per phase")
-    parser.add_argument("--clients", default="1,4", help="comma-separated client counts")
+    parser.add_argument("--clients", default="1,2,4", help="comma-separated client counts")
     parser.add_argument("--per-class", type=int, default=10, help="texts learned per class first")
     parser.add_argument("--n-features", type=int, default=4096)
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-fp32"])
-    parser.add_argument("--background-nice", type=int, default=0, help="passed to perennial serve")
     parser.add_argument(
-        "--encoder-threads", type=int, default=None, help="passed to perennial serve"
+        "--backend",
+        default=None,
+        choices=["torch", "onnx", "onnx-fp32"],
+        help="passed to perennial serve (default: its default, onnx)",
+    )
+    parser.add_argument(
+        "--background-nice", type=int, default=None, help="passed to perennial serve (default 10)"
+    )
+    parser.add_argument(
+        "--encoder-threads", type=int, default=None, help="passed to perennial serve (default 1)"
     )
     parser.add_argument("--snapshot-every", type=int, default=256, help="passed to perennial serve")
     parser.add_argument(
@@ -273,8 +282,9 @@ def main() -> None:
         print(
             f"model: {len(seed_set)} BANKING77 texts of {len(seen)} classes learned and served in "
             f"{time.perf_counter() - started:.1f} s (n_features={args.n_features}, "
-            f"backend={args.backend}, background_nice={args.background_nice}, encoder_threads="
-            f"{args.encoder_threads or 'default'}); load average "
+            f"backend={args.backend or 'onnx (default)'}, background_nice="
+            f"{args.background_nice if args.background_nice is not None else '10 (default)'}, "
+            f"encoder_threads={args.encoder_threads or '1 (default)'}); load average "
             f"before: {os.getloadavg()[0]:.2f}"
         )
         print()

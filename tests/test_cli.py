@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from perennial.cli import main
 from perennial.datasets import data_root, load_intent_csv
 from perennial.encoders.text import TextEncoder
 from perennial.heads import RidgeHead
@@ -129,3 +130,46 @@ def test_bad_options_exit_2_with_a_message(args, message, tmp_path):
     done = run_cli("incremental", *args, "--no-baselines", cache=tmp_path)
     assert done.returncode == 2
     assert message in done.stderr
+
+
+# --- perennial serve: defaults of a new and an existing model ----------------------------------------
+def captured_serve(monkeypatch, argv):
+    """Run ``perennial serve ARGV`` with the server replaced by a recorder; its arguments."""
+    import perennial.service.server as server
+
+    seen: dict = {}
+
+    def record(model, **kwargs):
+        seen.update(kwargs, model=model)
+        return 0
+
+    monkeypatch.setattr(server, "serve", record)
+    assert main(["serve", *argv]) == 0
+    return seen
+
+
+def test_a_new_text_model_is_served_through_onnx_with_one_encoder_thread(monkeypatch, tmp_path):
+    seen = captured_serve(monkeypatch, ["--model", str(tmp_path / "new")])
+    assert seen["encoder_params"] == {"backend": "onnx", "num_threads": 1}
+    assert seen["background_nice"] == 10
+    # Asked for explicitly, torch stays torch, and the thread count is the user's.
+    seen = captured_serve(
+        monkeypatch,
+        ["--model", str(tmp_path / "new"), "--backend", "torch", "--encoder-threads", "2"],
+    )
+    assert seen["encoder_params"] == {"backend": "torch", "num_threads": 2}
+
+
+def test_an_existing_model_keeps_its_recorded_backend(monkeypatch, tmp_path):
+    import json
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    record = {"encoder": {"kind": "text", "params": {"backend": "torch"}}}
+    (existing / "service.json").write_text(json.dumps(record))
+    seen = captured_serve(monkeypatch, ["--model", str(existing)])
+    assert "backend" not in seen["encoder_params"]  # the store rebuilds the recorded one
+    assert seen["encoder_params"]["num_threads"] == 1
+    (existing / "service.json").write_text(json.dumps({"encoder": {"kind": "identity"}}))
+    seen = captured_serve(monkeypatch, ["--model", str(existing)])
+    assert seen["encoder_params"] == {}  # feature vectors: no encoder threads to set

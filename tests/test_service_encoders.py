@@ -51,7 +51,13 @@ def test_text_service_end_to_end(tmp_path: Path) -> None:
     from perennial.encoders.text import TextEncoder
 
     server = Server(
-        tmp_path / "model", "--encoder", "text", "--n-features", str(N_FEATURES)
+        tmp_path / "model",
+        "--encoder",
+        "text",
+        "--backend",
+        "torch",
+        "--n-features",
+        str(N_FEATURES),
     ).start()
     try:
         client = server.client()

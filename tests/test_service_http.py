@@ -344,6 +344,9 @@ def test_concurrent_predictions_see_consistent_versions(tmp_path: Path) -> None:
         assert (
             ok(client.post("/v1/learn", json={"inputs": X.tolist(), "labels": y}))["version"] == 1
         )
+        # Publishing is asynchronous: wait until version 1 is served before the clients start.
+        first = {"inputs": [PROBES[0].tolist()], "min_version": 1}
+        assert ok(client.post("/v1/predict", json=first))["version"] >= 1
         # Run for at least 3 s and until there is enough to check (at most 60 s), so that a
         # busy machine makes the test slower, not flaky.
         start = time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from perennial.encoders.base import Encoder, as_encoder
 from perennial.exceptions import (
+    FeatureDimensionError,
     InputTypeError,
     InvalidParameterError,
     ModelMismatchError,
@@ -129,6 +131,49 @@ class LifelongClassifier:
         check_labels(y, n)  # cheap checks first, before any encoding work
         features = self.encode(X)
         self._learn_features(self.head, self.novelty_, features, y)
+
+    def learn_batches(self, batches: Sequence[tuple[Any, Any]]) -> None:
+        """Learn several batches as if one after another, all of them or none.
+
+        The head's statistics are sums, so it takes the batches in one update: one pass over
+        its second moment instead of one per batch (what a service that acknowledges examples
+        one by one needs to keep up). The novelty detector takes them in order, batch by
+        batch, so its calibration is the one :meth:`learn_many` per batch would give. The
+        result equals learning the batches one after another, to rounding.
+        """
+        if isinstance(batches, (str, bytes)) or not isinstance(batches, Sequence):
+            raise InputTypeError(
+                f"expected a sequence of (inputs, labels) pairs, got {type(batches).__name__}"
+            )
+        if not batches:
+            return
+        pairs = []
+        for X, y in batches:
+            check_labels(y, _batch_length(X))
+            pairs.append((self.encode(X), list(y)))
+        if len(pairs) == 1:
+            self._learn_features(self.head, self.novelty_, *pairs[0])
+            return
+        widths = {np.shape(f)[1] if np.ndim(f) == 2 else None for f, _ in pairs}
+        if len(widths) != 1:
+            raise FeatureDimensionError(
+                f"the batches' features have different widths ({sorted(map(str, widths))})"
+            )
+        features = np.concatenate([f for f, _ in pairs])
+        labels = [label for _, y in pairs for label in y]
+        head, novelty = self.head, self.novelty_
+        in_sync = novelty.n_seen == head.n_seen_ and set(novelty.labels_) == set(head.classes_)
+        if not in_sync:
+            head.learn_many(features, labels)
+            return
+        before = novelty._snapshot()
+        try:
+            for part, y in pairs:
+                novelty.learn_many(part, y)
+            head.learn_many(features, labels)
+        except BaseException:
+            novelty._restore(before)
+            raise
 
     def _novelty_in_sync(self) -> bool:
         """Whether the novelty statistics describe the same examples as the head.

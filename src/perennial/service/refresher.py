@@ -388,9 +388,13 @@ class Refresher:
                 message = waiting
             if records and not failed:
                 try:
-                    for item in records:
-                        _apply(self.model, item)
-                        self.applied = item.version
+                    for group in _learn_runs(records):
+                        if _apply_group(self.model, group):
+                            self.applied = group[-1].version
+                            continue
+                        for item in group:  # one by one: the error names the record at fault
+                            _apply(self.model, item)
+                            self.applied = item.version
                     send(("published", self.publish()))
                 except Exception as error:
                     logger.exception("the model stopped updating at version %d", self.applied)
@@ -587,6 +591,51 @@ def _apply(model: LifelongClassifier, record: Record) -> None:
         model.forget(record.labels[0])
     else:  # pragma: no cover - Record.decode refuses other operations
         raise ValueError(f"unknown operation {record.operation!r}")
+
+
+#: Most examples one grouped update takes (bounds its transient memory).
+MAX_GROUP_ROWS = 4096
+
+
+def _learn_runs(records: list[Record]) -> list[list[Record]]:
+    """``records`` cut into runs of consecutive learns (at most MAX_GROUP_ROWS rows) and singles."""
+    runs: list[list[Record]] = []
+    rows = 0
+    for record in records:
+        last = runs[-1] if runs else None
+        size = len(record.labels)
+        if (
+            record.operation == "learn"
+            and last is not None
+            and last[-1].operation == "learn"
+            and rows + size <= MAX_GROUP_ROWS
+        ):
+            last.append(record)
+            rows += size
+        else:
+            runs.append([record])
+            rows = size
+    return runs
+
+
+def _apply_group(model: LifelongClassifier, group: list[Record]) -> bool:
+    """Apply a run of learns from :func:`_learn_runs` in one head update; whether it did.
+
+    Equal to applying them one by one (to rounding; see ``LifelongClassifier.learn_batches``),
+    at the cost of one pass over the ridge head's matrices instead of one per record. A single
+    record, or a group whose update fails (the model is then unchanged: it is all or nothing),
+    is left to the caller to apply one by one.
+    """
+    if len(group) < 2:
+        return False
+    try:
+        model.learn_batches([(item.features, list(item.labels)) for item in group])
+    except Exception:
+        logger.warning(
+            "a grouped update of %d records failed; applying them one by one", len(group)
+        )
+        return False
+    return True
 
 
 def dump_record(record: dict[str, Any]) -> bytes:

@@ -133,6 +133,7 @@ def cmd_openset(args: argparse.Namespace) -> int:
         step=args.step,
         seed=args.seed,
         oos_split=args.oos_split,
+        novelty_score=args.novelty_score,
         cache=None if args.no_cache else FeatureCache(args.cache_dir),
         progress=sys.stderr if args.json else sys.stdout,
     )
@@ -437,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.02,
         help="target share of in-scope queries called unknown (default 0.02)",
+    )
+    openset.add_argument(
+        "--novelty-score",
+        default="relative",
+        choices=["relative", "combined"],
+        help="relative Mahalanobis (default), or combined with per-class diagonal Gaussians",
     )
     openset.add_argument("--step", type=int, default=10, help="classes per step")
     openset.add_argument("--seed", type=int, default=0)

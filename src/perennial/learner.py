@@ -58,6 +58,10 @@ class LifelongClassifier:
         labelled out-of-scope examples instead.
     unknown_label
         What ``predict_one`` and ``predict_many`` answer for an unknown input (default None).
+    novelty_score
+        The novelty score: ``"relative"`` (default, the relative Mahalanobis distance) or
+        ``"combined"`` (adds per-class diagonal Gaussians; opt-in, see
+        :mod:`perennial.novelty`).
 
     Examples
     --------
@@ -78,6 +82,7 @@ class LifelongClassifier:
         *,
         unknown_rate: float | None = None,
         unknown_label: Any = None,
+        novelty_score: str = "relative",
     ) -> None:
         self.encoder = encoder
         self.head = head if head is not None else RidgeHead()
@@ -92,7 +97,7 @@ class LifelongClassifier:
             raise InvalidParameterError(
                 f"unknown_rate must be None or strictly between 0 and 1, got {unknown_rate!r}"
             )
-        self.novelty_: NoveltyDetector = NoveltyDetector()
+        self.novelty_: NoveltyDetector = NoveltyDetector(score=novelty_score)
         self.threshold_override_: float | None = None
 
     # --- introspection ----------------------------------------------------------------------------
@@ -113,6 +118,8 @@ class LifelongClassifier:
 
     def __repr__(self) -> str:
         extra = "" if self.unknown_rate is None else f", unknown_rate={self.unknown_rate!r}"
+        if self.novelty_.score_kind != "relative":
+            extra += f", novelty_score={self.novelty_.score_kind!r}"
         return f"LifelongClassifier(encoder={self._encoder!r}, head={self.head!r}{extra})"
 
     def encode(self, inputs: Any) -> np.ndarray:
@@ -410,7 +417,11 @@ class LifelongClassifier:
         """
         self._require_novelty()
         outside = self.novelty_.score(self.encode(X_out))
-        inside = self.novelty_.scores_ if X_in is None else self.novelty_.score(self.encode(X_in))
+        inside = (
+            self.novelty_.calibration_scores()
+            if X_in is None
+            else self.novelty_.score(self.encode(X_in))
+        )
         if len(inside) == 0:
             raise NotFittedError("no in-scope scores to tune against; pass X_in")
         candidates = np.unique(np.concatenate([inside, outside]))

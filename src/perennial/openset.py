@@ -78,6 +78,7 @@ class OpenSetResult:
     fpr_at_95tpr: float = 0.0
     threshold: float = 0.0
     seconds: float = 0.0
+    novelty_score: str = "relative"
     steps: list[dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,6 +101,7 @@ def run_open_set(
     oos_split: str = "oos_test",
     cache: FeatureCache | None = None,
     progress: TextIO | None = sys.stderr,
+    novelty_score: str = "relative",
 ) -> OpenSetResult:
     """Learn ``dataset.train`` class-incrementally and evaluate against ``extra[oos_split]``."""
     if oos_split not in dataset.extra:
@@ -122,7 +124,12 @@ def run_open_set(
     X_out = encode_split(
         encoder, dataset.extra[oos_split].inputs, cache, progress=progress, what=oos_split
     )
-    features = LifelongClassifier(encoder="identity", head=head.clone(), unknown_rate=unknown_rate)
+    features = LifelongClassifier(
+        encoder="identity",
+        head=head.clone(),
+        unknown_rate=unknown_rate,
+        novelty_score=novelty_score,
+    )
     result = OpenSetResult(
         dataset=dataset.name,
         encoder=encoder.name,
@@ -131,6 +138,7 @@ def run_open_set(
         n_classes=len(classes),
         n_in_scope=int(np.isin(test_labels, np.asarray(classes, dtype=object)).sum()),
         n_out_of_scope=len(X_out),
+        novelty_score=novelty_score,
     )
     _say(progress, "  step  classes  in-scope acc  oos recall  in-scope rejected  threshold")
     for start in range(0, len(order), step):

@@ -109,7 +109,9 @@ class Prediction(BaseModel):
     score: float = Field(description="The head's score of the best known label")
     unknown: bool = Field(description="Whether the input is unlike everything learned (open set)")
     top: list[TopLabel]
-    novelty: float | None = Field(None, description="Relative Mahalanobis novelty, if computed")
+    novelty: float | None = Field(
+        None, description="Novelty score (higher: less familiar), if computed"
+    )
     review_id: str | None = Field(None, description="Review queue item of an unknown input")
 
 

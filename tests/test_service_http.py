@@ -626,3 +626,18 @@ def test_fuzzing_the_openapi_document_finds_no_server_error(tmp_path: Path) -> N
         assert ok(client.get("/healthz"))["status"] == "ok"
     finally:
         running.stop()
+
+
+def test_novelty_is_null_until_the_threshold_is_calibrated(tmp_path: Path) -> None:
+    running = Server(tmp_path / "model", *ARGS).start()
+    try:
+        client = running.client()
+        X = np.eye(DIM)[:2] * 3.0  # one example per class: no calibration score yet
+        body = ok(client.post("/v1/learn", json={"inputs": X.tolist(), "labels": ["p", "q"]}))
+        query = {"inputs": [X[0].tolist()], "min_version": body["version"]}
+        prediction = ok(client.post("/v1/predict", json=query))["predictions"][0]
+        assert ok(client.get("/v1/model"))["open_set"]["state"] == "calibrating"
+        assert prediction["label"] == "p" and prediction["unknown"] is False
+        assert prediction["novelty"] is None
+    finally:
+        running.stop()

@@ -110,7 +110,11 @@ class Prediction(BaseModel):
     unknown: bool = Field(description="Whether the input is unlike everything learned (open set)")
     top: list[TopLabel]
     novelty: float | None = Field(
-        None, description="Novelty score (higher: less familiar), if computed"
+        None,
+        description=(
+            "Novelty score (higher: less familiar); null until the open-set threshold is "
+            "calibrated, or with open set off"
+        ),
     )
     review_id: str | None = Field(None, description="Review queue item of an unknown input")
 
@@ -572,7 +576,13 @@ def create_app(
             raise NotFittedError(
                 "the model has learned nothing yet; teach it with POST /v1/learn first"
             )
-        return served.version, served.model.predict_detailed(features, top=top)
+        rows = served.model.predict_detailed(features, top=top)
+        if served.open_set != "on":
+            # Before the threshold exists (too few examples, or open set off) a novelty value
+            # has nothing to be compared with, and with one example per class it is huge.
+            for row in rows:
+                row["novelty"] = None
+        return served.version, rows
 
     batching = BatchingEncoder(
         store.encoder, max_rows=max(limits.max_batch, 16), predict=predict_rows

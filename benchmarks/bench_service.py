@@ -100,6 +100,7 @@ def start_server(directory: Path, args: argparse.Namespace) -> tuple[subprocess.
             if args.background_nice is not None
             else []
         ),
+        *(["--no-background-idle"] if args.no_background_idle else []),
         *(["--encoder-threads", str(args.encoder_threads)] if args.encoder_threads else []),
         "--snapshot-every",
         str(args.snapshot_every),
@@ -230,6 +231,9 @@ def main() -> None:
         "--background-nice", type=int, default=None, help="passed to perennial serve (default 10)"
     )
     parser.add_argument(
+        "--no-background-idle", action="store_true", help="passed to perennial serve"
+    )
+    parser.add_argument(
         "--encoder-threads", type=int, default=None, help="passed to perennial serve (default 1)"
     )
     parser.add_argument("--snapshot-every", type=int, default=256, help="passed to perennial serve")
@@ -284,7 +288,8 @@ def main() -> None:
             f"{time.perf_counter() - started:.1f} s (n_features={args.n_features}, "
             f"backend={args.backend or 'onnx (default)'}, background_nice="
             f"{args.background_nice if args.background_nice is not None else '10 (default)'}, "
-            f"encoder_threads={args.encoder_threads or '1 (default)'}); load average "
+            f"encoder_threads={args.encoder_threads or '1 (default)'}"
+            f"{', no background-idle' if args.no_background_idle else ''}); load average "
             f"before: {os.getloadavg()[0]:.2f}"
         )
         print()

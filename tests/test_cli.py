@@ -151,7 +151,7 @@ def captured_serve(monkeypatch, argv):
 def test_a_new_text_model_is_served_through_onnx_with_one_encoder_thread(monkeypatch, tmp_path):
     seen = captured_serve(monkeypatch, ["--model", str(tmp_path / "new")])
     assert seen["encoder_params"] == {"backend": "onnx", "num_threads": 1}
-    assert seen["background_nice"] == 10
+    assert seen["background_nice"] == 10 and seen["background_idle"] is True
     # Asked for explicitly, torch stays torch, and the thread count is the user's.
     seen = captured_serve(
         monkeypatch,

@@ -546,6 +546,24 @@ def test_the_refresher_can_run_at_a_lower_priority(tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+@pytest.mark.parametrize("isolate", [False, True])
+def test_the_refresher_can_run_on_idle_cpu_time_only(tmp_path: Path, isolate: bool) -> None:
+    store = open_store(tmp_path / "model", background_idle=True, isolate=isolate)
+    try:
+        if isolate:
+            pid = store._link._process.pid
+            threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        else:
+            threads = [store._link._thread.native_id]
+        assert threads and all(os.sched_getscheduler(t) == os.SCHED_IDLE for t in threads)
+        assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the serving process is untouched
+        apply(store, updates()[:3])
+        assert_same_model(store, updates()[:3])  # it still learns, on an idle machine at once
+    finally:
+        store.close()
+
+
 def test_batched_predictions_are_split_per_request() -> None:
     from perennial.encoders import IdentityEncoder
     from perennial.service.batching import BatchingEncoder

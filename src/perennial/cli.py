@@ -263,6 +263,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         review_ttl=args.review_ttl,
         snapshot_every=args.snapshot_every,
         background_nice=args.background_nice,
+        background_idle=args.background_idle,
         log_level=args.log_level,
     )
 
@@ -577,6 +578,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=10,
         help="run model solving and snapshots at this much lower CPU priority, single-threaded "
         "(Linux; default 10; 0: as predictions)",
+    )
+    serve.add_argument(
+        "--background-idle",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run model solving only on CPU time requests leave unused (Linux SCHED_IDLE; the "
+        "default): steady prediction latency under full load, at the cost of a published "
+        "version that trails further behind until the load eases",
     )
     serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]

@@ -211,6 +211,7 @@ class RefresherConfig:
     unknown_rate: float | None = None
     snapshot_every: int = 256
     background_nice: int = 0
+    background_idle: bool = False
     log_level: str | None = None
 
 
@@ -450,6 +451,9 @@ def run_thread(
     def main() -> None:
         if config.background_nice > 0:
             run_in_background(config.background_nice)
+        if config.background_idle:
+            _idle_policy([threading.get_native_id()])
+            single_threaded_blas()
         Refresher(config).run(receive, outbox.put)
 
     thread = threading.Thread(target=main, name="perennial-refresher", daemon=True)
@@ -468,6 +472,9 @@ def process_main(config: RefresherConfig, inbox: Any, outbox: Any, parent: int) 
     if config.background_nice > 0:
         _lower_process_priority(config.background_nice)
         single_threaded_blas()  # the refresher runs in this (the main) thread
+    if config.background_idle:
+        _idle_policy(_process_threads())
+        single_threaded_blas()
     lock = hold_lock(Path(config.directory) / REFRESHER_LOCK, wait=30.0)
     sent: dict[int, Any] = {}
 
@@ -503,13 +510,35 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)  # the parent died before the request took effect
 
 
+def _process_threads() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
+
+
+def _idle_policy(threads: list[int]) -> bool:
+    """Put ``threads`` under SCHED_IDLE: they run only on CPU time nothing else wants.
+
+    Linux only; whether it took effect (it is logged when it did not).
+    """
+    policy = getattr(os, "SCHED_IDLE", None)
+    if policy is None:
+        logger.warning("SCHED_IDLE is not available here; the refresher keeps its priority")
+        return False
+    done = True
+    for thread in threads:
+        try:
+            os.sched_setscheduler(thread, policy, os.sched_param(0))
+        except OSError as error:
+            logger.warning("could not give the refresher the idle policy: %s", error)
+            done = False
+    return done
+
+
 def _lower_process_priority(nice: int) -> None:
     """Lower the priority of every thread of this process (Linux nice values are per thread)."""
-    try:
-        threads = [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:
-        threads = [0]
-    for thread in threads:
+    for thread in _process_threads():
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + nice)
 

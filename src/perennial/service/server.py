@@ -48,6 +48,7 @@ def serve(
     review_ttl: float = 3600.0,
     snapshot_every: int = 256,
     background_nice: int = 0,
+    background_idle: bool = False,
     log_level: str = "info",
 ) -> int:
     """Serve the model directory ``model`` until interrupted; returns the exit status.
@@ -92,6 +93,7 @@ def serve(
         unknown_rate=unknown_rate,
         snapshot_every=snapshot_every,
         background_nice=background_nice,
+        background_idle=background_idle,
         log_level=log_level,
     )
 

@@ -225,6 +225,7 @@ class ModelStore:
         snapshot_every: int = 256,
         isolate: bool = True,
         background_nice: int = 0,
+        background_idle: bool = False,
         log_level: str | None = None,
     ) -> ModelStore:
         """Open (or create) the model directory ``directory`` and recover its latest version.
@@ -249,6 +250,11 @@ class ModelStore:
             When positive, the refresher runs at this much lower CPU priority (and, in a thread,
             with single-threaded BLAS), so that on a busy machine predictions get the cores
             first (Linux only; elsewhere ignored).
+        background_idle
+            Run the refresher under SCHED_IDLE (Linux): it then uses only CPU time that requests
+            leave unused. Predictions no longer feel it, but under a load that keeps every core
+            busy the published version may fall far behind the acknowledged one until the load
+            eases.
         log_level
             Logging level of the refresher's process (None: its default, warnings only).
 
@@ -316,6 +322,7 @@ class ModelStore:
                 unknown_rate=unknown_rate,
                 snapshot_every=snapshot_every,
                 background_nice=background_nice,
+                background_idle=background_idle,
                 log_level=log_level,
             )
             link = _Link(config, isolate)

@@ -281,7 +281,9 @@ def _served_kind(directory: str, asked: str | None) -> str | None:
     if _is_new_model(directory):
         return "text"
     try:
-        record = json.loads((Path(directory) / "service.json").read_text(encoding="utf-8"))
+        from perennial.service.refresher import SERVICE_FILE
+
+        record = json.loads((Path(directory) / SERVICE_FILE).read_text(encoding="utf-8"))
         return str(record["encoder"]["kind"])
     except (OSError, ValueError, KeyError, TypeError):
         return None  # the store reports what is wrong with the directory

@@ -137,7 +137,7 @@ class LifelongClassifier:
         n = _batch_length(X)
         check_labels(y, n)  # cheap checks first, before any encoding work
         features = self.encode(X)
-        self._learn_features(self.head, self.novelty_, features, y)
+        self._learn_features(self.head, self.novelty_, [(features, y)])
 
     def learn_batches(self, batches: Sequence[tuple[Any, Any]]) -> None:
         """Learn several batches as if one after another, all of them or none.
@@ -158,29 +158,7 @@ class LifelongClassifier:
         for X, y in batches:
             check_labels(y, _batch_length(X))
             pairs.append((self.encode(X), list(y)))
-        if len(pairs) == 1:
-            self._learn_features(self.head, self.novelty_, *pairs[0])
-            return
-        widths = {np.shape(f)[1] if np.ndim(f) == 2 else None for f, _ in pairs}
-        if len(widths) != 1:
-            raise FeatureDimensionError(
-                f"the batches' features have different widths ({sorted(map(str, widths))})"
-            )
-        features = np.concatenate([f for f, _ in pairs])
-        labels = [label for _, y in pairs for label in y]
-        head, novelty = self.head, self.novelty_
-        in_sync = novelty.n_seen == head.n_seen_ and set(novelty.labels_) == set(head.classes_)
-        if not in_sync:
-            head.learn_many(features, labels)
-            return
-        before = novelty._snapshot()
-        try:
-            for part, y in pairs:
-                novelty.learn_many(part, y)
-            head.learn_many(features, labels)
-        except BaseException:
-            novelty._restore(before)
-            raise
+        self._learn_features(self.head, self.novelty_, pairs)
 
     def _novelty_in_sync(self) -> bool:
         """Whether the novelty statistics describe the same examples as the head.
@@ -194,15 +172,33 @@ class LifelongClassifier:
         return novelty.n_seen == head.n_seen_ and set(novelty.labels_) == set(head.classes_)
 
     @staticmethod
-    def _learn_features(head: Head, novelty: NoveltyDetector, features: Any, y: Any) -> None:
+    def _learn_features(
+        head: Head, novelty: NoveltyDetector, batches: Sequence[tuple[Any, Any]]
+    ) -> None:
+        """Learn encoded ``(features, labels)`` batches, in order; all of them or none.
+
+        The novelty detector takes them one by one (its calibration scores each batch before
+        learning it); the head, whose statistics are sums, takes them in one update.
+        """
+        if len(batches) == 1:
+            features, labels = batches[0]
+        else:
+            widths = {np.shape(f)[1] if np.ndim(f) == 2 else None for f, _ in batches}
+            if len(widths) != 1:
+                raise FeatureDimensionError(
+                    f"the batches' features have different widths ({sorted(map(str, widths))})"
+                )
+            features = np.concatenate([f for f, _ in batches])
+            labels = [label for _, y in batches for label in y]
         in_sync = novelty.n_seen == head.n_seen_ and set(novelty.labels_) == set(head.classes_)
         if not in_sync:
-            head.learn_many(features, y)
+            head.learn_many(features, labels)
             return
         before = novelty._snapshot()
-        novelty.learn_many(features, y)
         try:
-            head.learn_many(features, y)
+            for part, y in batches:
+                novelty.learn_many(part, y)
+            head.learn_many(features, labels)
         except BaseException:
             novelty._restore(before)
             raise
@@ -219,7 +215,7 @@ class LifelongClassifier:
         features = self.encode(X)
         fresh = self.head.clone()
         novelty = NoveltyDetector(**self.novelty_.get_params())
-        self._learn_features(fresh, novelty, features, y)
+        self._learn_features(fresh, novelty, [(features, y)])
         self.head, self.novelty_, self.threshold_override_ = fresh, novelty, None
         return self
 

@@ -48,10 +48,11 @@ def _write_durably(directory: Path, name: str, data: bytes) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a synced temporary file and a rename."""
     _write_durably(path.parent if str(path.parent) else Path("."), path.name, data)
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or a new file in ``directory`` durable (a no-op where it cannot be done)."""
     try:
         handle = os.open(directory, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory handles
@@ -91,7 +92,7 @@ def write_model_files(
         "payload": payload,
     }
     _write_durably(directory, META_FILE, json.dumps(meta, indent=1, sort_keys=True).encode())
-    _fsync_directory(directory)
+    fsync_directory(directory)
     for stale in directory.glob("state-*.safetensors"):
         if stale.name != arrays_file:
             stale.unlink(missing_ok=True)

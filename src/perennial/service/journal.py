@@ -32,6 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from perennial.exceptions import CorruptedJournalError
+from perennial.persistence import fsync_directory
 
 __all__ = ["MAGIC", "OPERATIONS", "Journal", "Record"]
 
@@ -232,7 +233,7 @@ class Journal:
         temporary = self.path.with_name(self.path.name + ".tmp")
         _write_new(temporary, MAGIC + tail)
         os.replace(temporary, self.path)
-        _sync_directory(self.path.parent)
+        fsync_directory(self.path.parent)
         os.close(self._descriptor)
         self._descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         shift = start - len(MAGIC)
@@ -327,15 +328,4 @@ def _write_new(path: Path, data: bytes) -> None:
         stream.write(data)
         stream.flush()
         os.fsync(stream.fileno())
-    _sync_directory(path.parent)
-
-
-def _sync_directory(directory: Path) -> None:
-    try:
-        handle = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory handles
-        return
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
+    fsync_directory(path.parent)

@@ -22,7 +22,7 @@ from perennial.datasets import load_dataset
 from perennial.encoders import FeatureCache
 from perennial.encoders.text import TextEncoder
 from perennial.heads import make_head
-from perennial.incremental import run_incremental
+from perennial.protocols.incremental import run_incremental
 from perennial.selection import Candidate, select_by_holdout
 
 

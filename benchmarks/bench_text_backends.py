@@ -26,7 +26,7 @@ from perennial.datasets import load_banking77, load_clinc150
 from perennial.encoders import FeatureCache
 from perennial.encoders.text import TextEncoder
 from perennial.heads import RidgeHead
-from perennial.incremental import run_incremental
+from perennial.protocols.incremental import run_incremental
 
 
 def timed(call: Callable[[], object]) -> float:

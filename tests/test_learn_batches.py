@@ -64,11 +64,14 @@ def test_grouped_batches_equal_sequential_learning(name, seed):
     want = one_by_one.head.decision_scores(probe)
     got = grouped.head.decision_scores(probe)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
-    # The novelty detector saw the same batches in the same order: same statistics, same
+    # The open-set gate saw the same batches in the same order: same statistics, same
     # calibration scores, same threshold.
-    np.testing.assert_allclose(grouped.novelty_.second_moment_, one_by_one.novelty_.second_moment_)
-    np.testing.assert_array_equal(grouped.novelty_.counts_, one_by_one.novelty_.counts_)
-    np.testing.assert_allclose(grouped.novelty_.scores_, one_by_one.novelty_.scores_, rtol=1e-9)
+    mine, theirs = grouped.gate_, one_by_one.gate_
+    np.testing.assert_allclose(
+        mine.statistics_.full_moment(), theirs.statistics_.full_moment(), rtol=1e-12
+    )
+    np.testing.assert_array_equal(mine.statistics_.counts, theirs.statistics_.counts)
+    np.testing.assert_allclose(mine.scores_, theirs.scores_, rtol=1e-9)
     assert grouped.unknown_threshold_ == pytest.approx(one_by_one.unknown_threshold_, rel=1e-9)
 
 
@@ -78,8 +81,10 @@ def snapshot(learner: LifelongClassifier) -> dict[str, np.ndarray]:
         "gram": head.gram_.copy(),
         "targets": head.targets_.copy(),
         "counts": head.counts_.copy(),
-        "novelty": learner.novelty_.second_moment_.copy(),
-        "scores": learner.novelty_.scores_.copy(),
+        "gate_moment": learner.gate_.statistics_.full_moment(),
+        "gate_sums": learner.gate_.statistics_.sums.copy(),
+        "gate_counts": learner.gate_.statistics_.counts.copy(),
+        "scores": learner.gate_.scores_.copy(),
     }
 
 

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from perennial.datasets import Dataset, Split, load_dataset
 from perennial.encoders import FunctionEncoder
 from perennial.heads import RidgeHead
-from perennial.openset import auroc, fpr_at_tpr, run_open_set
+from perennial.protocols.openset import auroc, fpr_at_tpr, run_open_set
 
 
 def hashed_words(texts):

@@ -45,7 +45,7 @@ def cmd_incremental(args: argparse.Namespace) -> int:
     from perennial.datasets import load_dataset
     from perennial.encoders import FeatureCache
     from perennial.heads import make_head
-    from perennial.incremental import format_summary, run_incremental
+    from perennial.protocols.incremental import format_summary, run_incremental
 
     dataset = load_dataset(
         args.data, test=args.test, test_fraction=args.test_fraction, seed=args.seed
@@ -120,7 +120,7 @@ def cmd_openset(args: argparse.Namespace) -> int:
     from perennial.datasets import load_dataset
     from perennial.encoders import FeatureCache
     from perennial.heads import make_head
-    from perennial.openset import run_open_set
+    from perennial.protocols.openset import run_open_set
 
     dataset = load_dataset(args.data)
     encoder = _encoder_for(args, str(dataset.metadata.get("kind", "text")))

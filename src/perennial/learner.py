@@ -1,14 +1,15 @@
-"""LifelongClassifier: a frozen encoder feeding a streaming head."""
+"""LifelongClassifier: a frozen encoder feeding a streaming head, and an optional open-set gate."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from perennial.encoders.base import Encoder, as_encoder
+from perennial.encoders.base import Encoder, as_encoder, encoder_spec
 from perennial.exceptions import (
     FeatureDimensionError,
     InputTypeError,
@@ -17,14 +18,17 @@ from perennial.exceptions import (
     NotFittedError,
     PersistenceError,
 )
-from perennial.heads import HEADS, Head, RidgeHead
-from perennial.heads.base import FloatArray, Label, check_labels
-from perennial.novelty import NoveltyDetector
+from perennial.heads import HEADS, Head, RidgeHead, make_head
+from perennial.heads.base import FloatArray, Label, check_features, check_labels
+from perennial.novelty import SCORES
+from perennial.openset import OpenSetGate
+from perennial.params import check_choice, check_fraction, check_int
 from perennial.persistence import read_model_files, write_model_files
 
 __all__ = ["LifelongClassifier"]
 
 _REGISTERED_ENCODERS = ("text", "image", "identity")
+NOVELTY_SCORES = ("auto", *SCORES)
 
 
 def _batch_length(inputs: Any) -> int:
@@ -33,6 +37,23 @@ def _batch_length(inputs: Any) -> int:
             f"expected a batch (a list or array of inputs), got {type(inputs).__name__}"
         )
     return len(inputs)
+
+
+def _resolve_head(head: Any) -> Head:
+    if head is None:
+        return RidgeHead()
+    if isinstance(head, str):
+        return make_head(head)
+    if isinstance(head, Head):
+        return head
+    raise InvalidParameterError(
+        f"head must be a Head, a head name ({', '.join(sorted(HEADS))}) or None, "
+        f"got {type(head).__name__} ({head!r})"
+    )
+
+
+def _check_unknown_rate(rate: Any) -> float | None:
+    return None if rate is None else check_fraction("unknown_rate", rate)
 
 
 class LifelongClassifier:
@@ -48,25 +69,26 @@ class LifelongClassifier:
         An encoder (``.name``, ``.encode``), a registry name (``"text"``, ``"image"``,
         ``"identity"``), any callable mapping a batch to an array, or None for numeric features.
     head
-        A head from :mod:`perennial.heads`; default ``RidgeHead()``.
+        A head from :mod:`perennial.heads` or its name (``"ridge"``, ``"ridge-ensemble"``,
+        ``"slda"``, ``"ncm"``); default ``RidgeHead()``.
     unknown_rate
-        Open-set recognition. None (default): every input gets the best known label. A rate
-        ``r`` in (0, 1): an input whose novelty exceeds the threshold calibrated for rejecting a
-        share ``r`` of in-scope inputs is *unknown*, and ``predict_one`` answers
-        ``unknown_label`` for it. The threshold comes from the learned statistics alone (see
-        :class:`perennial.novelty.NoveltyDetector`); :meth:`tune_threshold` sets one from
-        labelled out-of-scope examples instead.
+        Open-set recognition. None (default): closed set, every input gets the best known label,
+        and no open-set statistics are kept. A rate ``r`` in (0, 1): an
+        :class:`~perennial.openset.OpenSetGate` learns beside the head, and an input whose
+        novelty exceeds the threshold calibrated for rejecting a share ``r`` of in-scope inputs is
+        *unknown*: ``predict_one`` answers ``unknown_label`` for it. The threshold comes from the
+        learning stream alone; :meth:`tune_threshold` sets one from labelled out-of-scope examples
+        instead. Open set can be turned on while the model is empty; it can always be turned off.
     unknown_label
         What ``predict_one`` and ``predict_many`` answer for an unknown input (default None).
     novelty_score
-        The novelty score: ``"relative"`` (default, the relative Mahalanobis distance) or
-        ``"combined"`` (adds per-class diagonal Gaussians; opt-in, see
-        :mod:`perennial.novelty`).
+        ``"auto"`` (default): ``"combined"`` for the text encoder's dense sentence embeddings,
+        ``"relative"`` for other features; or either by name (see :mod:`perennial.novelty` for
+        both and for why).
 
     Examples
     --------
-    >>> from perennial.heads import NCMHead
-    >>> model = LifelongClassifier(head=NCMHead())
+    >>> model = LifelongClassifier(head="ncm")
     >>> model.learn_many([[1.0, 0.0], [0.0, 1.0]], ["cat", "dog"])
     >>> model.learn_one([-1.0, -1.0], "bird")
     >>> model.predict_many([[0.9, 0.1], [-0.8, -1.2]])
@@ -78,27 +100,90 @@ class LifelongClassifier:
     def __init__(
         self,
         encoder: Any = None,
-        head: Head | None = None,
+        head: Head | str | None = None,
         *,
         unknown_rate: float | None = None,
         unknown_label: Any = None,
-        novelty_score: str = "relative",
+        novelty_score: str = "auto",
     ) -> None:
         self.encoder = encoder
-        self.head = head if head is not None else RidgeHead()
-        self.unknown_rate = unknown_rate
-        self.unknown_label = unknown_label
         self._encoder: Encoder = as_encoder(encoder)
-        if unknown_rate is not None and (
-            isinstance(unknown_rate, bool)
-            or not isinstance(unknown_rate, (int, float))
-            or not 0.0 < unknown_rate < 1.0
-        ):
+        self.head = _resolve_head(head)
+        self.novelty_score = check_choice("novelty_score", novelty_score, NOVELTY_SCORES)
+        self.unknown_label = unknown_label
+        self._unknown_rate = _check_unknown_rate(unknown_rate)
+        self.gate_: OpenSetGate | None = (
+            self._new_gate() if self._unknown_rate is not None else None
+        )
+
+    # --- parameters -------------------------------------------------------------------------------
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's arguments, read back (scikit-learn's convention)."""
+        names = [
+            p.name
+            for p in inspect.signature(type(self).__init__).parameters.values()
+            if p.name != "self"
+        ]
+        return {name: getattr(self, name) for name in names}
+
+    def set_params(self, **params: Any) -> LifelongClassifier:
+        """Change parameters; only those that keep what was learned valid.
+
+        ``unknown_rate``, ``unknown_label`` may change at any time (open set can be turned on only
+        while the model is empty, or if it kept open-set statistics all along). ``encoder``,
+        ``head`` and ``novelty_score`` may change only while the model has learned nothing.
+        """
+        known = self.get_params()
+        for name in params:
+            if name not in known:
+                raise InvalidParameterError(
+                    f"unknown parameter {name!r}; LifelongClassifier takes {', '.join(known)}"
+                )
+        structural = {"encoder", "head", "novelty_score"} & set(params)
+        if structural and self.n_seen_ > 0:
             raise InvalidParameterError(
-                f"unknown_rate must be None or strictly between 0 and 1, got {unknown_rate!r}"
+                f"cannot change {', '.join(sorted(structural))} of a model that has learned "
+                f"{self.n_seen_} examples; build a new model"
             )
-        self.novelty_: NoveltyDetector = NoveltyDetector(score=novelty_score)
-        self.threshold_override_: float | None = None
+        merged = {**known, **params}
+        fresh = type(self)(**merged)  # validates everything before anything changes
+        if structural:
+            self.__dict__.update(fresh.__dict__)
+            return self
+        if "unknown_rate" in params:
+            self.unknown_rate = params["unknown_rate"]
+        if "unknown_label" in params:
+            self.unknown_label = params["unknown_label"]
+        return self
+
+    @property
+    def unknown_rate(self) -> float | None:
+        """The target in-scope rejection rate of the open-set gate, or None (closed set)."""
+        return self._unknown_rate
+
+    @unknown_rate.setter
+    def unknown_rate(self, rate: float | None) -> None:
+        rate = _check_unknown_rate(rate)
+        if rate is not None and self.gate_ is None:
+            if self.n_seen_ > 0:
+                raise InvalidParameterError(
+                    f"cannot turn open set on for a model that learned {self.n_seen_} examples "
+                    "without it: the gate needs their statistics; build the model with "
+                    "unknown_rate=... and learn again"
+                )
+            self.gate_ = self._new_gate()
+        self._unknown_rate = rate
+
+    def _resolved_novelty_score(self) -> str:
+        if self.novelty_score != "auto":
+            return self.novelty_score
+        return "combined" if getattr(self._encoder, "kind", None) == "text" else "relative"
+
+    def _new_gate(self) -> OpenSetGate:
+        return OpenSetGate(
+            score=self._resolved_novelty_score(),
+            exact_forget=bool(getattr(self.head, "exact_forget", False)),
+        )
 
     # --- introspection ----------------------------------------------------------------------------
     @property
@@ -113,19 +198,28 @@ class LifelongClassifier:
 
     @property
     def state_bytes(self) -> int:
-        """Bytes of learned statistics (fixed by the configuration and the number of classes)."""
-        return self.head.state_bytes
+        """Bytes of learned statistics, the open-set gate's included."""
+        gate = self.gate_
+        extra = 0 if gate is None or gate.statistics_ is None else gate.statistics_.nbytes
+        return self.head.state_bytes + extra
 
     def __repr__(self) -> str:
         extra = "" if self.unknown_rate is None else f", unknown_rate={self.unknown_rate!r}"
-        if self.novelty_.score_kind != "relative":
-            extra += f", novelty_score={self.novelty_.score_kind!r}"
+        if self.novelty_score != "auto":
+            extra += f", novelty_score={self.novelty_score!r}"
         return f"LifelongClassifier(encoder={self._encoder!r}, head={self.head!r}{extra})"
 
     def encode(self, inputs: Any) -> np.ndarray:
         """Features of a batch of inputs, as the head sees them."""
         _batch_length(inputs)
         return self._encoder.encode(inputs)
+
+    def _features(self, inputs: Any) -> FloatArray:
+        """Encoded, validated float64 features of the width the model learned."""
+        dim = self.head.dim_
+        if dim is None and self.gate_ is not None:
+            dim = self.gate_.dim
+        return check_features(self.encode(inputs), dim)
 
     # --- learning ---------------------------------------------------------------------------------
     def learn_one(self, x: Any, y: Label) -> None:
@@ -134,19 +228,17 @@ class LifelongClassifier:
 
     def learn_many(self, X: Any, y: Any) -> None:
         """Learn a batch, whole or not at all."""
-        n = _batch_length(X)
-        check_labels(y, n)  # cheap checks first, before any encoding work
-        features = self.encode(X)
-        self._learn_features(self.head, self.novelty_, [(features, y)])
+        labels = check_labels(y, _batch_length(X))  # cheap checks first, before any encoding
+        self._learn([(self._features(X), labels)])
 
     def learn_batches(self, batches: Sequence[tuple[Any, Any]]) -> None:
         """Learn several batches as if one after another, all of them or none.
 
         The head's statistics are sums, so it takes the batches in one update: one pass over
         its second moment instead of one per batch (what a service that acknowledges examples
-        one by one needs to keep up). The novelty detector takes them in order, batch by
-        batch, so its calibration is the one :meth:`learn_many` per batch would give. The
-        result equals learning the batches one after another, to rounding.
+        one by one needs to keep up). The open-set gate calibrates batch by batch, as
+        :meth:`learn_many` per batch would. The result equals learning the batches one after
+        another, to rounding.
         """
         if isinstance(batches, (str, bytes)) or not isinstance(batches, Sequence):
             raise InputTypeError(
@@ -156,52 +248,41 @@ class LifelongClassifier:
             return
         pairs = []
         for X, y in batches:
-            check_labels(y, _batch_length(X))
-            pairs.append((self.encode(X), list(y)))
-        self._learn_features(self.head, self.novelty_, pairs)
+            labels = check_labels(y, _batch_length(X))
+            pairs.append((self._features(X), labels))
+        self._learn(pairs)
 
-    def _novelty_in_sync(self) -> bool:
-        """Whether the novelty statistics describe the same examples as the head.
-
-        They do unless the head was changed directly, or the model was saved before open-set
-        recognition existed; then novelty is off for this model (and stays off) rather than wrong.
-        """
-        novelty, head = self.novelty_, self.head
-        if getattr(self, "_novelty_off", False):
-            return False
-        return novelty.n_seen == head.n_seen_ and set(novelty.labels_) == set(head.classes_)
-
-    @staticmethod
-    def _learn_features(
-        head: Head, novelty: NoveltyDetector, batches: Sequence[tuple[Any, Any]]
+    def _learn(
+        self,
+        batches: Sequence[tuple[FloatArray, list[Label]]],
+        head: Head | None = None,
+        gate: OpenSetGate | bool | None = True,
     ) -> None:
-        """Learn encoded ``(features, labels)`` batches, in order; all of them or none.
+        """Learn validated ``(features, labels)`` batches in order; all of them or none.
 
-        The novelty detector takes them one by one (its calibration scores each batch before
-        learning it); the head, whose statistics are sums, takes them in one update.
+        The gate scores its held-out examples first (a plan that changes nothing), then the head
+        learns (all or nothing), then the gate commits the plan (which cannot fail).
         """
-        if len(batches) == 1:
-            features, labels = batches[0]
-        else:
-            widths = {np.shape(f)[1] if np.ndim(f) == 2 else None for f, _ in batches}
-            if len(widths) != 1:
-                raise FeatureDimensionError(
-                    f"the batches' features have different widths ({sorted(map(str, widths))})"
-                )
-            features = np.concatenate([f for f, _ in batches])
-            labels = [label for _, y in batches for label in y]
-        in_sync = novelty.n_seen == head.n_seen_ and set(novelty.labels_) == set(head.classes_)
-        if not in_sync:
-            head.learn_many(features, labels)
-            return
-        before = novelty._snapshot()
-        try:
-            for part, y in batches:
-                novelty.learn_many(part, y)
-            head.learn_many(features, labels)
-        except BaseException:
-            novelty._restore(before)
-            raise
+        head = self.head if head is None else head
+        open_set = self.gate_ if gate is True else gate or None
+        widths = {features.shape[1] for features, _ in batches}
+        if len(widths) != 1:
+            raise FeatureDimensionError(
+                f"the batches' features have different widths ({sorted(widths)})"
+            )
+        labels = [label for _, y in batches for label in y]
+        features = batches[0][0] if len(batches) == 1 else np.concatenate([f for f, _ in batches])
+        plan = None
+        if open_set is not None:
+            columns, new = head.columns_for(labels)
+            cuts = np.cumsum([len(y) for _, y in batches])[:-1]
+            pieces = np.split(columns, cuts)
+            plan = open_set.plan(
+                [(f, c) for (f, _), c in zip(batches, pieces, strict=True)], len(new)
+            )
+        head.learn_many(features, labels)
+        if open_set is not None and plan is not None:
+            open_set.commit(plan)
 
     def partial_fit(self, X: Any, y: Any) -> LifelongClassifier:
         """scikit-learn spelling of :meth:`learn_many`; returns the model."""
@@ -210,21 +291,27 @@ class LifelongClassifier:
 
     def fit(self, X: Any, y: Any) -> LifelongClassifier:
         """Forget everything, then learn ``X``; returns the model."""
-        n = _batch_length(X)
-        check_labels(y, n)
-        features = self.encode(X)
-        fresh = self.head.clone()
-        novelty = NoveltyDetector(**self.novelty_.get_params())
-        self._learn_features(fresh, novelty, [(features, y)])
-        self.head, self.novelty_, self.threshold_override_ = fresh, novelty, None
+        labels = check_labels(y, _batch_length(X))
+        features = check_features(self.encode(X))
+        head = self.head.clone()
+        gate = self._new_gate() if self.unknown_rate is not None or self.gate_ is not None else None
+        self._learn([(features, labels)], head=head, gate=gate)
+        self.head, self.gate_ = head, gate
         return self
 
     def forget(self, label: Label) -> None:
-        """Remove a class; see the head's documentation for what is removed exactly."""
-        in_sync = self._novelty_in_sync()
+        """Remove a class.
+
+        The head and the open-set gate drop its statistics as each documents: exactly with
+        ``exact_forget=True``; otherwise the class's examples stay in the shared second moments
+        without their label (see :class:`~perennial.heads.RidgeHead`,
+        :class:`~perennial.heads.SLDAHead` and
+        :meth:`~perennial.heads.statistics.ClassStatistics.drop`).
+        """
+        index = self.head.column_of(label)  # raises for an unknown label, before any change
+        if self.gate_ is not None:
+            self.gate_.forget(index)
         self.head.forget(label)
-        if in_sync and label in self.novelty_.labels_:
-            self.novelty_.forget(label)
 
     def unlearn_many(self, X: Any, y: Any) -> None:
         """Remove examples learned before, exactly: the model becomes the one that never saw them.
@@ -239,26 +326,18 @@ class LifelongClassifier:
 
         Examples
         --------
-        >>> from perennial.heads import NCMHead
-        >>> model = LifelongClassifier(head=NCMHead())
+        >>> model = LifelongClassifier(head="ncm")
         >>> model.learn_many([[1.0, 0.0], [0.0, 1.0], [0.0, 2.0]], ["cat", "dog", "dog"])
         >>> model.unlearn([[0.0, 1.0], [0.0, 2.0]], ["dog", "dog"])
         >>> model.classes_, model.n_seen_
         (['cat'], 1)
         """
-        n = _batch_length(X)
-        check_labels(y, n)  # cheap checks first, before any encoding work
-        features = self.encode(X)
-        if not self._novelty_in_sync():
-            self.head.unlearn_many(features, y)
-            return
-        before = self.novelty_._snapshot()
-        self.novelty_.unlearn_many(features, y)
-        try:
-            self.head.unlearn_many(features, y)
-        except BaseException:
-            self.novelty_._restore(before)
-            raise
+        labels = check_labels(y, _batch_length(X))  # cheap checks first, before any encoding
+        features = self._features(X)
+        columns, kept = self.head.plan_unlearn(labels)  # raises before any change
+        self.head.unlearn_many(features, labels)
+        if self.gate_ is not None:
+            self.gate_.unlearn(features, columns, kept)
 
     unlearn = unlearn_many
 
@@ -271,18 +350,19 @@ class LifelongClassifier:
 
         Both must use the same encoder (the same name, which identifies the feature space, as
         :meth:`load` checks) and heads of the same type, parameters and projection. Classes are
-        matched by label; labels new to this model are appended. ``other`` is unchanged.
+        matched by label; labels new to this model are appended. If this model has an open-set
+        gate, ``other`` must have one with the same parameters (or have learned nothing).
+        ``other`` is unchanged.
 
         Raises
         ------
         ModelMismatchError
-            Different encoders or heads; the message names the difference, and this model is
-            unchanged.
+            Different encoders, heads or gates; the message names the difference, and this model
+            is unchanged.
 
         Examples
         --------
-        >>> from perennial.heads import NCMHead
-        >>> here, there = LifelongClassifier(head=NCMHead()), LifelongClassifier(head=NCMHead())
+        >>> here, there = LifelongClassifier(head="ncm"), LifelongClassifier(head="ncm")
         >>> here.learn_many([[1.0, 0.0]], ["cat"])
         >>> there.learn_many([[0.0, 1.0], [0.8, 0.0]], ["dog", "cat"])
         >>> here.merge(there)
@@ -297,33 +377,34 @@ class LifelongClassifier:
                 f"cannot merge models with different encoders: {mine!r} here, {theirs!r} in the "
                 "other; their features would not match"
             )
-        if not (self._novelty_in_sync() and other._novelty_in_sync()):
-            self.head.merge(other.head)
-            self.novelty_ = NoveltyDetector(**self.novelty_.get_params())
-            self._novelty_off = self.head.n_seen_ > 0
-            return
-        before = self.novelty_._snapshot()
-        self.novelty_.merge(other.novelty_)
-        try:
-            self.head.merge(other.head)
-        except BaseException:
-            self.novelty_._restore(before)
-            raise
+        gate, other_gate = self.gate_, other.gate_
+        if gate is not None:
+            if other_gate is None and other.n_seen_ > 0:
+                raise ModelMismatchError(
+                    "cannot merge a closed-set model into an open-set one: the other model kept "
+                    "no open-set statistics of its examples"
+                )
+            if other_gate is not None:
+                gate.check_mergeable(other_gate)
+        columns, new = self.head.columns_for(list(other.head.classes_))
+        self.head.merge(other.head)  # checks the heads; raises before any change
+        if gate is not None and other_gate is not None:
+            gate.merge(other_gate, columns, len(new))
 
     # --- prediction ------------------------------------------------------------------------------
     def _require_fitted(self) -> None:
         if not self.head.is_fitted:
             raise NotFittedError("the model has learned nothing yet; learn before predicting")
 
-    # --- prediction, public ------------------------------------------------------------------
     def decision_scores(self, X: Any) -> FloatArray:
         """Scores (n, n_classes), columns ordered like ``classes_``."""
         self._require_fitted()
-        return self.head.decision_scores(self.encode(X))
+        return self.head.decision_scores(self._features(X))
 
     def predict_many(self, X: Any) -> list[Any]:
         """The most likely label of each input (``unknown_label`` for unknown inputs)."""
-        if self.unknown_rate is None and self.threshold_override_ is None:
+        self._check_open_set()
+        if self.gate_ is None or self.unknown_threshold_ is None:
             scores = self.decision_scores(X)
             return [self.head.classes_[i] for i in np.argmax(scores, axis=1)]
         return [row["label"] for row in self.predict_detailed(X, top=1)]
@@ -332,35 +413,76 @@ class LifelongClassifier:
         """The most likely label of one input, or ``unknown_label`` if it is unknown."""
         return self.predict_many([x])[0]
 
-    # --- open-set recognition ----------------------------------------------------------------------
-    def novelty_scores(self, X: Any) -> FloatArray:
-        """How unlike everything learned each input is (relative Mahalanobis distance)."""
-        self._require_novelty()
-        return self.novelty_.score(self.encode(X))
+    def predict(self, X: Any) -> np.ndarray:
+        """scikit-learn spelling of :meth:`predict_many`, as an array."""
+        labels = self.predict_many(X)
+        result = np.empty(len(labels), dtype=object)
+        result[:] = labels
+        return result
 
-    def _require_novelty(self) -> None:
+    def predict_proba_many(self, X: Any) -> FloatArray:
+        """Class probabilities (n, n_classes), columns ordered like ``classes_``."""
         self._require_fitted()
-        if not self._novelty_in_sync():
+        return self.head.predict_proba_many(self._features(X))
+
+    predict_proba = predict_proba_many
+
+    def predict_proba_one(self, x: Any) -> dict[Label, float]:
+        """Class probabilities of one input, by label."""
+        row = self.predict_proba_many([x])[0]
+        return {label: float(p) for label, p in zip(self.head.classes_, row, strict=True)}
+
+    # --- open-set recognition ----------------------------------------------------------------------
+    def _check_open_set(self) -> None:
+        if self.unknown_rate is not None and self.gate_ is None:
             raise NotFittedError(
-                "this model has no open-set statistics (saved before they existed, or its head "
-                "was changed directly); relearn it to get novelty scores"
+                "this model asks for open set but has no open-set statistics (an earlier version "
+                "saved it after switching them off); relearn it, or set unknown_rate=None"
             )
+
+    def _require_gate(self) -> OpenSetGate:
+        self._require_fitted()
+        if self.gate_ is None:
+            raise NotFittedError(
+                "open set is off for this model: build it with unknown_rate=... to get novelty"
+            )
+        return self.gate_
+
+    def novelty_scores(self, X: Any) -> FloatArray:
+        """How unlike everything learned each input is (see :mod:`perennial.novelty`)."""
+        gate = self._require_gate()
+        return gate.novelty(self._features(X))
+
+    @property
+    def open_set_status_(self) -> str:
+        """``"off"``, ``"on"``, or ``"calibrating: ..."`` saying what the gate still needs."""
+        if self.unknown_rate is not None and self.gate_ is None:
+            return "unavailable: no open-set statistics (saved so by an earlier version)"
+        if self.gate_ is None or (
+            self.unknown_rate is None and self.gate_.threshold_override_ is None
+        ):
+            return "off"
+        return self.gate_.status()
 
     @property
     def unknown_threshold_(self) -> float | None:
-        """The novelty above which an input is unknown (None while open-set is off)."""
-        if self.threshold_override_ is not None:
-            return self.threshold_override_
-        if self.unknown_rate is None:
+        """The novelty above which an input is unknown (None while there is none)."""
+        if self.gate_ is None:
             return None
-        self._require_novelty()
-        return self.novelty_.threshold(self.unknown_rate)
+        return self.gate_.threshold(self.unknown_rate)
+
+    @property
+    def threshold_override_(self) -> float | None:
+        """The threshold set by :meth:`tune_threshold`, if any."""
+        return None if self.gate_ is None else self.gate_.threshold_override_
 
     def predict_detailed(self, X: Any, top: int = 3) -> list[dict[str, Any]]:
         """Label, score, novelty, unknown decision and the ``top`` best labels of each input.
 
         ``label`` is the best known label, or ``unknown_label`` when the input is unknown;
-        ``score`` is the head's score of the best known label; ``top`` lists
+        ``score`` is the head's score of the best known label; ``novelty`` is None while open set
+        is off or the gate cannot score yet (fewer than two classes); ``unknown`` is False while
+        there is no threshold yet (see :attr:`open_set_status_`); ``top`` lists
         ``{"label", "score"}`` pairs, best first.
 
         Examples
@@ -373,15 +495,14 @@ class LifelongClassifier:
         >>> [row["label"] for row in model.predict_detailed([[4, 4, 4, 4], [0, 30, -30, 0]])]
         ['c', None]
         """
-        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-            raise InvalidParameterError(f"top must be a positive int, got {top!r}")
+        top = check_int("top", top, minimum=1)
         self._require_fitted()
-        features = self.encode(X)
+        self._check_open_set()
+        features = self._features(X)
         scores = self.head.decision_scores(features)
+        gate = self.gate_
         threshold = self.unknown_threshold_
-        novelty = (
-            self.novelty_.score(features) if threshold is not None or self._has_novelty() else None
-        )
+        novelty = gate.novelty(features) if gate is not None and gate.can_score() else None
         classes = self.head.classes_
         order = np.argsort(-scores, axis=1, kind="stable")[:, :top]
         rows = []
@@ -400,9 +521,6 @@ class LifelongClassifier:
             )
         return rows
 
-    def _has_novelty(self) -> bool:
-        return self._novelty_in_sync() and int((self.novelty_.counts_ > 0).sum()) >= 2
-
     def tune_threshold(self, X_out: Any, X_in: Any = None) -> float:
         """Set the unknown threshold from labelled out-of-scope examples; returns it.
 
@@ -411,79 +529,45 @@ class LifelongClassifier:
         scores the model drew from its training stream stand in for them). The threshold is
         kept until :meth:`fit` or ``tune_threshold`` again; it is saved with the model.
         """
-        self._require_novelty()
-        outside = self.novelty_.score(self.encode(X_out))
-        inside = (
-            self.novelty_.calibration_scores()
-            if X_in is None
-            else self.novelty_.score(self.encode(X_in))
-        )
-        if len(inside) == 0:
-            raise NotFittedError("no in-scope scores to tune against; pass X_in")
-        candidates = np.unique(np.concatenate([inside, outside]))
-        recall = 1.0 - np.searchsorted(np.sort(outside), candidates, side="right") / len(outside)
-        accept = np.searchsorted(np.sort(inside), candidates, side="right") / len(inside)
-        best = int(np.argmax(recall + accept))
-        self.threshold_override_ = float(candidates[best])
-        return self.threshold_override_
-
-    def predict(self, X: Any) -> np.ndarray:
-        """scikit-learn spelling of :meth:`predict_many`, as an array."""
-        labels = self.predict_many(X)
-        result = np.empty(len(labels), dtype=object)
-        result[:] = labels
-        return result
-
-    def predict_proba_many(self, X: Any) -> FloatArray:
-        """Class probabilities (n, n_classes), columns ordered like ``classes_``."""
-        self._require_fitted()
-        return self.head.predict_proba_many(self.encode(X))
-
-    predict_proba = predict_proba_many
-
-    def predict_proba_one(self, x: Any) -> dict[Label, float]:
-        """Class probabilities of one input, by label."""
-        row = self.predict_proba_many([x])[0]
-        return {label: float(p) for label, p in zip(self.head.classes_, row, strict=True)}
+        gate = self._require_gate()
+        if not gate.can_score():
+            raise NotFittedError("novelty needs at least two learned classes")
+        outside = self._features(X_out)
+        inside = None if X_in is None else self._features(X_in)
+        return gate.tune(outside, inside)
 
     # --- persistence ------------------------------------------------------------------------------
-    def _encoder_spec(self) -> dict[str, Any]:
-        kind = getattr(self._encoder, "kind", None)
-        spec: dict[str, Any] = {"name": self._encoder.name, "kind": kind}
-        if kind in _REGISTERED_ENCODERS:
-            params = {}
-            for key in ("pooling", "backend", "layers", "batch_size", "num_threads", "image_size"):
-                if hasattr(self._encoder, key):
-                    params[key] = getattr(self._encoder, key)
-            spec["params"] = params
-        return spec
-
     def save(self, path: str | Path) -> Path:
         """Write the learned statistics to the directory ``path`` (atomically)."""
         head_name = next((n for n, cls in HEADS.items() if type(self.head) is cls), None)
         if head_name is None:
             raise PersistenceError(f"cannot save a head of type {type(self.head).__name__}")
         head_meta, arrays = self.head.get_state()
-        novelty_meta, novelty_arrays = self.novelty_.get_state()
-        if any(key.startswith("novelty.") for key in arrays):
-            raise PersistenceError("head state names clash with the novelty statistics")
-        arrays = {**arrays, **{f"novelty.{key}": value for key, value in novelty_arrays.items()}}
+        if any(key.startswith("gate.") for key in arrays):
+            raise PersistenceError("head state names clash with the open-set statistics")
+        spec = encoder_spec(self._encoder)
+        if spec["kind"] not in _REGISTERED_ENCODERS:
+            spec.pop("params")
+        open_set: dict[str, Any] = {
+            "unknown_rate": self.unknown_rate,
+            "unknown_label": self.unknown_label,
+            "novelty_score": self.novelty_score,
+        }
+        if self.gate_ is not None:
+            gate_meta, gate_arrays = self.gate_.get_state()
+            open_set["gate"] = gate_meta
+            arrays = {**arrays, **{f"gate.{key}": value for key, value in gate_arrays.items()}}
         payload = {
             "learner": "LifelongClassifier",
-            "encoder": self._encoder_spec(),
+            "encoder": spec,
             "head": {"name": head_name, "params": self.head.get_params(), "state": head_meta},
-            "open_set": {
-                "unknown_rate": self.unknown_rate,
-                "unknown_label": self.unknown_label,
-                "threshold_override": self.threshold_override_,
-                "novelty": novelty_meta,
-            },
+            "open_set": open_set,
         }
         return write_model_files(path, payload, arrays)
 
     @classmethod
     def load(cls, path: str | Path, encoder: Any = None) -> LifelongClassifier:
-        """Read a model written by :meth:`save`.
+        """Read a model written by :meth:`save` (this version's format or the previous one's).
 
         Parameters
         ----------
@@ -493,51 +577,65 @@ class LifelongClassifier:
         """
         payload, arrays = read_model_files(path)
         try:
-            encoder_spec = dict(payload["encoder"])
-            head_spec = dict(payload["head"])
-            head_cls = HEADS[str(head_spec["name"])]
-            head = head_cls(**dict(head_spec["params"]))
+            encoder_record = dict(payload["encoder"])
+            head_record = dict(payload["head"])
+            head = make_head(str(head_record["name"]), **dict(head_record["params"]))
         except (KeyError, TypeError, ValueError) as error:
             raise ModelMismatchError(
                 f"{path}: the model record is incomplete or names an unknown head: {error}"
             ) from error
         if encoder is None:
-            kind = encoder_spec.get("kind")
+            kind = encoder_record.get("kind")
             if kind not in _REGISTERED_ENCODERS:
                 raise PersistenceError(
-                    f"{path} was saved with the custom encoder {encoder_spec.get('name')!r}; "
+                    f"{path} was saved with the custom encoder {encoder_record.get('name')!r}; "
                     "pass it as load(path, encoder=...)"
                 )
             from perennial.encoders import make_encoder
 
-            encoder = make_encoder(str(kind), **encoder_spec.get("params", {}))
+            encoder = make_encoder(str(kind), **encoder_record.get("params", {}))
         resolved = as_encoder(encoder)
-        if resolved.name != encoder_spec.get("name"):
+        if resolved.name != encoder_record.get("name"):
             raise ModelMismatchError(
-                f"{path} was learned with encoder {encoder_spec.get('name')!r}, "
+                f"{path} was learned with encoder {encoder_record.get('name')!r}, "
                 f"not {resolved.name!r}; its features would not match"
             )
-        novelty_arrays = {
-            key.removeprefix("novelty."): value
-            for key, value in arrays.items()
-            if key.startswith("novelty.")
-        }
-        head_arrays = {k: v for k, v in arrays.items() if not k.startswith("novelty.")}
-        head.set_state(dict(head_spec["state"]), head_arrays)
+
+        def prefixed(prefix: str) -> dict[str, np.ndarray]:
+            return {k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}
+
+        head_arrays = {k: v for k, v in arrays.items() if not k.startswith(("gate.", "novelty."))}
+        head.set_state(dict(head_record["state"]), head_arrays)
         open_set = dict(payload.get("open_set") or {})
         try:
-            model = cls(
-                encoder=encoder,
-                head=head,
-                unknown_rate=open_set.get("unknown_rate"),
-                unknown_label=open_set.get("unknown_label"),
-            )
-            if open_set:
-                novelty_meta = dict(open_set["novelty"])
-                model.novelty_ = NoveltyDetector(**dict(novelty_meta["params"]))
-                model.novelty_.set_state(novelty_meta, novelty_arrays)
+            rate = open_set.get("unknown_rate")
+            gate: OpenSetGate | None = None
+            if "gate" in open_set:
+                gate = OpenSetGate.from_state(
+                    dict(open_set["gate"]), prefixed("gate."), len(head.classes_)
+                )
+                score = str(open_set.get("novelty_score", "auto"))
+            elif "novelty" in open_set:  # the previous format: a detector with its own labels
                 override = open_set.get("threshold_override")
-                model.threshold_override_ = None if override is None else float(override)
+                gate = OpenSetGate.from_detector_state(
+                    dict(open_set["novelty"]),
+                    prefixed("novelty."),
+                    list(head.classes_),
+                    head.n_seen_,
+                    None if override is None else float(override),
+                )
+                score = "auto" if gate is None else gate.score
+            else:
+                score = "auto"
+            model = cls(encoder=encoder, head=head, unknown_label=open_set.get("unknown_label"))
+            model.novelty_score = check_choice("novelty_score", score, NOVELTY_SCORES)
+            model.gate_ = gate
+            if rate is not None and gate is not None:
+                model.unknown_rate = rate
+            elif rate is not None:
+                # Saved by an earlier version with its open-set statistics switched off: it asks
+                # for open set and cannot give it; predictions say so (open_set_status_).
+                model._unknown_rate = _check_unknown_rate(rate)
         except (KeyError, TypeError, ValueError) as error:
             raise ModelMismatchError(
                 f"{path}: the open-set record is incomplete: {error}"

@@ -1,185 +1,657 @@
-"""The open-set protocol: learn in-scope classes step by step, then meet out-of-scope queries.
+"""The open-set gate: from features to "one of the learned classes" or "unknown".
 
-Classes arrive in random order in steps, as in :mod:`perennial.incremental`. After each step the
-learner answers the test queries of the classes seen so far and every out-of-scope query, with the
-unknown threshold calibrated for the target in-scope rejection rate from the training stream alone:
-no out-of-scope example is used. The final figures are the ones of Larson et al. (2019, "An
-Evaluation Dataset for Intent Classification and Out-of-Scope Prediction", EMNLP): in-scope
-accuracy (an in-scope query called unknown counts as wrong) and out-of-scope recall, plus the
-threshold-free AUROC and the false-positive rate at 95% true-positive rate, in-scope being the
-positive class.
+:class:`OpenSetGate` sits between the head and :class:`~perennial.LifelongClassifier`. It exists
+only when open-set recognition is asked for (``unknown_rate``), so a closed-set model pays
+nothing for it. It owns:
+
+* the novelty statistics, a :class:`~perennial.heads.statistics.ClassStatistics` whose rows
+  follow the head's class columns (the head owns the labels; the gate never keeps its own);
+* the novelty score (:mod:`perennial.novelty`);
+* the calibration reservoir and the threshold, and :meth:`tune` for a threshold from labelled
+  out-of-scope examples.
+
+**Calibration without out-of-scope examples and without kept data.** While learning, some
+examples are scored *before* they are learned: in a batch, examples of a class with at least two
+learned examples are scored first; for a class the batch brings new (or that had fewer than two
+examples), half of its examples are learned first and the other half scored, then learned. The
+held-out scores (numbers, never inputs) go into a fixed-size reservoir sample (Vitter's
+algorithm R). The threshold for a target in-scope rejection rate ``r`` is the ``1 - r`` quantile of
+the reservoir, so it follows the model as classes arrive.
+
+**Cost.** A prediction's novelty is always computed from the current statistics (two Cholesky
+factors of ``d x d`` covariances, cached until the statistics change). A held-out score while
+learning uses the current class means and a covariance factored at most ``max(n/8, c_d)``
+examples earlier (``c_d`` grows with the width, up to 64), so learning one example costs
+``O(d^2)`` rather than ``O(d^3)``. Only calibration scores depend on this; the statistics and every
+prediction are exact.
+
+**Young models.** Novelty needs two classes; the threshold needs held-out scores. Until then
+the gate answers "not unknown" with ``novelty`` None, and says which is missing
+(:meth:`status`).
 """
 
 from __future__ import annotations
 
-import sys
-import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, TextIO
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
-from perennial.datasets.base import Dataset
-from perennial.encoders.base import Encoder
-from perennial.encoders.cache import FeatureCache
-from perennial.exceptions import DatasetError, InvalidParameterError
-from perennial.heads.base import Head
-from perennial.learner import LifelongClassifier
+from perennial.exceptions import InvalidParameterError, ModelMismatchError, NotFittedError
+from perennial.heads.statistics import ClassStatistics
+from perennial.novelty import (
+    DIAG_WEIGHT,
+    SCORES,
+    cholesky,
+    diagonal_gaussians,
+    relative_parts,
+    shrunk,
+    whiten,
+)
+from perennial.params import check_choice, check_fraction, check_int
 
-__all__ = ["OpenSetResult", "auroc", "fpr_at_tpr", "run_open_set"]
+__all__ = ["OpenSetGate"]
 
+FloatArray = NDArray[np.float64]
+Batch = tuple[FloatArray, NDArray[np.intp]]
 
-def auroc(inside: Any, outside: Any) -> float:
-    """Probability that an out-of-scope query is more novel than an in-scope one (ties count half).
-
-    Examples
-    --------
-    >>> auroc([0.1, 0.2, 0.3], [0.25, 0.9])
-    0.8333333333333334
-    """
-    from scipy.stats import rankdata
-
-    a, b = np.asarray(inside, dtype=float), np.asarray(outside, dtype=float)
-    if len(a) == 0 or len(b) == 0:
-        raise InvalidParameterError("auroc needs in-scope and out-of-scope scores")
-    ranks = rankdata(np.concatenate([a, b]))
-    u = ranks[len(a) :].sum() - len(b) * (len(b) + 1) / 2
-    return float(u / (len(a) * len(b)))
-
-
-def fpr_at_tpr(inside: Any, outside: Any, tpr: float = 0.95) -> float:
-    """Share of out-of-scope queries accepted when ``tpr`` of in-scope ones are accepted.
-
-    Examples
-    --------
-    >>> fpr_at_tpr(np.arange(100), [10, 96, 200])
-    0.3333333333333333
-    """
-    threshold = float(np.quantile(np.asarray(inside, dtype=float), tpr))
-    return float(np.mean(np.asarray(outside, dtype=float) <= threshold))
+_STALE_FRACTION = 8  # a held-out score may use a covariance factored n / 8 examples earlier
 
 
 @dataclass
-class OpenSetResult:
-    """Figures of one open-set run (fractions, not percent)."""
+class _Factors:
+    """Cholesky factors of both shrunk covariances, and the class means whitened by the first."""
 
-    dataset: str
-    encoder: str
-    head: str
-    unknown_rate: float
-    n_classes: int
-    n_in_scope: int
-    n_out_of_scope: int
-    in_scope_accuracy: float = 0.0
-    closed_set_accuracy: float = 0.0
-    oos_recall: float = 0.0
-    in_scope_rejection: float = 0.0
-    auroc: float = 0.0
-    fpr_at_95tpr: float = 0.0
-    threshold: float = 0.0
-    seconds: float = 0.0
-    novelty_score: str = "relative"
-    steps: list[dict[str, float]] = field(default_factory=list)
+    generation: int
+    n: int
+    within: FloatArray
+    overall: FloatArray
+    means: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
+    white_means: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def whitened(self, means: FloatArray) -> FloatArray:
+        """Whitened ``means``, recomputing only rows that changed since last time (cached)."""
+        k = len(means)
+        old = len(self.means)
+        if old == k and np.array_equal(self.means, means):
+            return self.white_means
+        white = np.empty_like(means)
+        if old:
+            shared = min(old, k)
+            white[:shared] = self.white_means[:shared]
+            changed = np.flatnonzero(np.any(self.means[:shared] != means[:shared], axis=1))
+        else:
+            shared, changed = 0, np.zeros(0, dtype=np.intp)
+        redo = np.concatenate([changed, np.arange(shared, k)])
+        if len(redo):
+            white[redo] = whiten(self.within, means[redo])
+        self.means, self.white_means = means.copy(), white
+        return white
 
 
-def _say(stream: TextIO | None, text: str) -> None:
-    if stream is not None:
-        print(text, file=stream, flush=True)
+class _Virtual:
+    """The gate's statistics plus rows not yet committed (used while planning a learn)."""
 
-
-def run_open_set(
-    dataset: Dataset,
-    encoder: Encoder,
-    head: Head,
-    *,
-    unknown_rate: float = 0.02,
-    step: int = 10,
-    seed: int = 0,
-    oos_split: str = "oos_test",
-    cache: FeatureCache | None = None,
-    progress: TextIO | None = sys.stderr,
-    novelty_score: str = "relative",
-) -> OpenSetResult:
-    """Learn ``dataset.train`` class-incrementally and evaluate against ``extra[oos_split]``."""
-    if oos_split not in dataset.extra:
-        raise DatasetError(
-            f"{dataset.name} has no out-of-scope split {oos_split!r} "
-            f"(splits: {', '.join(['train', 'test', *dataset.extra]) or 'none'})"
+    def __init__(self, stats: ClassStatistics, n_new: int) -> None:
+        self.base = stats
+        self.counts = np.concatenate([stats.counts, np.zeros(n_new, dtype=np.int64)])
+        self.sums = np.vstack([stats.sums, np.zeros((n_new, stats.dim))])
+        self.squares = (
+            None
+            if stats.squares is None
+            else np.vstack([stats.squares, np.zeros((n_new, stats.dim))])
         )
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        raise InvalidParameterError(f"step must be a positive int, got {step!r}")
-    from perennial.incremental import encode_split
+        self.diagonal = stats.moment_diagonal()
+        self.n = stats.n
+        self.pending: list[FloatArray] = []
 
-    started = time.perf_counter()
-    train_labels = np.asarray(dataset.train.labels.tolist(), dtype=object)
-    test_labels = np.asarray(dataset.test.labels.tolist(), dtype=object)
-    classes = sorted(set(train_labels.tolist()), key=str)
-    order = [classes[i] for i in np.random.default_rng(seed).permutation(len(classes))]
-    _say(progress, f"encoding with {encoder.name}")
-    X_train = encode_split(encoder, dataset.train.inputs, cache, progress=progress, what="train")
-    X_test = encode_split(encoder, dataset.test.inputs, cache, progress=progress, what="test")
-    X_out = encode_split(
-        encoder, dataset.extra[oos_split].inputs, cache, progress=progress, what=oos_split
-    )
-    features = LifelongClassifier(
-        encoder="identity",
-        head=head.clone(),
-        unknown_rate=unknown_rate,
-        novelty_score=novelty_score,
-    )
-    result = OpenSetResult(
-        dataset=dataset.name,
-        encoder=encoder.name,
-        head=repr(head),
-        unknown_rate=unknown_rate,
-        n_classes=len(classes),
-        n_in_scope=int(np.isin(test_labels, np.asarray(classes, dtype=object)).sum()),
-        n_out_of_scope=len(X_out),
-        novelty_score=novelty_score,
-    )
-    _say(progress, "  step  classes  in-scope acc  oos recall  in-scope rejected  threshold")
-    for start in range(0, len(order), step):
-        known = order[: start + step]
-        batch = np.isin(train_labels, np.asarray(order[start : start + step], dtype=object))
-        features.learn_many(X_train[batch], train_labels[batch].tolist())
-        seen = np.isin(test_labels, np.asarray(known, dtype=object))
-        row = _evaluate(features, X_test[seen], test_labels[seen], X_out)
-        row["classes"] = float(len(known))
-        result.steps.append(row)
-        _say(
-            progress,
-            f"  {start // step + 1:>4}  {len(known):>7}  {100 * row['in_scope_accuracy']:>11.2f}%"
-            f"  {100 * row['oos_recall']:>9.2f}%  {100 * row['in_scope_rejection']:>16.2f}%"
-            f"  {row['threshold']:>9.2f}",
+    def add(self, X: FloatArray, columns: NDArray[np.intp]) -> None:
+        if len(X) == 0:
+            return
+        np.add.at(self.counts, columns, 1)
+        np.add.at(self.sums, columns, X)
+        if self.squares is not None:
+            np.add.at(self.squares, columns, X * X)
+        self.diagonal = self.diagonal + np.einsum("ij,ij->j", X, X)
+        self.n += len(X)
+        self.pending.append(X)
+
+    def full_moment(self) -> FloatArray:
+        moment = self.base.full_moment()
+        for X in self.pending:
+            moment += X.T @ X
+        return moment
+
+
+@dataclass
+class LearnPlan:
+    """What :meth:`OpenSetGate.commit` applies: rows to add and calibration scores to keep."""
+
+    batches: list[Batch]
+    n_new: int
+    reservoir: tuple[FloatArray, FloatArray | None, NDArray[np.int64], int]
+    factors: _Factors | None
+
+
+class OpenSetGate:
+    """Novelty statistics, calibration and the unknown decision (see the module docstring).
+
+    Parameters
+    ----------
+    score
+        ``"relative"`` (rMD) or ``"combined"`` (rMD plus per-class diagonal Gaussians); see
+        :mod:`perennial.novelty`.
+    shrinkage
+        Weight of the identity in both covariances, in (0, 1]: ``(1 - a) S + a tr(S)/d I``.
+    reservoir_size
+        Number of held-out in-scope scores kept for calibration.
+    seed
+        Seed of the reservoir sampling.
+    exact_forget
+        Keep each class's own second moment (``n_classes * d**2`` floats) so that forgetting a
+        class leaves exactly the statistics of a model that never saw it. Without it, a
+        forgotten class's examples stay as unlabelled deviations from their class mean (see
+        :meth:`perennial.heads.statistics.ClassStatistics.drop`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.vstack([rng.normal(m, 1.0, (40, 4)) for m in (-3, 0, 3)])
+    >>> gate = OpenSetGate()
+    >>> gate.commit(gate.plan([(X, np.repeat(np.arange(3), 40))], n_new=3))
+    >>> near, far = gate.novelty(np.array([[0.1, 0.0, -0.1, 0.2], [0.0, 9.0, -9.0, 0.0]]))
+    >>> bool(far > gate.threshold(0.05) > near)
+    True
+    """
+
+    def __init__(
+        self,
+        score: str = "relative",
+        shrinkage: float = 0.5,
+        reservoir_size: int = 4096,
+        seed: int = 0,
+        exact_forget: bool = False,
+    ) -> None:
+        self.score = check_choice("score", score, SCORES)
+        self.shrinkage = check_fraction("shrinkage", shrinkage, low_open=True, high_open=False)
+        self.reservoir_size = check_int("reservoir_size", reservoir_size, minimum=1)
+        self.seed = check_int("seed", seed)
+        if not isinstance(exact_forget, bool):
+            raise InvalidParameterError(f"exact_forget must be a bool, got {exact_forget!r}")
+        self.exact_forget = exact_forget
+        self.statistics_: ClassStatistics | None = None
+        self.scores_: FloatArray = np.zeros(0)  # the reservoir: rMD of held-out examples
+        self.diag_scores_: FloatArray | None = np.zeros(0) if self.combined else None
+        self.score_classes_: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self.offered_ = 0  # held-out scores offered to the reservoir so far
+        self.threshold_override_: float | None = None
+        self._generation = 0  # changes whenever the statistics change other than by adding rows
+        self._factors: _Factors | None = None
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "score": self.score,
+            "shrinkage": self.shrinkage,
+            "reservoir_size": self.reservoir_size,
+            "seed": self.seed,
+            "exact_forget": self.exact_forget,
+        }
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"OpenSetGate({params})"
+
+    @property
+    def combined(self) -> bool:
+        return self.score == "combined"
+
+    @property
+    def dim(self) -> int | None:
+        return None if self.statistics_ is None else self.statistics_.dim
+
+    def _new_statistics(self, dim: int) -> ClassStatistics:
+        return ClassStatistics(
+            dim, second_moment=True, squares=self.combined, class_moments=self.exact_forget
         )
-    final = result.steps[-1]
-    for key in ("in_scope_accuracy", "closed_set_accuracy", "oos_recall", "in_scope_rejection"):
-        setattr(result, key, final[key])
-    seen = np.isin(test_labels, np.asarray(classes, dtype=object))
-    inside = features.novelty_scores(X_test[seen])
-    outside = features.novelty_scores(X_out)
-    result.auroc = auroc(inside, outside)
-    result.fpr_at_95tpr = fpr_at_tpr(inside, outside)
-    result.threshold = final["threshold"]
-    result.seconds = time.perf_counter() - started
-    return result
 
+    # --- scoring ---------------------------------------------------------------------------------
+    def _factorise(
+        self, counts: NDArray[np.int64], sums: FloatArray, n: int, moment: FloatArray
+    ) -> _Factors:
+        known = counts > 0
+        scaled = sums[known] / np.sqrt(counts[known])[:, None]
+        within = (moment - scaled.T @ scaled) / n
+        total_mean = sums.sum(axis=0) / n
+        overall = moment / n - np.outer(total_mean, total_mean)
+        return _Factors(
+            generation=self._generation,
+            n=n,
+            within=cholesky(shrunk(within, self.shrinkage)),
+            overall=cholesky(shrunk(overall, self.shrinkage)),
+        )
 
-def _evaluate(
-    model: LifelongClassifier, X_in: np.ndarray, y_in: np.ndarray, X_out: np.ndarray
-) -> dict[str, float]:
-    rows_in = model.predict_detailed(X_in, top=1)
-    rows_out = model.predict_detailed(X_out, top=1)
-    unknown_in = np.array([r["unknown"] for r in rows_in])
-    best_in = np.array([r["top"][0]["label"] for r in rows_in], dtype=object)
-    correct = best_in == y_in
-    return {
-        "in_scope_accuracy": float(np.mean(correct & ~unknown_in)),
-        "closed_set_accuracy": float(np.mean(correct)),
-        "oos_recall": float(np.mean([r["unknown"] for r in rows_out])),
-        "in_scope_rejection": float(np.mean(unknown_in)),
-        "threshold": float(model.unknown_threshold_ or 0.0),
-    }
+    def _current_factors(self) -> _Factors:
+        stats = self.statistics_
+        assert stats is not None
+        factors = self._factors
+        if factors is None or factors.generation != self._generation or factors.n != stats.n:
+            factors = self._factorise(stats.counts, stats.sums, stats.n, stats.full_moment())
+            self._factors = factors
+        return factors
+
+    def _terms(
+        self,
+        X: FloatArray,
+        factors: _Factors,
+        counts: NDArray[np.int64],
+        sums: FloatArray,
+        squares: FloatArray | None,
+        diagonal: FloatArray,
+        n: int,
+    ) -> tuple[FloatArray, FloatArray | None]:
+        """rMD and (combined score only) the diagonal term of each row, from these statistics."""
+        known = counts > 0
+        means = sums[known] / counts[known][:, None]
+        total_mean = sums.sum(axis=0) / n
+        nearest, background = relative_parts(
+            X, factors.within, factors.whitened(means), factors.overall, total_mean
+        )
+        relative: FloatArray = nearest - background
+        if not self.combined:
+            return relative, None
+        assert squares is not None
+        pooled = (diagonal - (sums[known] ** 2 / counts[known][:, None]).sum(axis=0)) / n
+        gaussians = diagonal_gaussians(counts[known], sums[known], squares[known], pooled)
+        result: FloatArray = gaussians.nll(X) - background
+        return relative, result
+
+    def _normalisers(self) -> tuple[float, float, float, float]:
+        """Mean and standard deviation of both terms over the reservoir (1 when undefined)."""
+        assert self.diag_scores_ is not None
+        out: list[float] = []
+        for values in (self.scores_, self.diag_scores_):
+            mean = float(values.mean()) if len(values) else 0.0
+            std = float(values.std()) if len(values) >= 2 else 0.0
+            out += [mean, std if std > 0.0 and np.isfinite(std) else 1.0]
+        return out[0], out[1], out[2], out[3]
+
+    def combine(self, relative: FloatArray, diagonal: FloatArray | None) -> FloatArray:
+        """The gate's score from its terms (rMD alone, or both standardised and weighted)."""
+        if diagonal is None:
+            return relative
+        m1, s1, m2, s2 = self._normalisers()
+        result: FloatArray = (relative - m1) / s1 + DIAG_WEIGHT * ((diagonal - m2) / s2)
+        return result
+
+    def can_score(self) -> bool:
+        """Whether novelty is defined: at least two classes learned."""
+        stats = self.statistics_
+        return stats is not None and int((stats.counts > 0).sum()) >= 2
+
+    def novelty_terms(self, X: FloatArray) -> tuple[FloatArray, FloatArray | None]:
+        """rMD and the diagonal term (None for ``score="relative"``) of validated features."""
+        if not self.can_score():
+            raise NotFittedError("novelty needs at least two learned classes")
+        stats = self.statistics_
+        assert stats is not None
+        return self._terms(
+            X,
+            self._current_factors(),
+            stats.counts,
+            stats.sums,
+            stats.squares,
+            stats.moment_diagonal(),
+            stats.n,
+        )
+
+    def novelty(self, X: FloatArray) -> FloatArray:
+        """Novelty of each row of validated features (higher: less like anything learned)."""
+        return self.combine(*self.novelty_terms(X))
+
+    # --- the decision -----------------------------------------------------------------------------
+    def calibration_scores(self) -> FloatArray:
+        """The reservoir's held-out in-scope scores, on the scale of :meth:`novelty`."""
+        if self.diag_scores_ is not None:
+            return self.combine(self.scores_, self.diag_scores_)
+        return self.scores_.copy()
+
+    def threshold(self, rejection_rate: float | None) -> float | None:
+        """The novelty above which an input is unknown, or None while there is none.
+
+        A threshold set by :meth:`tune` wins; otherwise it is the ``1 - rate`` quantile of the
+        reservoir, None while the reservoir is empty or no rate is asked for.
+        """
+        if self.threshold_override_ is not None:
+            return self.threshold_override_
+        if rejection_rate is None or len(self.scores_) == 0:
+            return None
+        check_fraction("rejection_rate", rejection_rate)
+        return float(np.quantile(self.calibration_scores(), 1.0 - rejection_rate))
+
+    def status(self) -> str:
+        """``"on"`` (scores and a threshold), or what is still missing."""
+        if not self.can_score():
+            return "calibrating: novelty needs two learned classes"
+        if len(self.scores_) == 0 and self.threshold_override_ is None:
+            return (
+                "calibrating: the threshold needs held-out scores, which come from examples of "
+                "classes that already have two (or from the second half of a batch of a new class)"
+            )
+        return "on"
+
+    def tune(self, outside: FloatArray, inside: FloatArray | None = None) -> float:
+        """Set the threshold from out-of-scope features (and in-scope ones); returns it.
+
+        Chooses the threshold that maximises the mean of the out-of-scope recall and the
+        in-scope acceptance rate; ``inside`` defaults to the reservoir's scores.
+        """
+        out_scores = self.novelty(outside)
+        in_scores = self.calibration_scores() if inside is None else self.novelty(inside)
+        if len(in_scores) == 0:
+            raise NotFittedError("no in-scope scores to tune against; pass in-scope examples")
+        candidates = np.unique(np.concatenate([in_scores, out_scores]))
+        recall = 1.0 - np.searchsorted(np.sort(out_scores), candidates, side="right") / len(
+            out_scores
+        )
+        accept = np.searchsorted(np.sort(in_scores), candidates, side="right") / len(in_scores)
+        self.threshold_override_ = float(candidates[int(np.argmax(recall + accept))])
+        return self.threshold_override_
+
+    # --- learning --------------------------------------------------------------------------------
+    def _stale_rows(self, n: int, dim: int) -> int:
+        """How many examples a held-out score's covariance factor may lag behind."""
+        floor = min(64, max(1, int(4 * (dim / 512) ** 3)))
+        return max(floor, n // _STALE_FRACTION)
+
+    def plan(self, batches: list[Batch], n_new: int) -> LearnPlan:
+        """Score the held-out examples of ``batches`` (in order) without changing anything.
+
+        Each batch is ``(features, columns)``, validated, with columns numbered like the head's
+        (``n_new`` new columns after the existing ones, across all batches).
+        """
+        dim = batches[0][0].shape[1]
+        stats = self.statistics_ if self.statistics_ is not None else self._new_statistics(dim)
+        virtual = _Virtual(stats, n_new)
+        factors = self._factors
+        scores, classes = self.scores_, self.score_classes_
+        diag = self.diag_scores_
+        offered = self.offered_
+        size = int(self.reservoir_size)
+        for X, columns in batches:
+            held_out = np.zeros(len(X), dtype=bool)
+            for column in np.unique(columns):
+                rows = np.flatnonzero(columns == column)
+                if virtual.counts[column] >= 2:
+                    held_out[rows] = True
+                elif len(rows) >= 2:
+                    held_out[rows[(len(rows) + 1) // 2 :]] = True
+            virtual.add(X[~held_out], columns[~held_out])
+            scored = np.flatnonzero(held_out)
+            if len(scored) and int((virtual.counts > 0).sum()) >= 2:
+                # Reservoir sampling (Vitter's algorithm R) decides first, so only the rows it
+                # keeps are scored.
+                rng = np.random.default_rng([int(self.seed), offered])
+                filled = len(scores)
+                slots = np.full(len(scored), -1)
+                for row in range(len(scored)):
+                    offered += 1
+                    if filled < size:
+                        slots[row] = filled
+                        filled += 1
+                    else:
+                        j = int(rng.integers(offered))
+                        if j < size:
+                            slots[row] = j
+                chosen = np.flatnonzero(slots >= 0)
+                if len(chosen):
+                    if (
+                        factors is None
+                        or factors.generation != self._generation
+                        or virtual.n - factors.n > self._stale_rows(factors.n, dim)
+                    ):
+                        factors = self._factorise(
+                            virtual.counts, virtual.sums, virtual.n, virtual.full_moment()
+                        )
+                    relative, diagonal = self._terms(
+                        X[scored[chosen]],
+                        factors,
+                        virtual.counts,
+                        virtual.sums,
+                        virtual.squares,
+                        virtual.diagonal,
+                        virtual.n,
+                    )
+                    grow = filled - len(scores)
+                    scores = np.concatenate([scores, np.zeros(grow)])
+                    classes = np.concatenate([classes, np.zeros(grow, dtype=np.int64)])
+                    if diag is not None:
+                        diag = np.concatenate([diag, np.zeros(grow)])
+                    # In order: a later row overwrites an earlier one in the same slot.
+                    for k, pick in enumerate(chosen):
+                        slot = int(slots[pick])
+                        scores[slot] = relative[k]
+                        classes[slot] = columns[scored[pick]]
+                        if diag is not None and diagonal is not None:
+                            diag[slot] = diagonal[k]
+            virtual.add(X[held_out], columns[held_out])
+        reservoir = (scores, diag, classes, offered)
+        return LearnPlan(batches, n_new, reservoir, factors)
+
+    def commit(self, plan: LearnPlan) -> None:
+        """Apply a :meth:`plan` made against the current state (nothing here can fail)."""
+        X = (
+            plan.batches[0][0]
+            if len(plan.batches) == 1
+            else np.vstack([x for x, _ in plan.batches])
+        )
+        columns = np.concatenate([c for _, c in plan.batches])
+        if self.statistics_ is None:
+            self.statistics_ = self._new_statistics(X.shape[1])
+        self.statistics_.add(X, columns, plan.n_new)
+        self.scores_, self.diag_scores_, self.score_classes_, self.offered_ = plan.reservoir
+        self._factors = plan.factors
+
+    # --- removing and combining -------------------------------------------------------------------
+    def _keep_scores(self, keep: NDArray[np.bool_], renumber: NDArray[np.int64]) -> None:
+        self.scores_ = self.scores_[keep]
+        if self.diag_scores_ is not None:
+            self.diag_scores_ = self.diag_scores_[keep]
+        self.score_classes_ = renumber[self.score_classes_[keep]]
+
+    def forget(self, index: int) -> None:
+        """Drop class ``index`` (a head column) and its calibration scores."""
+        stats = self.statistics_
+        if stats is None:
+            return
+        k = stats.n_classes
+        stats.drop(index)
+        renumber = np.arange(k, dtype=np.int64) - (np.arange(k) > index)
+        self._keep_scores(self.score_classes_ != index, renumber)
+        self._generation += 1
+
+    def unlearn(self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]) -> None:
+        """Subtract validated examples; classes left out of ``kept`` go with their scores.
+
+        Scores of the remaining classes stay (the examples behind them cannot be identified).
+        """
+        stats = self.statistics_
+        assert stats is not None
+        k = stats.n_classes
+        stats.subtract(X, columns, kept)
+        renumber = np.full(k, -1, dtype=np.int64)
+        renumber[kept] = np.arange(len(kept))
+        self._keep_scores(renumber[self.score_classes_] >= 0, renumber)
+        self._generation += 1
+
+    def check_mergeable(self, other: OpenSetGate) -> None:
+        if other.get_params() != self.get_params():
+            raise ModelMismatchError(
+                f"cannot merge open-set gates with different parameters: {self!r} here, "
+                f"{other!r} in the other"
+            )
+        if self.dim is not None and other.dim is not None and other.dim != self.dim:
+            raise ModelMismatchError(
+                f"cannot merge open-set statistics of {other.dim} features into {self.dim}"
+            )
+
+    def merge(self, other: OpenSetGate, columns: NDArray[np.intp], n_new: int) -> None:
+        """Add ``other``'s statistics (its class ``j`` is column ``columns[j]``); pool reservoirs.
+
+        Each side keeps a share of the pooled reservoir in proportion to the scores it was
+        offered; both terms of an entry stay together.
+        """
+        self.check_mergeable(other)
+        if other.statistics_ is None:
+            return
+        if self.statistics_ is None:
+            self.statistics_ = self._new_statistics(other.statistics_.dim)
+        self.statistics_.merge(other.statistics_, columns, n_new)
+        scores = np.concatenate([self.scores_, other.scores_])
+        diag = (
+            None
+            if self.diag_scores_ is None or other.diag_scores_ is None
+            else np.concatenate([self.diag_scores_, other.diag_scores_])
+        )
+        classes = np.concatenate([self.score_classes_, columns[other.score_classes_]])
+        if len(scores) > self.reservoir_size:
+            weights = np.concatenate(
+                [
+                    np.full(len(self.scores_), self.offered_ / max(len(self.scores_), 1)),
+                    np.full(len(other.scores_), other.offered_ / max(len(other.scores_), 1)),
+                ]
+            )
+            rng = np.random.default_rng([int(self.seed), self.offered_, other.offered_])
+            keep = rng.choice(
+                len(scores), self.reservoir_size, replace=False, p=weights / weights.sum()
+            )
+            scores, classes = scores[keep], classes[keep]
+            diag = None if diag is None else diag[keep]
+        self.scores_, self.diag_scores_, self.score_classes_ = scores, diag, classes
+        self.offered_ += other.offered_
+        self._generation += 1
+
+    # --- persistence -----------------------------------------------------------------------------
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        stats = self.statistics_
+        meta: dict[str, Any] = {
+            "params": self.get_params(),
+            "dim": None if stats is None else stats.dim,
+            "n": 0 if stats is None else stats.n,
+            "offered": self.offered_,
+            "threshold_override": self.threshold_override_,
+        }
+        arrays: dict[str, np.ndarray] = {} if stats is None else stats.state_arrays()
+        arrays["scores"] = self.scores_
+        arrays["score_classes"] = self.score_classes_
+        if self.diag_scores_ is not None:
+            arrays["diag_scores"] = self.diag_scores_
+        return meta, arrays
+
+    @classmethod
+    def from_state(
+        cls, meta: dict[str, Any], arrays: dict[str, np.ndarray], n_classes: int
+    ) -> OpenSetGate:
+        """A gate from :meth:`get_state` output for a head with ``n_classes`` classes."""
+        try:
+            gate = cls(**dict(meta["params"]))
+            dim = None if meta["dim"] is None else int(meta["dim"])
+            n = int(meta["n"])
+            offered = int(meta["offered"])
+            override = meta.get("threshold_override")
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelMismatchError(f"the open-set record is incomplete: {error}") from error
+        expected: dict[str, tuple[int, ...]] = {}
+        if dim is not None:
+            expected = gate._new_statistics(dim).expected_shapes(n_classes)
+        scores = arrays.get("scores")
+        if scores is None or scores.ndim != 1:
+            raise ModelMismatchError("the open-set state lacks its calibration scores")
+        expected["scores"] = scores.shape
+        expected["score_classes"] = scores.shape
+        if gate.combined:
+            expected["diag_scores"] = scores.shape
+        found = {name: tuple(array.shape) for name, array in arrays.items()}
+        if found != expected:
+            raise ModelMismatchError(
+                f"the open-set state for {n_classes} classes needs arrays {expected}, got {found}"
+            )
+        classes = arrays["score_classes"].astype(np.int64)
+        if len(classes) and (classes.min() < 0 or classes.max() >= n_classes):
+            raise ModelMismatchError(
+                "the open-set calibration scores name classes that do not exist"
+            )
+        if dim is not None:
+            gate.statistics_ = gate._new_statistics(dim)
+            gate.statistics_.load_arrays(arrays, n=n)
+        gate.scores_ = arrays["scores"].astype(np.float64)
+        gate.score_classes_ = classes
+        gate.diag_scores_ = arrays["diag_scores"].astype(np.float64) if gate.combined else None
+        gate.offered_ = offered
+        gate.threshold_override_ = None if override is None else float(override)
+        return gate
+
+    @classmethod
+    def from_detector_state(
+        cls,
+        meta: dict[str, Any],
+        arrays: dict[str, np.ndarray],
+        head_classes: list[Any],
+        head_seen: int,
+        threshold_override: float | None,
+    ) -> OpenSetGate | None:
+        """Convert the novelty detector state of a model saved before the gate existed.
+
+        The detector kept its own labels; its rows are put in the head's column order. A detector
+        whose labels or example count are not the head's (that version then switched novelty
+        off, for example after a forget) gives None: that model has no usable open-set
+        statistics.
+        """
+        try:
+            params = dict(meta["params"])
+            labels = list(meta["labels"])
+            offered = int(meta["offered"])
+            counts, sums = arrays["counts"], arrays["sums"]
+            moment = arrays["second_moment"]
+            scores, score_classes = arrays["scores"], arrays["score_classes"]
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelMismatchError(f"the novelty record is incomplete: {error}") from error
+        squares, diagonal = arrays.get("sq_sums"), arrays.get("diag_scores")
+        combined = (
+            params.get("score") == "combined" and squares is not None and diagonal is not None
+        )
+        gate = cls(
+            score="combined" if combined else "relative",
+            shrinkage=params.get("shrinkage", 0.5),
+            reservoir_size=params.get("reservoir_size", 4096),
+            seed=params.get("seed", 0),
+        )
+        gate.threshold_override_ = threshold_override
+        if sorted(map(repr, labels)) != sorted(map(repr, head_classes)):
+            return None
+        if not labels:
+            return gate
+        if int(np.sum(counts)) != head_seen:
+            return None
+        k, d = sums.shape if sums.ndim == 2 else (-1, -1)
+        if counts.shape != (len(labels),) or k != len(labels) or moment.shape != (d, d):
+            raise ModelMismatchError("novelty statistics have inconsistent shapes")
+        order = np.array([labels.index(label) for label in head_classes], dtype=np.intp)
+        renumber = np.empty(len(labels), dtype=np.int64)
+        renumber[order] = np.arange(len(labels))
+        stats = gate._new_statistics(d)
+        stats.counts = counts.astype(np.int64)[order]
+        stats.sums = sums.astype(np.float64)[order]
+        stats.moment = np.array(moment, dtype=np.float64, order="F")
+        if combined and squares is not None:
+            stats.squares = squares.astype(np.float64)[order]
+        stats.n = int(stats.counts.sum())
+        gate.statistics_ = stats
+        gate.scores_ = scores.astype(np.float64)
+        gate.score_classes_ = renumber[score_classes.astype(np.int64)]
+        gate.diag_scores_ = (
+            diagonal.astype(np.float64) if combined and diagonal is not None else None
+        )
+        gate.offered_ = offered
+        return gate

@@ -119,7 +119,7 @@ def select_by_holdout(
         raise InvalidParameterError(
             f"holdout_fraction={holdout_fraction!r} holds out no example of {len(labels)}"
         )
-    from perennial.incremental import encode_split
+    from perennial.protocols.incremental import encode_split
 
     accuracies = []
     for candidate in candidates:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from perennial.encoders.base import Encoder, FunctionEncoder, IdentityEncoder, as_encoder
+from perennial.encoders.base import (
+    Encoder,
+    FunctionEncoder,
+    IdentityEncoder,
+    Precomputed,
+    as_encoder,
+    encoder_spec,
+)
 from perennial.encoders.cache import FeatureCache
 from perennial.exceptions import InvalidParameterError
 
@@ -14,7 +21,9 @@ __all__ = [
     "FeatureCache",
     "FunctionEncoder",
     "IdentityEncoder",
+    "Precomputed",
     "as_encoder",
+    "encoder_spec",
     "make_encoder",
 ]
 

@@ -11,7 +11,14 @@ from numpy.typing import NDArray
 from perennial.exceptions import EmptyInputError, EncoderError, InputTypeError
 from perennial.heads.base import check_features
 
-__all__ = ["Encoder", "FunctionEncoder", "IdentityEncoder", "as_encoder"]
+__all__ = [
+    "Encoder",
+    "FunctionEncoder",
+    "IdentityEncoder",
+    "Precomputed",
+    "as_encoder",
+    "encoder_spec",
+]
 
 Float32Array = NDArray[np.float32]
 
@@ -43,6 +50,9 @@ class IdentityEncoder:
 
     def __init__(self) -> None:
         pass
+
+    def get_params(self) -> dict[str, Any]:
+        return {}
 
     @property
     def name(self) -> str:
@@ -95,6 +105,51 @@ class FunctionEncoder:
 
     def __repr__(self) -> str:
         return f"FunctionEncoder({self.function!r}, name={self._name!r})"
+
+
+class Precomputed:
+    """Stands in for an encoder whose features are already computed.
+
+    A model built on ``Precomputed(encoder)`` takes the features ``encoder`` would give (from a
+    cache, a journal, another process) and records the real encoder when saved, so it loads with
+    it. ``encode`` only validates the features and checks their width against ``dim`` if given.
+
+    Examples
+    --------
+    >>> Precomputed(IdentityEncoder()).encode([[1, 2]]).dtype
+    dtype('float32')
+    """
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+        self.kind = getattr(encoder, "kind", None)
+
+    @property
+    def name(self) -> str:
+        return self.encoder.name
+
+    def get_params(self) -> dict[str, Any]:
+        get_params = getattr(self.encoder, "get_params", None)
+        return dict(get_params()) if callable(get_params) else {}
+
+    def encode(self, inputs: Any) -> Float32Array:
+        return check_features(inputs, name=f"features from {self.name!r}").astype(np.float32)
+
+    def __repr__(self) -> str:
+        return f"Precomputed({self.encoder!r})"
+
+
+def encoder_spec(encoder: Encoder) -> dict[str, Any]:
+    """What rebuilds ``encoder``: its registry kind, its name and its parameters.
+
+    Examples
+    --------
+    >>> encoder_spec(IdentityEncoder())
+    {'kind': 'identity', 'name': 'identity', 'params': {}}
+    """
+    get_params = getattr(encoder, "get_params", None)
+    params = dict(get_params()) if callable(get_params) else {}
+    return {"kind": getattr(encoder, "kind", None), "name": encoder.name, "params": params}
 
 
 def as_encoder(encoder: Any) -> Encoder:

@@ -188,6 +188,14 @@ class ImageEncoder:
         self._network: EfficientNetLite0 | None = None
         self._lock = threading.Lock()
 
+    def get_params(self) -> dict[str, Any]:
+        """The constructor's arguments."""
+        return {
+            "image_size": self.image_size,
+            "batch_size": self.batch_size,
+            "num_threads": self.num_threads,
+        }
+
     def __getstate__(self) -> dict[str, Any]:
         # Pickle the settings only; the network is rebuilt lazily after unpickling.
         state = self.__dict__.copy()

@@ -177,6 +177,16 @@ class TextEncoder:
         self._runtime: _OnnxRuntime | None = None
         self._lock = threading.Lock()
 
+    def get_params(self) -> dict[str, Any]:
+        """What rebuilds this encoder on another machine (the export directory is local)."""
+        return {
+            "pooling": self.pooling,
+            "backend": self.backend,
+            "layers": self.layers,
+            "batch_size": self.batch_size,
+            "num_threads": self.num_threads,
+        }
+
     def __getstate__(self) -> dict[str, Any]:
         # Settings only: the model or the session is rebuilt lazily after unpickling.
         state = self.__dict__.copy()

@@ -159,18 +159,12 @@ class Head(ABC):
         """Learn a batch, whole or not at all: on any error the head is unchanged."""
         features = check_features(X, self.dim_)
         labels = check_labels(y, features.shape[0])
-        new: dict[Label, int] = {}  # new label -> its future column, in order of first appearance
-        columns = []
-        for label in labels:
-            column = self._index.get(label)
-            if column is None:
-                column = new.setdefault(label, len(self.classes_) + len(new))
-            columns.append(column)
+        columns, new = self.columns_for(labels)
         first = self.dim_ is None
         if first:
             self._initialise(features.shape[1])
         try:
-            self._learn(features, np.asarray(columns, dtype=np.intp), len(new))
+            self._learn(features, columns, len(new))
         except BaseException:
             if first:
                 self._reset()
@@ -180,6 +174,31 @@ class Head(ABC):
             self.classes_.append(label)
         self.dim_ = features.shape[1]
         self.n_seen_ += features.shape[0]
+
+    def columns_for(self, labels: Sequence[Label]) -> tuple[NDArray[np.intp], list[Label]]:
+        """The column each (validated) label would take, and the new labels in column order.
+
+        Known labels keep their column; new ones are appended in order of first appearance.
+        """
+        new: dict[Label, int] = {}
+        columns = []
+        for label in labels:
+            column = self._index.get(label)
+            if column is None:
+                column = new.setdefault(label, len(self.classes_) + len(new))
+            columns.append(column)
+        return np.asarray(columns, dtype=np.intp), list(new)
+
+    def column_of(self, label: Any) -> int:
+        """The column of a known label; :class:`UnknownLabelError` otherwise."""
+        key = label.item() if isinstance(label, np.generic) else label
+        try:
+            return self._index[key]
+        except (KeyError, TypeError):
+            raise UnknownLabelError(
+                f"unknown label {label!r}: the head knows {len(self.classes_)} classes and not "
+                "this one"
+            ) from None
 
     def partial_fit(self: H, X: Any, y: Any) -> H:
         """scikit-learn spelling of :meth:`learn_many`; returns the head."""
@@ -215,14 +234,7 @@ class Head(ABC):
     # --- forgetting --------------------------------------------------------------------------
     def forget(self, label: Any) -> None:
         """Remove a class: its statistics are dropped, as the head documents."""
-        key = label.item() if isinstance(label, np.generic) else label
-        try:
-            index = self._index[key]
-        except (KeyError, TypeError):
-            raise UnknownLabelError(
-                f"cannot forget label {label!r}: the head knows {len(self.classes_)} classes and not "
-                "this one"
-            ) from None
+        index = self.column_of(label)
         self._forget_index(index)
         del self.classes_[index]
         self._index = {c: i for i, c in enumerate(self.classes_)}
@@ -276,6 +288,19 @@ class Head(ABC):
         """
         features = check_features(X, self.dim_)
         labels = check_labels(y, features.shape[0])
+        columns, kept = self.plan_unlearn(labels)
+        self._unlearn(features, columns, kept)
+        self.classes_ = [self.classes_[i] for i in kept]
+        self._index = {c: i for i, c in enumerate(self.classes_)}
+        self.n_seen_ -= features.shape[0]
+        if self.n_seen_ == 0 and not self.classes_:
+            self._reset()  # exactly the head that learned nothing, not zeros up to rounding
+
+    def plan_unlearn(self, labels: Sequence[Label]) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+        """Check that (validated) labels can be unlearned: their columns and the columns kept.
+
+        Raises the errors :meth:`unlearn_many` documents; changes nothing.
+        """
         unknown = [label for label in dict.fromkeys(labels) if label not in self._index]
         if unknown:
             raise UnknownLabelError(
@@ -297,12 +322,7 @@ class Head(ABC):
             )
         # Only the classes this batch empties are dropped.
         kept = np.flatnonzero((removed == 0) | (removed < counts)).astype(np.intp)
-        self._unlearn(features, columns, kept)
-        self.classes_ = [self.classes_[i] for i in kept]
-        self._index = {c: i for i, c in enumerate(self.classes_)}
-        self.n_seen_ -= features.shape[0]
-        if self.n_seen_ == 0 and not self.classes_:
-            self._reset()  # exactly the head that learned nothing, not zeros up to rounding
+        return columns, kept
 
     # --- merging ----------------------------------------------------------------------------------
     def merge(self, other: Head) -> None:
@@ -360,15 +380,8 @@ class Head(ABC):
                 f"here, {other.dim_} in the other"
             )
         self._check_mergeable(other)
-        columns = []
-        new: list[Label] = []
-        for label in other.classes_:
-            column = self._index.get(label)
-            if column is None:
-                column = len(self.classes_) + len(new)
-                new.append(label)
-            columns.append(column)
-        self._merge(other, np.asarray(columns, dtype=np.intp), len(new))
+        columns, new = self.columns_for(other.classes_)
+        self._merge(other, columns, len(new))
         for label in new:
             self._index[label] = len(self.classes_)
             self.classes_.append(label)

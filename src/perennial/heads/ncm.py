@@ -7,6 +7,7 @@ from numpy.typing import NDArray
 
 from perennial.exceptions import InvalidParameterError
 from perennial.heads.base import FloatArray, Head
+from perennial.heads.statistics import ClassStatistics
 
 __all__ = ["NCMHead"]
 
@@ -16,8 +17,8 @@ class NCMHead(Head):
 
     With ``metric="cosine"`` (default) the score is the cosine similarity to each prototype, as in
     SimpleCIL (Zhou et al., "Revisiting Class-Incremental Learning with Pre-Trained Models", 2023);
-    with ``"euclidean"`` it is the negative squared distance. Only per-class sums and counts are
-    kept, so ``forget``, ``unlearn_many`` (subtract the examples from their class's sum and
+    with ``"euclidean"`` it is the negative squared distance. It keeps only per-class sums and
+    counts (a :class:`~perennial.heads.statistics.ClassStatistics`), so ``forget``, ``unlearn_many`` (subtract the examples from their class's sum and
     count) and ``merge`` (add two heads' sums and counts) are always exact.
 
     Examples
@@ -38,39 +39,43 @@ class NCMHead(Head):
 
     def _reset(self) -> None:
         super()._reset()
-        self.sums_: FloatArray = np.zeros((0, 0))
-        self.counts_: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self.statistics_: ClassStatistics | None = None
 
     def _initialise(self, dim: int) -> None:
-        self.sums_ = np.zeros((0, dim))
+        self.statistics_ = ClassStatistics(dim)
+
+    @property
+    def _stats(self) -> ClassStatistics:
+        assert self.statistics_ is not None, "the head has learned nothing"
+        return self.statistics_
 
     def _learn(self, X: FloatArray, columns: NDArray[np.intp], n_new: int) -> None:
-        sums = np.vstack([self.sums_, np.zeros((n_new, X.shape[1]))])
-        np.add.at(sums, columns, X)
-        counts = np.concatenate([self.counts_, np.zeros(n_new, dtype=np.int64)])
-        np.add.at(counts, columns, 1)
-        self.sums_, self.counts_ = sums, counts
+        self._stats.add(X, columns, n_new)
 
     def _unlearn(self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]) -> None:
-        sums = self.sums_.copy()
-        np.subtract.at(sums, columns, X)
-        counts = self.counts_ - np.bincount(columns, minlength=self.counts_.shape[0])
-        self.sums_, self.counts_ = sums[kept], counts[kept]
+        self._stats.subtract(X, columns, kept)
 
     def _merge(self, other: NCMHead, columns: NDArray[np.intp], n_new: int) -> None:
-        sums = np.vstack([self.sums_, np.zeros((n_new, self.sums_.shape[1]))])
-        sums[columns] += other.sums_  # columns are distinct
-        counts = np.concatenate([self.counts_, np.zeros(n_new, dtype=np.int64)])
-        counts[columns] += other.counts_
-        self.sums_, self.counts_ = sums, counts
+        self._stats.merge(other._stats, columns, n_new)
 
     def _class_counts(self) -> NDArray[np.int64]:
-        return self.counts_
+        return self._stats.counts
 
     def _forget_index(self, index: int) -> None:
-        self.n_seen_ -= int(self.counts_[index])
-        self.sums_ = np.delete(self.sums_, index, axis=0)
-        self.counts_ = np.delete(self.counts_, index)
+        self.n_seen_ -= int(self._stats.counts[index])
+        self._stats.drop(index)
+
+    @property
+    def sums_(self) -> FloatArray:
+        """Feature sums per class, one row per class."""
+        return self._stats.sums if self.statistics_ is not None else np.zeros((0, 0))
+
+    @property
+    def counts_(self) -> NDArray[np.int64]:
+        """Examples per class."""
+        if self.statistics_ is None:
+            return np.zeros(0, dtype=np.int64)
+        return self._stats.counts
 
     @property
     def means_(self) -> FloatArray:
@@ -92,11 +97,12 @@ class NCMHead(Head):
         return cosine
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
-        return {"sums": self.sums_, "counts": self.counts_}
+        return self._stats.state_arrays()
 
     def _expected_shapes(self, dim: int, n_classes: int) -> dict[str, tuple[int, ...]]:
-        return {"sums": (n_classes, dim), "counts": (n_classes,)}
+        return ClassStatistics(dim).expected_shapes(n_classes)
 
     def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        self.sums_ = np.array(arrays["sums"], dtype=np.float64)
-        self.counts_ = np.array(arrays["counts"], dtype=np.int64)
+        assert self.dim_ is not None
+        self.statistics_ = ClassStatistics(self.dim_)
+        self.statistics_.load_arrays(arrays, n=self.n_seen_)

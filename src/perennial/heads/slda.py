@@ -8,6 +8,7 @@ from numpy.typing import NDArray
 
 from perennial.exceptions import InvalidParameterError
 from perennial.heads.base import FloatArray, Head
+from perennial.heads.statistics import ClassStatistics
 
 __all__ = ["SLDAHead"]
 
@@ -26,10 +27,13 @@ class SLDAHead(Head):
     from the class's own second moment with ``exact_forget=True``): exact in either mode.
     ``merge(other)`` adds the statistics of a head with the same parameters.
 
-    ``forget(label)`` removes the class's mean and count. With ``exact_forget=False`` (default) the
-    class's within-class scatter stays in the shared covariance; with ``exact_forget=True`` the head
-    keeps per-class second moments (``n_classes * d**2`` floats) and the result is exactly the model
-    that never saw the class.
+    ``forget(label)`` removes the class's mean and count. With ``exact_forget=False`` (default) its
+    examples stay in ``T`` as unlabelled deviations from their class mean (``T -= n_c mu_c mu_c^T``,
+    ``n`` unchanged), so the pooled covariance keeps the class's within-class scatter and nothing
+    else of it: it is the covariance of the data in which each forgotten example ``x`` is replaced
+    by ``x - mu_c`` without a label. With ``exact_forget=True`` the head keeps per-class second
+    moments (``n_classes * d**2`` floats) and the result is exactly the model that never saw the
+    class. The statistics are a :class:`~perennial.heads.statistics.ClassStatistics`.
 
     Examples
     --------
@@ -55,90 +59,64 @@ class SLDAHead(Head):
 
     def _reset(self) -> None:
         super()._reset()
-        self.sums_: FloatArray = np.zeros((0, 0))
-        self.counts_: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
-        self.second_moment_: FloatArray = np.zeros((0, 0))
-        self.class_second_moments_: list[FloatArray] = []
+        self.statistics_: ClassStatistics | None = None
         self._solution: tuple[FloatArray, FloatArray] | None = None
 
+    def _new_statistics(self, dim: int) -> ClassStatistics:
+        return ClassStatistics(dim, second_moment=True, class_moments=self.exact_forget)
+
     def _initialise(self, dim: int) -> None:
-        self.sums_ = np.zeros((0, dim))
-        self.second_moment_ = np.zeros((dim, dim))
+        self.statistics_ = self._new_statistics(dim)
+
+    @property
+    def _stats(self) -> ClassStatistics:
+        assert self.statistics_ is not None, "the head has learned nothing"
+        return self.statistics_
 
     def _learn(self, X: FloatArray, columns: NDArray[np.intp], n_new: int) -> None:
-        dim = X.shape[1]
-        sums = np.vstack([self.sums_, np.zeros((n_new, dim))])
-        np.add.at(sums, columns, X)
-        counts = np.concatenate([self.counts_, np.zeros(n_new, dtype=np.int64)])
-        np.add.at(counts, columns, 1)
-        second = self.second_moment_ + X.T @ X
-        class_moments = list(self.class_second_moments_)
-        if self.exact_forget:
-            class_moments += [np.zeros((dim, dim)) for _ in range(n_new)]
-            for column in np.unique(columns):
-                rows = X[columns == column]
-                class_moments[column] = class_moments[column] + rows.T @ rows
-        self.sums_, self.counts_, self.second_moment_ = sums, counts, second
-        self.class_second_moments_ = class_moments
+        self._stats.add(X, columns, n_new)
         self._solution = None
 
     def _unlearn(self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]) -> None:
-        sums = self.sums_.copy()
-        np.subtract.at(sums, columns, X)
-        counts = self.counts_ - np.bincount(columns, minlength=self.counts_.shape[0])
-        second = self.second_moment_ - X.T @ X
-        class_moments = list(self.class_second_moments_)
-        if self.exact_forget:
-            for column in np.intersect1d(np.unique(columns), kept):
-                rows = X[columns == column]
-                class_moments[column] = class_moments[column] - rows.T @ rows
-            class_moments = [class_moments[i] for i in kept]
-        self.sums_, self.counts_, self.second_moment_ = sums[kept], counts[kept], second
-        self.class_second_moments_ = class_moments
+        self._stats.subtract(X, columns, kept)
         self._solution = None
 
     def _merge(self, other: SLDAHead, columns: NDArray[np.intp], n_new: int) -> None:
-        sums = np.vstack([self.sums_, np.zeros((n_new, self.sums_.shape[1]))])
-        sums[columns] += other.sums_  # columns are distinct
-        counts = np.concatenate([self.counts_, np.zeros(n_new, dtype=np.int64)])
-        counts[columns] += other.counts_
-        second = self.second_moment_ + other.second_moment_
-        class_moments = list(self.class_second_moments_)
-        if self.exact_forget:
-            class_moments += [np.zeros_like(second) for _ in range(n_new)]
-            for j, column in enumerate(columns):
-                class_moments[column] = class_moments[column] + other.class_second_moments_[j]
-        self.sums_, self.counts_, self.second_moment_ = sums, counts, second
-        self.class_second_moments_ = class_moments
+        self._stats.merge(other._stats, columns, n_new)
         self._solution = None
 
     def _class_counts(self) -> NDArray[np.int64]:
-        return self.counts_
+        return self._stats.counts
 
     def _forget_index(self, index: int) -> None:
-        count = self.counts_[index]
-        mean = self.sums_[index] / count
-        if self.exact_forget:
-            self.second_moment_ = self.second_moment_ - self.class_second_moments_.pop(index)
-            self.n_seen_ -= int(count)
-        else:
-            # Keep the class's within-class scatter: remove only its mean's share of T.
-            self.second_moment_ = self.second_moment_ - count * np.outer(mean, mean)
-        self.sums_ = np.delete(self.sums_, index, axis=0)
-        self.counts_ = np.delete(self.counts_, index)
+        self._stats.drop(index)
+        self.n_seen_ = self._stats.n
         self._solution = None
+
+    @property
+    def sums_(self) -> FloatArray:
+        """Feature sums per class, one row per class."""
+        return self._stats.sums
+
+    @property
+    def counts_(self) -> NDArray[np.int64]:
+        """Examples per class."""
+        return self._stats.counts
+
+    @property
+    def second_moment_(self) -> FloatArray:
+        """``T = sum x x^T`` over every example whose rows the head holds."""
+        return self._stats.full_moment()
 
     @property
     def means_(self) -> FloatArray:
         """Class means, one row per class."""
-        return self.sums_ / self.counts_[:, None]
+        return self._stats.means
 
     @property
     def covariance_(self) -> FloatArray:
-        """Pooled within-class covariance."""
-        means = self.means_
-        scatter = self.second_moment_ - (means.T * self.counts_) @ means
-        return scatter / max(self.n_seen_, 1)
+        """Pooled within-class covariance (see the class docstring after ``forget``)."""
+        return self._stats.within_scatter() / max(self._stats.n, 1)
 
     def _scores(self, X: FloatArray) -> FloatArray:
         if self._solution is None:
@@ -151,27 +129,13 @@ class SLDAHead(Head):
         return X @ weights + bias
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
-        arrays = {"sums": self.sums_, "counts": self.counts_, "second_moment": self.second_moment_}
-        for i, moment in enumerate(self.class_second_moments_):
-            arrays[f"class_second_moment.{i}"] = moment
-        return arrays
+        return self._stats.state_arrays()
 
     def _expected_shapes(self, dim: int, n_classes: int) -> dict[str, tuple[int, ...]]:
-        shapes: dict[str, tuple[int, ...]] = {
-            "sums": (n_classes, dim),
-            "counts": (n_classes,),
-            "second_moment": (dim, dim),
-        }
-        if self.exact_forget:
-            shapes.update({f"class_second_moment.{i}": (dim, dim) for i in range(n_classes)})
-        return shapes
+        return self._new_statistics(dim).expected_shapes(n_classes)
 
     def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        self.sums_ = np.array(arrays["sums"], dtype=np.float64)
-        self.counts_ = np.array(arrays["counts"], dtype=np.int64)
-        self.second_moment_ = np.array(arrays["second_moment"], dtype=np.float64)
-        self.class_second_moments_ = [
-            np.array(arrays[f"class_second_moment.{i}"], dtype=np.float64)
-            for i in range(len(self.classes_) if self.exact_forget else 0)
-        ]
+        assert self.dim_ is not None
+        self.statistics_ = self._new_statistics(self.dim_)
+        self.statistics_.load_arrays(arrays, n=self.n_seen_)
         self._solution = None

@@ -38,26 +38,25 @@ import numpy as np
 from numpy.typing import NDArray
 
 from perennial.encoders import make_encoder
-from perennial.encoders.base import Encoder
+from perennial.encoders.base import Precomputed, encoder_spec
 from perennial.exceptions import (
     CorruptedJournalError,
     CorruptedModelError,
+    InvalidParameterError,
     ModelMismatchError,
-    NotFittedError,
     PersistenceError,
 )
 from perennial.heads import HEADS, Head, RidgeEnsembleHead, RidgeHead, make_head
-from perennial.heads.base import check_features
 from perennial.learner import LifelongClassifier
 from perennial.persistence import atomic_write_bytes
 from perennial.service.journal import Record
 
 __all__ = [
-    "PrecomputedFeatures",
     "Refresher",
     "RefresherConfig",
     "ServedModel",
     "dump_record",
+    "encoder_spec",
     "hold_lock",
     "prediction_copy",
     "process_main",
@@ -78,43 +77,11 @@ SERVICE_FORMAT_VERSION = 1
 DEFAULT_UNKNOWN_RATE = 0.02
 SERVICE_LOCK = ".service.lock"
 REFRESHER_LOCK = ".refresher.lock"
-_ENCODER_PARAMS = ("pooling", "backend", "layers", "batch_size", "num_threads", "image_size")
 
 
 logger = logging.getLogger("perennial.service")
 
 Message = tuple[str, Any]
-
-
-class PrecomputedFeatures:
-    """Stands in for an encoder inside the store's model: the features are computed already.
-
-    It carries the real encoder's ``name``, ``kind`` and parameters, so that a snapshot records
-    the real encoder (and loads with it), while ``encode`` only validates features.
-
-    Examples
-    --------
-    >>> from perennial.encoders import IdentityEncoder
-    >>> PrecomputedFeatures(IdentityEncoder()).encode([[1, 2]]).dtype
-    dtype('float32')
-    """
-
-    def __init__(self, encoder: Encoder) -> None:
-        self.encoder = encoder
-        self.kind = getattr(encoder, "kind", None)
-        for key in _ENCODER_PARAMS:
-            if hasattr(encoder, key):
-                setattr(self, key, getattr(encoder, key))
-
-    @property
-    def name(self) -> str:
-        return self.encoder.name
-
-    def encode(self, inputs: Any) -> NDArray[np.float32]:
-        return check_features(inputs).astype(np.float32)
-
-    def __repr__(self) -> str:
-        return f"PrecomputedFeatures({self.encoder!r})"
 
 
 @dataclass(frozen=True)
@@ -138,12 +105,6 @@ class ServedModel:
     published: float = field(default_factory=time.time)
 
 
-def encoder_spec(encoder: Encoder) -> dict[str, Any]:
-    """What rebuilds ``encoder``: its registry kind, its parameters and its name."""
-    params = {key: getattr(encoder, key) for key in _ENCODER_PARAMS if hasattr(encoder, key)}
-    return {"kind": getattr(encoder, "kind", None), "name": encoder.name, "params": params}
-
-
 def _ridge_heads(head: Head) -> list[RidgeHead]:
     if isinstance(head, RidgeHead):
         return [head]
@@ -164,8 +125,8 @@ def warm(model: LifelongClassifier) -> None:
     zeros = np.zeros((1, dim))
     if not ridge:
         model.decision_scores(zeros)  # e.g. the SLDA head caches its solution on first use
-    with contextlib.suppress(NotFittedError):
-        model.novelty_scores(zeros)  # caches the novelty detector's factors
+    if model.gate_ is not None and model.gate_.can_score():
+        model.novelty_scores(zeros)  # caches the open-set gate's factors
 
 
 def prediction_copy(model: LifelongClassifier) -> LifelongClassifier:
@@ -232,7 +193,7 @@ class Refresher:
         record = dict(config.record)
         spec = dict(record["encoder"])
         encoder = make_encoder(str(spec["kind"]), **dict(spec.get("params") or {}))
-        model = _load_model(path, record, PrecomputedFeatures(encoder))
+        model = _load_model(path, record, Precomputed(encoder))
         _check_head(path, model.head, config.head, config.head_params)
         odd = [label for label in model.classes_ if not isinstance(label, str)]
         if odd:
@@ -240,8 +201,17 @@ class Refresher:
                 f"{path} holds classes with non-string labels (such as {odd[0]!r}); the service "
                 "speaks JSON strings only"
             )
+        self.open_set_missing: str | None = None
+        wanted = model.unknown_rate
         if config.unknown_rate is not None:
-            model.unknown_rate = None if config.unknown_rate == 0 else float(config.unknown_rate)
+            wanted = None if config.unknown_rate == 0 else float(config.unknown_rate)
+        try:
+            model.unknown_rate = wanted
+        except InvalidParameterError as error:
+            # A closed-set model adopted by the service: it serves closed-set, and says why.
+            model.unknown_rate = None
+            self.open_set_missing = str(error)
+            logger.warning("open set is unavailable for this model: %s", error)
         for item in config.replay:
             try:
                 _apply(model, item)
@@ -263,7 +233,7 @@ class Refresher:
         return {
             "version": self.applied,
             "ledger": [(str(c), n) for c, n in zip(head.classes_, counts, strict=True)],
-            "dim": head.dim_ if head.dim_ is not None else model.novelty_.dim,
+            "dim": head.dim_,
             "head": {"name": head_name, "params": head.get_params()},
         }
 
@@ -278,22 +248,18 @@ class Refresher:
         solve_seconds = time.perf_counter() - started
         threshold: float | None = None
         state = "off"
-        if model.unknown_rate is not None or model.threshold_override_ is not None:
-            novelty = model.novelty_
-            in_sync = novelty.n_seen == model.n_seen_ and set(novelty.labels_) == set(
-                model.classes_
-            )
-            try:
-                threshold = model.unknown_threshold_
-                state = "on"
-            except NotFittedError:
-                # Calibrating: too few examples yet. Unavailable: the novelty statistics no
-                # longer describe the head's examples (see LifelongClassifier._novelty_in_sync).
-                state = "calibrating" if in_sync else "unavailable"
+        if self.open_set_missing is not None:
+            state = "unavailable"
+        elif model.unknown_rate is not None or model.threshold_override_ is not None:
+            threshold = model.unknown_threshold_
+            gate = model.gate_
+            calibrated = threshold is not None and gate is not None and gate.can_score()
+            state = "on" if calibrated else "calibrating"
         served = prediction_copy(model)
-        if state in ("calibrating", "unavailable"):
+        if state == "calibrating":
             served.unknown_rate = None  # nothing is flagged without a threshold
-            served.threshold_override_ = None
+            if served.gate_ is not None:
+                served.gate_.threshold_override_ = None
         key = (len(model.classes_), model.head.dim_)
         if key != self._state_bytes_key:  # fixed by the configuration and the number of classes
             self._state_bytes, self._state_bytes_key = model.state_bytes, key
@@ -683,9 +649,7 @@ def _check_head(path: Path, head: Head, name: str | None, params: dict[str, Any]
             )
 
 
-def _load_model(
-    path: Path, record: dict[str, Any], adapter: PrecomputedFeatures
-) -> LifelongClassifier:
+def _load_model(path: Path, record: dict[str, Any], adapter: Precomputed) -> LifelongClassifier:
     snapshot = record["snapshot"]
     if snapshot is None:
         spec = dict(record["model"])
@@ -695,7 +659,10 @@ def _load_model(
             raise CorruptedModelError(
                 f"{path / SERVICE_FILE}: bad model record: {error}"
             ) from error
-        return LifelongClassifier(encoder=adapter, head=head, unknown_rate=spec.get("unknown_rate"))
+        # The gate learns from the start even with open set off, so it can be turned on later.
+        model = LifelongClassifier(encoder=adapter, head=head, unknown_rate=DEFAULT_UNKNOWN_RATE)
+        model.unknown_rate = spec.get("unknown_rate")
+        return model
     location = path / str(snapshot)
     try:
         return LifelongClassifier.load(location, encoder=adapter)

@@ -68,7 +68,6 @@ from perennial.service.refresher import (
     SERVICE_FORMAT_VERSION,
     SERVICE_LOCK,
     Message,
-    PrecomputedFeatures,
     RefresherConfig,
     ServedModel,
     dump_record,
@@ -80,7 +79,7 @@ from perennial.service.refresher import (
     run_thread,
 )
 
-__all__ = ["DEFAULT_UNKNOWN_RATE", "ModelStore", "PrecomputedFeatures", "ServedModel"]
+__all__ = ["DEFAULT_UNKNOWN_RATE", "ModelStore", "ServedModel"]
 
 logger = logging.getLogger("perennial.service")
 

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from perennial.datasets.base import stratified_split
-from perennial.encoders.base import Encoder
+from perennial.encoders.base import Encoder, Precomputed
 from perennial.encoders.cache import FeatureCache
 from perennial.exceptions import EmptyInputError, InvalidParameterError, LabelLengthError
 from perennial.heads.base import Head
@@ -119,6 +119,7 @@ def select_by_holdout(
         raise InvalidParameterError(
             f"holdout_fraction={holdout_fraction!r} holds out no example of {len(labels)}"
         )
+    from perennial.learner import LifelongClassifier
     from perennial.protocols.incremental import encode_split
 
     accuracies = []
@@ -126,9 +127,9 @@ def select_by_holdout(
         features = encode_split(
             candidate.encoder, inputs, cache, what=f"inputs for {candidate.name}"
         )
-        head = candidate.head.clone()
-        head.learn_many(features[fit_rows], label_array[fit_rows].tolist())
-        predicted = np.asarray(head.predict_many(features[holdout_rows]), dtype=object)
+        model = LifelongClassifier(Precomputed(candidate.encoder), candidate.head.clone())
+        model.learn_many(features[fit_rows], label_array[fit_rows].tolist())
+        predicted = np.asarray(model.predict_many(features[holdout_rows]), dtype=object)
         accuracy = float(np.mean(predicted == label_array[holdout_rows]))
         accuracies.append(accuracy)
         if progress is not None:

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from perennial.datasets.base import Dataset
-from perennial.encoders.base import Encoder
+from perennial.encoders.base import Encoder, Precomputed
 from perennial.encoders.cache import FeatureCache
 from perennial.exceptions import DatasetError, InvalidParameterError
 from perennial.heads.base import Head
@@ -101,7 +101,7 @@ def run_open_set(
     oos_split: str = "oos_test",
     cache: FeatureCache | None = None,
     progress: TextIO | None = sys.stderr,
-    novelty_score: str = "relative",
+    novelty_score: str = "auto",
 ) -> OpenSetResult:
     """Learn ``dataset.train`` class-incrementally and evaluate against ``extra[oos_split]``."""
     if oos_split not in dataset.extra:
@@ -124,8 +124,8 @@ def run_open_set(
     X_out = encode_split(
         encoder, dataset.extra[oos_split].inputs, cache, progress=progress, what=oos_split
     )
-    features = LifelongClassifier(
-        encoder="identity",
+    model = LifelongClassifier(
+        encoder=Precomputed(encoder),
         head=head.clone(),
         unknown_rate=unknown_rate,
         novelty_score=novelty_score,
@@ -138,15 +138,15 @@ def run_open_set(
         n_classes=len(classes),
         n_in_scope=int(np.isin(test_labels, np.asarray(classes, dtype=object)).sum()),
         n_out_of_scope=len(X_out),
-        novelty_score=novelty_score,
+        novelty_score=model.gate_.score if model.gate_ is not None else novelty_score,
     )
     _say(progress, "  step  classes  in-scope acc  oos recall  in-scope rejected  threshold")
     for start in range(0, len(order), step):
         known = order[: start + step]
         batch = np.isin(train_labels, np.asarray(order[start : start + step], dtype=object))
-        features.learn_many(X_train[batch], train_labels[batch].tolist())
+        model.learn_many(X_train[batch], train_labels[batch].tolist())
         seen = np.isin(test_labels, np.asarray(known, dtype=object))
-        row = _evaluate(features, X_test[seen], test_labels[seen], X_out)
+        row = _evaluate(model, X_test[seen], test_labels[seen], X_out)
         row["classes"] = float(len(known))
         result.steps.append(row)
         _say(
@@ -159,8 +159,8 @@ def run_open_set(
     for key in ("in_scope_accuracy", "closed_set_accuracy", "oos_recall", "in_scope_rejection"):
         setattr(result, key, final[key])
     seen = np.isin(test_labels, np.asarray(classes, dtype=object))
-    inside = features.novelty_scores(X_test[seen])
-    outside = features.novelty_scores(X_out)
+    inside = model.novelty_scores(X_test[seen])
+    outside = model.novelty_scores(X_out)
     result.auroc = auroc(inside, outside)
     result.fpr_at_95tpr = fpr_at_tpr(inside, outside)
     result.threshold = final["threshold"]

@@ -165,6 +165,72 @@ def test_onnx_features_do_not_depend_on_the_batch(onnx_dir, real_sentences):
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
+def test_the_per_row_int8_rewrite_is_exact_on_extreme_inputs(tmp_path):
+    # The rewritten integer GEMM must equal its integer arithmetic on every CPU. With full-range
+    # per-row activations and weights of +-127, ONNX Runtime's uint8 x int8 kernel saturates on
+    # x86-64 without VNNI (pairs of products summed into int16), hence uint8 x uint8 weights.
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from perennial.encoders.text_onnx import _quantize_rows
+
+    rng = np.random.default_rng(7)
+    k, n = 64, 48
+    weights = {name: rng.normal(size=(k, n)).astype(np.float32) for name in ("w1", "w2")}
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "tokens", k])
+    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in (1, 2)]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"], name=f"mm{i}") for i in (1, 2)],
+        "g",
+        [x],
+        outputs,
+        [numpy_helper.from_array(w, name) for name, w in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "fp32.onnx"))
+    quantize_dynamic(
+        str(tmp_path / "fp32.onnx"),
+        str(tmp_path / "dynamic.onnx"),
+        op_types_to_quantize=["MatMul"],
+        per_channel=True,
+        reduce_range=False,
+        weight_type=QuantType.QInt8,
+    )
+    quantized = onnx.load(str(tmp_path / "dynamic.onnx"))
+    initializers = {item.name: numpy_helper.to_array(item) for item in quantized.graph.initializer}
+    rewritten = _quantize_rows(quantized)
+    session = onnxruntime.InferenceSession(
+        rewritten.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    # Rows of every sign pattern; the outliers make the others use few levels.
+    batch = rng.normal(size=(3, 20, k)).astype(np.float32)
+    batch[0, :5] = np.abs(batch[0, :5]) * 10
+    batch[1, :5] = -np.abs(batch[1, :5]) * 10
+    batch[2, 0, 0] = 40.0
+    got = session.run(["y1", "y2"], {"x": batch})
+
+    rows = batch.reshape(-1, k)
+    high = np.maximum(rows.max(axis=1, keepdims=True), np.float32(0))
+    low = np.minimum(rows.min(axis=1, keepdims=True), np.float32(0))
+    scale = np.maximum((high - low) * np.float32(1 / 255), np.float32(1e-12))
+    zero = np.round(-(low / scale))
+    q = np.clip(np.round(rows / scale) + zero, 0, 255)
+    assert q.max() == 255 and q.min() == 0  # the full range is exercised
+    for name, y in zip(("w1", "w2"), got, strict=True):
+        w_int = initializers[f"{name}_quantized"].astype(np.int64)
+        w_scale = initializers[f"{name}_scale"].astype(np.float64)
+        assert np.abs(w_int).max() == 127
+        exact = ((q - zero).astype(np.int64) @ w_int) * w_scale * scale
+        assert y.shape == (3, 20, n)
+        gap = np.abs(y.reshape(-1, n) - exact).max() / np.abs(exact).max()
+        assert gap < 1e-5, gap
+        # ... and close to the float product (8-bit activations, 8-bit weights).
+        np.testing.assert_allclose(y, batch @ weights[name], atol=0.05 * np.abs(y).max())
+
+
 def test_onnx_names_and_parameters(onnx_dir):
     assert TextEncoder(backend="onnx").name == "all-MiniLM-L6-v2@0.1.0/mean-layers+onnx-int8"
     assert TextEncoder(pooling="last", backend="onnx").name == "all-MiniLM-L6-v2@0.1.0+onnx-int8"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -173,3 +174,129 @@ def test_an_existing_model_keeps_its_recorded_backend(monkeypatch, tmp_path):
     (existing / "service.json").write_text(json.dumps({"encoder": {"kind": "identity"}}))
     seen = captured_serve(monkeypatch, ["--model", str(existing)])
     assert seen["encoder_params"] == {}  # feature vectors: no encoder threads to set
+
+
+# --- the parser: choices from the registries, head options checked against the head -----------------
+def help_text(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def offered(option: str, text: str) -> list[str] | None:
+    """The choices ``--help`` lists for ``option``, or None if the command lacks it."""
+    found = re.search(rf"{re.escape(option)} \{{([^}}]*)\}}", text)
+    return found.group(1).split(",") if found else None
+
+
+def test_every_command_offers_exactly_the_registered_heads_and_encoders(capsys):
+    from perennial.encoders import ENCODERS
+    from perennial.heads import HEADS
+
+    listed = re.search(r"\{([^}]*)\}", help_text(capsys))  # usage: perennial [-h] {...}
+    assert listed is not None
+    commands = listed.group(1).split(",")
+    assert commands == ["incremental", "fit", "openset", "bench", "serve"]
+    heads = {command: offered("--head", help_text(capsys, command)) for command in commands}
+    assert heads == {
+        "incremental": list(HEADS),
+        "fit": list(HEADS),
+        "openset": list(HEADS),
+        "bench": None,
+        "serve": list(HEADS),
+    }
+    encoders = {command: offered("--encoder", help_text(capsys, command)) for command in commands}
+    assert encoders == {
+        "incremental": ["auto", *ENCODERS],
+        "fit": ["auto", *ENCODERS],
+        "openset": ["auto", *ENCODERS],
+        "bench": None,
+        "serve": list(ENCODERS),
+    }
+
+
+@pytest.mark.parametrize("command", ["incremental", "fit", "openset", "serve"])
+@pytest.mark.parametrize("option", ["--head", "--encoder"])
+def test_an_unknown_head_or_encoder_is_refused_at_parse_time(command, option, capsys, monkeypatch):
+    import perennial.cli as cli
+
+    def never(args):  # the parser must refuse before any command starts
+        raise AssertionError("the command ran")
+
+    for name in ("cmd_incremental", "cmd_fit", "cmd_openset", "cmd_serve"):
+        monkeypatch.setattr(cli, name, never)
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--data", "clinc150", "--model", "m", option, "foo"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: invalid choice: 'foo'" in err
+    expected = ["ridge", "ridge-ensemble", "slda", "ncm"] if option == "--head" else ["identity"]
+    assert all(f"'{name}'" in err for name in expected)
+
+
+@pytest.mark.parametrize(
+    ("argv", "params"),
+    [
+        # The documented defaults of the experiments: 4096 random features, 2 members, GCV.
+        (["incremental", "--data", "x"], {"n_features": 4096, "seed": 0}),
+        (
+            ["fit", "--data", "x", "--model", "m", "--head", "ridge-ensemble", "--seed", "5"],
+            {"n_features": 4096, "n_members": 2, "seed": 5},
+        ),
+        (
+            ["openset", "--head", "ridge-ensemble", "--members", "3", "--ridge", "0.5"],
+            {"n_features": 4096, "n_members": 3, "ridge": 0.5, "seed": 0},
+        ),
+        (["incremental", "--data", "x", "--head", "ncm"], {}),
+        (["openset", "--head", "slda"], {}),
+        # A served model keeps the head's own defaults: only what was given is passed on.
+        (["serve", "--model", "m"], {}),
+        (["serve", "--model", "m", "--n-features", "128"], {"n_features": 128}),
+        (["serve", "--model", "m", "--head", "ridge-ensemble", "--members", "3"], {"n_members": 3}),
+    ],
+)
+def test_head_parameters_from_the_options(argv, params):
+    from perennial.cli import _head_params, build_parser
+
+    assert _head_params(build_parser().parse_args(argv)) == params
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["incremental", "--data", "clinc150", "--head", "ncm", "--members", "3"],
+            "--members 3 does not apply to the 'ncm' head; it applies to 'ridge-ensemble'",
+        ),
+        (
+            ["openset", "--head", "slda", "--n-features", "512"],
+            "--n-features 512 does not apply to the 'slda' head; "
+            "it applies to 'ridge' and 'ridge-ensemble'",
+        ),
+        (
+            ["serve", "--model", "m", "--head", "ridge", "--members", "2"],
+            "--members 2 does not apply to the 'ridge' head",
+        ),
+    ],
+)
+def test_a_head_option_the_head_does_not_take_exits_2(argv, message, capsys, tmp_path):
+    argv = [str(tmp_path / a) if a == "m" else a for a in argv]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()  # refused before anything was written
+
+
+def test_bench_checks_scenario_and_strategies_against_their_registries(capsys):
+    from perennial.scenarios import SCENARIO_NAMES
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--scenario", "split-mnst", "--strategies", "naive"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'split-mnst'" in err and all(name in err for name in SCENARIO_NAMES)
+    # Names are matched case-insensitively, as make_scenario does.
+    from perennial.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--scenario", "Split-MNIST", "--strategies", "er"])
+    assert (args.scenario, args.strategies) == ("split-mnist", ["er"])

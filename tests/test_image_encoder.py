@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -374,9 +373,10 @@ def test_pretrained_features_separate_mnist_digits(
     shuffled = ImageEncoder(image_size=64)
     shuffled._network = shuffled_net.eval()
     control = _ridge_accuracy(shuffled.encode(x_train), y_train, shuffled.encode(x_test), y_test)
-    print(f"\nMNIST 600/300 ridge accuracy: pretrained {pretrained:.3f}, shuffled {control:.3f}")
-    assert pretrained >= 0.80
-    assert pretrained - control >= 0.15
+    # Independent reference: the same architecture and the same numbers without ImageNet's
+    # arrangement. Pretrained features must reach 80% and beat it by at least 15 points.
+    assert pretrained >= 0.80, f"pretrained {pretrained:.3f}"
+    assert pretrained - control >= 0.15, f"pretrained {pretrained:.3f}, shuffled {control:.3f}"
 
 
 # -- bad input -----------------------------------------------------------------------------------
@@ -465,19 +465,3 @@ def test_importing_the_encoder_module_does_not_import_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
-
-
-# -- throughput (printed, not asserted) ----------------------------------------------------------
-
-
-@pytest.mark.parametrize("size", [224, 64])
-def test_report_throughput(size: int) -> None:
-    encoder = ImageEncoder(image_size=size, batch_size=32)
-    images = np.random.default_rng(4).integers(0, 256, (32, size, size, 3), dtype=np.uint8)
-    encoder.encode(images[:2])  # load the weights outside the timing
-    repeats = 2 if size == 224 else 4
-    start = time.perf_counter()
-    for _ in range(repeats):
-        encoder.encode(images)
-    elapsed = time.perf_counter() - start
-    print(f"\nimage_size {size}, batch 32: {repeats * 32 / elapsed:.1f} images/s")

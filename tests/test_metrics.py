@@ -538,21 +538,27 @@ def lifetime_peak_rss_bytes() -> int:
 
 @pytest.mark.skipif(not metrics.os.path.exists("/proc/self/statm"), reason="needs /proc")
 def test_resource_meter_sees_a_200_mb_peak_freed_inside_the_block():
+    outside = time.perf_counter()
     with ResourceMeter() as meter:
         block = np.ones(25_000_000)  # 200 MB, every page written
         time.sleep(0.05)
         del block
+    outside = time.perf_counter() - outside
     assert meter.memory_source == "statm"
     assert meter.peak_rss_increase_bytes > 150e6
     assert meter.peak_rss_bytes >= meter.peak_rss_increase_bytes + 10e6  # the interpreter itself
     assert meter.peak_rss_bytes <= lifetime_peak_rss_bytes() + 1e6  # the kernel's own peak
-    assert 0.05 <= meter.seconds < 2.0
+    assert 0.05 <= meter.seconds <= outside  # no wall-time budget: the suite may run niced
 
 
 def test_resource_meter_times_a_sleep_and_a_quiet_block_adds_no_memory():
+    # The reference is the same clock read around the block: a loaded or niced machine makes
+    # both longer, so the test states no wall-time budget.
+    outside = time.perf_counter()
     with ResourceMeter() as meter:
         time.sleep(0.2)
-    assert 0.2 <= meter.seconds < 0.6
+    outside = time.perf_counter() - outside
+    assert 0.2 <= meter.seconds <= outside
     assert 0 <= meter.peak_rss_increase_bytes < 20e6
 
 
@@ -574,9 +580,11 @@ def test_resource_meter_records_a_block_that_raises_and_can_be_reused():
         time.sleep(0.1)
         raise KeyError("boom")
     assert meter.seconds >= 0.1
+    outside = time.perf_counter()
     with meter:
         pass
-    assert meter.seconds < 0.09  # the second block's own time, not the first one's
+    outside = time.perf_counter() - outside
+    assert meter.seconds <= outside  # the second block's own time, not the first one's
     assert meter.peak_rss_increase_bytes >= 0
 
 

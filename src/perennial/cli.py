@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from collections.abc import Sequence
@@ -14,15 +15,50 @@ from perennial.exceptions import InvalidParameterError, PerennialError, Persiste
 __all__ = ["main"]
 
 
+#: Head options of the command line, by the constructor parameter each one sets.
+_HEAD_OPTIONS = {"n_features": "--n-features", "n_members": "--members", "ridge": "--ridge"}
+
+#: Encoder options of the command line, by the encoder kind that takes them.
+_ENCODER_OPTIONS = {"text": ("pooling", "backend"), "image": ("image_size",), "identity": ()}
+
+
+def _head_takes(name: str) -> frozenset[str]:
+    """The constructor parameters of the head registered as ``name``."""
+    from perennial.heads import HEADS
+
+    return frozenset(inspect.signature(HEADS[name]).parameters)
+
+
 def _head_params(args: argparse.Namespace) -> dict[str, Any]:
+    """Constructor parameters of the head named by ``--head``, from the head options.
+
+    An option given for a head that does not take it is an error; an option left out takes the
+    command's default (``args.head_defaults``) where the head takes it. ``--seed`` seeds the heads
+    that take a seed. Without ``--head`` (``perennial serve``) the options are checked against
+    the ridge head, a new model's default.
+    """
+    from perennial.heads import HEADS
+
+    name = args.head or "ridge"
+    takes = _head_takes(name)
     params: dict[str, Any] = {}
-    if args.head in ("ridge", "ridge-ensemble"):
-        params["n_features"] = args.n_features
-        params["seed"] = args.seed
-        if args.ridge is not None:
-            params["ridge"] = args.ridge
-    if args.head == "ridge-ensemble":
-        params["n_members"] = args.members
+    for param, option in _HEAD_OPTIONS.items():
+        value = getattr(args, param)
+        if value is None:
+            value = args.head_defaults.get(param)
+            if value is not None and param in takes:
+                params[param] = value
+        elif param in takes:
+            params[param] = value
+        else:
+            takers = [repr(head) for head in HEADS if param in _head_takes(head)]
+            raise InvalidParameterError(
+                f"{option} {value!r} does not apply to the {name!r} head; it applies to "
+                f"{' and '.join(takers) or 'no head'}"
+            )
+    seed = getattr(args, "seed", None)
+    if seed is not None and "seed" in takes:
+        params["seed"] = seed
     return params
 
 
@@ -32,12 +68,7 @@ def _encoder_for(args: argparse.Namespace, kind: str) -> Any:
     name = args.encoder
     if name == "auto":
         name = "image" if kind == "image" else "text"
-    params: dict[str, Any] = {}
-    if name == "image":
-        params["image_size"] = args.image_size
-    if name == "text":
-        params["pooling"] = args.pooling
-        params["backend"] = args.backend
+    params = {option: getattr(args, option) for option in _ENCODER_OPTIONS.get(name, ())}
     return make_encoder(name, **params)
 
 
@@ -47,12 +78,12 @@ def cmd_incremental(args: argparse.Namespace) -> int:
     from perennial.heads import make_head
     from perennial.protocols.incremental import format_summary, run_incremental
 
+    head = make_head(args.head, **_head_params(args))  # checked before any data is read
     dataset = load_dataset(
         args.data, test=args.test, test_fraction=args.test_fraction, seed=args.seed
     )
     kind = str(dataset.metadata.get("kind", "text"))
     encoder = _encoder_for(args, kind)
-    head = make_head(args.head, **_head_params(args))
     cache = None if args.no_cache else FeatureCache(args.cache_dir)
     result = run_incremental(
         dataset,
@@ -81,10 +112,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     # A CSV file is learned whole (given as its own test file, so nothing is held out); a named
     # data set contributes its training split.
     is_csv = str(args.data).strip().lower().endswith(".csv")
+    head = make_head(args.head, **_head_params(args))
     dataset = load_dataset(args.data, test=args.data if is_csv else None)
     train = dataset.train
     encoder = _encoder_for(args, str(dataset.metadata.get("kind", "text")))
-    head = make_head(args.head, **_head_params(args))
 
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -122,9 +153,9 @@ def cmd_openset(args: argparse.Namespace) -> int:
     from perennial.heads import make_head
     from perennial.protocols.openset import run_open_set
 
+    head = make_head(args.head, **_head_params(args))
     dataset = load_dataset(args.data)
     encoder = _encoder_for(args, str(dataset.metadata.get("kind", "text")))
-    head = make_head(args.head, **_head_params(args))
     result = run_open_set(
         dataset,
         encoder,
@@ -156,10 +187,10 @@ def cmd_openset(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from perennial.bench import aggregate, check_strategy_names, failures, run_benchmark
+    from perennial.bench import aggregate, failures, run_benchmark
     from perennial.report import format_table, write_report
 
-    strategies = check_strategy_names([s.strip() for s in args.strategies.split(",") if s.strip()])
+    strategies = args.strategies  # checked against the registry by the parser
     scenario_options: dict[str, Any] = {}
     for option in ("tasks", "classes_per_task", "examples_per_task", "data"):
         value = getattr(args, option)
@@ -224,10 +255,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from perennial.service.server import serve
 
     encoder_params: dict[str, Any] = {}
-    for option in ("pooling", "backend", "image_size"):
-        value = getattr(args, option)
-        if value is not None:
-            encoder_params[option] = value
+    for options in _ENCODER_OPTIONS.values():
+        for option in options:
+            value = getattr(args, option)
+            if value is not None:
+                encoder_params[option] = value
     if args.encoder in (None, "text") and args.backend is None and _is_new_model(args.model):
         # A new text model serves through the int8 ONNX backend: 2.4 times the texts per
         # second of torch for under 0.15 points of accuracy (benchmarks/RESULTS.md).
@@ -237,13 +269,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     elif _served_kind(args.model, args.encoder) in ("text", "image"):
         # One thread per forward pass leaves the other core to the background solver.
         encoder_params["num_threads"] = 1
-    head_params: dict[str, Any] = {}
-    if args.n_features is not None:
-        if args.head not in (None, "ridge", "ridge-ensemble"):
-            raise InvalidParameterError(
-                f"--n-features applies to the ridge heads, not {args.head!r}"
-            )
-        head_params["n_features"] = args.n_features
+    head_params = _head_params(args)
     limits = Limits(
         max_body_bytes=args.max_body_bytes,
         max_batch=args.max_batch,
@@ -312,7 +338,170 @@ def _write_text(path: str, text: str) -> None:
         raise PersistenceError(f"cannot write {path!r}: {error}") from error
 
 
+# --- option groups, each written once and shared through argparse parents -----------------------
+# Each function returns a fresh parser: argparse shares a parent's actions with its children, so a
+# parent built once and reused would carry one command's defaults into another.
+
+
+def _data_help() -> str:
+    from perennial.datasets import DATASET_NAMES
+
+    return f"{', '.join(DATASET_NAMES)}, or a text,category CSV"
+
+
+def _encoder_options(*, serving: bool = False) -> argparse.ArgumentParser:
+    """--encoder and the encoders' own options; ``serving``: only for a new model, no defaults."""
+    from perennial.encoders import ENCODERS
+    from perennial.encoders.text import BACKENDS, POOLINGS
+
+    group = argparse.ArgumentParser(add_help=False)
+    if serving:
+        group.add_argument(
+            "--encoder",
+            default=None,
+            choices=ENCODERS,
+            help="for a new model (default text); an existing model must have been written with it",
+        )
+    else:
+        group.add_argument(
+            "--encoder",
+            default="auto",
+            choices=("auto", *ENCODERS),
+            help="auto (the default): image for an image data set, else text",
+        )
+    group.add_argument(
+        "--pooling",
+        default=None if serving else "mean-layers",
+        choices=POOLINGS,
+        help="text encoder pooling: average of the six layers (mean-layers, the default), last "
+        "layer, or all six concatenated",
+    )
+    group.add_argument(
+        "--backend",
+        default=None if serving else "torch",
+        choices=BACKENDS,
+        help="text encoder runtime: torch (reference) or ONNX Runtime with int8 (onnx) or float32 "
+        "weights (default "
+        + ("onnx for a new model: int8, 2.4x the throughput)" if serving else "torch)"),
+    )
+    group.add_argument(
+        "--image-size",
+        type=int,
+        default=None if serving else 224,
+        help="image encoder input size (default 224)",
+    )
+    return group
+
+
+def _head_options(*, serving: bool = False) -> argparse.ArgumentParser:
+    """--head and its parameters (read by :func:`_head_params`); ``serving``: for a new model."""
+    from perennial.heads import HEADS
+
+    group = argparse.ArgumentParser(add_help=False)
+    group.add_argument(
+        "--head",
+        default=None if serving else "ridge",
+        choices=tuple(HEADS),
+        help="head of a new model (default ridge)" if serving else "default ridge",
+    )
+    group.add_argument(
+        "--members",
+        dest="n_members",
+        type=int,
+        default=None,
+        help="ridge heads in a ridge-ensemble (default 2)",
+    )
+    group.add_argument(
+        "--n-features",
+        type=int,
+        default=None,
+        help="random features of the ridge heads (default 4096)",
+    )
+    group.add_argument(
+        "--ridge", type=float, default=None, help="fixed ridge strength (default: GCV)"
+    )
+    # A serving model takes each head's own defaults; an experiment states the CLI's.
+    group.set_defaults(head_defaults={} if serving else {"n_features": 4096, "n_members": 2})
+    return group
+
+
+def _seed_option() -> argparse.ArgumentParser:
+    group = argparse.ArgumentParser(add_help=False)
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the class order, of a CSV's split and of the ridge heads' projections "
+        "(default 0)",
+    )
+    return group
+
+
+def _stream_options() -> argparse.ArgumentParser:
+    """Options of the commands that learn a data set class by class and print a summary."""
+    group = argparse.ArgumentParser(add_help=False)
+    group.add_argument("--step", type=int, default=10, help="classes per step (default 10)")
+    group.add_argument(
+        "--json", action="store_true", help="print one JSON object (progress to stderr)"
+    )
+    group.add_argument(
+        "--cache-dir",
+        default=None,
+        help="feature cache (default $PERENNIAL_CACHE or ~/.cache/perennial)",
+    )
+    group.add_argument("--no-cache", action="store_true", help="encode without the feature cache")
+    return group
+
+
+def _unknown_rate_option(*, serving: bool = False) -> argparse.ArgumentParser:
+    group = argparse.ArgumentParser(add_help=False)
+    group.add_argument(
+        "--unknown-rate",
+        type=float,
+        default=None if serving else 0.02,
+        help="open set: target share of in-scope inputs called unknown (default 0.02"
+        + ("; 0: off)" if serving else ")"),
+    )
+    return group
+
+
+def _cluster_options() -> argparse.ArgumentParser:
+    group = argparse.ArgumentParser(add_help=False)
+    where = group.add_mutually_exclusive_group()
+    where.add_argument(
+        "--scheduler",
+        default=None,
+        help="run on the Dask scheduler at this address (tcp://host:port)",
+    )
+    where.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="run on a local Dask cluster of this many processes",
+    )
+    return group
+
+
+def _registry_name(text: str) -> str:
+    """Registry names are matched case-insensitively, as :func:`make_scenario` does."""
+    return text.strip().lower()
+
+
+def _strategy_names(text: str) -> list[str]:
+    """``--strategies``: comma-separated names, checked against the strategies' registry."""
+    from perennial.bench import check_strategy_names
+
+    try:
+        return check_strategy_names([name.strip() for name in text.split(",") if name.strip()])
+    except InvalidParameterError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``perennial`` parser; choices come from the registries of heads, encoders, ..."""
+    from perennial.novelty import SCORES
+    from perennial.scenarios import SCENARIO_NAMES
+
     parser = argparse.ArgumentParser(
         prog="perennial", description="Lifelong learning with frozen encoders and exact heads."
     )
@@ -320,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     inc = commands.add_parser(
         "incremental",
+        parents=[_stream_options(), _seed_option(), _head_options(), _encoder_options()],
         help="class-incremental learning in steps, compared with joint training and SGD fine-tuning",
         description=(
             "Classes arrive in random order in steps; each is learned in a single pass. Prints the "
@@ -327,48 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
             "logistic regression and with a softmax head fine-tuned by SGD in the same order."
         ),
     )
-    inc.add_argument(
-        "--data",
-        required=True,
-        help="clinc150, banking77, mnist, cifar10, cifar100, or a text,category CSV",
-    )
+    inc.add_argument("--data", required=True, help=_data_help())
     inc.add_argument(
         "--test", default=None, help="test CSV for a CSV --data (else a stratified split)"
     )
-    inc.add_argument("--head", default="ridge", choices=["ridge", "ridge-ensemble", "slda", "ncm"])
-    inc.add_argument("--members", type=int, default=2, help="ridge heads in a ridge-ensemble")
-    inc.add_argument("--step", type=int, default=10, help="classes per step (default 10)")
-    inc.add_argument("--seed", type=int, default=0)
     inc.add_argument("--test-fraction", type=float, default=0.2, help="for a CSV without --test")
-    inc.add_argument(
-        "--json", action="store_true", help="print one JSON object (progress to stderr)"
-    )
-    inc.add_argument("--encoder", default="auto", choices=["auto", "text", "image", "identity"])
-    inc.add_argument(
-        "--n-features", type=int, default=4096, help="random features of the ridge head"
-    )
-    inc.add_argument(
-        "--ridge", type=float, default=None, help="fixed ridge strength (default: GCV)"
-    )
-    inc.add_argument(
-        "--pooling",
-        default="mean-layers",
-        choices=["mean-layers", "last", "layers"],
-        help="text encoder pooling: average of the six layers (default), last layer, or all six concatenated",
-    )
-    inc.add_argument(
-        "--backend",
-        default="torch",
-        choices=["torch", "onnx", "onnx-fp32"],
-        help="text encoder runtime: torch (reference) or ONNX Runtime with int8 weights",
-    )
-    inc.add_argument("--image-size", type=int, default=224, help="image encoder input size")
-    inc.add_argument(
-        "--cache-dir",
-        default=None,
-        help="feature cache (default $PERENNIAL_CACHE or ~/.cache/perennial)",
-    )
-    inc.add_argument("--no-cache", action="store_true", help="encode without the feature cache")
     inc.add_argument(
         "--no-baselines", action="store_true", help="skip joint LR and SGD fine-tuning"
     )
@@ -376,28 +529,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser(
         "fit",
+        parents=[_cluster_options(), _seed_option(), _head_options(), _encoder_options()],
         help="learn a data set on a Dask cluster (local or remote) and save the model",
         description=(
             "Cuts the training data into partitions; Dask workers encode and learn one each, and "
             "the statistics are added pairwise into one model, saved to --model only when "
             "everything succeeded. Without --scheduler, a local cluster of --workers processes "
-            "is started and closed afterwards."
+            "(default 2) is started and closed afterwards."
         ),
     )
     fit.add_argument(
-        "--data",
-        required=True,
-        help="clinc150, banking77, mnist, cifar10, cifar100 (train split), or a text,category "
-        "CSV (learned whole)",
+        "--data", required=True, help=f"{_data_help()} (named sets: their train split)"
     )
     fit.add_argument("--model", required=True, help="directory to save the model to")
-    where = fit.add_mutually_exclusive_group()
-    where.add_argument(
-        "--scheduler", default=None, help="address of a running Dask scheduler (tcp://host:port)"
-    )
-    where.add_argument(
-        "--workers", type=int, default=None, help="local worker processes to start (default 2)"
-    )
     fit.add_argument(
         "--partitions",
         type=int,
@@ -410,23 +554,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds to wait for the scheduler and a first worker (default 30)",
     )
-    fit.add_argument("--encoder", default="auto", choices=["auto", "text", "image", "identity"])
-    fit.add_argument("--head", default="ridge", choices=["ridge", "ridge-ensemble", "slda", "ncm"])
-    fit.add_argument("--members", type=int, default=2, help="ridge heads in a ridge-ensemble")
-    fit.add_argument(
-        "--n-features", type=int, default=4096, help="random features of the ridge head"
-    )
-    fit.add_argument(
-        "--ridge", type=float, default=None, help="fixed ridge strength (default: GCV)"
-    )
-    fit.add_argument("--seed", type=int, default=0, help="seed of the ridge head's projection")
-    fit.add_argument("--pooling", default="mean-layers", choices=["mean-layers", "last", "layers"])
-    fit.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-fp32"])
-    fit.add_argument("--image-size", type=int, default=224, help="image encoder input size")
     fit.set_defaults(handler=cmd_fit)
 
     openset = commands.add_parser(
         "openset",
+        parents=[
+            _stream_options(),
+            _seed_option(),
+            _unknown_rate_option(),
+            _head_options(),
+            _encoder_options(),
+        ],
         help="open-set recognition: in-scope accuracy and out-of-scope recall (CLINC150)",
         description=(
             "Learns the in-scope classes step by step, calibrating the unknown threshold from "
@@ -437,54 +575,38 @@ def build_parser() -> argparse.ArgumentParser:
     openset.add_argument("--data", default="clinc150", help="a data set with an oos split")
     openset.add_argument("--oos-split", default="oos_test", help="out-of-scope test split")
     openset.add_argument(
-        "--unknown-rate",
-        type=float,
-        default=0.02,
-        help="target share of in-scope queries called unknown (default 0.02)",
-    )
-    openset.add_argument(
         "--novelty-score",
         default="relative",
-        choices=["relative", "combined"],
+        choices=SCORES,
         help="relative Mahalanobis (default), or combined with per-class diagonal Gaussians",
     )
-    openset.add_argument("--step", type=int, default=10, help="classes per step")
-    openset.add_argument("--seed", type=int, default=0)
-    openset.add_argument("--json", action="store_true", help="print one JSON object")
-    openset.add_argument(
-        "--head", default="ridge", choices=["ridge", "ridge-ensemble", "slda", "ncm"]
-    )
-    openset.add_argument("--members", type=int, default=2, help="ridge heads in a ridge-ensemble")
-    openset.add_argument("--n-features", type=int, default=4096)
-    openset.add_argument("--ridge", type=float, default=None)
-    openset.add_argument("--encoder", default="auto", choices=["auto", "text", "image", "identity"])
-    openset.add_argument(
-        "--pooling", default="mean-layers", choices=["mean-layers", "last", "layers"]
-    )
-    openset.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-fp32"])
-    openset.add_argument("--image-size", type=int, default=224)
-    openset.add_argument("--cache-dir", default=None)
-    openset.add_argument("--no-cache", action="store_true")
     openset.set_defaults(handler=cmd_openset)
 
     bench = commands.add_parser(
         "bench",
+        parents=[_cluster_options()],
         help="continual-learning strategies side by side on a scenario, over seeds",
         description=(
             "Trains each strategy on the scenario's experiences in order, measures the accuracy "
             "matrix, and prints the mean and 90%% confidence interval over seeds of average "
-            "accuracy, forgetting, backward and forward transfer, training time and memory."
+            "accuracy, forgetting, backward and forward transfer, training time and memory. "
+            "With --scheduler or --workers the runs are spread over a Dask cluster."
         ),
     )
-    bench.add_argument("--scenario", required=True, help="scenario name, e.g. permuted-mnist")
+    bench.add_argument("--scenario", required=True, type=_registry_name, choices=SCENARIO_NAMES)
     bench.add_argument(
-        "--strategies", required=True, help="comma-separated strategy names, e.g. naive,ewc,er"
+        "--strategies",
+        required=True,
+        type=_strategy_names,
+        help="comma-separated strategy names, e.g. naive,ewc,er",
     )
     bench.add_argument("--seeds", type=int, default=1, help="seeds 0..K-1 (default 1)")
     bench.add_argument("--tasks", type=int, default=None, help="number of experiences")
     bench.add_argument("--classes-per-task", type=int, default=None)
     bench.add_argument("--examples-per-task", type=int, default=None)
-    bench.add_argument("--data", default=None, help="data set for class-/domain-incremental")
+    bench.add_argument(
+        "--data", default=None, help=f"for class-/domain-incremental: {_data_help()}"
+    )
     bench.add_argument("--epochs", type=int, default=None, help="epochs per experience")
     bench.add_argument("--batch-size", type=int, default=None)
     bench.add_argument("--lr", type=float, default=None, help="SGD learning rate")
@@ -493,13 +615,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-per-class", type=int, default=None, help="replay examples per class"
     )
     bench.add_argument("--threads", type=int, default=None, help="torch threads")
-    cluster = bench.add_mutually_exclusive_group()
-    cluster.add_argument(
-        "--scheduler", default=None, help="spread the runs over the Dask cluster at this address"
-    )
-    cluster.add_argument(
-        "--workers", type=int, default=None, help="spread the runs over a local Dask cluster"
-    )
     bench.add_argument(
         "--curves",
         action="store_true",
@@ -511,21 +626,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve",
+        parents=[
+            _unknown_rate_option(serving=True),
+            _head_options(serving=True),
+            _encoder_options(serving=True),
+        ],
         help="serve a model over HTTP: predict, learn while serving, review unknown inputs",
         description=(
             "Serves the model in --model (an empty directory starts a new model) with a JSON "
             "API; see /docs once running. Every learn, unlearn or forget is journaled and "
             "synced to disk before it is acknowledged. Without --keys no key is asked, so only "
-            "a loopback --host is allowed."
+            "a loopback --host is allowed. The head and encoder options apply to a new model; "
+            "an existing model must match those given."
         ),
     )
     serve.add_argument("--model", required=True, help="model directory (created if missing)")
-    serve.add_argument(
-        "--encoder",
-        default=None,
-        choices=["text", "image", "identity"],
-        help="for a new model (default text); an existing model must have been written with it",
-    )
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default loopback)"
     )
@@ -533,29 +648,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--keys", default=None, help="file of 'KEY ROLE' lines; roles: read (predict, list), write"
     )
-    serve.add_argument(
-        "--head",
-        default=None,
-        choices=["ridge", "ridge-ensemble", "slda", "ncm"],
-        help="head of a new model (default ridge)",
-    )
-    serve.add_argument(
-        "--n-features", type=int, default=None, help="ridge head width (default 4096)"
-    )
-    serve.add_argument(
-        "--unknown-rate",
-        type=float,
-        default=None,
-        help="open set: share of in-scope inputs called unknown (default 0.02; 0: off)",
-    )
-    serve.add_argument("--pooling", default=None, choices=["mean-layers", "last", "layers"])
-    serve.add_argument(
-        "--backend",
-        default=None,
-        choices=["torch", "onnx", "onnx-fp32"],
-        help="text encoder backend of a new model (default onnx: int8, 2.4x the throughput)",
-    )
-    serve.add_argument("--image-size", type=int, default=None)
     serve.add_argument(
         "--encoder-threads",
         type=int,

@@ -458,9 +458,58 @@ def test_a_young_model_answers_and_says_what_it_still_needs():
     assert row["label"] == "a" and row["novelty"] is None and not row["unknown"]
     assert model.open_set_status_.startswith("calibrating: novelty needs two")
     model.learn_one([0.0, 1.0, 0.0], "b")
-    assert model.predict_detailed([[0.0, 1.0, 0.1]])[0]["novelty"] is not None
-    assert model.open_set_status_.startswith("calibrating: the threshold needs held-out")
-    assert model.predict_one([0.0, 9.0, 0.0]) == "b"  # nothing flagged without a threshold
+    model.learn_one([0.0, 0.0, 1.0], "c")
+    assert model.open_set_status_.startswith("on (young model)")
+    near, far = model.predict_detailed([[0.1, 0.9, 0.0], [0.0, 6.0, -6.0]])
+    assert near["label"] == "b" and not near["unknown"]
+    assert far["label"] is None and far["unknown"]
+
+
+def young_reference(X, y, Q, shrinkage=0.5):
+    """Young-model novelty and threshold from the raw data, written out with numpy."""
+    labels = sorted(set(y), key=str)
+    y = np.asarray(y)
+    means = np.array([X[y == c].mean(axis=0) for c in labels])
+    overall = np.cov(X.T, bias=True)
+    d = X.shape[1]
+    P = np.linalg.inv((1 - shrinkage) * overall + shrinkage * np.trace(overall) / d * np.eye(d))
+    novelty = np.array([min((q - m) @ P @ (q - m) for m in means) for q in Q])
+    nearest = [
+        min((m - o) @ P @ (m - o) for j, o in enumerate(means) if j != i)
+        for i, m in enumerate(means)
+    ]
+    return novelty, float(np.median(nearest))
+
+
+@pytest.mark.parametrize("per_class", [1, 2, 3])
+def test_the_young_model_rule_matches_numpy(per_class):
+    X, y = blobs(51, k=5, n=per_class)
+    Q = np.random.default_rng(52).normal(0, 4, (12, 5)).astype(np.float32).astype(np.float64)
+    model = gated("relative")
+    for i in range(len(y)):  # one at a time: few held-out scores, so the model stays young
+        model.learn_one(X[i], y[i])
+    assert model.gate_.young() and len(model.gate_.scores_) < 20
+    novelty, threshold = young_reference(X, y, Q)
+    np.testing.assert_allclose(model.novelty_scores(Q), novelty, rtol=1e-8)
+    assert model.unknown_threshold_ == pytest.approx(threshold, rel=1e-8)
+    flagged = [row["unknown"] for row in model.predict_detailed(Q)]
+    assert flagged == list(novelty > threshold)
+
+
+def test_the_gate_grows_out_of_the_young_rule_at_twenty_held_out_scores():
+    X, y = blobs(53, k=4, n=12)
+    model = gated("relative", unknown_rate=0.05)
+    order = np.random.default_rng(54).permutation(len(y))
+    for i in order:
+        model.learn_one(X[i], y[i])
+        gate = model.gate_
+        if gate.young():
+            assert len(gate.scores_) < 20
+        else:
+            assert len(gate.scores_) >= 20
+            want = np.quantile(gate.scores_, 0.95)
+            assert model.unknown_threshold_ == pytest.approx(want, rel=1e-12)
+    assert not model.gate_.young() and model.open_set_status_ == "on"
 
 
 def test_learner_flags_unknown_inputs_and_keeps_it_through_save_and_load(tmp_path):

@@ -576,9 +576,12 @@ def build_parser() -> argparse.ArgumentParser:
     openset.add_argument("--oos-split", default="oos_test", help="out-of-scope test split")
     openset.add_argument(
         "--novelty-score",
-        default="relative",
-        choices=SCORES,
-        help="relative Mahalanobis (default), or combined with per-class diagonal Gaussians",
+        default="auto",
+        choices=("auto", *SCORES),
+        help=(
+            "auto (default): combined for text embeddings, relative otherwise; relative "
+            "Mahalanobis; or combined with per-class diagonal Gaussians"
+        ),
     )
     openset.set_defaults(handler=cmd_openset)
 

@@ -280,7 +280,7 @@ class LifelongClassifier:
             plan = open_set.plan(
                 [(f, c) for (f, _), c in zip(batches, pieces, strict=True)], len(new)
             )
-        head.learn_many(features, labels)
+        head._learn_checked(features, labels)  # checked above, by _features and check_labels
         if open_set is not None and plan is not None:
             open_set.commit(plan)
 

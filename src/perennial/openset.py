@@ -25,9 +25,11 @@ examples earlier (``c_d`` grows with the width, up to 64), so learning one examp
 ``O(d^2)`` rather than ``O(d^3)``. Only calibration scores depend on this; the statistics and every
 prediction are exact.
 
-**Young models.** Novelty needs two classes; the threshold needs held-out scores. Until then
-the gate answers "not unknown" with ``novelty`` None, and says which is missing
-(:meth:`status`).
+**Young models.** Novelty needs two classes. Until the reservoir holds 20 held-out scores,
+the gate decides by a rule that needs no calibration: an input is unknown when it is farther
+from every learned class than the classes typically are from each other (see
+:meth:`OpenSetGate.threshold`). With one class the gate answers "not unknown" with ``novelty``
+None, and :meth:`OpenSetGate.status` says what is missing.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ FloatArray = NDArray[np.float64]
 Batch = tuple[FloatArray, NDArray[np.intp]]
 
 _STALE_FRACTION = 8  # a held-out score may use a covariance factored n / 8 examples earlier
+YOUNG_SCORES = 20  # held-out scores the reservoir needs before its quantile sets the threshold
 
 
 @dataclass
@@ -306,13 +309,52 @@ class OpenSetGate:
             stats.n,
         )
 
+    def young(self) -> bool:
+        """Whether the gate still decides by the young-model rule (see :meth:`threshold`)."""
+        return len(self.scores_) < YOUNG_SCORES and self.threshold_override_ is None
+
+    def _young_parts(self) -> tuple[_Factors, FloatArray]:
+        """The overall covariance factor and the class means whitened by it."""
+        stats = self.statistics_
+        assert stats is not None
+        factors = self._current_factors()
+        known = stats.counts > 0
+        means = stats.sums[known] / stats.counts[known][:, None]
+        return factors, whiten(factors.overall, means)
+
+    def young_novelty(self, X: FloatArray) -> FloatArray:
+        """Squared distance to the nearest class mean, whitened by the overall covariance."""
+        factors, white_means = self._young_parts()
+        Z = whiten(factors.overall, X)
+        distances: FloatArray = (
+            np.sum(Z * Z, axis=1)[:, None]
+            - 2.0 * Z @ white_means.T
+            + np.sum(white_means**2, axis=1)
+        ).min(axis=1)
+        return distances
+
+    def young_threshold(self) -> float:
+        """The median over classes of the squared distance to the nearest other class mean."""
+        _, white_means = self._young_parts()
+        squared = np.sum(white_means**2, axis=1)
+        gaps = squared[:, None] - 2.0 * white_means @ white_means.T + squared[None, :]
+        np.fill_diagonal(gaps, np.inf)
+        return float(np.median(gaps.min(axis=1)))
+
     def novelty(self, X: FloatArray) -> FloatArray:
-        """Novelty of each row of validated features (higher: less like anything learned)."""
+        """Novelty of each row of validated features (higher: less like anything learned).
+
+        While the gate is young (:meth:`young`), the young-model score; then the gate's score.
+        """
+        if self.young():
+            if not self.can_score():
+                raise NotFittedError("novelty needs at least two learned classes")
+            return self.young_novelty(X)
         return self.combine(*self.novelty_terms(X))
 
     # --- the decision -----------------------------------------------------------------------------
     def calibration_scores(self) -> FloatArray:
-        """The reservoir's held-out in-scope scores, on the scale of :meth:`novelty`."""
+        """The reservoir's held-out in-scope scores, on the scale of the gate's score."""
         if self.diag_scores_ is not None:
             return self.combine(self.scores_, self.diag_scores_)
         return self.scores_.copy()
@@ -320,24 +362,31 @@ class OpenSetGate:
     def threshold(self, rejection_rate: float | None) -> float | None:
         """The novelty above which an input is unknown, or None while there is none.
 
-        A threshold set by :meth:`tune` wins; otherwise it is the ``1 - rate`` quantile of the
-        reservoir, None while the reservoir is empty or no rate is asked for.
+        A threshold set by :meth:`tune` wins. Otherwise, once the reservoir holds
+        ``YOUNG_SCORES`` (20) held-out scores, it is their ``1 - rate`` quantile. Before that (a
+        young model: a few examples per class) an input is unknown when it is farther from every
+        learned class than the classes typically are from each other: the threshold is the median
+        over classes of the squared distance from a class mean to the nearest other class mean,
+        both under the overall covariance (:meth:`young_novelty`); it needs two classes. None
+        while no rate is asked for or fewer than two classes are learned.
         """
         if self.threshold_override_ is not None:
             return self.threshold_override_
-        if rejection_rate is None or len(self.scores_) == 0:
+        if rejection_rate is None or not self.can_score():
             return None
         check_fraction("rejection_rate", rejection_rate)
+        if self.young():
+            return self.young_threshold()
         return float(np.quantile(self.calibration_scores(), 1.0 - rejection_rate))
 
     def status(self) -> str:
-        """``"on"`` (scores and a threshold), or what is still missing."""
+        """``"on"``, ``"on (young model): ..."``, or ``"calibrating: ..."`` saying what is missing."""
         if not self.can_score():
             return "calibrating: novelty needs two learned classes"
-        if len(self.scores_) == 0 and self.threshold_override_ is None:
+        if self.young():
             return (
-                "calibrating: the threshold needs held-out scores, which come from examples of "
-                "classes that already have two (or from the second half of a batch of a new class)"
+                f"on (young model): fewer than {YOUNG_SCORES} held-out scores, so an input is "
+                "unknown when it is farther from every class than the classes are from each other"
             )
         return "on"
 
@@ -347,8 +396,12 @@ class OpenSetGate:
         Chooses the threshold that maximises the mean of the out-of-scope recall and the
         in-scope acceptance rate; ``inside`` defaults to the reservoir's scores.
         """
-        out_scores = self.novelty(outside)
-        in_scores = self.calibration_scores() if inside is None else self.novelty(inside)
+        out_scores = self.combine(*self.novelty_terms(outside))
+        in_scores = (
+            self.calibration_scores()
+            if inside is None
+            else self.combine(*self.novelty_terms(inside))
+        )
         if len(in_scores) == 0:
             raise NotFittedError("no in-scope scores to tune against; pass in-scope examples")
         candidates = np.unique(np.concatenate([in_scores, out_scores]))

@@ -158,7 +158,14 @@ class Head(ABC):
     def learn_many(self, X: Any, y: Any) -> None:
         """Learn a batch, whole or not at all: on any error the head is unchanged."""
         features = check_features(X, self.dim_)
-        labels = check_labels(y, features.shape[0])
+        self._learn_checked(features, check_labels(y, features.shape[0]))
+
+    def _learn_checked(self, features: FloatArray, labels: Sequence[Label]) -> None:
+        """:meth:`learn_many` for features and labels that passed its checks already.
+
+        ``LifelongClassifier`` checks a batch once and comes in here, so the head does not check
+        it a second time.
+        """
         columns, new = self.columns_for(labels)
         first = self.dim_ is None
         if first:

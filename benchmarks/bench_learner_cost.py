@@ -25,6 +25,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -66,14 +67,12 @@ def compare_heads(dim: int, warm: int, repeats: int, classes: int) -> list[tuple
             for k in range(count):
                 batch = unit_rows(rng, size, dim)
                 labels = [f"c{(k * size + j) % classes}" for j in range(size)]
-                if size == 1:
-                    times["alone"].append(timed(lambda: alone.learn_one(batch[0], labels[0])))
-                    times["closed"].append(timed(lambda: closed.learn_one(batch[0], labels[0])))
-                    times["open"].append(timed(lambda: opened.learn_one(batch[0], labels[0])))
-                else:
-                    times["alone"].append(timed(lambda: alone.learn_many(batch, labels)))
-                    times["closed"].append(timed(lambda: closed.learn_many(batch, labels)))
-                    times["open"].append(timed(lambda: opened.learn_many(batch, labels)))
+                targets = {"alone": alone, "closed": closed, "open": opened}
+                for key, target in targets.items():
+                    if size == 1:
+                        times[key].append(timed(partial(target.learn_one, batch[0], labels[0])))
+                    else:
+                        times[key].append(timed(partial(target.learn_many, batch, labels)))
             per = {key: 1e3 * statistics.median(value) / size for key, value in times.items()}
             rows.append(
                 (

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -28,7 +29,7 @@ from perennial.exceptions import (
     UnknownLabelError,
 )
 
-__all__ = ["Head", "Label", "check_features", "check_labels"]
+__all__ = ["Head", "Label", "check_features", "check_labels", "check_unlearnable"]
 
 Label = str | int
 FloatArray = NDArray[np.float64]
@@ -104,6 +105,40 @@ def check_labels(y: Any, n: int) -> list[Label]:
     if len(labels) != n:
         raise LabelLengthError(f"got {n} inputs but {len(labels)} labels; they must match")
     return labels
+
+
+def check_unlearnable(
+    labels: Sequence[Any], counts: Mapping[Any, int], owner: str = "the model"
+) -> None:
+    """Refuse to unlearn a label that is not known, or more examples of a class than it counted.
+
+    The one check behind every unlearn (heads, learner, service): nothing of the learned
+    examples is kept, so this is all that can be checked before their statistics are
+    subtracted.
+
+    Examples
+    --------
+    >>> check_unlearnable(["a", "a"], {"a": 1})
+    Traceback (most recent call last):
+    ...
+    perennial.exceptions.InvalidInputError: cannot unlearn more examples of a class than the model learned: 2 examples of 'a', which has counted 1
+    """
+    unknown = [label for label in dict.fromkeys(labels) if label not in counts]
+    if unknown:
+        raise UnknownLabelError(
+            f"cannot unlearn examples of {', '.join(map(repr, unknown))}: {owner} knows "
+            f"{len(counts)} classes and not " + ("this one" if len(unknown) == 1 else "these")
+        )
+    removed = Counter(labels)
+    too_many = [
+        f"{n} examples of {label!r}, which has counted {counts[label]}"
+        for label, n in removed.items()
+        if n > counts[label]
+    ]
+    if too_many:
+        raise InvalidInputError(
+            f"cannot unlearn more examples of a class than {owner} learned: " + "; ".join(too_many)
+        )
 
 
 class Head(ABC):
@@ -308,25 +343,10 @@ class Head(ABC):
 
         Raises the errors :meth:`unlearn_many` documents; changes nothing.
         """
-        unknown = [label for label in dict.fromkeys(labels) if label not in self._index]
-        if unknown:
-            raise UnknownLabelError(
-                f"cannot unlearn examples of {', '.join(map(repr, unknown))}: the head knows "
-                f"{len(self.classes_)} classes and not "
-                + ("this one" if len(unknown) == 1 else "these")
-            )
+        counts = self._class_counts()
+        check_unlearnable(labels, dict(zip(self.classes_, counts.tolist(), strict=True)))
         columns = np.asarray([self._index[label] for label in labels], dtype=np.intp)
         removed = np.bincount(columns, minlength=len(self.classes_))
-        counts = self._class_counts()
-        too_many = np.flatnonzero(removed > counts)
-        if too_many.size:
-            details = "; ".join(
-                f"{removed[i]} examples of {self.classes_[i]!r}, which has counted {counts[i]}"
-                for i in too_many
-            )
-            raise InvalidInputError(
-                f"cannot unlearn more examples of a class than the head learned: {details}"
-            )
         # Only the classes this batch empties are dropped.
         kept = np.flatnonzero((removed == 0) | (removed < counts)).astype(np.intp)
         return columns, kept

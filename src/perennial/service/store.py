@@ -56,7 +56,7 @@ from perennial.exceptions import (
     UnknownLabelError,
 )
 from perennial.heads import make_head
-from perennial.heads.base import check_features, check_labels
+from perennial.heads.base import check_features, check_labels, check_unlearnable
 from perennial.persistence import atomic_write_bytes
 from perennial.service.journal import Journal, Record, check_sequence
 from perennial.service.refresher import (
@@ -469,7 +469,7 @@ class ModelStore:
                     f"expected {self._dim} features per example, got {array.shape[1]}"
                 )
             if operation == "unlearn":
-                self._check_unlearn(names)
+                check_unlearnable(names, self._ledger)
             record = Record(self._version + 1, operation, tuple(names), array)
             self._commit(record)
             if operation == "learn":
@@ -482,27 +482,6 @@ class ModelStore:
                 for name in [name for name, count in self._ledger.items() if count == 0]:
                     del self._ledger[name]
             return record.version
-
-    def _check_unlearn(self, names: list[str]) -> None:
-        unknown = [name for name in dict.fromkeys(names) if name not in self._ledger]
-        if unknown:
-            raise UnknownLabelError(
-                f"cannot unlearn examples of {', '.join(map(repr, unknown))}: the model has no "
-                f"such class (it has {len(self._ledger)} classes)"
-            )
-        removed: dict[str, int] = {}
-        for name in names:
-            removed[name] = removed.get(name, 0) + 1
-        too_many = [
-            f"{n} examples of {name!r}, which has counted {self._ledger[name]}"
-            for name, n in removed.items()
-            if n > self._ledger[name]
-        ]
-        if too_many:
-            raise InvalidInputError(
-                "cannot unlearn more examples of a class than the model learned: "
-                + "; ".join(too_many)
-            )
 
     def _commit(self, record: Record) -> None:
         """Journal ``record`` durably, then hand it to the refresher (write lock held)."""

@@ -634,12 +634,23 @@ def test_novelty_is_null_until_the_threshold_is_calibrated(tmp_path: Path) -> No
     running = Server(tmp_path / "model", *ARGS).start()
     try:
         client = running.client()
-        X = np.eye(DIM)[:2] * 3.0  # one example per class: no calibration score yet
-        body = ok(client.post("/v1/learn", json={"inputs": X.tolist(), "labels": ["p", "q"]}))
+        X = np.eye(DIM)[:3] * 3.0
+        body = ok(client.post("/v1/learn", json={"inputs": X[:1].tolist(), "labels": ["p"]}))
         query = {"inputs": [X[0].tolist()], "min_version": body["version"]}
         prediction = ok(client.post("/v1/predict", json=query))["predictions"][0]
-        assert ok(client.get("/v1/model"))["open_set"]["state"] == "calibrating"
+        open_set = ok(client.get("/v1/model"))["open_set"]
+        assert open_set["state"] == "calibrating"  # one class: no novelty is defined
+        assert open_set["status"].startswith("calibrating: novelty needs two")
         assert prediction["label"] == "p" and prediction["unknown"] is False
         assert prediction["novelty"] is None
+        # Two classes of one example: the young-model rule answers, with no held-out score yet.
+        body = ok(client.post("/v1/learn", json={"inputs": X[1:3].tolist(), "labels": ["q", "r"]}))
+        far = (np.ones(DIM) * -6.0).tolist()
+        query = {"inputs": [X[0].tolist(), far], "min_version": body["version"]}
+        near_row, far_row = ok(client.post("/v1/predict", json=query))["predictions"]
+        open_set = ok(client.get("/v1/model"))["open_set"]
+        assert open_set["state"] == "on" and open_set["status"].startswith("on (young model)")
+        assert near_row["label"] == "p" and near_row["unknown"] is False
+        assert far_row["unknown"] is True and far_row["novelty"] > open_set["threshold"]
     finally:
         running.stop()

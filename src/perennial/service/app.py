@@ -873,6 +873,7 @@ def create_app(
             "state_bytes": served.state_bytes,
             "open_set": {
                 "state": served.open_set,
+                "status": served.open_set_status,
                 "unknown_rate": served.unknown_rate,
                 "threshold": served.threshold,
             },

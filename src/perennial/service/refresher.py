@@ -101,6 +101,7 @@ class ServedModel:
     threshold: float | None = None
     open_set: str = "off"
     unknown_rate: float | None = None
+    open_set_status: str = "off"
     solve_seconds: float = 0.0
     published: float = field(default_factory=time.time)
 
@@ -270,6 +271,9 @@ class Refresher:
             state_bytes=self._state_bytes,
             threshold=threshold,
             open_set=state,
+            open_set_status=model.open_set_status_
+            if self.open_set_missing is None
+            else f"unavailable: {self.open_set_missing}",
             unknown_rate=model.unknown_rate,
             solve_seconds=solve_seconds,
         )

@@ -3,7 +3,9 @@
 Run at that commit from the repository root (it is kept to show how the fixture was made):
 PYTHONPATH=src python tests/data/ridge-v1/make_fixture.py
 """
+
 import numpy as np
+
 from perennial.heads import HEADS, RidgeEnsembleHead, RidgeHead
 from perennial.persistence import write_model_files
 

@@ -399,16 +399,16 @@ def closed_form_scores(head: RidgeHead, X, y, X_eval, lam):
     return np.maximum(X_eval @ R, 0) @ np.linalg.solve(G + lam * np.eye(head.n_features), C)
 
 
-@pytest.mark.parametrize("n_features", [40, 512])  # 80 examples: primal with 40, dual with 512
+@pytest.mark.parametrize("n_features", [24, 128])  # 32 examples: primal with 24, dual with 128
 def test_ridge_strength_is_chosen_at_rebuilds_and_pending_updates_are_exact(n_features):
-    X, y = blobs(12, per_class=20)
+    X, y = blobs(12, per_class=8)
     head = RidgeHead(n_features=n_features, max_pending=10)
-    head.learn_many(X[:70], y[:70])
-    head.decision_scores(X[:1])  # the rebuild: lam chosen from these 70 examples
-    assert head.form_ == ("dual" if n_features == 512 else "primal")
+    head.learn_many(X[:24], y[:24])
+    head.decision_scores(X[:1])  # the rebuild: lam chosen from these 24 examples
+    assert head.form_ == ("dual" if n_features == 128 else "primal")
     chosen = head.ridge_
-    assert chosen == pytest.approx(gcv_reference(head, X[:70], y[:70]), rel=1e-12)
-    for i in range(70, 80):  # ten pending examples, predicting after each
+    assert chosen == pytest.approx(gcv_reference(head, X[:24], y[:24]), rel=1e-12)
+    for i in range(24, 32):  # eight pending examples, predicting after each
         head.learn_one(X[i], y[i])
         assert head.ridge_ == chosen
         expected = closed_form_scores(head, X[: i + 1], y[: i + 1], X[:5], chosen)

@@ -250,7 +250,9 @@ class Head(ABC):
         Nothing of the learned examples was kept, so the caller supplies them again and the head
         cannot tell whether they are the ones it learned. What it checks is that every label is
         known and that no class loses more examples than it counted; examples that pass this check
-        but were never learned are subtracted all the same and silently corrupt the model.
+        but were never learned are subtracted all the same and silently corrupt the model
+        (except in a :class:`~perennial.heads.RidgeHead` still in its dual form, which holds its
+        examples and refuses one it does not hold).
 
         The batch is checked whole before anything changes: on any error the head is unchanged.
 

@@ -200,10 +200,15 @@ class RidgeHead(Head):
             self._eigen: tuple[FloatArray, FloatArray] | None = None  # (s, V) of G at the base
             self._pending: list[FloatArray] = []  # V^T h of examples since the base, (M, k) each
             self._rotated_targets: FloatArray | None = None  # V^T C
+            # With P the pending V^T h and D = (s + lam)^-1, all at the fixed lam: D P, the lower
+            # Cholesky factor of S = I + P^T D P, and P^T D V^T C; each grows with the pending.
+            self._scaled_pending: FloatArray | None = None
+            self._capacitance: FloatArray | None = None
+            self._pending_cross: FloatArray | None = None
             self._lambda: float | None = None  # chosen with the base; kept for pending updates
             self._dual: _DualSolution | None = None
         self._weights: FloatArray | None = None  # W, formed lazily
-        self._rotated_weights: FloatArray | None = None  # V^T W (primal)
+        self._pending_solved: FloatArray | None = None  # S^-1 P^T D V^T C (primal)
         self._alpha: FloatArray | None = None  # (K + lam I)^-1 Y (dual)
         self._small_rows = 0  # rows predicted without forming W since the last solution
 
@@ -346,6 +351,7 @@ class RidgeHead(Head):
             rotated_targets = (
                 np.hstack([self._rotated_targets, np.zeros((self.n_features, n_new))]) + rotated @ Y
             )
+            pending_state = self._pending_appended(rotated, Y, rotated_targets)
         # Commit.
         _add_gram(self.gram_, H_f)
         for _ in range(n_new):
@@ -358,9 +364,49 @@ class RidgeHead(Head):
         if keep_eigen:
             self._pending.append(rotated)
             self._rotated_targets = rotated_targets
+            self._scaled_pending, self._capacitance, self._pending_cross = pending_state
             self._invalidate(eigen=False)  # lam stays: it was chosen with the base
         else:
             self._invalidate(eigen=True)
+
+    def _pending_appended(
+        self, rotated: FloatArray, Y: FloatArray, rotated_targets: FloatArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """``D P``, the factor of ``S`` and ``P^T D V^T C`` with the rows ``rotated`` pending too.
+
+        ``rotated_targets`` is ``V^T C`` with the new examples; ``Y`` their one-hot targets. At a
+        fixed ``lam``, ``S`` grows by a block row (``O(M r k)``) instead of being formed again.
+        """
+        assert self._eigen is not None and self._lambda is not None
+        assert self._scaled_pending is not None and self._capacitance is not None
+        assert self._pending_cross is not None
+        inverse_diagonal = 1.0 / (self._eigen[0] + self._lambda)
+        scaled = inverse_diagonal[:, None] * rotated  # D p
+        old_cross = self._scaled_pending.T @ rotated  # P_old^T D p
+        n_new = rotated_targets.shape[1] - self._pending_cross.shape[1]
+        cross = (
+            np.hstack([self._pending_cross, np.zeros((self._pending_cross.shape[0], n_new))])
+            + old_cross @ Y
+        )  # P_old^T D (V^T C + p Y)
+        r, k = old_cross.shape
+        if r:
+            below = scipy.linalg.solve_triangular(
+                self._capacitance, old_cross, lower=True, check_finite=False
+            )
+        else:
+            below = np.zeros((0, k))
+        corner = scipy.linalg.cholesky(
+            np.eye(k) + rotated.T @ scaled - below.T @ below, lower=True, check_finite=False
+        )
+        factor = np.zeros((r + k, r + k))
+        factor[:r, :r] = self._capacitance
+        factor[r:, :r] = below.T
+        factor[r:, r:] = corner
+        return (
+            np.hstack([self._scaled_pending, scaled]),
+            factor,
+            np.vstack([cross, scaled.T @ rotated_targets]),
+        )
 
     def _unlearn(self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]) -> None:
         self._refuse_if_read_only("unlearn")
@@ -536,6 +582,8 @@ class RidgeHead(Head):
         self._invalidate(eigen=False)
         if self._rotated_targets is not None:
             self._rotated_targets = np.delete(self._rotated_targets, index, axis=1)
+            assert self._pending_cross is not None
+            self._pending_cross = np.delete(self._pending_cross, index, axis=1)
             if not self._pending:  # lam is chosen again from the decomposition alone (cheap)
                 assert self._eigen is not None
                 self._lambda = self._choose_ridge(self._eigen[0], self._rotated_targets)
@@ -563,9 +611,12 @@ class RidgeHead(Head):
                 cache = self._dual_solution()
                 self._weights = cache.expanded[: cache.n].T @ self._dual_alpha()
             else:
-                _, V = self._eigen_solution()
-                assert self._rotated_weights is not None
-                self._weights = V @ self._rotated_weights
+                s, V = self._eigen_solution()
+                assert self._rotated_targets is not None and self._scaled_pending is not None
+                assert self._lambda is not None
+                rotated_weights = (1.0 / (s + self._lambda))[:, None] * self._rotated_targets
+                rotated_weights -= self._scaled_pending @ self._solved_pending()
+                self._weights = V @ rotated_weights
         return self._weights
 
     def _choose_ridge(self, s: FloatArray, rotated: FloatArray) -> float:
@@ -617,10 +668,8 @@ class RidgeHead(Head):
         return best_lam
 
     def _eigen_solution(self) -> tuple[FloatArray, FloatArray]:
-        """Make ``V^T W`` current (re-decomposing ``G`` if needed); returns ``(s, V)``."""
+        """The decomposition ``(s, V)`` of ``G`` at the base, taken now if there is none."""
         assert self.gram_ is not None and self.targets_ is not None
-        if self._rotated_weights is not None and self._eigen is not None:
-            return self._eigen
         if self._eigen is None:
             s, V = scipy.linalg.eigh(self.gram_, lower=False, check_finite=False, driver="evd")
             s = np.maximum(s, 0.0)
@@ -629,13 +678,25 @@ class RidgeHead(Head):
             self._eigen = (s, np.asfortranarray(V))
             self._pending = []
             self._rotated_targets = rotated_targets
+            self._scaled_pending = np.zeros((self.n_features, 0))
+            self._capacitance = np.zeros((0, 0))
+            self._pending_cross = np.zeros((0, rotated_targets.shape[1]))
             self._lambda = lam
-        s, V = self._eigen
-        assert self._rotated_targets is not None and self._lambda is not None
-        pending = np.hstack(self._pending) if self._pending else None
-        self._rotated_weights = _rotated_solution(s, pending, self._rotated_targets, self._lambda)
-        self._small_rows = 0
-        return s, V
+            self._small_rows = 0
+        return self._eigen
+
+    def _solved_pending(self) -> FloatArray:
+        """``S^-1 P^T D V^T C``: with it, ``V^T W = D V^T C - D P S^-1 P^T D V^T C`` (Woodbury)."""
+        if self._pending_solved is None:
+            assert self._capacitance is not None and self._pending_cross is not None
+            self._pending_solved = (
+                scipy.linalg.cho_solve(
+                    (self._capacitance, True), self._pending_cross, check_finite=False
+                )
+                if self._capacitance.shape[0]
+                else self._pending_cross
+            )
+        return self._pending_solved
 
     def _dual_solution(self) -> _DualSolution:
         """The dual cache, rebuilt from the stored rows if needed (``lam`` chosen then)."""
@@ -716,12 +777,15 @@ class RidgeHead(Head):
                 dual_scores: FloatArray = solved.T @ cache.half
                 return dual_scores
         elif self._weights is None:
-            _, V = self._eigen_solution()
+            s, V = self._eigen_solution()
             # Forming W = V (V^T W) costs M^2 K; a few rows are cheaper through V directly.
             if self._small_rows + H.shape[0] < max(n_classes // 4, 1):
                 self._small_rows += H.shape[0]
-                assert self._rotated_weights is not None
-                scores: FloatArray = (H @ V) @ self._rotated_weights
+                assert self._rotated_targets is not None and self._scaled_pending is not None
+                assert self._lambda is not None
+                rotated = H @ V
+                scores: FloatArray = (rotated / (s + self._lambda)) @ self._rotated_targets
+                scores -= (rotated @ self._scaled_pending) @ self._solved_pending()
                 return scores
         return H @ self._solve()
 
@@ -881,23 +945,3 @@ def _symmetric(upper: FloatArray) -> FloatArray:
     full = np.triu(upper)
     full += np.triu(upper, 1).T
     return full
-
-
-def _rotated_solution(
-    s: FloatArray, pending: FloatArray | None, rotated_targets: FloatArray, lam: float
-) -> FloatArray:
-    """``V^T (G + lam I)^-1 C`` with ``G = V diag(s) V^T + V P P^T V^T``.
-
-    The pending examples enter through the Woodbury identity, so the cost is linear in ``M`` for
-    a fixed number of pending examples.
-    """
-    inverse_diagonal = 1.0 / (s + lam)
-    scaled_targets: FloatArray = inverse_diagonal[:, None] * rotated_targets
-    if pending is None or pending.shape[1] == 0:
-        return scaled_targets
-    scaled_pending = inverse_diagonal[:, None] * pending
-    capacitance = np.eye(pending.shape[1]) + pending.T @ scaled_pending
-    factor = scipy.linalg.cho_factor(capacitance, lower=True, check_finite=False)
-    correction = scipy.linalg.cho_solve(factor, pending.T @ scaled_targets, check_finite=False)
-    weights: FloatArray = scaled_targets - scaled_pending @ correction
-    return weights

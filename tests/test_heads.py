@@ -578,3 +578,18 @@ def test_ridge_prediction_copy_predicts_alike_and_refuses_to_learn(factory):
     scores = frozen.decision_scores(X)
     head.learn_many(X[:5], y[:5])  # the original goes on; the copy does not move
     np.testing.assert_array_equal(frozen.decision_scores(X), scores)
+
+
+def test_ridge_predict_then_learn_the_same_example_matches_the_closed_form():
+    # With 8 classes a single row is answered through V without forming W, and learning that
+    # very row next reuses its projection: the result must still be the closed form.
+    X, y = blobs(19, n_classes=8, per_class=4)
+    head = RidgeHead(n_features=24, ridge=0.3, max_pending=10)
+    head.learn_many(X[:24], y[:24])
+    head.decision_scores(X[:1])
+    for i in range(24, 32):
+        head.decision_scores(X[i : i + 1])
+        head.learn_one(X[i], y[i])
+    assert len(head._pending) == 8  # every one went through the pending updates
+    expected = closed_form_scores(head, X, y, X, 0.3)
+    assert relative_gap(head.decision_scores(X), expected) < 1e-9

@@ -211,6 +211,7 @@ class RidgeHead(Head):
         self._pending_solved: FloatArray | None = None  # S^-1 P^T D V^T C (primal)
         self._alpha: FloatArray | None = None  # (K + lam I)^-1 Y (dual)
         self._small_rows = 0  # rows predicted without forming W since the last solution
+        self._last_rotated: tuple[FloatArray, FloatArray] | None = None  # (X, H V) of them
 
     def _make_projection(self, dim: int) -> FloatArray:
         return np.random.default_rng(self.seed).standard_normal((dim, self.n_features))
@@ -347,7 +348,11 @@ class RidgeHead(Head):
         )
         if keep_eigen:
             assert self._eigen is not None and self._rotated_targets is not None
-            rotated = self._eigen[1].T @ H.T
+            last = self._last_rotated
+            if last is not None and last[0].shape == X.shape and np.array_equal(last[0], X):
+                rotated = last[1].T  # just predicted: V^T h is known (predict, then learn it)
+            else:
+                rotated = self._eigen[1].T @ H.T
             rotated_targets = (
                 np.hstack([self._rotated_targets, np.zeros((self.n_features, n_new))]) + rotated @ Y
             )
@@ -784,6 +789,7 @@ class RidgeHead(Head):
                 assert self._rotated_targets is not None and self._scaled_pending is not None
                 assert self._lambda is not None
                 rotated = H @ V
+                self._last_rotated = (X.copy(), rotated)
                 scores: FloatArray = (rotated / (s + self._lambda)) @ self._rotated_targets
                 scores -= (rotated @ self._scaled_pending) @ self._solved_pending()
                 return scores

@@ -73,11 +73,10 @@ def test_grouped_batches_equal_sequential_learning(name, seed):
 
 
 def snapshot(learner: LifelongClassifier) -> dict[str, np.ndarray]:
-    head = learner.head
+    # The head's saved state: G, C and counts, or its examples while it is in the dual form.
+    _, arrays = learner.head.get_state()
     return {
-        "gram": head.gram_.copy(),
-        "targets": head.targets_.copy(),
-        "counts": head.counts_.copy(),
+        **{f"head.{name}": array.copy() for name, array in arrays.items()},
         "novelty": learner.novelty_.second_moment_.copy(),
         "scores": learner.novelty_.scores_.copy(),
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,12 +16,17 @@ from perennial.exceptions import (
     InvalidInputError,
     InvalidParameterError,
     LabelLengthError,
+    ModelMismatchError,
     NonFiniteInputError,
     NotFittedError,
+    ReadOnlyHeadError,
     UnknownLabelError,
 )
-from perennial.heads import NCMHead, RidgeEnsembleHead, RidgeHead, SLDAHead
+from perennial.heads import HEADS, NCMHead, RidgeEnsembleHead, RidgeHead, SLDAHead
 from perennial.heads.base import Head
+from perennial.persistence import read_model_files, write_model_files
+
+DATA = Path(__file__).parent / "data"
 
 
 def blobs(seed: int, n_classes: int = 4, per_class: int = 30, dim: int = 6):
@@ -132,6 +139,9 @@ HEAD_FACTORIES = {
     "ridge-ensemble": lambda: RidgeEnsembleHead(n_members=2, n_features=24, max_pending=5),
     "ridge-fixed": lambda: RidgeHead(n_features=40, ridge=0.5, max_pending=7),
     "ridge-auto": lambda: RidgeHead(n_features=40, max_pending=7),
+    # 120 examples <= 512 // 4: these stay in the dual form (rows and a Cholesky factor).
+    "ridge-dual": lambda: RidgeHead(n_features=512, max_pending=7),
+    "ridge-dual-fixed": lambda: RidgeHead(n_features=512, ridge=0.5, max_pending=7),
     "slda": lambda: SLDAHead(),
     "ncm": lambda: NCMHead(),
 }
@@ -165,6 +175,11 @@ def test_any_order_and_batch_split_gives_the_same_model(name, seed, cuts, probe_
     pieces = HEAD_FACTORIES[name]()
     order = np.random.default_rng(seed + 1).permutation(len(y))
     learn_in_pieces(pieces, X, y, order, cuts, probe_every)
+    if getattr(whole, "ridge", None) == "auto":
+        # lam may lag by up to max_pending examples between rebuilds (the documented difference);
+        # with a fixed ridge the heads must agree without a refresh.
+        whole.refresh()
+        pieces.refresh()
     classes = whole.classes_
     expected = aligned_scores(whole, X, classes)
     got = aligned_scores(pieces, X, classes)
@@ -328,9 +343,9 @@ def test_clone_and_params_round_trip():
     head = RidgeHead(n_features=12, ridge=0.1, seed=3)
     clone = head.clone()
     assert clone.get_params() == head.get_params()
-    assert (
-        repr(clone)
-        == "RidgeHead(n_features=12, ridge=0.1, seed=3, exact_forget=False, max_pending=128)"
+    assert repr(clone) == (
+        "RidgeHead(n_features=12, ridge=0.1, seed=3, exact_forget=False, max_pending=128, "
+        "max_dual_examples='auto')"
     )
 
 
@@ -350,6 +365,7 @@ def test_ensemble_is_the_mean_of_independent_ridge_heads():
     ensemble.decision_scores(X[:2])
     ensemble.learn_many(X[30:], y[30:])
     ensemble.forget("c1")
+    ensemble.refresh()  # its 50 pending examples use the lam chosen with the first 30: lag only
     expected = 0
     for i in range(3):
         single = RidgeHead(n_features=32, seed=5 + i)
@@ -371,3 +387,209 @@ def test_ensemble_state_round_trip():
     restored.learn_many(X[:5], y[:5])
     ensemble.learn_many(X[:5], y[:5])
     assert relative_gap(restored.decision_scores(X), ensemble.decision_scores(X)) < 1e-9
+
+
+# --- ridge: when lam is chosen, the dual form, saves and prediction copies -------------------------
+def closed_form_scores(head: RidgeHead, X, y, X_eval, lam):
+    """W = (G + lam I)^-1 C from G = H^T H and C = H^T Y, with R drawn again from the seed."""
+    R = np.random.default_rng(head.seed).standard_normal((X.shape[1], head.n_features))
+    H = np.maximum(X @ R, 0)
+    Y = np.array([[1.0 if label == c else 0.0 for c in head.classes_] for label in y])
+    G, C = H.T @ H, H.T @ Y
+    return np.maximum(X_eval @ R, 0) @ np.linalg.solve(G + lam * np.eye(head.n_features), C)
+
+
+@pytest.mark.parametrize("n_features", [24, 128])  # 32 examples: primal with 24, dual with 128
+def test_ridge_strength_is_chosen_at_rebuilds_and_pending_updates_are_exact(n_features):
+    X, y = blobs(12, per_class=8)
+    head = RidgeHead(n_features=n_features, max_pending=10)
+    head.learn_many(X[:24], y[:24])
+    head.decision_scores(X[:1])  # the rebuild: lam chosen from these 24 examples
+    assert head.form_ == ("dual" if n_features == 128 else "primal")
+    chosen = head.ridge_
+    assert chosen == pytest.approx(gcv_reference(head, X[:24], y[:24]), rel=1e-12)
+    for i in range(24, 32):  # eight pending examples, predicting after each
+        head.learn_one(X[i], y[i])
+        assert head.ridge_ == chosen
+        expected = closed_form_scores(head, X[: i + 1], y[: i + 1], X[:5], chosen)
+        assert relative_gap(head.decision_scores(X[:5]), expected) < 1e-9
+    head.refresh()
+    lam = gcv_reference(head, X, y)
+    assert head.ridge_ == pytest.approx(lam, rel=1e-12)
+    assert relative_gap(head.decision_scores(X), closed_form_scores(head, X, y, X, lam)) < 1e-8
+
+
+@pytest.mark.parametrize("ridge", ["auto", 0.3])
+def test_ridge_dual_and_primal_forms_agree(ridge):
+    X, y = blobs(13, per_class=15)
+    dual = RidgeHead(n_features=256, ridge=ridge, max_pending=8)
+    primal = RidgeHead(n_features=256, ridge=ridge, max_pending=8, max_dual_examples=0)
+    for head in (dual, primal):  # the same pieces, predicting in between: pending updates
+        for start in range(0, 60, 7):
+            head.learn_many(X[start : start + 7], y[start : start + 7])
+            head.decision_scores(X[:2])
+    assert (dual.form_, primal.form_) == ("dual", "primal")
+    assert dual.ridge_ == pytest.approx(primal.ridge_, rel=1e-9)
+    assert relative_gap(dual.decision_scores(X), primal.decision_scores(X)) < 1e-9
+    assert relative_gap(dual.coef_, primal.coef_) < 1e-9
+    dual.refresh()
+    primal.refresh()
+    assert dual.ridge_ == pytest.approx(primal.ridge_, rel=1e-9)
+    assert relative_gap(dual.decision_scores(X), primal.decision_scores(X)) < 1e-9
+
+
+def test_ridge_dual_form_converts_to_primal_past_its_limit_and_state_stays_small():
+    X, y = blobs(14, per_class=15)
+    head = RidgeHead(n_features=64, ridge=0.2, max_dual_examples=20)
+    head.learn_many(X[:3], y[:3])
+    meta, arrays = head.get_state()
+    assert head.form_ == "dual" and meta["form"] == "dual" and meta["rows"] == 3
+    assert sorted(arrays) == ["counts", "feature_columns", "features"]  # no projection, no G
+    assert head.state_bytes == 3 * 6 * 8 + 3 * 8 + len(head.classes_) * 8
+    head.decision_scores(X[:1])
+    head.learn_many(X[3:20], y[3:20])  # 20 examples: still dual
+    assert head.form_ == "dual"
+    head.learn_one(X[20], y[20])  # 21: G and C from the rows, which are dropped
+    assert head.form_ == "primal" and head.features_ is None
+    assert sorted(head.get_state()[1]) == ["counts", "gram", "targets"]
+    expected = closed_form_scores(head, X[:21], y[:21], X, 0.2)
+    assert relative_gap(head.decision_scores(X), expected) < 1e-9
+
+
+def test_ridge_dual_unlearning_refuses_examples_it_does_not_hold():
+    X, y = blobs(15, per_class=5)
+    head = RidgeHead(n_features=256, ridge=0.5)
+    head.learn_many(X, y)
+    head.learn_one(X[0], y[0])  # held twice
+    before = snapshot(head)
+    other = next(c for c in head.classes_ if c != y[1])
+    with pytest.raises(InvalidInputError, match=f"example 1 \\(label {other!r}\\)"):
+        head.unlearn_many(X[[0, 1]], [y[0], other])  # row 1 is held, with another label
+    with pytest.raises(InvalidInputError, match="example 0"):
+        head.unlearn_many(X[[2]] + 1e-12, [y[2]])
+    with pytest.raises(InvalidInputError, match=r"example 2 .*fewer of them"):
+        head.unlearn_many(X[[0, 0, 0]], [y[0]] * 3)
+    assert_unchanged(head, before)
+    head.unlearn_many(X[[0, 0, 3]], [y[0], y[0], y[3]])  # exact matches, taken once each
+    keep = list(range(1, 20))
+    keep.remove(3)
+    expected = closed_form_scores(head, X[keep], [y[i] for i in keep], X, 0.5)
+    assert relative_gap(aligned_scores(head, X, head.classes_), expected) < 1e-9
+
+
+@pytest.mark.parametrize("exact_forget", [False, True])
+def test_ridge_dual_forget_matches_the_closed_form(exact_forget):
+    X, y = blobs(16, per_class=10)
+    head = RidgeHead(n_features=256, ridge=0.4, exact_forget=exact_forget)
+    head.learn_many(X[:30], y[:30])
+    head.decision_scores(X[:1])
+    head.learn_many(X[30:], y[30:])  # pending rows in the Cholesky factor
+    head.forget("c2")
+    assert head.form_ == "dual"
+    # Default forget: the rows stay, unlabelled. Exact forget: as if never seen.
+    rows = [i for i in range(40) if not exact_forget or y[i] != "c2"]
+    R = np.random.default_rng(0).standard_normal((6, 256))
+    H = np.maximum(X[rows] @ R, 0)
+    Y = np.array([[1.0 if y[i] == c else 0.0 for c in head.classes_] for i in rows])
+    W = np.linalg.solve(H.T @ H + 0.4 * np.eye(256), H.T @ Y)
+    assert relative_gap(head.decision_scores(X), np.maximum(X @ R, 0) @ W) < 1e-9
+    assert head.n_seen_ == len(rows)
+
+
+@pytest.mark.parametrize("name", ["ridge", "ridge-ensemble", "ridge-exact"])
+def test_ridge_heads_saved_with_the_projection_still_load(name):
+    # Written by tests/data/ridge-v1/make_fixture.py at commit 73ac1ec (R saved beside G, C).
+    payload, arrays = read_model_files(DATA / "ridge-v1" / name)
+    expected = arrays.pop("expected_scores")
+    inputs = np.load(DATA / "ridge-v1" / "inputs.npy")
+    spec = payload["head"]
+    head = HEADS[spec["name"]](**spec["params"])
+    head.set_state(spec["state"], arrays)
+    probes = inputs[18:]
+    np.testing.assert_allclose(head.decision_scores(probes), expected, rtol=1e-10, atol=1e-12)
+    if name == "ridge":  # and against the closed form (a fixed ridge of 0.5)
+        y = [f"c{k}" for k in range(3) for _ in range(6)]
+        reference = closed_form_scores(head, inputs[:18], y, probes, 0.5)
+        assert relative_gap(head.decision_scores(probes), reference) < 1e-9
+    head.learn_many(inputs[:2], ["c0", "c9"])  # learning goes on; saving uses the new layout
+    meta, new_arrays = head.get_state()
+    assert not any(key.endswith("projection") for key in new_arrays)
+    restored = HEADS[spec["name"]](**spec["params"])
+    restored.set_state(meta, new_arrays)
+    head.refresh()  # the two new examples were pending on the loaded decomposition: lam lag only
+    assert relative_gap(restored.decision_scores(probes), head.decision_scores(probes)) < 1e-9
+
+
+def test_ridge_save_regenerates_the_projection_and_refuses_another_generator(tmp_path):
+    X, y = blobs(17, per_class=3)
+    head = RidgeHead(n_features=128)
+    head.learn_many(X, y)
+    meta, arrays = head.get_state()
+    write_model_files(tmp_path / "m", {"meta": meta}, arrays)
+    assert sum(f.stat().st_size for f in (tmp_path / "m").iterdir()) < 8_000
+    payload, loaded = read_model_files(tmp_path / "m")
+    restored = RidgeHead(n_features=128)
+    restored.set_state(payload["meta"], loaded)
+    np.testing.assert_array_equal(restored.decision_scores(X), head.decision_scores(X))
+    assert restored.projection_ is not None
+    np.testing.assert_array_equal(restored.projection_, head.projection_)
+    # Another numpy's generator draws another R: its checksum differs from the saved one.
+    tampered = dict(payload["meta"], projection_sha256="0" * 64)
+    other = RidgeHead(n_features=128)
+    other.learn_many(X[:2], y[:2])
+    before = snapshot(other)
+    with pytest.raises(ModelMismatchError, match=r"seed 0.*numpy version differs"):
+        other.set_state(tampered, loaded)
+    assert_unchanged(other, before)
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda: RidgeHead(n_features=128),  # dual
+        lambda: RidgeHead(n_features=24, max_pending=4),  # primal
+        lambda: RidgeEnsembleHead(n_members=2, n_features=24),
+    ],
+)
+def test_ridge_prediction_copy_predicts_alike_and_refuses_to_learn(factory):
+    X, y = blobs(18, per_class=8)
+    head = factory()
+    head.learn_many(X[:28], y[:28])
+    head.decision_scores(X[:1])
+    head.learn_many(X[28:], y[28:])  # pending updates
+    head.coef_ if isinstance(head, RidgeHead) else [m.coef_ for m in head.members_]
+    frozen = head.prediction_copy()
+    np.testing.assert_array_equal(frozen.decision_scores(X), head.decision_scores(X))
+    assert frozen.predict_many(X) == head.predict_many(X)
+    members = frozen.members_ if isinstance(frozen, RidgeEnsembleHead) else [frozen]
+    originals = head.members_ if isinstance(head, RidgeEnsembleHead) else [head]
+    for copy, original in zip(members, originals, strict=True):
+        assert copy.projection_ is original.projection_
+        assert copy.gram_ is None and copy.features_ is None and copy.targets_ is None
+    for call in (
+        lambda: frozen.learn_one(X[0], y[0]),
+        lambda: frozen.unlearn_one(X[0], y[0]),
+        lambda: frozen.forget(y[0]),
+        lambda: frozen.get_state(),
+        lambda: head.merge(frozen),
+    ):
+        with pytest.raises(ReadOnlyHeadError, match="prediction-only copy"):
+            call()
+    scores = frozen.decision_scores(X)
+    head.learn_many(X[:5], y[:5])  # the original goes on; the copy does not move
+    np.testing.assert_array_equal(frozen.decision_scores(X), scores)
+
+
+def test_ridge_predict_then_learn_the_same_example_matches_the_closed_form():
+    # With 8 classes a single row is answered through V without forming W, and learning that
+    # very row next reuses its projection: the result must still be the closed form.
+    X, y = blobs(19, n_classes=8, per_class=4)
+    head = RidgeHead(n_features=24, ridge=0.3, max_pending=10)
+    head.learn_many(X[:24], y[:24])
+    head.decision_scores(X[:1])
+    for i in range(24, 32):
+        head.decision_scores(X[i : i + 1])
+        head.learn_one(X[i], y[i])
+    assert len(head._pending) == 8  # every one went through the pending updates
+    expected = closed_form_scores(head, X, y, X, 0.3)
+    assert relative_gap(head.decision_scores(X), expected) < 1e-9

@@ -76,11 +76,10 @@ def test_grouped_batches_equal_sequential_learning(name, seed):
 
 
 def snapshot(learner: LifelongClassifier) -> dict[str, np.ndarray]:
-    head = learner.head
+    # The head's saved state: G, C and counts, or its examples while it is in the dual form.
+    _, arrays = learner.head.get_state()
     return {
-        "gram": head.gram_.copy(),
-        "targets": head.targets_.copy(),
-        "counts": head.counts_.copy(),
+        **{f"head.{name}": array.copy() for name, array in arrays.items()},
         "gate_moment": learner.gate_.statistics_.full_moment(),
         "gate_sums": learner.gate_.statistics_.sums.copy(),
         "gate_counts": learner.gate_.statistics_.counts.copy(),

@@ -27,6 +27,7 @@ __all__ = [
     "NotFittedError",
     "PerennialError",
     "PersistenceError",
+    "ReadOnlyHeadError",
     "ServiceUnavailableError",
     "TrainingDivergedError",
     "UnknownLabelError",
@@ -107,6 +108,10 @@ class FormatVersionError(PersistenceError):
 
 class ModelMismatchError(PersistenceError):
     """A saved model whose contents disagree with its metadata or with the expected configuration."""
+
+
+class ReadOnlyHeadError(PerennialError, RuntimeError):
+    """Learning, forgetting or saving asked of a prediction-only copy of a head."""
 
 
 class TrainingDivergedError(PerennialError, FloatingPointError):

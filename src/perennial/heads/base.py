@@ -7,6 +7,7 @@ know nothing of text, images or torch.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -303,7 +304,9 @@ class Head(ABC):
         Nothing of the learned examples was kept, so the caller supplies them again and the head
         cannot tell whether they are the ones it learned. What it checks is that every label is
         known and that no class loses more examples than it counted; examples that pass this check
-        but were never learned are subtracted all the same and silently corrupt the model.
+        but were never learned are subtracted all the same and silently corrupt the model
+        (except in a :class:`~perennial.heads.RidgeHead` still in its dual form, which holds its
+        examples and refuses one it does not hold).
 
         The batch is checked whole before anything changes: on any error the head is unchanged.
 
@@ -422,7 +425,10 @@ class Head(ABC):
             "dim": self.dim_,
             "n_seen": self.n_seen_,
         }
-        arrays = self._state_arrays() if self.dim_ is not None else {}
+        if self.dim_ is None:
+            return meta, {}
+        arrays = self._state_arrays()
+        meta.update(self._state_meta())
         return meta, arrays
 
     def set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -440,7 +446,7 @@ class Head(ABC):
         if len(set(classes)) != len(classes):
             raise ModelMismatchError(f"head metadata lists a class twice: {classes}")
         if dim is not None:
-            expected = self._expected_shapes(dim, len(classes))
+            expected = self._expected_state(meta, dim, len(classes))
             found = {name: tuple(array.shape) for name, array in arrays.items()}
             if found != expected:
                 raise ModelMismatchError(
@@ -451,13 +457,28 @@ class Head(ABC):
             raise ModelMismatchError(
                 f"an empty {type(self).__name__} has no arrays, got {sorted(arrays)}"
             )
-        self._reset()
-        self.classes_ = classes
-        self._index = {c: i for i, c in enumerate(self.classes_)}
-        self.dim_ = dim
-        self.n_seen_ = n_seen
-        if self.dim_ is not None:
-            self._load_arrays(arrays)
+        before = dict(self.__dict__)
+        try:
+            self._reset()
+            self.classes_ = classes
+            self._index = {c: i for i, c in enumerate(self.classes_)}
+            self.dim_ = dim
+            self.n_seen_ = n_seen
+            if self.dim_ is not None:
+                self._load_state(meta, arrays)
+        except BaseException:
+            # A check only loading can make (e.g. a regenerated projection) failed: back to
+            # exactly the head before, whose attributes _reset and loading rebind, never mutate.
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
+    def prediction_copy(self: H) -> H:
+        """A copy that predicts exactly like this head now and is untouched by its later changes.
+
+        Heads whose state is large override it to keep only what predicting needs.
+        """
+        return copy.deepcopy(self)
 
     @property
     def state_bytes(self) -> int:
@@ -520,6 +541,23 @@ class Head(ABC):
     @abstractmethod
     def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore the statistics from :meth:`_state_arrays` output."""
+
+    def _state_meta(self) -> dict[str, Any]:
+        """JSON-able metadata saved beside the arrays (e.g. which form the statistics take).
+
+        Its keys join ``classes``, ``dim`` and ``n_seen`` in :meth:`get_state`; none by default.
+        """
+        return {}
+
+    def _expected_state(
+        self, meta: dict[str, Any], dim: int, n_classes: int
+    ) -> dict[str, tuple[int, ...]]:
+        """The arrays a saved state with metadata ``meta`` must hold (raise if ``meta`` is bad)."""
+        return self._expected_shapes(dim, n_classes)
+
+    def _load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Restore the statistics from :meth:`get_state` output (shapes already checked)."""
+        self._load_arrays(arrays)
 
 
 def one_hot(columns: NDArray[np.intp], n_classes: int) -> FloatArray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -16,7 +18,9 @@ class RidgeEnsembleHead(Head):
     """The average of ``n_members`` :class:`RidgeHead` scores, each with its own projection seed.
 
     Each member is exact, so the ensemble is too: learning in any order or batch split gives the
-    same model. Two members of ``n_features`` random features cost half the memory of one head of
+    same model (with ``ridge="auto"``: after :meth:`refresh`, as :class:`RidgeHead` explains). All
+    members hold the same examples, so they switch from the dual to the primal form together. Two
+    members of ``n_features`` random features cost half the memory of one head of
     twice the width (``2 M^2`` against ``4 M^2`` floats for ``G``) and a quarter of its
     re-solve time, for a similar gain in accuracy (RanPAC's random features and KLDA's
     ensemble of random-feature heads use the same lever).
@@ -28,7 +32,7 @@ class RidgeEnsembleHead(Head):
     ----------
     n_members
         How many ridge heads.
-    n_features, ridge, seed, max_pending
+    n_features, ridge, seed, max_pending, max_dual_examples
         As for :class:`RidgeHead`; member ``i`` uses seed ``seed + i``.
 
     Examples
@@ -51,6 +55,7 @@ class RidgeEnsembleHead(Head):
         ridge: float | str = "auto",
         seed: int = 0,
         max_pending: int = 128,
+        max_dual_examples: int | str = "auto",
     ) -> None:
         if isinstance(n_members, bool) or not isinstance(n_members, int) or n_members < 1:
             raise InvalidParameterError(f"n_members must be a positive int, got {n_members!r}")
@@ -59,6 +64,7 @@ class RidgeEnsembleHead(Head):
         self.ridge = ridge
         self.seed = seed
         self.max_pending = max_pending
+        self.max_dual_examples = max_dual_examples
         super().__init__()  # builds the members, which validates their parameters
 
     def _new_members(self) -> list[RidgeHead]:
@@ -68,6 +74,7 @@ class RidgeEnsembleHead(Head):
                 ridge=self.ridge,
                 seed=self.seed + i,
                 max_pending=self.max_pending,
+                max_dual_examples=self.max_dual_examples,
             )
             for i in range(self.n_members)
         ]
@@ -132,6 +139,63 @@ class RidgeEnsembleHead(Head):
         """Examples counted per class, ordered like ``classes_`` (the members share them)."""
         return self.members_[0].counts_
 
+    def refresh(self) -> None:
+        """Rebuild every member's solution now (see :meth:`RidgeHead.refresh`)."""
+        for member in self.members_:
+            member.refresh()
+
+    def prediction_copy(self) -> RidgeEnsembleHead:
+        """A prediction-only copy made of the members' prediction-only copies.
+
+        See :meth:`RidgeHead.prediction_copy`; learning, forgetting or saving it raises
+        :class:`~perennial.exceptions.ReadOnlyHeadError`.
+        """
+        frozen = self.clone()
+        frozen.classes_ = list(self.classes_)
+        frozen._index = dict(self._index)
+        frozen.dim_ = self.dim_
+        frozen.n_seen_ = self.n_seen_
+        frozen.members_ = [member.prediction_copy() for member in self.members_]
+        return frozen
+
+    def _state_meta(self) -> dict[str, Any]:
+        return {"members": [member._state_meta() for member in self.members_]}
+
+    def _member_metas(self, meta: dict[str, Any]) -> list[dict[str, Any]]:
+        members = meta.get("members")
+        if members is None:  # saved before 0.2: no per-member metadata
+            return [{} for _ in range(self.n_members)]
+        if not isinstance(members, list) or len(members) != self.n_members:
+            raise ModelMismatchError(
+                f"saved ensemble metadata describes {members!r}, expected {self.n_members} members"
+            )
+        return [dict(member) for member in members]
+
+    def _expected_state(
+        self, meta: dict[str, Any], dim: int, n_classes: int
+    ) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i, (member, member_meta) in enumerate(
+            zip(self._new_members(), self._member_metas(meta), strict=True)
+        ):
+            expected = member._expected_state(member_meta, dim, n_classes)
+            shapes.update({f"member{i}.{k}": v for k, v in expected.items()})
+        return shapes
+
+    def _load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        for i, (member, member_meta) in enumerate(
+            zip(self.members_, self._member_metas(meta), strict=True)
+        ):
+            prefix = f"member{i}."
+            own = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+            if not own:
+                raise ModelMismatchError(f"saved ensemble lacks arrays for member {i}")
+            member.classes_ = list(range(len(self.classes_)))
+            member.dim_ = self.dim_
+            member.n_seen_ = self.n_seen_
+            member._load_state(member_meta, own)
+        self._number_members(len(self.classes_))
+
     def _state_arrays(self) -> dict[str, np.ndarray]:
         arrays: dict[str, np.ndarray] = {}
         for i, member in enumerate(self.members_):
@@ -147,15 +211,7 @@ class RidgeEnsembleHead(Head):
         return shapes
 
     def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        for i, member in enumerate(self.members_):
-            prefix = f"member{i}."
-            own = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-            if not own:
-                raise ModelMismatchError(f"saved ensemble lacks arrays for member {i}")
-            member.dim_ = self.dim_
-            member.n_seen_ = self.n_seen_
-            member._load_arrays(own)
-        self._number_members(len(self.classes_))
+        self._load_state({}, arrays)  # arrays alone: the layout that saved the projections
 
     @property
     def ridge_(self) -> list[float]:

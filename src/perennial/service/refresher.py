@@ -133,26 +133,15 @@ def warm(model: LifelongClassifier) -> None:
 def prediction_copy(model: LifelongClassifier) -> LifelongClassifier:
     """A copy of a warmed ``model`` that predicts exactly like it and never changes.
 
-    Learning writes the ridge head's second moment ``G`` (and per-class ones) in place; a
-    prediction from a warmed head reads only the projection and the output weights. So the copy
-    drops ``G``, ``C`` and the eigendecomposition (hundreds of MB at 4096 features) and shares
-    the projection, which nothing writes. The copy can predict, not learn or solve. Other heads are
-    small and copied whole. The encoder is shared.
+    The head makes its own prediction-only copy (:meth:`Head.prediction_copy`: for the ridge
+    heads, the shared projection and the formed weights, without ``G`` or the examples); the rest
+    of the model is deep-copied around it. The encoder is shared.
     """
     memo: dict[int, Any] = {id(model.encoder): model.encoder}
     encoder = getattr(model, "_encoder", None)
     if encoder is not None:
         memo[id(encoder)] = encoder
-    for head in _ridge_heads(model.head):
-        memo[id(head.projection_)] = head.projection_
-        memo[id(head.gram_)] = None
-        memo[id(head.class_grams_)] = []
-        # Private caches of RidgeHead: the copy predicts through the formed weights alone.
-        memo[id(head._eigen)] = None
-        memo[id(head._pending)] = []
-        memo[id(head._rotated_targets)] = None
-        memo[id(head._rotated_weights)] = None  # W itself is formed (warm)
-        memo[id(head.targets_)] = None  # C: read only to solve
+    memo[id(model.head)] = model.head.prediction_copy()
     return copy.deepcopy(model, memo)
 
 

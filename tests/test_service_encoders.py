@@ -18,7 +18,7 @@ import pytest
 from perennial.datasets import data_root
 from perennial.heads import RidgeHead
 from perennial.learner import LifelongClassifier
-from test_service_support import Server
+from test_service_support import RIDGE, Server
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -58,6 +58,8 @@ def test_text_service_end_to_end(tmp_path: Path) -> None:
         "torch",
         "--n-features",
         str(N_FEATURES),
+        "--ridge",
+        str(RIDGE),
     ).start()
     try:
         client = server.client()
@@ -75,7 +77,7 @@ def test_text_service_end_to_end(tmp_path: Path) -> None:
         assert np.mean([p == t for p, t in zip(predicted, truth, strict=True)]) >= 0.8
         # The same learner in this process, fed the same batches of the same texts.
         reference = LifelongClassifier(
-            TextEncoder(), RidgeHead(n_features=N_FEATURES), unknown_rate=0.02
+            TextEncoder(), RidgeHead(n_features=N_FEATURES, ridge=RIDGE), unknown_rate=0.02
         )
         for X, y in batches:
             reference.learn_many(X, y)
@@ -139,7 +141,15 @@ def test_image_service_end_to_end(tmp_path: Path) -> None:
     from perennial.encoders.image import ImageEncoder
 
     server = Server(
-        tmp_path / "model", "--encoder", "image", "--image-size", "64", "--n-features", "256"
+        tmp_path / "model",
+        "--encoder",
+        "image",
+        "--image-size",
+        "64",
+        "--n-features",
+        "256",
+        "--ridge",
+        str(RIDGE),
     ).start()
     try:
         client = server.client()
@@ -159,7 +169,7 @@ def test_image_service_end_to_end(tmp_path: Path) -> None:
         body = ok(client.post("/v1/predict", json={"inputs": [png(probe)], "min_version": version}))
         assert body["predictions"][0]["top"][0]["label"] == "blue"
         reference = LifelongClassifier(
-            ImageEncoder(image_size=64), RidgeHead(n_features=256), unknown_rate=0.02
+            ImageEncoder(image_size=64), RidgeHead(n_features=256, ridge=RIDGE), unknown_rate=0.02
         )
         reference.learn_many(images, labels)
         scores = reference.decision_scores([probe])[0]

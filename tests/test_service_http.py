@@ -18,14 +18,14 @@ import httpx
 import numpy as np
 import pytest
 
-from test_service_support import Server, clusters, reference, run_serve
+from test_service_support import RIDGE, Server, clusters, reference, run_serve
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 N_FEATURES = 128
 DIM = 8
-ARGS = ("--encoder", "identity", "--n-features", str(N_FEATURES))
+ARGS = ("--encoder", "identity", "--n-features", str(N_FEATURES), "--ridge", str(RIDGE))
 PROBES = np.random.default_rng(7).normal(0.0, 3.0, (10, DIM))
 
 

@@ -39,7 +39,7 @@ from perennial.service.metrics import Metrics
 from perennial.service.refresher import prediction_copy, warm
 from perennial.service.review import ReviewQueue
 from perennial.service.store import ModelStore
-from test_service_support import clusters, reference
+from test_service_support import RIDGE, clusters, reference
 
 N_FEATURES = 64
 PROBES = np.random.default_rng(99).normal(0.0, 2.0, (12, 8))
@@ -146,7 +146,7 @@ def test_compaction_keeps_only_newer_records(tmp_path: Path) -> None:
 def open_store(path: Path, **options) -> ModelStore:
     """A store on identity features, its refresher in a thread unless ``isolate=True``."""
     options.setdefault("encoder", "identity")
-    options.setdefault("head_params", {"n_features": N_FEATURES})
+    options.setdefault("head_params", {"n_features": N_FEATURES, "ridge": RIDGE})
     options.setdefault("isolate", False)
     return ModelStore.open(path, **options)
 

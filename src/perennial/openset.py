@@ -94,24 +94,35 @@ class _Factors:
 
 
 class _Virtual:
-    """The gate's statistics plus rows not yet committed (used while planning a learn)."""
+    """The gate's statistics plus rows not yet committed (used while planning a learn).
+
+    It reads the committed arrays until the first row is added, and copies them only then.
+    """
 
     def __init__(self, stats: ClassStatistics, n_new: int) -> None:
         self.base = stats
-        self.counts = np.concatenate([stats.counts, np.zeros(n_new, dtype=np.int64)])
-        self.sums = np.vstack([stats.sums, np.zeros((n_new, stats.dim))])
-        self.squares = (
-            None
-            if stats.squares is None
-            else np.vstack([stats.squares, np.zeros((n_new, stats.dim))])
-        )
+        self.n_new = n_new
+        self.counts = stats.counts
+        self.sums = stats.sums
+        self.squares = stats.squares
         self.diagonal = stats.moment_diagonal()
         self.n = stats.n
         self.pending: list[FloatArray] = []
+        if n_new:
+            self._copy()
+
+    def _copy(self) -> None:
+        stats, n_new = self.base, self.n_new
+        self.counts = np.concatenate([stats.counts, np.zeros(n_new, dtype=np.int64)])
+        self.sums = np.vstack([stats.sums, np.zeros((n_new, stats.dim))])
+        if stats.squares is not None:
+            self.squares = np.vstack([stats.squares, np.zeros((n_new, stats.dim))])
 
     def add(self, X: FloatArray, columns: NDArray[np.intp]) -> None:
         if len(X) == 0:
             return
+        if not self.pending and not self.n_new:
+            self._copy()  # the first row: stop reading the committed arrays
         np.add.at(self.counts, columns, 1)
         np.add.at(self.sums, columns, X)
         if self.squares is not None:
@@ -432,7 +443,7 @@ class OpenSetGate:
         diag = self.diag_scores_
         offered = self.offered_
         size = int(self.reservoir_size)
-        for X, columns in batches:
+        for index, (X, columns) in enumerate(batches):
             held_out = np.zeros(len(X), dtype=bool)
             for column in np.unique(columns):
                 rows = np.flatnonzero(columns == column)
@@ -488,7 +499,8 @@ class OpenSetGate:
                         classes[slot] = columns[scored[pick]]
                         if diag is not None and diagonal is not None:
                             diag[slot] = diagonal[k]
-            virtual.add(X[held_out], columns[held_out])
+            if index + 1 < len(batches):  # only a later batch reads what this one adds
+                virtual.add(X[held_out], columns[held_out])
         reservoir = (scores, diag, classes, offered)
         return LearnPlan(batches, n_new, reservoir, factors)
 

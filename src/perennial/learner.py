@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from perennial.encoders import ENCODERS
 from perennial.encoders.base import Encoder, as_encoder, encoder_spec
 from perennial.exceptions import (
     FeatureDimensionError,
@@ -27,7 +28,6 @@ from perennial.persistence import read_model_files, write_model_files
 
 __all__ = ["LifelongClassifier"]
 
-_REGISTERED_ENCODERS = ("text", "image", "identity")
 NOVELTY_SCORES = ("auto", *SCORES)
 
 
@@ -546,7 +546,7 @@ class LifelongClassifier:
         if any(key.startswith("gate.") for key in arrays):
             raise PersistenceError("head state names clash with the open-set statistics")
         spec = encoder_spec(self._encoder)
-        if spec["kind"] not in _REGISTERED_ENCODERS:
+        if spec["kind"] not in ENCODERS:
             spec.pop("params")
         open_set: dict[str, Any] = {
             "unknown_rate": self.unknown_rate,
@@ -586,7 +586,7 @@ class LifelongClassifier:
             ) from error
         if encoder is None:
             kind = encoder_record.get("kind")
-            if kind not in _REGISTERED_ENCODERS:
+            if kind not in ENCODERS:
                 raise PersistenceError(
                     f"{path} was saved with the custom encoder {encoder_record.get('name')!r}; "
                     "pass it as load(path, encoder=...)"

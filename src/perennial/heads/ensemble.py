@@ -7,9 +7,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from perennial.exceptions import InvalidParameterError, ModelMismatchError
+from perennial.exceptions import ModelMismatchError
 from perennial.heads.base import FloatArray, Head
 from perennial.heads.ridge import RidgeHead
+from perennial.params import check_int
 
 __all__ = ["RidgeEnsembleHead"]
 
@@ -57,8 +58,7 @@ class RidgeEnsembleHead(Head):
         max_pending: int = 128,
         max_dual_examples: int | str = "auto",
     ) -> None:
-        if isinstance(n_members, bool) or not isinstance(n_members, int) or n_members < 1:
-            raise InvalidParameterError(f"n_members must be a positive int, got {n_members!r}")
+        check_int("n_members", n_members, minimum=1)
         self.n_members = n_members
         self.n_features = n_features
         self.ridge = ridge

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from perennial.exceptions import InvalidParameterError
 from perennial.heads.base import FloatArray, Head
 from perennial.heads.statistics import ClassStatistics
+from perennial.params import check_choice
 
 __all__ = ["NCMHead"]
 
@@ -32,8 +32,7 @@ class NCMHead(Head):
     proba_temperature = 0.05
 
     def __init__(self, metric: str = "cosine") -> None:
-        if metric not in ("cosine", "euclidean"):
-            raise InvalidParameterError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+        check_choice("metric", metric, ("cosine", "euclidean"))
         self.metric = metric
         super().__init__()
 

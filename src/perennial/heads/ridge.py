@@ -19,6 +19,7 @@ from perennial.exceptions import (
     ReadOnlyHeadError,
 )
 from perennial.heads.base import FloatArray, Head, one_hot
+from perennial.params import check_int, check_positive
 
 __all__ = ["RidgeHead"]
 
@@ -133,27 +134,17 @@ class RidgeHead(Head):
         max_pending: int = 128,
         max_dual_examples: int | str = "auto",
     ) -> None:
-        if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1:
-            raise InvalidParameterError(f"n_features must be a positive int, got {n_features!r}")
-        if ridge != "auto" and (
-            isinstance(ridge, bool)
-            or not isinstance(ridge, (int, float))
-            or not np.isfinite(ridge)
-            or ridge <= 0
-        ):
-            raise InvalidParameterError(f"ridge must be 'auto' or a positive number, got {ridge!r}")
-        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 0:
-            raise InvalidParameterError(
-                f"max_pending must be a non-negative int, got {max_pending!r}"
-            )
-        if max_dual_examples != "auto" and (
-            isinstance(max_dual_examples, bool)
-            or not isinstance(max_dual_examples, int)
-            or max_dual_examples < 0
-        ):
-            raise InvalidParameterError(
-                f"max_dual_examples must be 'auto' or a non-negative int, got {max_dual_examples!r}"
-            )
+        check_int("n_features", n_features, minimum=1)
+        if ridge != "auto":
+            try:
+                check_positive("ridge", ridge)
+            except InvalidParameterError:
+                raise InvalidParameterError(
+                    f"ridge must be 'auto' or a positive number, got {ridge!r}"
+                ) from None
+        check_int("max_pending", max_pending, minimum=0)
+        if max_dual_examples != "auto":
+            check_int("max_dual_examples", max_dual_examples, minimum=0)
         self.n_features = n_features
         self.ridge = ridge
         self.seed = seed

@@ -6,9 +6,9 @@ import numpy as np
 import scipy.linalg
 from numpy.typing import NDArray
 
-from perennial.exceptions import InvalidParameterError
 from perennial.heads.base import FloatArray, Head
 from perennial.heads.statistics import ClassStatistics
+from perennial.params import check_fraction
 
 __all__ = ["SLDAHead"]
 
@@ -47,12 +47,7 @@ class SLDAHead(Head):
     """
 
     def __init__(self, shrinkage: float = 1e-4, exact_forget: bool = False) -> None:
-        if (
-            isinstance(shrinkage, bool)
-            or not isinstance(shrinkage, (int, float))
-            or not (0.0 < shrinkage <= 1.0)
-        ):
-            raise InvalidParameterError(f"shrinkage must be in (0, 1], got {shrinkage!r}")
+        check_fraction("shrinkage", shrinkage, high_open=False)
         self.shrinkage = shrinkage
         self.exact_forget = exact_forget
         super().__init__()

@@ -215,7 +215,7 @@ class Refresher:
         self.snapshot_version = int(record["snapshot_version"])
         self.applied = config.replay[-1].version if config.replay else self.snapshot_version
         self.snapshot_failed_at: int | None = None
-        self._state_bytes_key: tuple[int, int | None] | None = None
+        self._state_bytes_key: tuple[int | None, ...] | None = None
         self._state_bytes = 0
         head = model.head
         counts = [int(n) for n in head._class_counts()] if head.is_fitted else []
@@ -250,8 +250,10 @@ class Refresher:
             served.unknown_rate = None  # nothing is flagged without a threshold
             if served.gate_ is not None:
                 served.gate_.threshold_override_ = None
-        key = (len(model.classes_), model.head.dim_)
-        if key != self._state_bytes_key:  # fixed by the configuration and the number of classes
+        key: tuple[int | None, ...] = (len(model.classes_), model.head.dim_)
+        if any(head.form_ == "dual" for head in _ridge_heads(model.head)):
+            key = (*key, model.n_seen_)  # a dual-form ridge head grows with every example
+        if key != self._state_bytes_key:  # else fixed by the configuration and the classes
             self._state_bytes, self._state_bytes_key = model.state_bytes, key
         return ServedModel(
             version,

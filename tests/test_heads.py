@@ -344,7 +344,7 @@ def test_clone_and_params_round_trip():
     clone = head.clone()
     assert clone.get_params() == head.get_params()
     assert repr(clone) == (
-        "RidgeHead(n_features=12, ridge=0.1, seed=3, exact_forget=False, max_pending=128, "
+        "RidgeHead(n_features=12, ridge=0.1, seed=3, exact_forget=False, max_pending=1024, "
         "max_dual_examples='auto')"
     )
 

@@ -55,7 +55,7 @@ class RidgeEnsembleHead(Head):
         n_features: int = 4096,
         ridge: float | str = "auto",
         seed: int = 0,
-        max_pending: int = 128,
+        max_pending: int = 1024,
         max_dual_examples: int | str = "auto",
     ) -> None:
         check_int("n_members", n_members, minimum=1)

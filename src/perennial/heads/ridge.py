@@ -75,7 +75,7 @@ class RidgeHead(Head):
     that ``lam``. Hence: with a fixed ``ridge``, learning the same data in any order or batch split
     gives the same model at all times; with ``"auto"``, it gives the same model after
     :meth:`refresh` and whenever no update is pending, while in between ``lam`` may lag by up to
-    ``max_pending`` examples.
+    ``pending_limit`` examples (``max_pending``, and at most half the data it was chosen from).
 
     ``unlearn_many(X, y)`` subtracts the examples' ``h h^T`` from ``G`` (and from ``G_c`` with
     ``exact_forget=True``), their targets from ``C`` and their counts: this is exact whatever
@@ -104,7 +104,11 @@ class RidgeHead(Head):
     exact_forget
         Keep per-class Gram matrices so that ``forget`` is exact.
     max_pending
-        Examples learned on top of the last decomposition before it is recomputed.
+        Most examples learned on top of the last decomposition before it is recomputed (see
+        :meth:`pending_limit`: also at most half the examples it was built from). A rebuild of
+        ``G`` costs seconds at 4,096 features, so the default spreads it over 1,024 examples: in a
+        predict-then-learn loop a step then costs about twice a learn alone, where 128 made it
+        ten times (``benchmarks/bench_learner_cost.py``).
     max_dual_examples
         Most examples kept in the dual form; ``"auto"`` is ``min(n_features // 4, 1024)`` and 0
         means always primal.
@@ -131,7 +135,7 @@ class RidgeHead(Head):
         ridge: float | str = "auto",
         seed: int = 0,
         exact_forget: bool = False,
-        max_pending: int = 128,
+        max_pending: int = 1024,
         max_dual_examples: int | str = "auto",
     ) -> None:
         check_int("n_features", n_features, minimum=1)
@@ -189,6 +193,7 @@ class RidgeHead(Head):
     def _invalidate(self, eigen: bool) -> None:
         if eigen:
             self._eigen: tuple[FloatArray, FloatArray] | None = None  # (s, V) of G at the base
+            self._eigen_base = 0  # examples in G when it was decomposed
             self._pending: list[FloatArray] = []  # V^T h of examples since the base, (M, k) each
             self._rotated_targets: FloatArray | None = None  # V^T C
             # With P the pending V^T h and D = (s + lam)^-1, all at the fixed lam: D P, the lower
@@ -291,7 +296,7 @@ class RidgeHead(Head):
         """
         cache = self._dual
         r = X.shape[0]
-        if cache is None or cache.n - cache.n_base + r > self.max_pending:
+        if cache is None or cache.n - cache.n_base + r > self.pending_limit(cache.n_base):
             return None
         if cache.n + r > cache.factor.shape[0]:  # pragma: no cover - capacity covers max_pending
             return None
@@ -335,7 +340,8 @@ class RidgeHead(Head):
             ]
         keep_eigen = (
             self._eigen is not None
-            and sum(p.shape[1] for p in self._pending) + H.shape[0] <= self.max_pending
+            and sum(p.shape[1] for p in self._pending) + H.shape[0]
+            <= self.pending_limit(self._eigen_base)
         )
         if keep_eigen:
             assert self._eigen is not None and self._rotated_targets is not None
@@ -672,6 +678,7 @@ class RidgeHead(Head):
             rotated_targets = V.T @ self.targets_
             lam = self._choose_ridge(s, rotated_targets)
             self._eigen = (s, np.asfortranarray(V))
+            self._eigen_base = self.n_seen_
             self._pending = []
             self._rotated_targets = rotated_targets
             self._scaled_pending = np.zeros((self.n_features, 0))
@@ -694,13 +701,22 @@ class RidgeHead(Head):
             )
         return self._pending_solved
 
+    def pending_limit(self, base: int) -> int:
+        """Examples learned on top of a decomposition of ``base`` examples before a rebuild.
+
+        ``max_pending``, and at most half the base (but at least 32): the strength chosen at a
+        rebuild then always comes from at least two thirds of the data, while the rebuilds of a
+        growing model stay geometrically spaced.
+        """
+        return min(self.max_pending, max(32, base // 2))
+
     def _dual_solution(self) -> _DualSolution:
         """The dual cache, rebuilt from the stored rows if needed (``lam`` chosen then)."""
         if self._dual is not None:
             return self._dual
         assert self.features_ is not None and self.feature_columns_ is not None
         n = self.features_.shape[0]
-        capacity = n + self.max_pending
+        capacity = n + self.pending_limit(n)
         expanded = np.empty((capacity, self.n_features))
         expanded[:n] = self.expand(self.features_)
         H = expanded[:n]

@@ -102,12 +102,15 @@ def layers_learn_one(warm: int, repeats: int) -> tuple[float, float]:
     return 1e3 * statistics.median(times), 1e3 * max(times)
 
 
-def predict_then_learn(warm: int, steps: int, dim: int = 384) -> tuple[float, float]:
+def predict_then_learn(
+    warm: int, steps: int, dim: int = 384, max_pending: int | None = None
+) -> tuple[float, float]:
     """The online loop on the default model: mean step cost and mean learn-alone cost, in ms."""
     rng = np.random.default_rng(2)
     X = unit_rows(rng, warm + steps, dim)
     y = [f"c{i % 50}" for i in range(warm + steps)]
-    loop, alone = LifelongClassifier(), LifelongClassifier()
+    params = {} if max_pending is None else {"max_pending": max_pending}
+    loop, alone = (LifelongClassifier(head=make_head("ridge", **params)) for _ in range(2))
     for model in (loop, alone):
         model.learn_many(X[:warm], y[:warm])
         model.predict_one(X[0])  # both start from a solved model
@@ -144,6 +147,12 @@ def hello_world() -> tuple[float, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
+    parser.add_argument(
+        "--max-pending",
+        type=int,
+        default=None,
+        help="the ridge head's max_pending in part 3 (default: the head's default)",
+    )
     args = parser.parse_args()
     repeats = 15 if args.quick else 60
     with threadpool_limits(limits=1):
@@ -163,7 +172,7 @@ def main() -> None:
     for form, warm, steps in (("dual form", 200, 300), ("primal form", 1500, 1100)):
         if args.quick:
             steps = min(steps, 100)
-        step, learn = predict_then_learn(warm=warm, steps=steps)
+        step, learn = predict_then_learn(warm=warm, steps=steps, max_pending=args.max_pending)
         print(
             f"3. predict-then-learn, default model, 384-d, default threads, {form} "
             f"({warm} -> {warm + steps} examples): step {step:.2f} ms, learn alone {learn:.2f} ms, "

@@ -338,11 +338,9 @@ class RidgeHead(Head):
             class_updates = [
                 (int(c), np.asfortranarray(H[columns == c])) for c in np.unique(columns)
             ]
-        keep_eigen = (
-            self._eigen is not None
-            and sum(p.shape[1] for p in self._pending) + H.shape[0]
-            <= self.pending_limit(self._eigen_base)
-        )
+        keep_eigen = self._eigen is not None and sum(p.shape[1] for p in self._pending) + H.shape[
+            0
+        ] <= self.pending_limit(self._eigen_base)
         if keep_eigen:
             assert self._eigen is not None and self._rotated_targets is not None
             last = self._last_rotated

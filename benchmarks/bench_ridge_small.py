@@ -18,22 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_ridge_cost import DIM, M, timed, unit_rows  # run from benchmarks/
 from perennial.heads import RidgeHead
 from perennial.persistence import write_model_files
-
-M = 4096
-DIM = 384
-
-
-def unit_rows(rng: np.random.Generator, n: int) -> np.ndarray:
-    x = rng.standard_normal((n, DIM))
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def timed(call) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
 
 
 def directory_bytes(path: Path) -> int:

@@ -690,3 +690,29 @@ def test_tune_threshold_uses_the_calibration_scores_on_the_score_scale():
     want = candidates[int(np.argmax(recall + accept))]
     assert model.tune_threshold(far) == want
     assert not np.allclose(inside, model.gate_.scores_)  # not the raw rMD values
+
+
+@pytest.mark.parametrize("operation", ["forget", "unlearn", "merge"])
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_each_operation_then_save_load_then_open_set_prediction(tmp_path, name, operation):
+    X, y = blobs(56)
+    Q = np.vstack([X[::19], np.random.default_rng(57).normal(0, 6, (6, 5))])
+    model = gated("combined", HEADS[name]())
+    learn_in_chunks(model, X[:150], y[:150], 3, seed=58)
+    if operation == "forget":
+        model.forget("c1")
+    elif operation == "unlearn":
+        model.unlearn(X[:30], y[:30])
+    else:
+        other = gated("combined", HEADS[name]())
+        other.learn_many(X[150:], y[150:])
+        model.merge(other)
+    model.save(tmp_path / "m")
+    loaded = LifelongClassifier.load(tmp_path / "m")
+    assert_state_equal(gate_state(loaded), gate_state(model))
+    assert loaded.classes_ == model.classes_
+    want, got = model.predict_detailed(Q), loaded.predict_detailed(Q)
+    assert_same_predictions(got, want)
+    np.testing.assert_allclose([r["novelty"] for r in got], [r["novelty"] for r in want], rtol=1e-9)
+    loaded.learn_many(X[150:160], y[150:160])  # and it keeps learning with open set on
+    assert loaded.gate_.statistics_.n_classes == len(loaded.classes_)

@@ -273,14 +273,15 @@ class LifelongClassifier:
         labels = [label for _, y in batches for label in y]
         features = batches[0][0] if len(batches) == 1 else np.concatenate([f for f, _ in batches])
         plan = None
+        columns, new = head.columns_for(labels)
         if open_set is not None:
-            columns, new = head.columns_for(labels)
             cuts = np.cumsum([len(y) for _, y in batches])[:-1]
             pieces = np.split(columns, cuts)
             plan = open_set.plan(
                 [(f, c) for (f, _), c in zip(batches, pieces, strict=True)], len(new)
             )
-        head._learn_checked(features, labels)  # checked above, by _features and check_labels
+        # Checked above, by _features and check_labels; the columns are those just planned.
+        head._learn_checked(features, labels, (columns, new))
         if open_set is not None and plan is not None:
             open_set.commit(plan)
 
@@ -399,7 +400,7 @@ class LifelongClassifier:
     def decision_scores(self, X: Any) -> FloatArray:
         """Scores (n, n_classes), columns ordered like ``classes_``."""
         self._require_fitted()
-        return self.head.decision_scores(self._features(X))
+        return self.head._scores(self._features(X))  # checked once, by _features
 
     def predict_many(self, X: Any) -> list[Any]:
         """The most likely label of each input (``unknown_label`` for unknown inputs)."""
@@ -499,7 +500,7 @@ class LifelongClassifier:
         self._require_fitted()
         self._check_open_set()
         features = self._features(X)
-        scores = self.head.decision_scores(features)
+        scores = self.head._scores(features)
         gate = self.gate_
         threshold = self.unknown_threshold_
         novelty = gate.novelty(features) if gate is not None and gate.can_score() else None

@@ -196,13 +196,18 @@ class Head(ABC):
         features = check_features(X, self.dim_)
         self._learn_checked(features, check_labels(y, features.shape[0]))
 
-    def _learn_checked(self, features: FloatArray, labels: Sequence[Label]) -> None:
+    def _learn_checked(
+        self,
+        features: FloatArray,
+        labels: Sequence[Label],
+        planned: tuple[NDArray[np.intp], list[Label]] | None = None,
+    ) -> None:
         """:meth:`learn_many` for features and labels that passed its checks already.
 
         ``LifelongClassifier`` checks a batch once and comes in here, so the head does not check
-        it a second time.
+        it a second time; ``planned`` is :meth:`columns_for` of ``labels`` if already computed.
         """
-        columns, new = self.columns_for(labels)
+        columns, new = self.columns_for(labels) if planned is None else planned
         first = self.dim_ is None
         if first:
             self._initialise(features.shape[1])

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 from numpy.typing import NDArray
-from scipy.linalg import blas
 
 from perennial.exceptions import (
     InvalidInputError,
@@ -19,6 +18,7 @@ from perennial.exceptions import (
     ReadOnlyHeadError,
 )
 from perennial.heads.base import FloatArray, Head, one_hot
+from perennial.heads.statistics import add_outer, symmetric
 from perennial.params import check_int, check_positive
 
 __all__ = ["RidgeHead"]
@@ -246,7 +246,7 @@ class RidgeHead(Head):
         H = np.asfortranarray(self.expand(features))
         gram = np.zeros((self.n_features, self.n_features), order="F")
         if H.shape[0]:
-            _add_gram(gram, H)
+            add_outer(gram, H)
         targets = H.T @ _dual_targets(columns, n_classes)
         class_grams = []
         if self.exact_forget:
@@ -254,7 +254,7 @@ class RidgeHead(Head):
                 class_gram = np.zeros((self.n_features, self.n_features), order="F")
                 rows = np.asfortranarray(H[columns == column])
                 if rows.shape[0]:
-                    _add_gram(class_gram, rows)
+                    add_outer(class_gram, rows)
                 class_grams.append(class_gram)
         return gram, targets, class_grams
 
@@ -353,12 +353,12 @@ class RidgeHead(Head):
             )
             pending_state = self._pending_appended(rotated, Y, rotated_targets)
         # Commit.
-        _add_gram(self.gram_, H_f)
+        add_outer(self.gram_, H_f)
         for _ in range(n_new):
             if self.exact_forget:
                 self.class_grams_.append(np.zeros((self.n_features, self.n_features), order="F"))
         for column, rows in class_updates:
-            _add_gram(self.class_grams_[column], rows)
+            add_outer(self.class_grams_[column], rows)
         self.targets_ = targets
         self.counts_ = counts
         if keep_eigen:
@@ -463,9 +463,9 @@ class RidgeHead(Head):
                 if int(c) in remaining
             ]
         # Commit.
-        _add_gram(self.gram_, H_f, alpha=-1.0)
+        add_outer(self.gram_, H_f, alpha=-1.0)
         for column, rows in class_updates:
-            _add_gram(self.class_grams_[column], rows, alpha=-1.0)
+            add_outer(self.class_grams_[column], rows, alpha=-1.0)
         if self.exact_forget:
             self.class_grams_ = [self.class_grams_[i] for i in kept]
         self.targets_ = targets
@@ -843,12 +843,12 @@ class RidgeHead(Head):
             }
         assert self.gram_ is not None and self.targets_ is not None
         arrays: dict[str, np.ndarray] = {
-            "gram": _symmetric(self.gram_),
+            "gram": symmetric(self.gram_),
             "targets": self.targets_,
             "counts": self.counts_,
         }
         for i, gram in enumerate(self.class_grams_):
-            arrays[f"class_gram.{i}"] = _symmetric(gram)
+            arrays[f"class_gram.{i}"] = symmetric(gram)
         return arrays
 
     def _expected_shapes(self, dim: int, n_classes: int) -> dict[str, tuple[int, ...]]:
@@ -939,20 +939,3 @@ def _dual_targets(columns: NDArray[np.int64], n_classes: int) -> FloatArray:
     labelled = np.flatnonzero(columns >= 0)
     Y[labelled, columns[labelled]] = 1.0
     return Y
-
-
-def _add_gram(gram: FloatArray, rows: FloatArray, alpha: float = 1.0) -> None:
-    """``gram += alpha rows^T rows`` in place, on the upper triangle only (BLAS syr/syrk)."""
-    if rows.shape[0] == 1:
-        out = blas.dsyr(alpha, rows[0], lower=0, a=gram, overwrite_a=1)
-    else:
-        out = blas.dsyrk(alpha, rows, beta=1.0, c=gram, trans=1, lower=0, overwrite_c=1)
-    if out is not gram and not np.shares_memory(out, gram):  # pragma: no cover - BLAS copied
-        gram[...] = out
-
-
-def _symmetric(upper: FloatArray) -> FloatArray:
-    """The full symmetric matrix whose upper triangle is given."""
-    full = np.triu(upper)
-    full += np.triu(upper, 1).T
-    return full

@@ -25,6 +25,7 @@ from perennial.encoders.cache import FeatureCache
 from perennial.exceptions import DatasetError, InvalidParameterError
 from perennial.heads.base import Head
 from perennial.learner import LifelongClassifier
+from perennial.protocols.incremental import _say, encode_split
 
 __all__ = ["OpenSetResult", "auroc", "fpr_at_tpr", "run_open_set"]
 
@@ -85,11 +86,6 @@ class OpenSetResult:
         return asdict(self)
 
 
-def _say(stream: TextIO | None, text: str) -> None:
-    if stream is not None:
-        print(text, file=stream, flush=True)
-
-
 def run_open_set(
     dataset: Dataset,
     encoder: Encoder,
@@ -111,8 +107,6 @@ def run_open_set(
         )
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise InvalidParameterError(f"step must be a positive int, got {step!r}")
-    from perennial.protocols.incremental import encode_split
-
     started = time.perf_counter()
     train_labels = np.asarray(dataset.train.labels.tolist(), dtype=object)
     test_labels = np.asarray(dataset.test.labels.tolist(), dtype=object)

@@ -419,6 +419,21 @@ def test_ridge_strength_is_chosen_at_rebuilds_and_pending_updates_are_exact(n_fe
     assert relative_gap(head.decision_scores(X), closed_form_scores(head, X, y, X, lam)) < 1e-8
 
 
+@pytest.mark.parametrize("same_row", [True, False])
+def test_ridge_dual_predict_then_learn_equals_the_closed_form(same_row):
+    # A learn right after a prediction of the same row reuses that prediction's expansion and
+    # triangular solve; a learn after a prediction of another row must not.
+    X, y = blobs(16, n_classes=12, per_class=6)
+    head = RidgeHead(n_features=256, ridge=0.3, max_pending=40)
+    head.learn_many(X[:24], y[:24])
+    for i in range(24, 60):
+        head.decision_scores(X[i : i + 1] if same_row else X[i - 1 : i])
+        head.learn_one(X[i], y[i])
+        assert head.form_ == "dual"
+    expected = closed_form_scores(head, X[:60], y[:60], X, 0.3)
+    assert relative_gap(head.decision_scores(X), expected) < 1e-9
+
+
 @pytest.mark.parametrize("ridge", ["auto", 0.3])
 def test_ridge_dual_and_primal_forms_agree(ridge):
     X, y = blobs(13, per_class=15)

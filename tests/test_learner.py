@@ -20,6 +20,7 @@ from perennial.exceptions import (
     FeatureDimensionError,
     FormatVersionError,
     InputTypeError,
+    InvalidParameterError,
     LabelLengthError,
     ModelMismatchError,
     NonFiniteInputError,
@@ -27,6 +28,7 @@ from perennial.exceptions import (
     PersistenceError,
     UnknownLabelError,
 )
+from perennial.heads import HEADS, registered_name
 
 
 def hashed_features(texts):
@@ -300,3 +302,58 @@ def test_identity_encoder_flattens_images_to_rows():
     np.testing.assert_array_equal(features, images.reshape(2, 12).astype(np.float32))
     with pytest.raises(EmptyInputError):
         IdentityEncoder().encode(np.zeros((0, 3, 4)))
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_a_head_named_by_string_is_the_registry_head_with_its_defaults(name, tmp_path):
+    model = LifelongClassifier(IdentityEncoder(), head=name)
+    assert type(model.head) is HEADS[name] and model.head.name == name
+    assert model.head.get_params() == HEADS[name]().get_params()
+    X = np.random.default_rng(1).normal(size=(12, 4))
+    model.learn_many(X, ["a", "b", "c"] * 4)
+    loaded = LifelongClassifier.load(model.save(tmp_path / "m"))
+    assert type(loaded.head) is HEADS[name]
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+
+
+@pytest.mark.parametrize("head", ["foo", "SLDA", 3, object()])
+def test_an_unknown_head_is_refused_at_construction_naming_the_choices(head):
+    with pytest.raises(InvalidParameterError, match="ncm, ridge, ridge-ensemble, slda"):
+        LifelongClassifier(head=head)
+
+
+def test_a_head_subclass_is_not_saved_under_its_parent_name(tmp_path):
+    class Custom(NCMHead):
+        pass
+
+    assert registered_name(Custom()) is None and registered_name(NCMHead()) == "ncm"
+    model = LifelongClassifier(IdentityEncoder(), head=Custom())
+    model.learn_many(np.eye(3), ["a", "b", "c"])
+    with pytest.raises(PersistenceError, match="Custom"):
+        model.save(tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_get_params_and_set_params_follow_scikit_learn_and_keep_what_was_learned():
+    model = LifelongClassifier(IdentityEncoder(), head="ncm", unknown_rate=0.1)
+    params = model.get_params()
+    assert set(params) >= {"encoder", "head", "unknown_rate", "unknown_label", "novelty_score"}
+    assert params["unknown_rate"] == 0.1 and isinstance(params["head"], NCMHead)
+    X = np.random.default_rng(2).normal(size=(30, 3))
+    model.learn_many(X, ["a", "b", "c"] * 10)
+    before = model.predict_detailed(X)
+    assert model.set_params(unknown_rate=0.2, unknown_label="?") is model
+    assert model.get_params()["unknown_rate"] == 0.2 and model.unknown_label == "?"
+    assert model.n_seen_ == 30
+    after = model.predict_detailed(X)  # the same statistics, another rate
+    assert [a["novelty"] for a in after] == [b["novelty"] for b in before]
+    for bad in ({"head": "slda"}, {"encoder": IdentityEncoder()}, {"novelty_score": "relative"}):
+        with pytest.raises(InvalidParameterError, match="learned 30 examples"):
+            model.set_params(**bad)
+    with pytest.raises(InvalidParameterError, match="unknown parameter 'nope'"):
+        model.set_params(nope=1)
+    with pytest.raises(InvalidParameterError):
+        model.set_params(unknown_rate=1.5)
+    assert model.get_params()["unknown_rate"] == 0.2
+    empty = LifelongClassifier(IdentityEncoder()).set_params(head="slda")
+    assert type(empty.head) is SLDAHead

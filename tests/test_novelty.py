@@ -451,6 +451,37 @@ def test_a_head_that_fails_leaves_the_gate_unchanged(monkeypatch):
     assert_state_equal(gate_state(model), state)
 
 
+def test_a_plan_never_committed_leaves_no_trace_in_later_held_out_scores():
+    # The gate caches whitened class means by class count. A plan whose second batch reads rows
+    # of its first batch must not leave those rows' mean in the cache: a later learn that
+    # reaches the same count without being scored (the reservoir is full and passes it over)
+    # would otherwise have the next held-out rows scored against rows never learned.
+    X, y = blobs(25)
+    columns = np.array([int(label[1:]) for label in y])
+    rng = np.random.default_rng(26)
+    never, then = rng.normal(0, 3, (2, 5)), rng.normal(0, 3, (1, 5))
+    later = X[:40] + rng.normal(0, 0.1, (40, 5))  # near class 0, so its mean decides
+    zeros = np.zeros(len(later), dtype=np.intp)
+
+    def learned(abandon: bool) -> OpenSetGate:
+        # 120 held-out scores offered to 25 slots. With seed 1 the reservoir takes the second
+        # row of the abandoned plan and passes over the first, and so the row learned instead.
+        gate = OpenSetGate(reservoir_size=25, seed=1)
+        gate.commit(gate.plan([(X, columns)], n_new=6))
+        gate.novelty_terms(X[:1])  # the committed statistics' factors, as a prediction leaves them
+        if abandon:
+            gate.plan([(never[:1], zeros[:1]), (never[1:], zeros[:1])], n_new=0)
+        scores = gate.scores_.copy()
+        gate.commit(gate.plan([(then, zeros[:1])], n_new=0))
+        assert gate.offered_ == 121 and gate.statistics_.counts[0] == 41
+        np.testing.assert_array_equal(gate.scores_, scores)  # passed over: not scored
+        gate.commit(gate.plan([(later, zeros)], n_new=0))
+        return gate
+
+    got, want = learned(abandon=True), learned(abandon=False)
+    np.testing.assert_array_equal(got.scores_, want.scores_)
+
+
 def test_a_young_model_answers_and_says_what_it_still_needs():
     model = gated("relative")
     model.learn_one([1.0, 0.0, 0.0], "a")

@@ -19,7 +19,7 @@ from perennial.exceptions import (
     NotFittedError,
     PersistenceError,
 )
-from perennial.heads import HEADS, Head, RidgeHead, make_head
+from perennial.heads import HEADS, Head, RidgeHead, make_head, registered_name
 from perennial.heads.base import FloatArray, Label, check_features, check_labels
 from perennial.novelty import SCORES
 from perennial.openset import OpenSetGate
@@ -540,7 +540,7 @@ class LifelongClassifier:
     # --- persistence ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the learned statistics to the directory ``path`` (atomically)."""
-        head_name = next((n for n, cls in HEADS.items() if type(self.head) is cls), None)
+        head_name = registered_name(self.head)
         if head_name is None:
             raise PersistenceError(f"cannot save a head of type {type(self.head).__name__}")
         head_meta, arrays = self.head.get_state()

@@ -64,33 +64,53 @@ YOUNG_SCORES = 20  # held-out scores the reservoir needs before its quantile set
 
 @dataclass
 class _Factors:
-    """Cholesky factors of both shrunk covariances, and the class means whitened by the first."""
+    """Cholesky factors of both shrunk covariances, and the class means whitened by the first.
+
+    The whitened means are cached per class column and keyed by its count: within one
+    generation statistics change only by added rows, so a class's mean moves only when its
+    count does.
+    """
 
     generation: int
     n: int
     within: FloatArray
     overall: FloatArray
-    means: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
+    counts: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     white_means: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
+    white_norms: FloatArray = field(default_factory=lambda: np.zeros(0))
 
-    def whitened(self, means: FloatArray) -> FloatArray:
-        """Whitened ``means``, recomputing only rows that changed since last time (cached)."""
-        k = len(means)
-        old = len(self.means)
-        if old == k and np.array_equal(self.means, means):
-            return self.white_means
-        white = np.empty_like(means)
-        if old:
-            shared = min(old, k)
-            white[:shared] = self.white_means[:shared]
-            changed = np.flatnonzero(np.any(self.means[:shared] != means[:shared], axis=1))
-        else:
-            shared, changed = 0, np.zeros(0, dtype=np.intp)
+    def whitened(
+        self, counts: NDArray[np.int64], sums: FloatArray, committed: bool = True
+    ) -> tuple[FloatArray, FloatArray]:
+        """Whitened means of every column, and their squared norms (inf for empty classes).
+
+        Only ``committed`` statistics may enter the cache: a plan that is never committed must
+        not leave means of rows that were never learned under a count that may come back.
+        """
+        k, old = len(counts), len(self.counts)
+        shared = min(old, k)
+        if old == k and np.array_equal(self.counts, counts):
+            return self.white_means, self.white_norms
+        changed = np.flatnonzero(self.counts[:shared] != counts[:shared])
         redo = np.concatenate([changed, np.arange(shared, k)])
-        if len(redo):
-            white[redo] = whiten(self.within, means[redo])
-        self.means, self.white_means = means.copy(), white
-        return white
+        if old != k or not committed:
+            white = np.zeros((k, sums.shape[1]))
+            norms = np.full(k, np.inf)
+            if shared:
+                white[:shared] = self.white_means[:shared]
+                norms[:shared] = self.white_norms[:shared]
+        else:
+            white, norms = self.white_means, self.white_norms  # the cache, updated in place
+        known = redo[counts[redo] > 0]
+        if len(known):
+            rows = whiten(self.within, sums[known] / counts[known][:, None])
+            white[known] = rows
+            norms[known] = np.einsum("ij,ij->i", rows, rows)
+        empty = redo[counts[redo] == 0]
+        white[empty], norms[empty] = 0.0, np.inf
+        if committed:
+            self.counts, self.white_means, self.white_norms = counts.copy(), white, norms
+        return white, norms
 
 
 class _Virtual:
@@ -108,11 +128,13 @@ class _Virtual:
         self.diagonal = stats.moment_diagonal()
         self.n = stats.n
         self.pending: list[FloatArray] = []
+        self.copied = False  # whether counts and sums are this object's own
         if n_new:
             self._copy()
 
     def _copy(self) -> None:
         stats, n_new = self.base, self.n_new
+        self.copied = True
         self.counts = np.concatenate([stats.counts, np.zeros(n_new, dtype=np.int64)])
         self.sums = np.vstack([stats.sums, np.zeros((n_new, stats.dim))])
         if stats.squares is not None:
@@ -264,18 +286,21 @@ class OpenSetGate:
         squares: FloatArray | None,
         diagonal: FloatArray,
         n: int,
+        committed: bool = True,
     ) -> tuple[FloatArray, FloatArray | None]:
-        """rMD and (combined score only) the diagonal term of each row, from these statistics."""
-        known = counts > 0
-        means = sums[known] / counts[known][:, None]
+        """rMD and (combined score only) the diagonal term of each row, from these statistics.
+
+        ``committed``: these are statistics the gate holds, or ``factors`` belongs to the plan
+        reading them (see :meth:`_Factors.whitened`).
+        """
         total_mean = sums.sum(axis=0) / n
-        nearest, background = relative_parts(
-            X, factors.within, factors.whitened(means), factors.overall, total_mean
-        )
+        white = factors.whitened(counts, sums, committed)
+        nearest, background = relative_parts(X, factors.within, *white, factors.overall, total_mean)
         relative: FloatArray = nearest - background
         if not self.combined:
             return relative, None
         assert squares is not None
+        known = counts > 0
         pooled = (diagonal - (sums[known] ** 2 / counts[known][:, None]).sum(axis=0)) / n
         gaussians = diagonal_gaussians(counts[known], sums[known], squares[known], pooled)
         result: FloatArray = gaussians.nll(X) - background
@@ -463,7 +488,7 @@ class OpenSetGate:
             if len(scored) and int((virtual.counts > 0).sum()) >= 2:
                 # Reservoir sampling (Vitter's algorithm R) decides first, so only the rows it
                 # keeps are scored.
-                rng = np.random.default_rng([int(self.seed), offered])
+                rng: np.random.Generator | None = None  # made only once the reservoir is full
                 filled = len(scores)
                 slots = np.full(len(scored), -1)
                 for row in range(len(scored)):
@@ -472,6 +497,8 @@ class OpenSetGate:
                         slots[row] = filled
                         filled += 1
                     else:
+                        if rng is None:
+                            rng = np.random.default_rng([int(self.seed), offered - row - 1])
                         j = int(rng.integers(offered))
                         if j < size:
                             slots[row] = j
@@ -493,6 +520,7 @@ class OpenSetGate:
                         virtual.squares,
                         virtual.diagonal,
                         virtual.n,
+                        committed=factors is not self._factors or not virtual.copied,
                     )
                     grow = filled - len(scores)
                     scores = np.concatenate([scores, np.zeros(grow)])

@@ -6,15 +6,26 @@ from perennial.heads.ncm import NCMHead
 from perennial.heads.ridge import RidgeHead
 from perennial.heads.slda import SLDAHead
 
-__all__ = ["HEADS", "Head", "NCMHead", "RidgeEnsembleHead", "RidgeHead", "SLDAHead", "make_head"]
+__all__ = [
+    "HEADS",
+    "Head",
+    "NCMHead",
+    "RidgeEnsembleHead",
+    "RidgeHead",
+    "SLDAHead",
+    "make_head",
+    "registered_name",
+]
 
 #: Heads by the name the command line and the service use.
 HEADS: dict[str, type[Head]] = {
-    "ridge": RidgeHead,
-    "ridge-ensemble": RidgeEnsembleHead,
-    "slda": SLDAHead,
-    "ncm": NCMHead,
+    cls.name: cls for cls in (RidgeHead, RidgeEnsembleHead, SLDAHead, NCMHead)
 }
+
+
+def registered_name(head: Head) -> str | None:
+    """The registry name of ``head``'s exact type (None for a class the registry does not hold)."""
+    return head.name if HEADS.get(head.name) is type(head) else None
 
 
 def make_head(name: str, **params: object) -> Head:

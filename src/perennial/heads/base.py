@@ -12,7 +12,7 @@ import inspect
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -149,6 +149,10 @@ class Head(ABC):
     the ``_learn``, ``_unlearn``, ``_merge``, ``_scores``, ``_forget_index`` and state hooks. This
     class does the label bookkeeping, validation and (de)serialisation of parameters.
     """
+
+    #: The name the registry (:data:`perennial.heads.HEADS`), saved models, the command line and
+    #: the service know this head by.
+    name: ClassVar[str] = ""
 
     #: Default temperature for turning scores into probabilities with a softmax.
     proba_temperature: float = 1.0

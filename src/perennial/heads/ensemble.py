@@ -47,6 +47,8 @@ class RidgeEnsembleHead(Head):
     'a'
     """
 
+    name = "ridge-ensemble"
+
     proba_temperature = RidgeHead.proba_temperature
 
     def __init__(

@@ -29,6 +29,8 @@ class NCMHead(Head):
     'y'
     """
 
+    name = "ncm"
+
     proba_temperature = 0.05
 
     def __init__(self, metric: str = "cosine") -> None:

@@ -127,6 +127,8 @@ class RidgeHead(Head):
     ('primal', ['up', 'down'])
     """
 
+    name = "ridge"
+
     proba_temperature = 0.1
 
     def __init__(
@@ -208,6 +210,9 @@ class RidgeHead(Head):
         self._alpha: FloatArray | None = None  # (K + lam I)^-1 Y (dual)
         self._small_rows = 0  # rows predicted without forming W since the last solution
         self._last_rotated: tuple[FloatArray, FloatArray] | None = None  # (X, H V) of them
+        # (X, H, L^-1 K(stored, X), cache) of the last rows predicted in the dual form: a learn
+        # of the same rows right after (predict, then learn) reuses them.
+        self._last_dual: tuple[FloatArray, FloatArray, FloatArray, _DualSolution] | None = None
 
     def _make_projection(self, dim: int) -> FloatArray:
         return np.random.default_rng(self.seed).standard_normal((dim, self.n_features))
@@ -301,11 +306,15 @@ class RidgeHead(Head):
         if cache.n + r > cache.factor.shape[0]:  # pragma: no cover - capacity covers max_pending
             return None
         n = cache.n
-        H_new = self.expand(X)
-        L = cache.factor[:n, :n]
-        cross = scipy.linalg.solve_triangular(
-            L, cache.expanded[:n] @ H_new.T, lower=True, check_finite=False
-        )  # L^-1 H H_new^T
+        last = self._last_dual
+        if last is not None and last[3] is cache and np.array_equal(last[0], X):
+            H_new, cross = last[1], last[2]  # just predicted: the same expansion and solve
+        else:
+            H_new = self.expand(X)
+            L = cache.factor[:n, :n]
+            cross = scipy.linalg.solve_triangular(
+                L, cache.expanded[:n] @ H_new.T, lower=True, check_finite=False
+            )  # L^-1 H H_new^T
         schur = H_new @ H_new.T + cache.lam * np.eye(r) - cross.T @ cross
         try:
             corner = scipy.linalg.cholesky(schur, lower=True, check_finite=False)
@@ -784,6 +793,7 @@ class RidgeHead(Head):
                 solved = scipy.linalg.solve_triangular(
                     cache.factor[:n, :n], kernel_rows.T, lower=True, check_finite=False
                 )
+                self._last_dual = (X.copy(), H, solved, cache)
                 dual_scores: FloatArray = solved.T @ cache.half
                 return dual_scores
         elif self._weights is None:

@@ -46,6 +46,8 @@ class SLDAHead(Head):
     'a'
     """
 
+    name = "slda"
+
     def __init__(self, shrinkage: float = 1e-4, exact_forget: bool = False) -> None:
         check_fraction("shrinkage", shrinkage, high_open=False)
         self.shrinkage = shrinkage

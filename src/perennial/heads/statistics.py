@@ -114,6 +114,9 @@ class ClassStatistics:
     # --- changing --------------------------------------------------------------------------------
     def add(self, X: FloatArray, columns: NDArray[np.intp], n_new: int = 0) -> None:
         """Add rows ``X`` to the classes ``columns``; ``n_new`` empty classes are appended first."""
+        if n_new == 0 and self.class_moments is None:
+            self._add_in_place(X, columns)
+            return
         counts = np.concatenate([self.counts, np.zeros(n_new, dtype=np.int64)])
         np.add.at(counts, columns, 1)
         sums = np.vstack([self.sums, np.zeros((n_new, self.dim))])
@@ -135,6 +138,23 @@ class ClassStatistics:
             for column, rows in class_updates:
                 add_outer(self.class_moments[column], rows)
         self.counts, self.sums, self.squares = counts, sums, squares
+        self.n += X.shape[0]
+
+    def _add_in_place(self, X: FloatArray, columns: NDArray[np.intp]) -> None:
+        """:meth:`add` to existing classes, updating the arrays in place (one row: no ufunc.at)."""
+        if self.moment is not None:
+            add_outer(self.moment, np.asfortranarray(X))
+        if X.shape[0] == 1:
+            column = int(columns[0])
+            self.counts[column] += 1
+            self.sums[column] += X[0]
+            if self.squares is not None:
+                self.squares[column] += X[0] * X[0]
+        else:
+            np.add.at(self.counts, columns, 1)
+            np.add.at(self.sums, columns, X)
+            if self.squares is not None:
+                np.add.at(self.squares, columns, X * X)
         self.n += X.shape[0]
 
     def subtract(self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]) -> None:

@@ -46,7 +46,7 @@ from perennial.exceptions import (
     ModelMismatchError,
     PersistenceError,
 )
-from perennial.heads import HEADS, Head, RidgeEnsembleHead, RidgeHead, make_head
+from perennial.heads import Head, RidgeEnsembleHead, RidgeHead, make_head, registered_name
 from perennial.learner import LifelongClassifier
 from perennial.persistence import atomic_write_bytes
 from perennial.service.journal import Record
@@ -219,7 +219,7 @@ class Refresher:
         self._state_bytes = 0
         head = model.head
         counts = [int(n) for n in head._class_counts()] if head.is_fitted else []
-        head_name = next((k for k, cls in HEADS.items() if type(head) is cls), None)
+        head_name = registered_name(head)
         return {
             "version": self.applied,
             "ledger": [(str(c), n) for c, n in zip(head.classes_, counts, strict=True)],
@@ -633,7 +633,7 @@ def dump_record(record: dict[str, Any]) -> bytes:
 
 
 def _check_head(path: Path, head: Head, name: str | None, params: dict[str, Any] | None) -> None:
-    actual = next((key for key, cls in HEADS.items() if type(head) is cls), type(head).__name__)
+    actual = registered_name(head) or type(head).__name__
     if name is not None and name != actual:
         raise ModelMismatchError(f"{path} holds a {actual!r} head, not {name!r}")
     mine = head.get_params()

@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 
 from perennial.encoders import ENCODERS
-from perennial.encoders.base import Encoder, as_encoder, encoder_spec
+from perennial.encoders.base import (
+    Encoder,
+    IdentityEncoder,
+    Precomputed,
+    as_encoder,
+    encoder_spec,
+)
 from perennial.exceptions import (
     FeatureDimensionError,
     InputTypeError,
@@ -29,6 +35,15 @@ from perennial.persistence import read_model_files, write_model_files
 __all__ = ["LifelongClassifier"]
 
 NOVELTY_SCORES = ("auto", *SCORES)
+
+
+# Encoders whose ``encode`` returns check_features' output (as float32).
+_VALIDATING_ENCODERS = (IdentityEncoder, Precomputed)
+
+
+def _one(x: Any) -> Any:
+    """A batch of the one input ``x`` (an array gains a leading axis: no list to convert)."""
+    return x[np.newaxis] if isinstance(x, np.ndarray) else [x]
 
 
 def _batch_length(inputs: Any) -> int:
@@ -219,12 +234,18 @@ class LifelongClassifier:
         dim = self.head.dim_
         if dim is None and self.gate_ is not None:
             dim = self.gate_.dim
-        return check_features(self.encode(inputs), dim)
+        features = self.encode(inputs)
+        if type(self._encoder) in _VALIDATING_ENCODERS:
+            # Their output went through check_features already: finite, 2-D, not empty.
+            if dim is not None and features.shape[1] != dim:
+                check_features(features[:1], dim)  # raises the usual FeatureDimensionError
+            return features.astype(np.float64)
+        return check_features(features, dim)
 
     # --- learning ---------------------------------------------------------------------------------
     def learn_one(self, x: Any, y: Label) -> None:
         """Learn one example."""
-        self.learn_many([x], [y])
+        self.learn_many(_one(x), [y])
 
     def learn_many(self, X: Any, y: Any) -> None:
         """Learn a batch, whole or not at all."""
@@ -344,7 +365,7 @@ class LifelongClassifier:
 
     def unlearn_one(self, x: Any, y: Label) -> None:
         """Remove one example learned before (see :meth:`unlearn_many`)."""
-        self.unlearn_many([x], [y])
+        self.unlearn_many(_one(x), [y])
 
     def merge(self, other: LifelongClassifier) -> None:
         """Add what ``other`` learned: this model becomes the model of both models' data.
@@ -412,7 +433,7 @@ class LifelongClassifier:
 
     def predict_one(self, x: Any) -> Any:
         """The most likely label of one input, or ``unknown_label`` if it is unknown."""
-        return self.predict_many([x])[0]
+        return self.predict_many(_one(x))[0]
 
     def predict(self, X: Any) -> np.ndarray:
         """scikit-learn spelling of :meth:`predict_many`, as an array."""
@@ -430,7 +451,7 @@ class LifelongClassifier:
 
     def predict_proba_one(self, x: Any) -> dict[Label, float]:
         """Class probabilities of one input, by label."""
-        row = self.predict_proba_many([x])[0]
+        row = self.predict_proba_many(_one(x))[0]
         return {label: float(p) for label, p in zip(self.head.classes_, row, strict=True)}
 
     # --- open-set recognition ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -354,6 +355,10 @@ def test_workers_dying_every_time_fail_the_fit_and_save_nothing(
     )
     assert status == 2
     err = capsys.readouterr().err
-    assert "2 worker processes died running partition 4 of 4 (examples 150 to 199)" in err
+    # Usually the partition that kills its worker is named; on a loaded machine another
+    # partition that was on the same worker when it died can reach Dask's limit first.
+    assert re.search(
+        r"\d+ worker processes died running partition [1-4] of 4 \(examples \d+ to \d+\)", err
+    ), err
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before  # untouched
     client.wait_for_workers(2, timeout=60)

@@ -142,14 +142,23 @@ def test_combined_score_and_reservoir_match_numpy(shrinkage):
     relative, diagonal = gate.novelty_terms(Q)
     np.testing.assert_allclose(relative, reference_scores(Xa, ya, Q, shrinkage), rtol=1e-8)
     np.testing.assert_allclose(diagonal, reference_diagonal(Xa, ya, Q, shrinkage), rtol=1e-8)
+    # Batch 1's scores were taken against classes of 20 examples (120 rows learned), batch 2's
+    # against 40 (240 rows); of 50 examples per class now, only scores taken with at least half
+    # of them calibrate: batch 2's.
+    context = np.r_[np.tile([20, 120], (120, 1)), np.tile([40, 240], (60, 1))]
+    np.testing.assert_array_equal(gate.score_context_, context)
+    recent = np.r_[np.zeros(120, dtype=bool), np.ones(60, dtype=bool)]
+    np.testing.assert_array_equal(gate.recent(), recent)
     want = reference_combined(
         reference_scores(Xa, ya, Q, shrinkage),
         reference_diagonal(Xa, ya, Q, shrinkage),
-        want_relative,
-        want_diagonal,
+        want_relative[recent],
+        want_diagonal[recent],
     )
     np.testing.assert_allclose(gate.novelty(Q), want, rtol=1e-8)
-    calibration = reference_combined(want_relative, want_diagonal, want_relative, want_diagonal)
+    calibration = reference_combined(
+        want_relative[recent], want_diagonal[recent], want_relative[recent], want_diagonal[recent]
+    )
     np.testing.assert_allclose(gate.calibration_scores(), calibration, rtol=1e-8, atol=1e-12)
     for rate in (0.02, 0.1, 0.5):
         want_threshold = np.quantile(calibration, 1 - rate)
@@ -524,18 +533,34 @@ def test_the_young_model_rule_matches_numpy(per_class):
     assert flagged == list(novelty > threshold)
 
 
-def test_the_gate_grows_out_of_the_young_rule_at_twenty_held_out_scores():
+def test_the_gate_grows_out_of_the_young_rule_at_twenty_recent_held_out_scores():
     X, y = blobs(53, k=4, n=12)  # 48 examples of 5 features: the width is passed early
     model = gated("relative", unknown_rate=0.05)
     order = np.random.default_rng(54).permutation(len(y))
-    for i in order:
+    counts: dict[str, int] = {}
+    scored = []  # (class, its count, rows learned) when each held-out score was taken
+    for n, i in enumerate(order):
+        if counts.get(y[i], 0) >= 2 and len(counts) >= 2:
+            scored.append((y[i], counts[y[i]], n))
+        counts[y[i]] = counts.get(y[i], 0) + 1
         model.learn_one(X[i], y[i])
         gate = model.gate_
+        context = np.array([(c, rows) for _, c, rows in scored]).reshape(-1, 2)
+        np.testing.assert_array_equal(gate.score_context_, context)
+        # Recent: taken once the class had half its examples of now, and the statistics
+        # min(half their rows of now, two per feature).
+        recent = np.array(
+            [
+                c >= 0.5 * counts[label] and rows >= min(0.5 * (n + 1), 10)
+                for label, c, rows in scored
+            ],
+            dtype=bool,
+        )
         if gate.young():
-            assert len(gate.scores_) < 20 or gate.statistics_.n < 5
+            assert recent.sum() < 20 or n + 1 < 5
         else:
-            assert len(gate.scores_) >= 20 and gate.statistics_.n >= 5
-            want = np.quantile(gate.scores_, 0.95)
+            assert recent.sum() >= 20 and n + 1 >= 5
+            want = np.quantile(gate.scores_[recent], 0.95)
             assert model.unknown_threshold_ == pytest.approx(want, rel=1e-12)
     assert not model.gate_.young() and model.open_set_status_ == "on"
     wide = gated("relative")  # more features than examples: young, whatever the reservoir holds
@@ -623,6 +648,38 @@ def test_merge_pools_both_terms_of_each_calibration_entry_together():
     assert all(pair in pairs for pair in zip(gate.scores_, gate.diag_scores_, strict=True))
 
 
+def test_merge_stretches_each_side_s_score_contexts_to_the_merged_classes():
+    # Each side's (class count, rows) at scoring time scale to the merged model: a score from
+    # the later half of one side's stream stays in the later half of the merged one.
+    X, y = blobs(28, k=3, n=30)
+    order = np.random.default_rng(29).permutation(len(y))
+    here, there = gated("relative"), gated("relative")
+    for i in order[:60]:
+        here.learn_one(X[i], y[i])
+    for i in order[60:]:
+        there.learn_one(X[i], y[i])
+    own = {m: dict(zip(m.classes_, m.head.counts_.tolist(), strict=True)) for m in (here, there)}
+    before = {
+        m: (m.gate_.score_context_.copy(), list(m.gate_.score_classes_)) for m in (here, there)
+    }
+    rows = {here: 60, there: 30}
+    labels = {m: list(m.classes_) for m in (here, there)}
+    here.merge(there)
+    merged = dict(zip(here.classes_, here.head.counts_.tolist(), strict=True))
+    want = []
+    for m in (here, there):
+        context, classes = before[m]
+        for (count, n), column in zip(context, classes, strict=True):
+            label = labels[m][column]
+            want.append(
+                (
+                    int(np.floor(count * merged[label] / own[m][label])),
+                    int(np.floor(n * 90 / rows[m])),
+                )
+            )
+    np.testing.assert_array_equal(here.gate_.score_context_, np.array(want))
+
+
 def test_unlearning_a_whole_class_drops_both_terms_of_its_calibration_scores():
     X, y = blobs(25)
     model = gated("combined")
@@ -661,6 +718,12 @@ def test_state_round_trip_and_inconsistent_states_are_refused():
             OpenSetGate.from_state(meta, bad, n_classes=6)
     with pytest.raises(ModelMismatchError):
         OpenSetGate.from_state(meta, arrays, n_classes=5)
+    with pytest.raises(ModelMismatchError):
+        OpenSetGate.from_state(meta, {**arrays, "score_context": arrays["score_context"][:-1]}, 6)
+    # A state saved before score contexts were kept: every score calibrates, as it did then.
+    older = {key: value for key, value in arrays.items() if key != "score_context"}
+    restored = OpenSetGate.from_state(meta, older, n_classes=6)
+    assert restored.recent().all() and len(restored.scores_) == len(model.gate_.scores_)
 
 
 def test_learner_save_and_load_keeps_the_combined_score(tmp_path):

@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
+from perennial.service.journal import Record, frame
 from test_service_support import RIDGE, Server, clusters, reference, run_serve
 
 pytest.importorskip("fastapi")
@@ -451,9 +452,10 @@ def test_every_acknowledged_update_survives_a_crash(tmp_path: Path) -> None:
     running.kill()  # SIGKILL in the middle of the stream
     thread.join()
     assert len(acknowledged) >= 40
-    # A write torn by the crash: a frame header promising more bytes than the file holds.
+    # A write torn by the crash: the start of a frame promising more bytes than the file holds.
+    update = Record(len(acknowledged) + 2, "learn", ("w",), np.ones((1, DIM), np.float32))
     with open(model / "journal.log", "ab") as journal:
-        journal.write(b"\x64\x00\x00\x00\x01\x02\x03\x04partial")
+        journal.write(frame(update.encode())[:30])
     restarted = Server(model, *ARGS, "--snapshot-every", "7").start()
     try:
         assert "ignored a torn last record" in restarted.output()

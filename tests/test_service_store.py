@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import struct
 import sys
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,7 @@ from perennial.exceptions import (
     CorruptedJournalError,
     CorruptedModelError,
     FeatureDimensionError,
+    FormatVersionError,
     InputTypeError,
     InvalidInputError,
     InvalidParameterError,
@@ -33,8 +37,9 @@ from perennial.exceptions import (
     UnknownLabelError,
 )
 from perennial.heads import RidgeHead
+from perennial.learner import LifelongClassifier
 from perennial.service.auth import KeyRing
-from perennial.service.journal import MAGIC, Journal, Record, frame
+from perennial.service.journal import Journal, Record
 from perennial.service.metrics import Metrics
 from perennial.service.refresher import prediction_copy, warm
 from perennial.service.review import ReviewQueue
@@ -48,6 +53,49 @@ PROBES = np.random.default_rng(99).normal(0.0, 2.0, (12, 8))
 def record(version: int, n: int = 2, label: str = "a", dim: int = 3) -> Record:
     features = np.arange(n * dim, dtype=np.float32).reshape(n, dim) + version
     return Record(version, "learn", (label,) * n, features)
+
+
+# The two journal formats, framed here from the module docstring, independently of the module.
+FILE_HEADERS = {1: b"PRNLJNL\x01", 2: b"PRNLJNL\x02"}
+FRAME_HEADERS = {1: 8, 2: 16}  # bytes in front of each payload
+LENGTH_AT = {1: 0, 2: 4}  # where in a frame its payload length sits
+
+
+def frame_in(format_version: int, payload: bytes) -> bytes:
+    length_and_crc = struct.pack("<II", len(payload), zlib.crc32(payload))
+    if format_version == 1:
+        return length_and_crc + payload
+    header = b"\xa5REC" + length_and_crc
+    return header + struct.pack("<I", zlib.crc32(header)) + payload
+
+
+def write_journal(path: Path, records: list[Record], format_version: int) -> list[int]:
+    """A journal file of ``records`` in the given format; the byte offset of each frame."""
+    data = FILE_HEADERS[format_version]
+    offsets = []
+    for item in records:
+        offsets.append(len(data))
+        data += frame_in(format_version, item.encode())
+    path.write_bytes(data)
+    return offsets
+
+
+def frames_of(data: bytes) -> list[bytes]:
+    """The payloads of a format-2 journal, read by the documented rules, strictly."""
+    assert data[:8] == FILE_HEADERS[2]
+    payloads, offset = [], 8
+    while offset < len(data):
+        magic, length, checksum, header_checksum = struct.unpack_from("<4sIII", data, offset)
+        assert magic == b"\xa5REC" and zlib.crc32(data[offset : offset + 12]) == header_checksum
+        payload = data[offset + 16 : offset + 16 + length]
+        assert len(payload) == length and zlib.crc32(payload) == checksum
+        payloads.append(payload)
+        offset += 16 + length
+    return payloads
+
+
+def damaged_copies(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(path.name + ".damaged-*"))
 
 
 # --- the journal ---------------------------------------------------------------------------------------
@@ -69,50 +117,98 @@ def test_records_round_trip_through_a_reopened_journal(tmp_path: Path) -> None:
     assert found[0].features is not None and found[0].features.dtype == np.float32
 
 
-def torn(path: Path, how: str) -> None:
+def test_a_new_journal_is_written_in_the_documented_format(tmp_path: Path) -> None:
+    path = tmp_path / "journal.log"
+    journal, _ = Journal.open(path, create=True)
+    written = [record(1), Record(2, "forget", ("a",))]
+    for item in written:
+        journal.append(item)
+    journal.close()
+    assert frames_of(path.read_bytes()) == [item.encode() for item in written]
+
+
+def torn(path: Path, how: str, format_version: int) -> None:
     data = path.read_bytes()
+    next_frame = frame_in(format_version, record(4).encode())
     if how == "cut":
         path.write_bytes(data[:-7])  # the last record cut short
     elif how == "header":
-        path.write_bytes(data + b"\x10\x00\x00")  # a frame header cut short
-    elif how == "crc":
-        path.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # last byte garbled
+        path.write_bytes(data + next_frame[:3])  # a frame header cut short
+    elif how == "header-complete":
+        path.write_bytes(data + next_frame[: FRAME_HEADERS[format_version] + 5])
     elif how == "zeros":
         path.write_bytes(data + bytes(64))  # space allocated, never written
+    elif how == "prefix-then-zeros":  # the file grew, part of the write never reached the disk
+        path.write_bytes(data + next_frame[:20] + bytes(9))
 
 
-@pytest.mark.parametrize("how", ["cut", "header", "crc", "zeros"])
-def test_a_torn_last_record_is_ignored_with_a_warning(tmp_path: Path, how: str, caplog) -> None:
+@pytest.mark.parametrize("format_version", [1, 2])
+@pytest.mark.parametrize("how", ["cut", "header", "header-complete", "zeros", "prefix-then-zeros"])
+def test_a_torn_last_record_is_ignored_with_a_warning(
+    tmp_path: Path, how: str, format_version: int, caplog
+) -> None:
     path = tmp_path / "journal.log"
-    journal, _ = Journal.open(path, create=True)
-    for version in (1, 2, 3):
-        journal.append(record(version))
-    journal.close()
-    torn(path, how)
+    write_journal(path, [record(1), record(2), record(3)], format_version)
+    torn(path, how, format_version)
     with caplog.at_level(logging.WARNING, logger="perennial.service"):
         journal, found = Journal.open(path)
-    kept = [1, 2] if how in ("cut", "crc") else [1, 2, 3]
+    kept = [1, 2] if how == "cut" else [1, 2, 3]
     assert [r.version for r in found] == kept
     assert "torn last record" in caplog.text
-    # The tail is cut off, so the next append follows a valid record.
+    assert damaged_copies(path) == []
+    # The tail is cut off, so the next append follows a valid record, in the file's format.
     journal.append(record(kept[-1] + 1))
     journal.close()
+    assert path.read_bytes()[:8] == FILE_HEADERS[format_version]
     _, again = Journal.open(path)
-    assert [r.version for r in again] == [*kept, kept[-1] + 1]
+    assert again == [record(v) for v in kept] + [record(kept[-1] + 1)]
 
 
-def test_damage_before_the_last_record_is_refused(tmp_path: Path) -> None:
+def flip(data: bytes, offset: int, bit: int) -> bytes:
+    damaged = bytearray(data)
+    damaged[offset + bit // 8] ^= 1 << (bit % 8)
+    return bytes(damaged)
+
+
+# Where a bit flips, as (frame, byte within the frame or "length", bit); the frames hold
+# versions 1 to 4, the middle one is frame 1. Format 1 has no frame magic nor header checksum,
+# and cannot tell a damaged length in its last frame from a tear (documented).
+DAMAGE = {
+    "middle length, past the end": (1, "length", 20),  # +1 MiB: runs past the end of the file
+    "middle length, into a later frame": (1, "length", 3),  # +-8: lands inside another frame
+    "middle payload": (1, "payload", 5),
+    "first payload": (0, "payload", 1),
+    "last payload, frame complete": (3, "payload", 2),
+    "last length, past the end": (3, "length", 20),
+    "middle frame magic": (1, 0, 1),
+    "middle header checksum": (1, 12, 0),
+}
+DAMAGE_CASES = [(2, where) for where in DAMAGE] + [(1, where) for where in list(DAMAGE)[:5]]
+
+
+@pytest.mark.parametrize(("format_version", "where"), DAMAGE_CASES)
+def test_damage_anywhere_but_a_torn_tail_is_refused_and_kept(
+    tmp_path: Path, where: str, format_version: int
+) -> None:
+    index, field, bit = DAMAGE[where]
     path = tmp_path / "journal.log"
-    journal, _ = Journal.open(path, create=True)
-    journal.append(record(1))
-    journal.append(record(2))
-    journal.close()
-    data = bytearray(path.read_bytes())
-    data[len(MAGIC) + 20] ^= 0x01  # inside the first record's payload
-    path.write_bytes(bytes(data))
-    with pytest.raises(CorruptedJournalError, match="fails its CRC32 check and is followed"):
+    offsets = write_journal(path, [record(v) for v in (1, 2, 3, 4)], format_version)
+    if field == "length":
+        byte = LENGTH_AT[format_version]
+    elif field == "payload":
+        byte = FRAME_HEADERS[format_version] + 20
+    else:
+        byte = field
+    damaged = flip(path.read_bytes(), offsets[index] + byte, bit)
+    path.write_bytes(damaged)
+    with pytest.raises(CorruptedJournalError, match=rf"damage at byte {offsets[index]}\b"):
         Journal.open(path)
-    assert path.read_bytes() == bytes(data)  # nothing cut, nothing rewritten
+    assert path.read_bytes() == damaged  # nothing cut, nothing rewritten
+    (copy,) = damaged_copies(path)
+    assert copy.read_bytes() == damaged
+    with pytest.raises(CorruptedJournalError, match=f"a copy is kept at {copy}"):
+        Journal.open(path)  # refused again, and the same damage is not copied twice
+    assert damaged_copies(path) == [copy]
 
 
 def test_a_file_that_is_not_a_journal_is_refused(tmp_path: Path) -> None:
@@ -120,12 +216,22 @@ def test_a_file_that_is_not_a_journal_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"hello, world: not a journal")
     with pytest.raises(CorruptedJournalError, match="not a perennial journal"):
         Journal.open(path)
+    path.write_bytes(b"PRNLJNL\x07" + bytes(20))
+    with pytest.raises(FormatVersionError, match="journal of format 7; this perennial reads"):
+        Journal.open(path)
 
 
-def test_an_impossible_length_mid_file_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("format_version", [1, 2])
+def test_an_impossible_length_mid_file_is_refused(tmp_path: Path, format_version: int) -> None:
     path = tmp_path / "journal.log"
-    path.write_bytes(MAGIC + frame(record(1).encode()) + b"\xff\xff\xff\xff\x00\x00\x00\x00abc")
-    with pytest.raises(CorruptedJournalError, match="impossible length"):
+    write_journal(path, [record(1)], format_version)
+    second = len(path.read_bytes())
+    header = struct.pack("<II", 0xFFFFFFFF, 0)
+    if format_version == 2:  # a header whose checksum passes, so that the length is believed
+        header = b"\xa5REC" + header
+        header += struct.pack("<I", zlib.crc32(header))
+    path.write_bytes(path.read_bytes() + header + b"abc")
+    with pytest.raises(CorruptedJournalError, match=rf"byte {second}: .*impossible length"):
         Journal.open(path)
 
 
@@ -138,8 +244,59 @@ def test_compaction_keeps_only_newer_records(tmp_path: Path) -> None:
     journal.append(record(6))
     journal.close()
     _, found = Journal.open(path)
-    assert [r.version for r in found] == [4, 5, 6]
-    assert found[0] == record(4)
+    assert found == [record(4), record(5), record(6)]
+    assert frames_of(path.read_bytes()) == [record(v).encode() for v in (4, 5, 6)]
+
+
+def test_a_format_1_journal_is_read_appended_to_and_compacted_into_format_2(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal.log"
+    write_journal(path, [record(1), Record(2, "forget", ("a",)), record(3)], 1)
+    journal, found = Journal.open(path)
+    assert found == [record(1), Record(2, "forget", ("a",)), record(3)]
+    journal.append(record(4))  # in the file's format, until compaction
+    assert journal.format_version == 1
+    assert path.read_bytes()[:8] == FILE_HEADERS[1]
+    assert journal.compact(1) == 1
+    assert journal.format_version == 2
+    journal.append(record(5))
+    journal.close()
+    kept = [Record(2, "forget", ("a",)), record(3), record(4), record(5)]
+    assert frames_of(path.read_bytes()) == [item.encode() for item in kept]
+    journal, found = Journal.open(path)
+    assert found == kept
+    assert journal.compact(4) == 3  # a format-2 journal compacts as before
+    journal.close()
+    assert frames_of(path.read_bytes()) == [record(5).encode()]
+
+
+def test_a_write_that_cannot_be_undone_stops_later_appends(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "journal.log"
+    journal, _ = Journal.open(path, create=True)
+    journal.append(record(1))
+    real_write, calls = os.write, []
+
+    def half_then_fail(descriptor: int, data) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(descriptor, bytes(data)[: len(data) // 2])
+        raise OSError(28, "No space left on device (simulated)")
+
+    def no_truncate(descriptor: int, length: int) -> None:
+        raise OSError(5, "Input/output error (simulated)")
+
+    monkeypatch.setattr(os, "write", half_then_fail)
+    monkeypatch.setattr(os, "ftruncate", no_truncate)
+    with pytest.raises(OSError, match="No space left"):
+        journal.append(record(2))
+    monkeypatch.undo()
+    # Written after the torn half, record 3 would turn it into damage in the middle of the file.
+    with pytest.raises(OSError, match="could not be cut off"):
+        journal.append(record(3))
+    journal.close()
+    _, found = Journal.open(path)  # the torn half is the last write: cut off on opening
+    assert found == [record(1)]
 
 
 # --- the store ------------------------------------------------------------------------------------------------
@@ -235,6 +392,209 @@ def test_a_crash_between_snapshot_and_journal_compaction_is_harmless(tmp_path: P
     assert again.version == len(batches)
     assert_same_model(again, batches)
     again.close(snapshot=False)
+
+
+def frame_offsets(data: bytes) -> list[int]:
+    """Where each frame of a journal starts, by the documented rules of its format."""
+    format_version = data[7]
+    offsets, offset = [], 8
+    while offset < len(data):
+        offsets.append(offset)
+        (length,) = struct.unpack_from("<I", data, offset + LENGTH_AT[format_version])
+        offset += FRAME_HEADERS[format_version] + length
+    return offsets
+
+
+def test_a_damaged_length_in_the_journal_is_refused_not_taken_for_a_tear(tmp_path: Path) -> None:
+    # The finding: a flipped bit made a middle record's length run past the end of the file, and
+    # the service started 4 versions back after cutting the journal there.
+    model = tmp_path / "model"
+    store = open_store(model)
+    apply(store, updates())
+    store.close(snapshot=False)
+    path = model / "journal.log"
+    data = path.read_bytes()
+    middle = frame_offsets(data)[4]
+    length_at = middle + LENGTH_AT[data[7]]
+    damaged = flip(data, length_at, 20)  # the length grows by 1 MiB
+    path.write_bytes(damaged)
+    with pytest.raises(CorruptedJournalError, match=rf"damage at byte {middle}\b"):
+        open_store(model)
+    assert path.read_bytes() == damaged
+    assert [copy.read_bytes() for copy in damaged_copies(path)] == [damaged]
+
+
+def test_a_format_1_journal_on_disk_is_served_and_rewritten_in_format_2(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    batches = updates()
+    store = open_store(model)
+    apply(store, batches)
+    store.close(snapshot=False)
+    path = model / "journal.log"
+    payloads = frames_of(path.read_bytes())
+    path.write_bytes(FILE_HEADERS[1] + b"".join(frame_in(1, payload) for payload in payloads))
+    again = open_store(model)
+    assert again.version == len(batches)
+    assert_same_model(again, batches)
+    more = updates(seed=1)[:2]
+    apply(again, more)
+    assert path.read_bytes()[:8] == FILE_HEADERS[1]  # appended to in its own format
+    again.close(snapshot=False)
+    third = open_store(model, snapshot_every=3)  # replays 11 records: a snapshot, a compaction
+    assert_same_model(third, batches + more)
+    third.close()
+    assert path.read_bytes() == FILE_HEADERS[2]  # the snapshot holds every record
+    fourth = open_store(model)
+    assert_same_model(fourth, batches + more)
+    fourth.close(snapshot=False)
+
+
+class SyncLog:
+    """The calls of os.fsync, os.fdatasync, os.replace and os.rename, in order.
+
+    A sync is logged once done, as ("sync", inode, size in bytes); a rename as ("rename", inode
+    of the file renamed, destination).
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.events: list[tuple[str, int, object]] = []
+        for name in ("fsync", "fdatasync"):
+            monkeypatch.setattr(os, name, self._sync(getattr(os, name)))
+        for name in ("replace", "rename"):
+            monkeypatch.setattr(os, name, self._rename(getattr(os, name)))
+
+    def _sync(self, real):
+        def sync(descriptor: int) -> None:
+            real(descriptor)
+            stat = os.fstat(descriptor)
+            self.events.append(("sync", stat.st_ino, stat.st_size))
+
+        return sync
+
+    def _rename(self, real):
+        def rename(source, destination, **options) -> None:
+            inode = os.stat(source).st_ino
+            real(source, destination, **options)
+            self.events.append(("rename", inode, Path(destination)))
+
+        return rename
+
+    def renamed(self, path: Path) -> int:
+        """Where the file now at ``path`` was renamed to it."""
+        inode = path.stat().st_ino
+        (at,) = [i for i, e in enumerate(self.events) if e == ("rename", inode, path)]
+        return at
+
+    def first_sync(self, path: Path) -> int:
+        """Where the file now at ``path`` was first synced."""
+        inode = path.stat().st_ino
+        return min(i for i, e in enumerate(self.events) if e[:2] == ("sync", inode))
+
+    def synced(self, path: Path, after: int = -1, before: int | None = None) -> bool:
+        """Whether ``path``, as it is now (a file with all its bytes), was synced in between."""
+        stat = path.stat()
+        stop = len(self.events) if before is None else before
+        return any(
+            kind == "sync" and inode == stat.st_ino and (path.is_dir() or size == stat.st_size)
+            for kind, inode, size in self.events[after + 1 : stop]
+        )
+
+
+@pytest.mark.parametrize("through", ["journal", "store"])
+def test_an_update_is_synced_to_disk_before_it_is_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, through: str
+) -> None:
+    path = tmp_path / "model" / "journal.log"
+    if through == "journal":
+        path.parent.mkdir()
+        journal, _ = Journal.open(path, create=True)
+    else:
+        store = open_store(path.parent)
+    log = SyncLog(monkeypatch)
+    for version, (_, X, y) in enumerate(updates()[:3], start=1):
+        if through == "journal":
+            journal.append(Record(version, "learn", tuple(y), np.asarray(X, dtype=np.float32)))
+        else:
+            store.learn(X, y)
+        # Synced with all its bytes, before the call returned (the service answers after it).
+        assert log.synced(path), f"update {version} was acknowledged before it was on disk"
+    monkeypatch.undo()
+    if through == "journal":
+        journal.close()
+    else:
+        store.close(snapshot=False)
+
+
+def test_a_snapshot_is_synced_before_service_json_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tmp_path / "model"
+    store = open_store(model)
+    apply(store, updates())
+    store.wait_served(store.version, timeout=30)
+    log = SyncLog(monkeypatch)
+    store.close()  # the last snapshot, service.json naming it, then the journal compacted
+    monkeypatch.undo()
+    snapshot = model / json.loads((model / "service.json").read_text())["snapshot"]
+    (arrays,) = snapshot.glob("state-*.safetensors")
+    meta, service, journal = snapshot / "meta.json", model / "service.json", model / "journal.log"
+    named = log.renamed(service)
+    # Every file with all its bytes before its rename, and the snapshot's before service.json's.
+    for path in (arrays, meta, service, journal):
+        assert log.synced(path, before=log.renamed(path)), f"{path.name} renamed before synced"
+    assert log.renamed(meta) < named
+    # Directory entries: the arrays file's before meta.json names it, the snapshot's files and
+    # the snapshot directory itself before service.json names it, service.json's after.
+    assert log.synced(snapshot, after=log.renamed(arrays), before=log.renamed(meta))
+    assert log.synced(snapshot, after=log.renamed(meta), before=named)
+    assert log.synced(model, after=log.renamed(meta), before=named)
+    # service.json's rename is on disk before the journal drops the records the snapshot holds.
+    compaction = log.first_sync(journal)
+    assert named < compaction and log.synced(model, after=named, before=compaction)
+    assert log.synced(model, after=log.renamed(journal))
+
+
+@pytest.mark.parametrize("crash_at", ["meta.json", "service.json"])
+def test_a_crash_before_a_snapshot_is_renamed_keeps_the_previous_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_at: str
+) -> None:
+    model, crashed = tmp_path / "model", tmp_path / "crashed"
+    batches = updates()
+    store = open_store(model)
+    apply(store, batches[:4])
+    store.close()  # the snapshot of version 4
+    service = (model / "service.json").read_bytes()
+    previous = json.loads(service)["snapshot"]
+    store = open_store(model)
+    apply(store, batches[4:])
+    store.wait_served(store.version, timeout=30)
+    real_replace = os.replace
+
+    def crash(source, destination, **options) -> None:
+        if Path(destination).name == crash_at:
+            shutil.copytree(model, crashed)  # the disk as a crash here would leave it
+            raise OSError("simulated crash between the write and the rename")
+        real_replace(source, destination, **options)
+
+    monkeypatch.setattr(os, "replace", crash)
+    store.close()  # its snapshot fails (logged): the journal keeps every record
+    monkeypatch.undo()
+    assert crashed.is_dir()
+    expected = reference(batches[:4], N_FEATURES)
+    for directory in (crashed, model):
+        assert (directory / "service.json").read_bytes() == service
+        kept = LifelongClassifier.load(directory / previous)
+        assert kept.classes_ == expected.classes_
+        np.testing.assert_allclose(
+            kept.decision_scores(PROBES), expected.decision_scores(PROBES), rtol=1e-6, atol=1e-9
+        )
+        again = open_store(directory)
+        assert again.version == len(batches)
+        assert_same_model(again, batches)
+        again.close(snapshot=False)
+        # What the crash left (the new snapshot, a temporary service.json) is cleared away.
+        assert [p.name for p in directory.glob("snapshot-*")] == [previous]
+        assert list(directory.glob(".*.tmp")) == []
 
 
 def test_a_version_gap_in_the_journal_is_refused(tmp_path: Path) -> None:

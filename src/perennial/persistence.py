@@ -2,9 +2,10 @@
 
 A saved model is a directory holding ``meta.json`` and one ``state-<digest>.safetensors`` file.
 ``meta.json`` names the arrays file, its SHA-256 and every array's dtype and shape. A save writes
-the new arrays file under a new name, flushes it to disk, then atomically replaces ``meta.json``;
-so at every instant ``meta.json`` names a complete arrays file, and a crash mid-save leaves the
-previous model readable.
+the new arrays file under a new name and syncs it and its directory entry to disk, then atomically
+replaces ``meta.json`` (a synced temporary file renamed, then the directory synced); so at every
+instant ``meta.json`` names a complete arrays file, and a crash mid-save leaves the previous
+model readable.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def write_model_files(
     digest = hashlib.sha256(data).hexdigest()
     arrays_file = f"state-{digest[:20]}.safetensors"
     _write_durably(directory, arrays_file, data)
+    fsync_directory(directory)  # the arrays file's name is on disk before meta.json names it
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

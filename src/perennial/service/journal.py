@@ -2,22 +2,47 @@
 
 Every acknowledged update (learn, unlearn, forget) is one record, written, flushed and synced to
 disk before the service answers. A record holds the *encoded features* (float32) and the labels,
-never the raw inputs. The file is::
+never the raw inputs. The file (format 2) is::
 
-    MAGIC (8 bytes)
-    frame*    frame = payload length (uint32 LE) | CRC32 of the payload (uint32 LE) | payload
-    payload   = header length (uint32 LE) | header (UTF-8 JSON) | features (float32 LE, row-major)
+    MAGIC (8 bytes: b"PRNLJNL" and the format version, 2)
+    frame*
+    frame   = FRAME_MAGIC (4 bytes) | payload length (uint32 LE) | CRC32 of the payload (uint32 LE)
+              | CRC32 of the 12 header bytes before it (uint32 LE) | payload
+    payload = header length (uint32 LE) | header (UTF-8 JSON) | features (float32 LE, row-major)
 
-The header names the version the update produced, the operation, the labels and the shape of the
-features. Because an append finishes (fsync) before the next one starts, only the last frame can
-be torn by a crash: a last frame that is incomplete or fails its CRC is an update that was never
-acknowledged, and it is ignored (and cut off) with a logged warning. Damage anywhere else cannot
-come from a crash; it is refused with :class:`~perennial.exceptions.CorruptedJournalError`, never
-skipped, because the records after it were acknowledged.
+The JSON header names the version the update produced, the operation, the labels and the shape
+of the features.
+
+**What a crash can leave.** An append is synced (fdatasync) before the next one starts, and a
+failed one is cut off before the next, so a crash can only tear the *last* frame, leaving a
+prefix of it (or zeros where the file grew but its data never reached the disk). Exactly these
+tails count as torn, an update that was never acknowledged, and are cut off with a logged
+warning:
+
+- fewer than 16 bytes that begin like a frame (FRAME_MAGIC or a prefix of it);
+- a frame header that passes its CRC and declares more bytes than the file holds;
+- nothing but zero bytes after the last whole frame.
+
+Anything else is damage that a crash cannot cause, and it is refused with
+:class:`~perennial.exceptions.CorruptedJournalError` naming its byte offset, because the
+records after it, or the damaged record itself, were acknowledged: a header that fails its CRC
+(a flipped bit in a length included, wherever the length points), a payload that fails its CRC
+(in the last frame too, when that frame is complete), a payload that does not parse. The file is
+then neither read nor changed; a copy is kept beside it (``journal.log.damaged-<digest>``) so
+that it can be inspected even after an operator cuts the original at the offset named (which
+drops every update from there on).
+
+**Format 1** (perennial before format 2 existed) has the same file header with version byte 1
+and frames of payload length | CRC32 of the payload | payload: its lengths are not checked. It
+is still read, and appended to in format 1; compaction rewrites it in format 2. Reading it, a
+length that runs past the end of the file counts as a torn tail only when no valid frame starts
+anywhere after it, so a damaged length in the middle is refused too; a damaged length in the
+very last frame of a format-1 file cannot be told from a tear.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,15 +56,24 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from perennial.exceptions import CorruptedJournalError
-from perennial.persistence import fsync_directory
+from perennial.exceptions import CorruptedJournalError, FormatVersionError
+from perennial.persistence import atomic_write_bytes, fsync_directory
 
-__all__ = ["MAGIC", "OPERATIONS", "Journal", "Record"]
+__all__ = ["FORMAT_VERSION", "MAGIC", "OPERATIONS", "Journal", "Record"]
 
-MAGIC = b"PRNLJNL\x01"
+#: The format new journals are written in; format 1 is still read (see the module docstring).
+FORMAT_VERSION = 2
+_SIGNATURE = b"PRNLJNL"
+MAGIC = _SIGNATURE + bytes([FORMAT_VERSION])
+MAGIC_V1 = _SIGNATURE + b"\x01"
+FRAME_MAGIC = b"\xa5REC"
 OPERATIONS = ("learn", "unlearn", "forget")
-_FRAME = struct.Struct("<II")  # payload length, CRC32 of the payload
+_FRAME = struct.Struct("<4sIII")  # frame magic, payload length, payload CRC32, header CRC32
+_FRAME_V1 = struct.Struct("<II")  # payload length, payload CRC32
 _HEADER = struct.Struct("<I")  # length of the JSON header inside the payload
+#: How every payload begins after its header length (``Record.encode``); found, in format 1, a
+#: valid frame after a damaged one.
+_PAYLOAD_START = b'{"v":'
 #: No record is larger than this; a frame declaring more is damage, not data.
 MAX_RECORD_BYTES = 1 << 30
 
@@ -129,8 +163,18 @@ class Record:
 
 
 def frame(payload: bytes) -> bytes:
-    """Length and CRC32 in front of a payload."""
-    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+    """A payload framed in the current format: magic, length and both CRC32s in front."""
+    header = FRAME_MAGIC + struct.pack("<II", len(payload), zlib.crc32(payload))
+    return header + struct.pack("<I", zlib.crc32(header)) + payload
+
+
+def _frame_v1(payload: bytes) -> bytes:
+    return _FRAME_V1.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+_FRAMERS = {1: _frame_v1, 2: frame}
+_FRAME_SIZES = {1: _FRAME_V1.size, 2: _FRAME.size}
+_MAGICS = {1: MAGIC_V1, 2: MAGIC}
 
 
 class Journal:
@@ -141,11 +185,21 @@ class Journal:
     store holds its write lock).
     """
 
-    def __init__(self, path: Path, descriptor: int, entries: list[tuple[int, int]], size: int):
+    def __init__(
+        self,
+        path: Path,
+        descriptor: int,
+        entries: list[tuple[int, int]],
+        size: int,
+        format_version: int = FORMAT_VERSION,
+    ):
         self.path = path
         self._descriptor = descriptor
         self._entries = entries  # (version, byte offset) of each record in the file
         self._size = size
+        self._format = format_version
+        #: Why appends are refused: a failed append that could not be cut off again.
+        self._broken: OSError | None = None
 
     # --- opening ----------------------------------------------------------------------------------
     @classmethod
@@ -154,10 +208,16 @@ class Journal:
     ) -> tuple[Journal, list[Record]]:
         """Open the journal at ``path`` and return it with the records it holds, in order.
 
+        A torn last write is cut off with a logged warning; any other damage is refused, the file
+        left as it is and a copy of it kept beside it (see the module docstring).
+
         Raises
         ------
         CorruptedJournalError
-            The file is not a journal, or is damaged before its last record.
+            The file is not a journal, or is damaged anywhere but in a torn last write. The
+            message names the byte offset of the damage and the copy kept.
+        FormatVersionError
+            The journal was written in a format this perennial does not know.
         FileNotFoundError
             There is no file and ``create`` is false.
         """
@@ -167,13 +227,16 @@ class Journal:
                 raise FileNotFoundError(f"no journal at {path}")
             _write_new(path, MAGIC)
         data = path.read_bytes()
-        records, entries, end = _scan(data, path)
+        try:
+            format_version, records, entries, end = _scan(data, path)
+        except _DamageError as damage:
+            raise CorruptedJournalError(_refusal(path, data, damage)) from None
         if end == 0:
             logger.warning(
                 "journal %s: header cut short (%d bytes); writing it again", path, len(data)
             )
             _write_new(path, MAGIC)
-            data, end = MAGIC, len(MAGIC)
+            data, end, format_version = MAGIC, len(MAGIC), FORMAT_VERSION
         if end < len(data):
             logger.warning(
                 "journal %s: ignored a torn last record at byte %d (%d bytes): an update cut "
@@ -187,17 +250,24 @@ class Journal:
                 stream.flush()
                 os.fsync(stream.fileno())
         descriptor = os.open(path, os.O_WRONLY | os.O_APPEND)
-        return cls(path, descriptor, entries, end), records
+        return cls(path, descriptor, entries, end, format_version), records
 
     # --- writing ----------------------------------------------------------------------------------
     def append(self, record: Record) -> None:
-        """Write ``record`` and make it durable (fsync) before returning.
+        """Write ``record`` and make it durable (fdatasync) before returning.
 
         On a failed write the file is cut back to its previous length and the error raised, so
-        the journal never holds a record that was not acknowledged, torn or not.
+        the journal never holds a record that was not acknowledged, torn or not. If even that
+        fails, every later append raises OSError: a record written after the torn one would make
+        it a tear in the middle of the file, which reading refuses.
         """
-        data = frame(record.encode())
-        if len(data) - _FRAME.size > MAX_RECORD_BYTES:
+        if self._broken is not None:
+            raise OSError(
+                f"{self.path} ends with a failed write that could not be cut off "
+                f"({self._broken}); reopen the journal (restart the service) to recover"
+            )
+        data = _FRAMERS[self._format](record.encode())
+        if len(data) - _FRAME_SIZES[self._format] > MAX_RECORD_BYTES:
             raise ValueError(f"record of {len(data)} bytes is over {MAX_RECORD_BYTES} bytes")
         start = self._size
         try:
@@ -210,8 +280,8 @@ class Journal:
             try:
                 os.ftruncate(self._descriptor, start)
                 _sync_data(self._descriptor)
-            except OSError:  # pragma: no cover - the disk is gone; the next open cuts the tail
-                pass
+            except OSError as error:  # the disk is failing; the next open cuts the tail
+                self._broken = error
             raise
         self._entries.append((record.version, start))
         self._size = start + len(data)
@@ -219,8 +289,9 @@ class Journal:
     def compact(self, through_version: int) -> int:
         """Drop the records up to ``through_version`` (now in a snapshot); returns how many.
 
-        The records after it are copied to a new file, synced, and renamed over the journal: a
-        crash at any point leaves either the old or the new journal, both valid.
+        The records after it are copied to a new file in the current format, synced, and renamed
+        over the journal: a crash at any point leaves either the old or the new journal, both
+        valid.
         """
         keep = [(v, offset) for v, offset in self._entries if v > through_version]
         dropped = len(self._entries) - len(keep)
@@ -230,15 +301,18 @@ class Journal:
         with open(self.path, "rb") as stream:
             stream.seek(start)
             tail = stream.read(self._size - start)
+        offsets = [offset - start for _, offset in keep]
+        if self._format != FORMAT_VERSION:
+            tail, offsets = _reframe(tail, offsets, _FRAME_SIZES[self._format])
         temporary = self.path.with_name(self.path.name + ".tmp")
         _write_new(temporary, MAGIC + tail)
         os.replace(temporary, self.path)
         fsync_directory(self.path.parent)
         os.close(self._descriptor)
         self._descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        shift = start - len(MAGIC)
-        self._entries = [(v, offset - shift) for v, offset in keep]
+        self._entries = [(v, len(MAGIC) + o) for (v, _), o in zip(keep, offsets, strict=True)]
         self._size = len(MAGIC) + len(tail)
+        self._format = FORMAT_VERSION
         return dropped
 
     # --- introspection ------------------------------------------------------------------------------
@@ -250,58 +324,182 @@ class Journal:
         """Bytes in the file."""
         return self._size
 
+    @property
+    def format_version(self) -> int:
+        """The format the file is written in (appends follow it)."""
+        return self._format
+
     def close(self) -> None:
         if self._descriptor >= 0:
             os.close(self._descriptor)
             self._descriptor = -1
 
 
-def _scan(data: bytes, path: Path) -> tuple[list[Record], list[tuple[int, int]], int]:
-    """Records, their (version, offset), and the end of the last good record."""
+class _DamageError(Exception):
+    """Damage found while reading: where, and what (turned into CorruptedJournalError)."""
+
+    def __init__(self, offset: int, reason: str, records: list[Record]) -> None:
+        super().__init__(reason)
+        self.offset = offset
+        self.reason = reason
+        self.last_version = records[-1].version if records else None
+
+
+def _scan(data: bytes, path: Path) -> tuple[int, list[Record], list[tuple[int, int]], int]:
+    """The format, the records, their (version, offset), and the end of the last whole record.
+
+    An end before the end of ``data`` is a torn tail; an end of 0 is a file header cut short.
+    """
     if len(data) < len(MAGIC):
-        if MAGIC.startswith(data):
-            return [], [], 0  # creation cut short: no record can have been written after it
-        raise CorruptedJournalError(f"{path} is not a perennial journal (bad header)")
-    if data[: len(MAGIC)] != MAGIC:
-        raise CorruptedJournalError(
-            f"{path} is not a perennial journal: it starts with {data[:8]!r}, expected {MAGIC!r}"
+        if MAGIC.startswith(data) or MAGIC_V1.startswith(data):
+            return FORMAT_VERSION, [], [], 0  # creation cut short: no record came after it
+        raise _DamageError(0, f"not a perennial journal: it starts with {data!r}", [])
+    if data[: len(_SIGNATURE)] != _SIGNATURE:
+        raise _DamageError(
+            0, f"not a perennial journal: it starts with {data[:8]!r}, expected {MAGIC!r}", []
+        )
+    format_version = data[len(_SIGNATURE)]
+    if format_version not in _MAGICS:
+        raise FormatVersionError(
+            f"{path} is a journal of format {format_version}; this perennial reads formats "
+            f"{', '.join(map(str, sorted(_MAGICS)))}"
         )
     records: list[Record] = []
     entries: list[tuple[int, int]] = []
+    read_frame = _read_frame if format_version == FORMAT_VERSION else _read_frame_v1
     offset = len(MAGIC)
     while offset < len(data):
-        if len(data) - offset < _FRAME.size:
-            break  # a torn frame header
-        length, checksum = _FRAME.unpack_from(data, offset)
-        end = offset + _FRAME.size + length
-        if length == 0 or length > MAX_RECORD_BYTES:
-            if not any(data[offset:]):
-                break  # zeros after the last record: space allocated, never written
-            raise CorruptedJournalError(
-                f"{path}: the record at byte {offset} declares an impossible length ({length}); "
-                "the journal is damaged before its end"
-            )
+        payload_start, end = read_frame(data, offset, records)
         if end > len(data):
-            break  # the last record, cut short
-        payload = data[offset + _FRAME.size : end]
-        if zlib.crc32(payload) != checksum:
-            if end == len(data):
-                break  # the last record, torn
-            raise CorruptedJournalError(
-                f"{path}: the record at byte {offset} fails its CRC32 check and is followed by "
-                f"{len(data) - end} more bytes; the journal is damaged before its end"
-            )
+            break  # the last write, torn
+        payload = data[payload_start:end]
         try:
             record = Record.decode(payload)
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
-            raise CorruptedJournalError(
-                f"{path}: the record at byte {offset} passes its CRC32 check but cannot be "
-                f"read: {error}"
+            raise _DamageError(
+                offset, f"the record passes its CRC32 check but cannot be read ({error})", records
             ) from error
         records.append(record)
         entries.append((record.version, offset))
         offset = end
-    return records, entries, offset
+    return format_version, records, entries, offset
+
+
+def _read_frame(data: bytes, offset: int, records: list[Record]) -> tuple[int, int]:
+    """Where the format-2 frame at ``offset`` has its payload and ends (past the data: torn)."""
+    tail = memoryview(data)[offset:]
+    if len(tail) < _FRAME.size:
+        if FRAME_MAGIC.startswith(tail[: len(FRAME_MAGIC)]) or _zeros_from(data, offset):
+            return offset, len(data) + 1  # a frame header cut short
+        raise _DamageError(
+            offset, f"{len(tail)} bytes at the end are not the start of a frame", records
+        )
+    magic, length, checksum, header_checksum = _FRAME.unpack_from(data, offset)
+    if magic != FRAME_MAGIC or zlib.crc32(tail[: _FRAME.size - 4]) != header_checksum:
+        if _zeros_from(data, offset):
+            return offset, len(data) + 1  # zeros: space allocated, never written
+        what = "has no frame magic" if magic != FRAME_MAGIC else "fails its CRC32 check"
+        raise _DamageError(offset, f"the frame header {what}", records)
+    if length > MAX_RECORD_BYTES:
+        raise _DamageError(offset, f"the frame declares an impossible length ({length})", records)
+    end = offset + _FRAME.size + length
+    if end <= len(data) and zlib.crc32(tail[_FRAME.size : _FRAME.size + length]) != checksum:
+        where = (
+            "the last frame is complete, so it was written in full: damaged, not torn"
+            if end == len(data)
+            else f"it is followed by {len(data) - end} more bytes"
+        )
+        raise _DamageError(offset, f"the record fails its CRC32 check ({where})", records)
+    return offset + _FRAME.size, end
+
+
+def _read_frame_v1(data: bytes, offset: int, records: list[Record]) -> tuple[int, int]:
+    """As :func:`_read_frame`, for a format-1 frame (whose length no CRC covers)."""
+    if len(data) - offset < _FRAME_V1.size:
+        return offset, len(data) + 1  # a frame header cut short
+    length, checksum = _FRAME_V1.unpack_from(data, offset)
+    end = offset + _FRAME_V1.size + length
+    if length == 0 or length > MAX_RECORD_BYTES:
+        if _zeros_from(data, offset):
+            return offset, len(data) + 1  # zeros: space allocated, never written
+        raise _DamageError(offset, f"the frame declares an impossible length ({length})", records)
+    if end > len(data):
+        later = _next_frame_v1(data, offset + 1)
+        if later is not None:
+            raise _DamageError(
+                offset,
+                f"the frame declares {length} bytes, past the end of the file, but a valid "
+                f"record follows at byte {later}: its length is damaged, it is not torn",
+                records,
+            )
+        return offset, end
+    if zlib.crc32(memoryview(data)[offset + _FRAME_V1.size : end]) != checksum:
+        where = (
+            "the last frame is complete, so it was written in full: damaged, not torn"
+            if end == len(data)
+            else f"it is followed by {len(data) - end} more bytes"
+        )
+        raise _DamageError(offset, f"the record fails its CRC32 check ({where})", records)
+    return offset + _FRAME_V1.size, end
+
+
+def _zeros_from(data: bytes, offset: int) -> bool:
+    """Whether ``data`` holds nothing but zero bytes from ``offset`` on."""
+    return data.count(0, offset) == len(data) - offset
+
+
+def _next_frame_v1(data: bytes, start: int) -> int | None:
+    """The offset of the first valid format-1 frame at or after ``start``, if there is one."""
+    prefix = _FRAME_V1.size + _HEADER.size
+    found = data.find(_PAYLOAD_START, start + prefix)
+    while found >= 0:
+        offset = found - prefix
+        length, checksum = _FRAME_V1.unpack_from(data, offset)
+        end = offset + _FRAME_V1.size + length
+        if (
+            0 < length <= MAX_RECORD_BYTES
+            and end <= len(data)
+            and zlib.crc32(memoryview(data)[offset + _FRAME_V1.size : end]) == checksum
+        ):
+            return offset
+        found = data.find(_PAYLOAD_START, found + 1)
+    return None
+
+
+def _reframe(tail: bytes, offsets: list[int], frame_size: int) -> tuple[bytes, list[int]]:
+    """Consecutive frames of another format (at ``offsets`` in ``tail``) in the current one."""
+    pieces: list[bytes] = []
+    new_offsets: list[int] = []
+    position = 0
+    ends = [*offsets[1:], len(tail)] if offsets else []
+    for start, end in zip(offsets, ends, strict=True):
+        piece = frame(tail[start + frame_size : end])
+        new_offsets.append(position)
+        pieces.append(piece)
+        position += len(piece)
+    return b"".join(pieces), new_offsets
+
+
+def _refusal(path: Path, data: bytes, damage: _DamageError) -> str:
+    """The message refusing a damaged journal, after keeping a copy of it aside."""
+    copy = path.with_name(f"{path.name}.damaged-{hashlib.sha256(data).hexdigest()[:16]}")
+    try:
+        if not copy.exists():
+            atomic_write_bytes(copy, data)
+        kept = f"a copy is kept at {copy}"
+    except OSError as error:
+        kept = f"no copy could be kept ({error})"
+    intact = (
+        f"the records before it (through version {damage.last_version}) are intact"
+        if damage.last_version is not None
+        else "no record before it is intact"
+    )
+    return (
+        f"{path}: damage at byte {damage.offset}: {damage.reason}. A crash cannot cause this, "
+        f"and acknowledged updates may be at or after it, so the journal is refused and left as "
+        f"it is; {kept}. {intact[0].upper()}{intact[1:]}; cutting the file at byte "
+        f"{damage.offset} would keep those and lose every update after them."
+    )
 
 
 def check_sequence(records: Sequence[Record], after: int, path: Path) -> list[Record]:

@@ -48,7 +48,7 @@ from perennial.exceptions import (
 )
 from perennial.heads import Head, RidgeEnsembleHead, RidgeHead, make_head, registered_name
 from perennial.learner import LifelongClassifier
-from perennial.persistence import atomic_write_bytes
+from perennial.persistence import atomic_write_bytes, fsync_directory
 from perennial.service.journal import Record
 
 __all__ = [
@@ -272,7 +272,9 @@ class Refresher:
     def snapshot(self) -> int | None:
         """Save the working model and point ``service.json`` at it; the version, or None.
 
-        The caller then drops the journal records up to that version.
+        The snapshot's files and directory are on disk (synced) before ``service.json`` names
+        it, so a crash at any point leaves the previous snapshot named. The caller then drops
+        the journal records up to that version.
         """
         version = self.applied
         if version == self.snapshot_version:
@@ -284,6 +286,7 @@ class Refresher:
         if target.exists():
             shutil.rmtree(target)  # left by a crash: service.json never named it
         self.model.save(target)
+        fsync_directory(path)  # the snapshot directory is on disk before service.json names it
         record = {**self.record, "snapshot": name, "snapshot_version": version}
         record["model"] = {**record["model"], "unknown_rate": self.model.unknown_rate}
         atomic_write_bytes(path / SERVICE_FILE, dump_record(record))

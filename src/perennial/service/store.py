@@ -262,7 +262,8 @@ class ModelStore:
         PersistenceError
             The directory is not a model directory, is in use by another service, or its
             snapshot or journal is damaged (a :class:`CorruptedModelError` or
-            :class:`CorruptedJournalError`); nothing is changed.
+            :class:`CorruptedJournalError`); nothing is changed (a damaged journal is only
+            copied aside, for inspection).
         ModelMismatchError
             The directory was written with another encoder or head.
         """

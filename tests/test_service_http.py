@@ -748,3 +748,29 @@ def test_a_journal_holding_an_impossible_unlearn_still_opens_and_serves(tmp_path
         assert ok(client.get("/healthz"))["status"] == "ok"
     finally:
         assert running.stop() == -signal.SIGTERM
+
+
+# --- forgetting keeps open set on ----------------------------------------------------------------------------
+def test_after_a_forget_an_unknown_input_still_goes_to_review(tmp_path: Path) -> None:
+    running = Server(tmp_path / "model", *ARGS).start()
+    try:
+        client = running.client()
+        X, y = clusters(np.random.default_rng(14), ["a", "b", "c", "d"], 20, DIM)
+        for start in (0, 40):
+            batch = {"inputs": X[start : start + 40].tolist(), "labels": y[start : start + 40]}
+            ok(client.post("/v1/learn", json=batch))
+        assert ok(client.delete("/v1/classes/d")) == {"version": 3, "forgotten": "d"}
+        far = np.eye(DIM)[6] * 40.0
+        body = ok(client.post("/v1/predict", json={"inputs": [far.tolist()], "min_version": 3}))
+        assert body["version"] == 3
+        (prediction,) = body["predictions"]
+        assert prediction["unknown"] is True and prediction["label"] is None
+        assert prediction["top"][0]["label"] in {"a", "b", "c"}
+        items = ok(client.get("/v1/review"))["items"]
+        assert [item["input"] for item in items if item["id"] == prediction["review_id"]] == [
+            far.tolist()
+        ]
+        info = ok(client.get("/v1/model"))
+        assert info["open_set"]["state"] == "on" and info["classes"] == ["a", "b", "c"]
+    finally:
+        assert running.stop() == -signal.SIGTERM

@@ -656,3 +656,123 @@ def test_novelty_is_null_until_the_threshold_is_calibrated(tmp_path: Path) -> No
         assert far_row["unknown"] is True and far_row["novelty"] > open_set["threshold"]
     finally:
         running.stop()
+
+
+# --- unlearning what was never learned ---------------------------------------------------------------------
+def three_classes(seed: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Classes 'a', 'b', 'c' of 25 examples each, and 24 off-topic inputs far from all of them."""
+    rng = np.random.default_rng(seed)
+    X, y = clusters(rng, ["a", "b", "c"], 25, DIM)
+    return X, y, rng.normal(0.0, 1.0, (24, DIM)) + np.eye(DIM)[7] * 30.0
+
+
+def test_unlearning_examples_never_learned_answers_422_and_changes_nothing(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    X, y, off_topic = three_classes(11)
+    running = Server(model, *ARGS).start()
+    try:
+        client = running.client()
+        history: list = []
+        for start in (0, 25, 50):  # one class per request (at most 64 inputs each)
+            Xc, yc = X[start : start + 25], y[start : start + 25]
+            ok(client.post("/v1/learn", json={"inputs": Xc.tolist(), "labels": yc}))
+            history.append(("learn", Xc, yc))
+        ok(client.post("/v1/predict", json={"inputs": [GOOD_ROW], "min_version": 3}))
+        before = model_state(client)
+        # The issue's request: 24 off-topic inputs labelled with a class of 25 examples.
+        response = client.post(
+            "/v1/unlearn", json={"inputs": off_topic.tolist(), "labels": ["a"] * 24}
+        )
+        assert response.status_code == 422, response.text
+        assert "cannot unlearn these examples of 'a'" in response.json()["error"]
+        assert model_state(client) == before
+        assert ok(client.get("/healthz"))["status"] == "ok"
+        # Examples it did learn are unlearned as before.
+        body = ok(client.post("/v1/unlearn", json={"inputs": X[:24].tolist(), "labels": y[:24]}))
+        assert body == {"version": 4, "unlearned": 24}
+        history.append(("unlearn", X[:24], y[:24]))
+        assert_matches_reference(client, 4, history)
+    finally:
+        assert running.stop() == -signal.SIGTERM
+    restarted = Server(model, *ARGS).start()  # from the snapshot and its ledger
+    try:
+        client = restarted.client()
+        assert_matches_reference(client, 4, history)
+        response = client.post(
+            "/v1/unlearn", json={"inputs": off_topic[:1].tolist(), "labels": ["a"]}
+        )
+        assert response.status_code == 422 and "'a'" in response.json()["error"]
+        assert ok(client.get("/healthz")) == {"status": "ok", "version": 4, "served_version": 4}
+    finally:
+        assert restarted.stop() == -signal.SIGTERM
+
+
+def test_a_journal_holding_an_impossible_unlearn_still_opens_and_serves(tmp_path: Path) -> None:
+    from perennial.service.journal import Journal, Record
+    from perennial.service.store import ModelStore
+
+    model = tmp_path / "model"
+    X, y, off_topic = three_classes(12)
+    store = ModelStore.open(
+        model, encoder="identity", head_params={"n_features": N_FEATURES, "ridge": RIDGE}
+    )
+    store.learn(X, y)
+    store.close()
+    # Acknowledged by a service without the check (as before it existed): in the journal.
+    journal, _ = Journal.open(model / "journal.log")
+    journal.append(Record(2, "unlearn", ("a",) * 24, off_topic.astype(np.float32)))
+    journal.close()
+    running = Server(model, *ARGS).start()
+    try:
+        client = running.client()
+        body = ok(client.post("/v1/predict", json={"inputs": PROBES.tolist(), "min_version": 2}))
+        assert body["version"] == 2
+        # The record was applied as acknowledged, whatever it left.
+        expected = reference([("learn", X, y)], N_FEATURES)
+        expected.unlearn_many(off_topic.astype(np.float32), ["a"] * 24, verify=False)
+        scores = expected.decision_scores(PROBES)
+        novelty = expected.novelty_scores(PROBES)
+        for i, prediction in enumerate(body["predictions"]):
+            got = scores_by_label(prediction)
+            want = [scores[i, expected.classes_.index(label)] for label in got]
+            np.testing.assert_allclose(list(got.values()), want, rtol=1e-6, atol=1e-9)
+            np.testing.assert_allclose(prediction["novelty"], novelty[i], rtol=1e-6)
+        assert ok(client.get("/healthz")) == {"status": "ok", "version": 2, "served_version": 2}
+        # It goes on learning.
+        more, labels = clusters(np.random.default_rng(13), ["d"], 5, DIM)
+        assert (
+            ok(client.post("/v1/learn", json={"inputs": more.tolist(), "labels": labels}))[
+                "version"
+            ]
+            == 3
+        )
+        ok(client.post("/v1/predict", json={"inputs": [GOOD_ROW], "min_version": 3}))
+        assert ok(client.get("/healthz"))["status"] == "ok"
+    finally:
+        assert running.stop() == -signal.SIGTERM
+
+
+# --- forgetting keeps open set on ----------------------------------------------------------------------------
+def test_after_a_forget_an_unknown_input_still_goes_to_review(tmp_path: Path) -> None:
+    running = Server(tmp_path / "model", *ARGS).start()
+    try:
+        client = running.client()
+        X, y = clusters(np.random.default_rng(14), ["a", "b", "c", "d"], 20, DIM)
+        for start in (0, 40):
+            batch = {"inputs": X[start : start + 40].tolist(), "labels": y[start : start + 40]}
+            ok(client.post("/v1/learn", json=batch))
+        assert ok(client.delete("/v1/classes/d")) == {"version": 3, "forgotten": "d"}
+        far = np.eye(DIM)[6] * 40.0
+        body = ok(client.post("/v1/predict", json={"inputs": [far.tolist()], "min_version": 3}))
+        assert body["version"] == 3
+        (prediction,) = body["predictions"]
+        assert prediction["unknown"] is True and prediction["label"] is None
+        assert prediction["top"][0]["label"] in {"a", "b", "c"}
+        items = ok(client.get("/v1/review"))["items"]
+        assert [item["input"] for item in items if item["id"] == prediction["review_id"]] == [
+            far.tolist()
+        ]
+        info = ok(client.get("/v1/model"))
+        assert info["open_set"]["state"] == "on" and info["classes"] == ["a", "b", "c"]
+    finally:
+        assert running.stop() == -signal.SIGTERM

@@ -674,6 +674,12 @@ def test_a_saved_model_is_adopted_as_version_zero(tmp_path: Path) -> None:
             "99 examples of 'a'",
         ),
         (lambda s: s.forget("zebra"), UnknownLabelError, "cannot forget 'zebra'"),
+        (
+            lambda s: s.unlearn(np.full((3, 8), 50.0), ["a"] * 3),  # far from every example
+            InvalidInputError,
+            "cannot unlearn these examples of 'a': the 6 examples it would keep would have a "
+            "variance of -",
+        ),
     ],
 )
 def test_bad_updates_change_nothing(tmp_path: Path, call, error, message) -> None:
@@ -983,3 +989,133 @@ def test_batched_predictions_are_split_per_request() -> None:
         futures[2].result(10)
     np.testing.assert_array_equal(futures[3].result(10), PROBES[5:6].astype(np.float32))
     batching.close()
+
+
+# --- the ledger: unlearns checked before they are acknowledged ------------------------------------------
+def ledger_reference(batches: list) -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
+    """Per class: count, feature sums and sums of squares of the acknowledged updates (numpy)."""
+    rows: dict[str, list[np.ndarray]] = {}
+    for operation, X, y in batches:
+        if operation == "forget":
+            del rows[y]
+            continue
+        for x, label in zip(np.asarray(X, np.float32).astype(np.float64), y, strict=True):
+            if operation == "learn":
+                rows.setdefault(label, []).append(x)
+            else:
+                kept = rows[label]
+                kept.pop(next(i for i, r in enumerate(kept) if np.array_equal(r, x)))
+                if not kept:
+                    del rows[label]
+    return {
+        label: (len(r), np.sum(r, axis=0), np.sum(np.square(r), axis=0))
+        for label, r in rows.items()
+    }
+
+
+def assert_ledger_matches(store: ModelStore, batches: list) -> None:
+    expected = ledger_reference(batches)
+    ledger = store._ledger
+    assert ledger.counts() == [(label, n) for label, (n, _, _) in expected.items()]
+    stats = ledger.statistics
+    assert stats is not None
+    # Fixed size: one row of sums and one of squares per class, whatever was learned.
+    assert stats.sums.shape == stats.squares.shape == (len(expected), 8)
+    for i, (_, sums, squares) in enumerate(expected.values()):
+        np.testing.assert_allclose(stats.sums[i], sums, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(stats.squares[i], squares, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_the_ledger_is_rebuilt_from_the_snapshot_and_the_journal(
+    tmp_path: Path, isolate: bool
+) -> None:
+    batches, more = updates(), updates(seed=2)[:4]
+    store = open_store(tmp_path / "model", snapshot_every=3, isolate=isolate)
+    apply(store, batches)
+    assert_ledger_matches(store, batches)
+    store.close()  # a snapshot of every update, with its ledger
+    assert list((tmp_path / "model").glob("snapshot-*/ledger/meta.json"))
+    store = open_store(tmp_path / "model", isolate=isolate)
+    assert_ledger_matches(store, batches)
+    apply(store, more)
+    store.close(snapshot=False)  # as after a crash: the snapshot, then journal records
+    again = open_store(tmp_path / "model", isolate=isolate)
+    assert again.status()["journal_records"] == len(more)
+    assert_ledger_matches(again, batches + more)
+    with pytest.raises(InvalidInputError, match="cannot unlearn these examples of 'b'"):
+        again.unlearn(np.full((2, 8), 40.0), ["b", "b"])
+    again.close(snapshot=False)
+
+
+def test_the_issues_unlearn_is_refused_before_it_is_acknowledged(tmp_path: Path) -> None:
+    # A class of 25 examples and 24 examples of something else, labelled with it.
+    rng = np.random.default_rng(21)
+    X, y = clusters(rng, ["a", "b", "c"], 25)
+    off_topic = rng.normal(0.0, 1.0, (24, 8)) + np.eye(8)[7] * 30.0
+    store = open_store(tmp_path / "model")
+    store.learn(X, y)
+    journal = (tmp_path / "model" / "journal.log").read_bytes()
+    with pytest.raises(InvalidInputError, match="cannot unlearn these examples of 'a'"):
+        store.unlearn(off_topic, ["a"] * 24)
+    assert store.version == 1 and store.failure is None
+    assert (tmp_path / "model" / "journal.log").read_bytes() == journal
+    assert_same_model(store, [("learn", X, y)])
+    store.close(snapshot=False)
+
+
+def test_a_snapshot_without_a_ledger_gives_one_from_the_model(tmp_path: Path) -> None:
+    import shutil
+
+    batches = updates()
+    store = open_store(tmp_path / "model")
+    apply(store, batches)
+    store.close()  # snapshots
+    (ledger_directory,) = (tmp_path / "model").glob("snapshot-*/ledger")
+    shutil.rmtree(ledger_directory)  # as an earlier version saved it
+    again = open_store(tmp_path / "model")
+    expected = ledger_reference(batches)
+    ledger = again._ledger
+    assert ledger.counts() == [(label, n) for label, (n, _, _) in expected.items()]
+    assert ledger.statistics is not None
+    # The gate keeps per-class sums (so an emptied class is checked), not squares here.
+    np.testing.assert_allclose(ledger.statistics.sums, [s for _, s, _ in expected.values()])
+    assert np.isnan(ledger.statistics.squares).all()
+    with pytest.raises(InvalidInputError, match="'c': they are all of its examples"):
+        again.unlearn(np.full((expected["c"][0], 8), 3.0), ["c"] * expected["c"][0])
+    X, y = clusters(np.random.default_rng(5), ["new"], 4)
+    apply(again, [("learn", X, y)])
+    assert dict(again.classes()[1])["new"] == 4
+    again.close()
+    assert list((tmp_path / "model").glob("snapshot-*/ledger/meta.json"))  # written again
+
+
+def test_an_acknowledged_unlearn_the_dual_ridge_head_cannot_match_is_still_applied(
+    tmp_path: Path,
+) -> None:
+    # The ledger cannot know which examples a dual ridge head holds: an example it never learned
+    # but close to its class passes the ledger, and must not stop the refresher.
+    rng = np.random.default_rng(8)
+    X, y = clusters(rng, ["a", "b", "c"], 20)
+    stranger = X[:1] + 0.01
+    store = open_store(tmp_path / "model", head_params={"n_features": 512, "ridge": RIDGE})
+    store.learn(X, y)
+    version = store.unlearn(stranger, ["a"])
+    served = store.wait_served(version, timeout=30)
+    assert store.failure is None and served.model is not None
+    expected = LifelongClassifier(head=RidgeHead(n_features=512, ridge=RIDGE), unknown_rate=0.02)
+    expected.learn_many(X.astype(np.float32), y)
+    expected.unlearn_many(stranger.astype(np.float32), ["a"], verify=False)
+    assert expected.head.form_ == "primal"  # subtracted from the statistics of its rows
+    np.testing.assert_allclose(
+        served.model.decision_scores(PROBES), expected.decision_scores(PROBES), rtol=1e-6
+    )
+    store.close(snapshot=False)
+    again = open_store(tmp_path / "model", head_params={"n_features": 512, "ridge": RIDGE})
+    assert again.version == version and again.failure is None
+    np.testing.assert_allclose(
+        again.wait_served(version, timeout=30).model.decision_scores(PROBES),
+        expected.decision_scores(PROBES),
+        rtol=1e-6,
+    )
+    again.close(snapshot=False)

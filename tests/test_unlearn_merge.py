@@ -29,6 +29,7 @@ from perennial.exceptions import (
 )
 from perennial.heads import NCMHead, RidgeEnsembleHead, RidgeHead, SLDAHead
 from perennial.heads.base import Head
+from perennial.heads.statistics import covariance_factor
 
 FACTORIES: dict[str, Callable[[], Head]] = {
     "ridge-auto": lambda: RidgeHead(n_features=48, max_pending=6),
@@ -544,3 +545,186 @@ def test_lifelong_classifier_refuses_to_merge_other_encoders_or_heads():
     with pytest.raises(LabelLengthError):
         model.unlearn(X[:3], ["c0"])
     assert_unchanged(model.head, before)
+
+
+# --- examples never learned: refused, and what a bypassed check leaves still predicts ------------------
+# Heads whose statistics show an impossible removal; the dual ridge head holds its examples.
+NEVER_LEARNED = {
+    "ridge": lambda: RidgeHead(n_features=64, ridge=0.5, max_dual_examples=0),
+    "ridge-exact": lambda: RidgeHead(n_features=32, ridge=0.5, exact_forget=True, max_dual_examples=0),
+    "ridge-dual": lambda: RidgeHead(n_features=512, ridge=0.5),  # 75 examples <= 512 // 4
+    "ridge-ensemble": lambda: RidgeEnsembleHead(n_members=2, n_features=48, ridge=0.5, max_dual_examples=0),
+    "slda": lambda: SLDAHead(),
+    "slda-exact": lambda: SLDAHead(exact_forget=True),
+    "ncm": lambda: NCMHead(),
+}  # fmt: skip
+# An NCM head keeps only sums and counts, which any 24 examples of 25 may leave.
+CASES = [(n, o) for n in sorted(NEVER_LEARNED) for o in (True, False) if (n, o) != ("ncm", False)]
+PROBES = np.random.default_rng(77).normal(0.0, 4.0, (9, 6))
+
+
+def three_topics(seed: int = 0) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Classes 'a', 'b', 'c' of 25 examples each, and 25 off-topic examples far from all."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(6)[:3] * 4.0
+    X = np.vstack([rng.normal(c, 0.5, (25, 6)) for c in centres])
+    off_topic = rng.normal(0.0, 1.0, (25, 6)) + np.eye(6)[5] * 12.0
+    # float32 values, as an encoder gives them
+    return X.astype(np.float32).astype(np.float64), ["a"] * 25 + ["b"] * 25 + ["c"] * 25, off_topic
+
+
+def open_set_model(name: str, open_set: bool) -> LifelongClassifier:
+    return LifelongClassifier(
+        IdentityEncoder(), NEVER_LEARNED[name](), unknown_rate=0.02 if open_set else None
+    )
+
+
+def model_state(model: LifelongClassifier) -> list:
+    """Everything learned, and every answer on the probes (compared exactly)."""
+    gate = [] if model.gate_ is None else [model.gate_.get_state()]
+    answers = model.predict_detailed(PROBES, top=3)
+    return [model.head.get_state(), *gate, answers, model.decision_scores(PROBES).tolist()]
+
+
+def assert_same_state(got: list, want: list) -> None:
+    assert len(got) == len(want)
+    for mine, theirs in zip(got, want, strict=True):
+        if isinstance(theirs, tuple):  # (meta, arrays)
+            assert mine[0] == theirs[0]
+            assert mine[1].keys() == theirs[1].keys()
+            for key in theirs[1]:
+                np.testing.assert_array_equal(mine[1][key], theirs[1][key], err_msg=key)
+        else:
+            assert mine == theirs
+
+
+@pytest.mark.parametrize(("name", "open_set"), CASES)
+def test_unlearning_examples_never_learned_is_refused_and_changes_nothing(name, open_set):
+    # The issue's scenario: 24 off-topic examples unlearned from a class of 25.
+    X, y, off_topic = three_topics()
+    model = open_set_model(name, open_set)
+    model.learn_many(X, y)
+    before = model_state(model)
+    with pytest.raises(InvalidInputError, match=r"cannot unlearn .*'a'"):
+        model.unlearn_many(off_topic[:24], ["a"] * 24)
+    assert_same_state(model_state(model), before)
+    # The examples it did learn are still unlearned, exactly as retraining without them.
+    model.unlearn_many(X[:24], ["a"] * 24)
+    retrained = open_set_model(name, open_set)
+    retrained.learn_many(X[24:], y[24:])
+    assert model.classes_ == retrained.classes_ == ["a", "b", "c"]
+    np.testing.assert_allclose(
+        model.decision_scores(PROBES), retrained.decision_scores(PROBES), rtol=1e-6, atol=1e-9
+    )
+    if open_set:
+        np.testing.assert_allclose(
+            model.gate_.novelty_terms(PROBES)[0],
+            retrained.gate_.novelty_terms(PROBES)[0],
+            rtol=1e-6,
+        )
+
+
+@pytest.mark.parametrize("name", sorted(NEVER_LEARNED))
+def test_unlearning_a_whole_class_with_other_examples_is_refused(name):
+    X, y, off_topic = three_topics(1)
+    model = open_set_model(name, open_set=False)
+    model.learn_many(X, y)
+    before = model_state(model)
+    with pytest.raises(
+        InvalidInputError, match=r"cannot unlearn (these examples|example 0 \(label) .*'a'"
+    ):
+        model.unlearn_many(off_topic, ["a"] * 25)
+    assert_same_state(model_state(model), before)
+    model.unlearn_many(X[:25][::-1], ["a"] * 25)  # its own examples, in any order
+    assert model.classes_ == ["b", "c"]
+
+
+def test_an_emptied_class_must_have_summed_to_what_it_learned():
+    head = NCMHead()
+    head.learn_many([[1.0, 0.0], [3.0, 0.0], [0.0, 1.0]], ["a", "a", "b"])
+    with pytest.raises(
+        InvalidInputError,
+        match="'a': they are all of its examples, yet their feature 0 sums to 5 where its examples summed to 4",
+    ):
+        head.unlearn_many([[2.0, 0.0], [3.0, 0.0]], ["a", "a"])
+    head.unlearn_many([[3.0, 0.0], [1.0, 0.0]], ["a", "a"])
+    assert head.classes_ == ["b"]
+
+
+def clipped(S: np.ndarray) -> np.ndarray:
+    """``S`` with its eigenvalues raised to 1e-10 of the largest magnitude (numpy)."""
+    values, vectors = np.linalg.eigh((S + S.T) / 2)
+    floor = 1e-10 * np.abs(values).max()
+    return (vectors * np.maximum(values, floor)) @ vectors.T
+
+
+def test_an_indefinite_covariance_is_factored_with_its_eigenvalues_clipped(caplog):
+    rng = np.random.default_rng(3)
+    A = rng.normal(size=(5, 5))
+    S = A @ A.T - 4.0 * np.outer(A[0], A[0])  # one direction with a negative variance
+    assert np.linalg.eigvalsh(S).min() < 0
+    with caplog.at_level("WARNING"):
+        L = covariance_factor(S)
+    assert "not positive definite" in caplog.text
+    assert np.allclose(np.tril(L), L) and np.all(np.diagonal(L) > 0)
+    np.testing.assert_allclose(L @ L.T, clipped(S), atol=1e-9 * np.abs(S).max())
+    B = A @ A.T + np.eye(5)  # positive definite: the plain Cholesky factor
+    np.testing.assert_array_equal(covariance_factor(B), np.linalg.cholesky(B))
+
+
+@pytest.mark.parametrize("name", ["slda", "ridge", "ncm"])
+def test_predictions_never_fail_on_indefinite_statistics(name):
+    X, y, _ = three_topics(2)
+    model = open_set_model(name, open_set=True)
+    model.learn_many(X, y)
+    # Written directly, as an unlearn that skipped its check could leave them: a second moment
+    # with a large negative variance along feature 0.
+    model.gate_.statistics_.moment[0, 0] -= 1e5
+    if name == "slda":
+        model.head.statistics_.moment[0, 0] -= 1e5
+        model.head._solution = None
+    rows = model.predict_detailed(PROBES)
+    novelty = model.novelty_scores(PROBES)
+    assert np.isfinite(novelty).all() and [r["novelty"] for r in rows] == novelty.tolist()
+    # The gate's score from the same statistics, written out with numpy on the clipped matrices.
+    stats = model.gate_.statistics_
+    T, sums, counts, n = stats.full_moment(), stats.sums, stats.counts, stats.n
+    means = sums / counts[:, None]
+    within = (T - (sums.T / counts) @ sums) / n
+    mu = sums.sum(axis=0) / n
+    overall = T / n - np.outer(mu, mu)
+
+    def inverse(S):
+        shrunk = 0.5 * S + 0.5 * max(np.trace(S) / len(S), 1e-12) * np.eye(len(S))
+        return np.linalg.inv(clipped(shrunk))
+
+    P, P0 = inverse(within), inverse(overall)
+    nearest = np.array([min((q - m) @ P @ (q - m) for m in means) for q in PROBES])
+    background = np.array([(q - mu) @ P0 @ (q - mu) for q in PROBES])
+    np.testing.assert_allclose(
+        model.gate_.novelty_terms(PROBES)[0], nearest - background, rtol=1e-4
+    )
+    if name == "slda":
+        head = model.head
+        cov = clipped((1 - head.shrinkage) * head.covariance_ + head.shrinkage * np.eye(6))
+        weights = np.linalg.solve(cov, head.means_.T)
+        want = PROBES @ weights - 0.5 * np.sum(head.means_.T * weights, axis=0)
+        np.testing.assert_allclose(model.decision_scores(PROBES), want, rtol=1e-4)
+
+
+def test_unverified_unlearning_of_rows_a_dual_head_does_not_hold_subtracts_them_in_the_primal_form():
+    X, y, off_topic = three_topics(3)
+    head = RidgeHead(n_features=512, ridge=0.5)
+    head.learn_many(X, y)
+    assert head.form_ == "dual"
+    with pytest.raises(InvalidInputError, match="holds no example"):
+        head.unlearn_many(off_topic[:3], ["b"] * 3)
+    head.unlearn_many(off_topic[:3], ["b"] * 3, verify=False)  # as a service replays it
+    assert head.form_ == "primal" and head.counts_.tolist() == [25, 22, 25]
+    H, H_off = np.maximum(X @ head.projection_, 0), np.maximum(off_topic[:3] @ head.projection_, 0)
+    Y = np.repeat(np.eye(3), 25, axis=0)
+    gram = H.T @ H - H_off.T @ H_off
+    np.testing.assert_allclose(np.triu(head.gram_), np.triu(gram), atol=1e-9 * np.abs(gram).max())
+    targets = H.T @ Y - H_off.T @ np.eye(3)[[1, 1, 1]]
+    np.testing.assert_allclose(head.targets_, targets, atol=1e-9 * np.abs(targets).max())
+    assert np.isfinite(head.decision_scores(PROBES)).all()

@@ -335,16 +335,25 @@ class LifelongClassifier:
             self.gate_.forget(index)
         self.head.forget(label)
 
-    def unlearn_many(self, X: Any, y: Any) -> None:
+    def unlearn_many(self, X: Any, y: Any, *, verify: bool = True) -> None:
         """Remove examples learned before, exactly: the model becomes the one that never saw them.
 
         The inputs are encoded again and their statistics subtracted (see
         :meth:`perennial.heads.Head.unlearn_many`). A class left with no example disappears.
         Classes are compared by label: a model retrained on the remaining data may list them in
         another order. The model cannot check that these are the very examples it learned (it
-        kept none); it checks that each label is known and that no class loses more examples
-        than it counted. Unlearning examples that were never learned corrupts the model silently.
-        All or nothing: on any error the model is unchanged.
+        kept none); it checks that each label is known, that no class loses more examples than
+        it counted, and that the head's and the open-set gate's statistics left are ones some
+        examples could have (a class of one example has no variance, no variance is negative,
+        covariances stay positive semi-definite: see
+        :func:`~perennial.heads.statistics.check_subtraction`), raising
+        :class:`~perennial.exceptions.InvalidInputError` naming the class otherwise. Examples
+        that pass these checks but were never learned corrupt the model silently. All or
+        nothing: on any error the model is unchanged.
+
+        ``verify=False`` skips the statistics checks (see :meth:`perennial.heads.Head.unlearn_many`):
+        for replaying an update that was already acknowledged and must be applied whatever it
+        leaves. Predictions never fail on such statistics; they are simply wrong.
 
         Examples
         --------
@@ -357,7 +366,9 @@ class LifelongClassifier:
         labels = check_labels(y, _batch_length(X))  # cheap checks first, before any encoding
         features = self._features(X)
         columns, kept = self.head.plan_unlearn(labels)  # raises before any change
-        self.head.unlearn_many(features, labels)
+        if verify and self.gate_ is not None:
+            self.gate_.check_unlearn(features, columns, self.head.classes_)
+        self.head.unlearn_many(features, labels, verify=verify)  # checks its own, then changes
         if self.gate_ is not None:
             self.gate_.unlearn(features, columns, kept)
 

@@ -38,6 +38,8 @@ import numpy as np
 import scipy.linalg
 from numpy.typing import NDArray
 
+from perennial.heads.statistics import covariance_factor
+
 __all__ = ["SCORES", "DiagonalGaussians", "diagonal_gaussians", "relative_parts", "shrunk"]
 
 FloatArray = NDArray[np.float64]
@@ -58,9 +60,13 @@ def shrunk(S: FloatArray, shrinkage: float) -> FloatArray:
 
 
 def cholesky(S: FloatArray) -> FloatArray:
-    """Lower Cholesky factor of a symmetric positive definite matrix."""
-    factor: FloatArray = scipy.linalg.cholesky(S, lower=True, check_finite=False)
-    return factor
+    """Lower Cholesky factor of a shrunk covariance.
+
+    One left slightly indefinite (by rounding, or by unlearning examples that were never learned
+    without the check) is factored with its eigenvalues clipped, never refused: see
+    :func:`~perennial.heads.statistics.covariance_factor`.
+    """
+    return covariance_factor(S)
 
 
 def whiten(factor: FloatArray, rows: FloatArray) -> FloatArray:

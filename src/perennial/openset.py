@@ -612,6 +612,17 @@ class OpenSetGate:
         self._keep_scores(self.score_classes_ != index, renumber)
         self._generation += 1
 
+    def check_unlearn(self, X: FloatArray, columns: NDArray[np.intp], names: list[Any]) -> None:
+        """Refuse examples whose :meth:`unlearn` would leave impossible statistics.
+
+        The within-class covariance left must be positive semi-definite, and with per-class
+        squares (or moments) no class may be left with a negative variance: see
+        :func:`~perennial.heads.statistics.check_subtraction`. ``names`` labels the columns in
+        messages. Changes nothing.
+        """
+        if self.statistics_ is not None:
+            self.statistics_.check_subtract(X, columns, names)
+
     def unlearn(self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]) -> None:
         """Subtract validated examples; classes left out of ``kept`` go with their scores.
 

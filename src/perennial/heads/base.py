@@ -296,7 +296,7 @@ class Head(ABC):
         row = np.asarray(x)
         self.unlearn_many(row.reshape(1, -1) if row.ndim == 1 else row, [y])
 
-    def unlearn_many(self, X: Any, y: Any) -> None:
+    def unlearn_many(self, X: Any, y: Any, *, verify: bool = True) -> None:
         """Remove examples learned before: subtract their contribution from the statistics.
 
         The result is the head that never learned them, up to rounding. A class whose count
@@ -311,12 +311,27 @@ class Head(ABC):
 
         Nothing of the learned examples was kept, so the caller supplies them again and the head
         cannot tell whether they are the ones it learned. What it checks is that every label is
-        known and that no class loses more examples than it counted; examples that pass this check
-        but were never learned are subtracted all the same and silently corrupt the model
-        (except in a :class:`~perennial.heads.RidgeHead` still in its dual form, which holds its
-        examples and refuses one it does not hold).
+        known, that no class loses more examples than it counted, and that what the subtraction
+        leaves are statistics some set of examples could have (no negative variance, a class of
+        one example with no variance, a class of none with nothing left, a within-class
+        covariance that is positive semi-definite: see
+        :func:`~perennial.heads.statistics.check_subtraction`, which costs one factorisation of
+        the head's second moment where it keeps one). A :class:`~perennial.heads.RidgeHead`
+        still in its dual form holds its examples and refuses one it does not hold. Examples
+        that pass these checks but were never learned are subtracted all the same and corrupt
+        the model silently; an :class:`NCMHead` keeps too little to catch any but those that
+        empty a class.
 
         The batch is checked whole before anything changes: on any error the head is unchanged.
+
+        Parameters
+        ----------
+        verify
+            False skips the statistics check (and lets a dual ridge head subtract examples it
+            does not hold, in the primal form): for replaying an update already acknowledged,
+            which must be applied whatever it leaves. Labels and counts are checked anyway.
+            Predicting never fails on what it leaves (covariances that are not positive
+            definite are factored with their eigenvalues clipped).
 
         Raises
         ------
@@ -324,8 +339,10 @@ class Head(ABC):
             A label the head does not know.
         InvalidInputError
             More examples of a class than the head counted (the message names the class and
-            both counts), or features that are empty, non-finite, of the wrong width, or labels
-            of another length (the subclasses of ``InvalidInputError`` used by ``learn_many``).
+            both counts), examples whose removal would leave impossible statistics (the
+            message names the class and why), or features that are empty, non-finite, of the
+            wrong width, or labels of another length (the subclasses of ``InvalidInputError``
+            used by ``learn_many``).
 
         Examples
         --------
@@ -342,6 +359,8 @@ class Head(ABC):
         features = check_features(X, self.dim_)
         labels = check_labels(y, features.shape[0])
         columns, kept = self.plan_unlearn(labels)
+        if verify:
+            self._check_unlearn(features, columns, self.classes_)
         self._unlearn(features, columns, kept)
         self.classes_ = [self.classes_[i] for i in kept]
         self._index = {c: i for i, c in enumerate(self.classes_)}
@@ -522,6 +541,16 @@ class Head(ABC):
 
         The batch never takes more examples of a class than it counted; the columns left out of
         ``kept`` are the classes it empties. Compute every new array before replacing any.
+        """
+
+    def _check_unlearn(  # noqa: B027 - optional hook
+        self, X: FloatArray, columns: NDArray[np.intp], names: Sequence[Label]
+    ) -> None:
+        """Raise :class:`InvalidInputError` if subtracting the batch would leave impossible
+        statistics (see :meth:`unlearn_many`); ``names`` labels the columns in messages.
+
+        Called after :meth:`plan_unlearn` accepted the labels; changes nothing. Heads whose
+        statistics cannot tell have nothing to check.
         """
 
     @abstractmethod

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from perennial.exceptions import ModelMismatchError
-from perennial.heads.base import FloatArray, Head
+from perennial.heads.base import FloatArray, Head, Label
 from perennial.heads.ridge import RidgeHead
 from perennial.params import check_int
 
@@ -113,6 +114,12 @@ class RidgeEnsembleHead(Head):
         for member in self.members_:
             member._forget_index(index)
         self._number_members(len(self.classes_) - 1)
+
+    def _check_unlearn(
+        self, X: FloatArray, columns: NDArray[np.intp], names: Sequence[Label]
+    ) -> None:
+        for member in self.members_:
+            member._check_unlearn(X, columns, names)
 
     def _unlearn(self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]) -> None:
         for member in self.members_:

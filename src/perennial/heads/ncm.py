@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import NDArray
 
-from perennial.heads.base import FloatArray, Head
+from perennial.heads.base import FloatArray, Head, Label
 from perennial.heads.statistics import ClassStatistics
 from perennial.params import check_choice
 
@@ -19,7 +21,9 @@ class NCMHead(Head):
     SimpleCIL (Zhou et al., "Revisiting Class-Incremental Learning with Pre-Trained Models", 2023);
     with ``"euclidean"`` it is the negative squared distance. It keeps only per-class sums and
     counts (a :class:`~perennial.heads.statistics.ClassStatistics`), so ``forget``, ``unlearn_many`` (subtract the examples from their class's sum and
-    count) and ``merge`` (add two heads' sums and counts) are always exact.
+    count) and ``merge`` (add two heads' sums and counts) are always exact. Sums and counts say
+    little about which examples were learned: ``unlearn_many`` can refuse only examples that take
+    all of a class's examples and do not sum to what it learned.
 
     Examples
     --------
@@ -52,6 +56,11 @@ class NCMHead(Head):
 
     def _learn(self, X: FloatArray, columns: NDArray[np.intp], n_new: int) -> None:
         self._stats.add(X, columns, n_new)
+
+    def _check_unlearn(
+        self, X: FloatArray, columns: NDArray[np.intp], names: Sequence[Label]
+    ) -> None:
+        self._stats.check_subtract(X, columns, names)  # sums only: checks emptied classes
 
     def _unlearn(self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]) -> None:
         self._stats.subtract(X, columns, kept)

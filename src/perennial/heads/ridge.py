@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -17,8 +17,8 @@ from perennial.exceptions import (
     ModelMismatchError,
     ReadOnlyHeadError,
 )
-from perennial.heads.base import FloatArray, Head, one_hot
-from perennial.heads.statistics import add_outer, symmetric
+from perennial.heads.base import FloatArray, Head, Label, one_hot
+from perennial.heads.statistics import add_outer, check_subtraction, symmetric
 from perennial.params import check_int, check_positive
 
 __all__ = ["RidgeHead"]
@@ -80,9 +80,13 @@ class RidgeHead(Head):
     ``unlearn_many(X, y)`` subtracts the examples' ``h h^T`` from ``G`` (and from ``G_c`` with
     ``exact_forget=True``), their targets from ``C`` and their counts: this is exact whatever
     ``exact_forget`` says, and ``lam`` is chosen again at the rebuild, as retraining would. In the
-    primal form the head cannot tell whether the examples given are ones it learned; in the dual
-    form it can, and it removes the stored rows equal to them (same features as float64, same
-    label), refusing with ``InvalidInputError`` an example it does not hold. Examples of a class
+    primal form the head cannot tell whether the examples given are ones it learned; it refuses
+    (``InvalidInputError``) those whose removal would leave statistics no examples have: a
+    within-class scatter ``G - sum_c C_c C_c^T / n_c`` of the expanded features that is not
+    positive semi-definite (one Cholesky factorisation of an ``M x M`` matrix), or an emptied
+    class whose targets do not vanish. In the dual form it can tell, and it removes the stored
+    rows equal to them (same features as float64, same label), refusing an example it does not
+    hold (with ``verify=False`` it subtracts it all the same, turning primal). Examples of a class
     removed by the default ``forget`` stay without a label and can no longer be unlearned.
     ``merge(other)`` adds the statistics of a head with the same parameters and projection (two
     dual heads whose rows together fit under ``dual_limit_`` stay dual).
@@ -417,6 +421,59 @@ class RidgeHead(Head):
             np.vstack([cross, scaled.T @ rotated_targets]),
         )
 
+    def _check_unlearn(
+        self, X: FloatArray, columns: NDArray[np.intp], names: Sequence[Label]
+    ) -> None:
+        self._refuse_if_read_only("unlearn")
+        if self.features_ is not None:
+            _, missing = self._held_rows(X, columns)
+            if missing is not None:
+                position, duplicate = missing
+                raise InvalidInputError(
+                    f"cannot unlearn example {position} (label {names[columns[position]]!r}): "
+                    "the head holds no example with these features and this label"
+                    + (" (or fewer of them than given)" if duplicate else "")
+                )
+            return
+        assert self.gram_ is not None and self.targets_ is not None
+        class_squares = None
+        if self.exact_forget:  # the diagonal of G_c is the class's sum of squares of h
+            class_squares = np.array([np.diagonal(g) for g in self.class_grams_]).reshape(
+                -1, self.n_features
+            )
+        check_subtraction(
+            self.counts_,
+            self.targets_.T,
+            self.expand(X),
+            columns,
+            names,
+            squares=class_squares,
+            moment=self.gram_,
+            feature="random feature",
+        )
+
+    def _held_rows(
+        self, X: FloatArray, columns: NDArray[np.intp]
+    ) -> tuple[list[int], tuple[int, bool] | None]:
+        """Dual form: the stored rows equal to ``X`` with the same classes, each taken once.
+
+        Also the first row of ``X`` without a match (and whether it has one that is taken
+        already), or None.
+        """
+        assert self.features_ is not None and self.feature_columns_ is not None
+        stored: dict[tuple[tuple[float, ...], int], list[int]] = {}
+        for i, (row, column) in enumerate(
+            zip(self.features_.tolist(), self.feature_columns_.tolist(), strict=True)
+        ):
+            stored.setdefault((tuple(row), column), []).append(i)  # float equality, as ==
+        held: list[int] = []
+        for position, (row, column) in enumerate(zip(X.tolist(), columns.tolist(), strict=True)):
+            matches = stored.get((tuple(row), column))
+            if not matches:
+                return held, (position, (tuple(row), column) in stored)
+            held.append(matches.pop())
+        return held, None
+
     def _unlearn(self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]) -> None:
         self._refuse_if_read_only("unlearn")
         if self.features_ is not None:
@@ -428,21 +485,19 @@ class RidgeHead(Head):
         self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]
     ) -> None:
         assert self.features_ is not None and self.feature_columns_ is not None
-        stored: dict[tuple[tuple[float, ...], int], list[int]] = {}
-        for i, (row, column) in enumerate(
-            zip(self.features_.tolist(), self.feature_columns_.tolist(), strict=True)
-        ):
-            stored.setdefault((tuple(row), column), []).append(i)  # float equality, as ==
-        removed = []
-        for position, (row, column) in enumerate(zip(X.tolist(), columns.tolist(), strict=True)):
-            matches = stored.get((tuple(row), column))
-            if not matches:
-                raise InvalidInputError(
-                    f"cannot unlearn example {position} (label {self.classes_[column]!r}): the "
-                    "head holds no example with these features and this label"
-                    + (" (or fewer of them than given)" if (tuple(row), column) in stored else "")
-                )
-            removed.append(matches.pop())
+        removed, missing = self._held_rows(X, columns)
+        if missing is not None:
+            # Only without verification (a service replaying an update it acknowledged): the
+            # examples are subtracted all the same, from the primal statistics of the rows,
+            # which then replace them for good (the same model, in the other form).
+            gram, targets, class_grams = self._primal_statistics(
+                self.features_, self.feature_columns_, self.counts_.shape[0]
+            )
+            self.features_ = self.feature_columns_ = None
+            self.gram_, self.targets_, self.class_grams_ = gram, targets, class_grams
+            self._invalidate(eigen=True)
+            self._unlearn_primal(X, columns, kept)
+            return
         keep = np.ones(self.features_.shape[0], dtype=bool)
         keep[removed] = False
         counts = (self.counts_ - np.bincount(columns, minlength=self.counts_.shape[0]))[kept]

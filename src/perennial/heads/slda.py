@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import scipy.linalg
 from numpy.typing import NDArray
 
-from perennial.heads.base import FloatArray, Head
-from perennial.heads.statistics import ClassStatistics
+from perennial.heads.base import FloatArray, Head, Label
+from perennial.heads.statistics import ClassStatistics, covariance_factor
 from perennial.params import check_fraction
 
 __all__ = ["SLDAHead"]
@@ -24,7 +26,10 @@ class SLDAHead(Head):
     ``L = ((1 - shrinkage) S + shrinkage I)^-1``.
 
     ``unlearn_many(X, y)`` subtracts the examples from the class sums, the counts and ``T`` (and
-    from the class's own second moment with ``exact_forget=True``): exact in either mode.
+    from the class's own second moment with ``exact_forget=True``): exact in either mode. It
+    refuses examples whose removal would leave a within-class covariance that is not positive
+    semi-definite (or, with ``exact_forget``, a negative variance in a class), which examples the
+    head learned cannot do.
     ``merge(other)`` adds the statistics of a head with the same parameters.
 
     ``forget(label)`` removes the class's mean and count. With ``exact_forget=False`` (default) its
@@ -74,6 +79,11 @@ class SLDAHead(Head):
         self._stats.add(X, columns, n_new)
         self._solution = None
 
+    def _check_unlearn(
+        self, X: FloatArray, columns: NDArray[np.intp], names: Sequence[Label]
+    ) -> None:
+        self._stats.check_subtract(X, columns, names)
+
     def _unlearn(self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]) -> None:
         self._stats.subtract(X, columns, kept)
         self._solution = None
@@ -119,7 +129,12 @@ class SLDAHead(Head):
         if self._solution is None:
             dim = self.sums_.shape[1]
             shrunk = (1.0 - self.shrinkage) * self.covariance_ + self.shrinkage * np.eye(dim)
-            weights = scipy.linalg.solve(shrunk, self.means_.T, assume_a="pos")
+            try:
+                weights = scipy.linalg.solve(shrunk, self.means_.T, assume_a="pos")
+            except np.linalg.LinAlgError:
+                # Not positive definite: statistics left so by an unlearn that skipped its check.
+                factor = covariance_factor(shrunk)
+                weights = scipy.linalg.cho_solve((factor, True), self.means_.T)
             bias = -0.5 * np.sum(self.means_.T * weights, axis=0)
             self._solution = (weights, bias)
         weights, bias = self._solution

@@ -7,19 +7,45 @@ needs the examples again.
 
 Rows follow the caller's class columns, so the labels live with the caller (the head). The
 methods take validated float64 features and column indices; they do not check them again.
+
+**What a subtraction may leave.** Nothing of the learned examples is kept, so an unlearn cannot
+tell whether the examples it is given are ones that were learned. It can tell when what they
+leave is impossible: statistics that no set of examples has (a class of one example whose
+squared mean is not its mean square, a negative variance, a within-class covariance that is not
+positive semi-definite). :func:`check_subtraction` refuses those, within a rounding tolerance,
+before anything changes; :func:`covariance_factor` factors a covariance that rounding (or a
+subtraction that skipped the check) left slightly indefinite instead of failing.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
 import numpy as np
+import scipy.linalg
 from numpy.typing import NDArray
-from scipy.linalg import blas
+from scipy.linalg import blas, lapack
 
-from perennial.exceptions import ModelMismatchError
+from perennial.exceptions import InvalidInputError, ModelMismatchError
 
-__all__ = ["ClassStatistics", "add_outer", "symmetric"]
+__all__ = [
+    "SUBTRACTION_TOLERANCE",
+    "ClassStatistics",
+    "add_outer",
+    "check_subtraction",
+    "covariance_factor",
+    "symmetric",
+]
 
 FloatArray = NDArray[np.float64]
+
+#: Rounding allowed by :func:`check_subtraction`, relative to the magnitude of the sums involved
+#: (a sum of n float64 terms is off by about n * 1e-16 of it, and typically far less).
+SUBTRACTION_TOLERANCE = 1e-8
+
+logger = logging.getLogger(__name__)
 
 
 class ClassStatistics:
@@ -188,6 +214,22 @@ class ClassStatistics:
         self.counts, self.sums, self.squares = counts, sums[kept], squares
         self.n -= X.shape[0]
 
+    def check_subtract(
+        self, X: FloatArray, columns: NDArray[np.intp], labels: Sequence[Any]
+    ) -> None:
+        """Refuse rows whose :meth:`subtract` would leave statistics no examples have.
+
+        ``labels`` names the class columns in messages. Per class, the sums of squares (or the
+        diagonal of the class's own moment) are checked when kept, and the within-class scatter
+        of ``T`` when ``T`` is kept; see :func:`check_subtraction`. Changes nothing.
+        """
+        squares = self.squares
+        if squares is None and self.class_moments is not None:
+            squares = np.array([np.diagonal(m) for m in self.class_moments]).reshape(-1, self.dim)
+        check_subtraction(
+            self.counts, self.sums, X, columns, labels, squares=squares, moment=self.moment
+        )
+
     def merge(self, other: ClassStatistics, columns: NDArray[np.intp], n_new: int = 0) -> None:
         """Add ``other``: its class ``j`` goes to column ``columns[j]`` (distinct columns)."""
         self.check_compatible(other)
@@ -333,3 +375,184 @@ def symmetric(upper: FloatArray) -> FloatArray:
     full = np.triu(upper)
     full += np.triu(upper, 1).T
     return full
+
+
+def check_subtraction(
+    counts: NDArray[np.int64],
+    sums: FloatArray,
+    rows: FloatArray,
+    columns: NDArray[np.intp],
+    labels: Sequence[Any],
+    *,
+    squares: FloatArray | None = None,
+    moment: FloatArray | None = None,
+    feature: str = "feature",
+    tolerance: float = SUBTRACTION_TOLERANCE,
+) -> None:
+    """Refuse to subtract ``rows`` (of classes ``columns``) if what remains is impossible.
+
+    ``counts`` and ``sums`` (and the optional per-class ``squares`` and total second moment
+    ``moment``, whose upper triangle is read) are statistics of learned examples; the caller
+    has checked that no class loses more rows than it counted. For each class the rows come
+    from, with ``n`` examples left, sum ``s`` and sum of squares ``q`` (per feature):
+
+    * ``n = 0``: ``s`` and ``q`` must vanish;
+    * ``n = 1``: ``q = s**2`` (one example has no variance);
+    * ``n >= 2``: ``q >= s**2 / n`` (no negative variance).
+
+    With ``moment``, the within-class scatter ``T - sum_c s_c s_c^T / n_c`` that remains must
+    have no negative diagonal entry and be positive semi-definite: its Cholesky factorisation
+    must succeed once ``tolerance * tr`` is added to its diagonal. Every comparison allows
+    ``tolerance`` times the magnitude of the statistic it reads, summed over the features (the
+    trace, for second moments), for rounding: a sum keeps the rounding of terms subtracted from
+    it long ago, in any feature, so the allowance does not shrink with what one feature holds
+    now. Rows of ``sums`` or
+    ``squares`` that are not finite are unknown and not checked. ``feature`` names a column of
+    the statistics in messages (for instance "random feature").
+
+    Raises
+    ------
+    InvalidInputError
+        Naming the class (or the classes of the batch, for the pooled scatter), the feature
+        and the value left. Nothing is changed, whatever happens.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> counts, sums = np.array([2]), np.array([[4.0]])  # two examples: 1 and 3
+    >>> check_subtraction(counts, sums, np.array([[3.0]]), np.array([0]), ["a"],
+    ...                   squares=np.array([[10.0]]))
+    >>> check_subtraction(counts, sums, np.array([[2.0]]), np.array([0]), ["a"],
+    ...                   squares=np.array([[10.0]]))
+    Traceback (most recent call last):
+    ...
+    perennial.exceptions.InvalidInputError: cannot unlearn these examples of 'a': the one example it would keep has a sum of 2 but a sum of squares of 6 in feature 0, which no example has; they are not (all) examples the model learned
+    """
+    k = counts.shape[0]
+    removed = np.bincount(columns, minlength=k)
+    batch = np.flatnonzero(removed).tolist()
+    rows_squared = rows * rows
+    for column in batch:
+        mine = columns == column
+        label = repr(labels[column])
+        left = int(counts[column] - removed[column])
+        if not np.isfinite(sums[column]).all():
+            continue  # unknown (see the service's ledger): nothing to check against
+        given = rows[mine]
+        s = sums[column] - given.sum(axis=0)
+        if left == 0:
+            scale = float(np.abs(sums[column]).sum() + np.abs(given).sum())
+            bad = np.abs(s) > tolerance * scale
+            if bad.any():
+                j = int(np.argmax(np.abs(s)))
+                _refuse(
+                    label,
+                    f"they are all of its examples, yet their {feature} {j} sums to "
+                    f"{given[:, j].sum():.6g} where its examples summed to {sums[column, j]:.6g}",
+                )
+        if squares is None or not np.isfinite(squares[column]).all():
+            continue
+        given_squares = rows_squared[mine].sum(axis=0)
+        q = squares[column] - given_squares
+        scale = float(squares[column].sum() + given_squares.sum())
+        if left == 0:
+            spread = q
+            bad = np.abs(spread) > tolerance * scale
+        else:
+            spread = q - s * s / left
+            bad = spread < -tolerance * scale
+            if left == 1:
+                bad |= spread > tolerance * scale
+        if bad.any():
+            j = int(np.argmax(np.where(bad, np.abs(spread), -1.0)))
+            if left == 0:
+                detail = (
+                    f"no example would be left, yet a sum of squares of {q[j]:.6g} in {feature} {j}"
+                )
+            elif left == 1:
+                detail = (
+                    f"the one example it would keep has a sum of {s[j]:.6g} but a sum of squares "
+                    f"of {q[j]:.6g} in {feature} {j}, which no example has"
+                )
+            else:
+                detail = (
+                    f"the {left} examples it would keep would have a variance of "
+                    f"{spread[j] / left:.6g} in {feature} {j}, which no examples have"
+                )
+            _refuse(label, detail)
+    if moment is None:
+        return
+    names = ", ".join(repr(labels[c]) for c in batch)
+    kept = (counts - removed) > 0
+    scatter = np.array(moment, dtype=np.float64, order="F")
+    add_outer(scatter, np.asfortranarray(rows), alpha=-1.0)
+    new_sums = sums.copy()
+    np.subtract.at(new_sums, columns, rows)
+    scaled = new_sums[kept] / np.sqrt((counts - removed)[kept])[:, None]
+    add_outer(scatter, np.asfortranarray(scaled), alpha=-1.0)
+    diagonal = np.diagonal(scatter).copy()
+    scale = float(np.diagonal(moment).sum() + rows_squared.sum())
+    bad = diagonal < -tolerance * scale
+    if bad.any():
+        j = int(np.argmin(diagonal))
+        _refuse(
+            names,
+            f"the within-class scatter of {feature} {j} would be {diagonal[j]:.6g}, a "
+            "negative variance, which no examples have",
+        )
+    scatter[np.diag_indices_from(scatter)] += tolerance * scale
+    _, info = lapack.dpotrf(scatter, lower=0, clean=0, overwrite_a=1)
+    if info > 0:
+        _refuse(
+            names,
+            f"the within-class covariance of the {feature}s would not be positive "
+            "semi-definite (a negative variance along some direction), which no examples give",
+        )
+
+
+def _refuse(names: str, detail: str) -> NoReturn:
+    raise InvalidInputError(
+        f"cannot unlearn these examples of {names}: {detail}; they are not (all) examples the "
+        "model learned"
+    )
+
+
+def covariance_factor(S: FloatArray) -> FloatArray:
+    """Lower Cholesky factor of ``S``, a covariance computed from statistics.
+
+    Rounding, or a subtraction of examples that were never learned (see
+    :func:`check_subtraction`), can leave ``S`` slightly indefinite. Then, instead of failing,
+    its eigenvalues are clipped from below at ``1e-10`` times the largest one (logged) and the
+    factor of the clipped matrix is returned, so that scoring and solving never fail on
+    statistics that were accepted.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> L = covariance_factor(np.array([[1.0, 2.0], [2.0, 1.0]]))  # eigenvalues 3 and -1
+    >>> bool(np.all(np.diagonal(L) > 0))
+    True
+    """
+    try:
+        factor: FloatArray = scipy.linalg.cholesky(S, lower=True, check_finite=False)
+        return factor
+    except np.linalg.LinAlgError:
+        pass
+    values, vectors = scipy.linalg.eigh(S, check_finite=False)
+    largest = float(np.abs(values).max()) if values.size else 0.0
+    floor = 1e-10 * largest if largest > 0.0 else 1.0
+    logger.warning(
+        "a %d x %d covariance is not positive definite (eigenvalues from %.3g to %.3g): "
+        "factoring it with its eigenvalues clipped at %.3g",
+        S.shape[0],
+        S.shape[0],
+        float(values.min()),
+        float(values.max()),
+        floor,
+    )
+    root = vectors * np.sqrt(np.maximum(values, floor))  # S ~ root root^T
+    # root^T = Q R gives root root^T = R^T R: R^T is a lower factor (QR cannot fail).
+    upper = scipy.linalg.qr(root.T, mode="r", check_finite=False)[0]
+    signs = np.where(np.diagonal(upper) < 0.0, -1.0, 1.0)
+    lower: FloatArray = (upper * signs[:, None]).T
+    return lower

@@ -3,7 +3,11 @@
 The :class:`~perennial.service.store.ModelStore` acknowledges updates (journal first) and hands
 the records to a :class:`Refresher`, which applies them to the working
 :class:`~perennial.learner.LifelongClassifier`, solves it, and sends back a prediction-only copy
-(:class:`ServedModel`); every ``snapshot_every`` records it saves a snapshot.
+(:class:`ServedModel`); every ``snapshot_every`` records it saves a snapshot. It keeps a copy of
+the store's :class:`~perennial.service.ledger.Ledger` in step with the model and saves it with
+each snapshot. It applies every record as acknowledged (an unlearn without the statistics check
+the store already made), so no record can stop it: predictions never fail on what a record
+leaves.
 
 It runs in a **child process** by default. The ridge head's re-solve (an eigendecomposition of
 ``G``, seconds at 4096 features) and its rank-one updates run in SciPy routines that hold the GIL:
@@ -50,6 +54,7 @@ from perennial.heads import Head, RidgeEnsembleHead, RidgeHead, make_head, regis
 from perennial.learner import LifelongClassifier
 from perennial.persistence import atomic_write_bytes, fsync_directory
 from perennial.service.journal import Record
+from perennial.service.ledger import LEDGER_DIRECTORY, Ledger
 
 __all__ = [
     "Refresher",
@@ -90,8 +95,8 @@ class ServedModel:
 
     ``model`` is None while nothing is learned. ``open_set`` is ``"on"`` (unknown inputs are
     flagged), ``"calibrating"`` (open-set is asked for but the threshold needs more examples:
-    nothing is flagged yet), ``"unavailable"`` (the learner turned novelty off, e.g. after a
-    ``forget`` that kept the class's examples in the ridge head's statistics) or ``"off"``.
+    nothing is flagged yet), ``"unavailable"`` (open set is asked for, but the model was
+    adopted without open-set statistics) or ``"off"``. A ``forget`` keeps open set on.
     """
 
     version: int
@@ -202,15 +207,19 @@ class Refresher:
             model.unknown_rate = None
             self.open_set_missing = str(error)
             logger.warning("open set is unavailable for this model: %s", error)
+        snapshot = record["snapshot"]
+        ledger = Ledger.for_snapshot(None if snapshot is None else path / str(snapshot), model)
         for item in config.replay:
             try:
                 _apply(model, item)
+                ledger.apply(item)
             except Exception as error:
                 raise CorruptedJournalError(
                     f"{path / JOURNAL_FILE}: the record of version {item.version} "
                     f"({item.operation}) cannot be replayed: {error}"
                 ) from error
         self.model = model
+        self.ledger = ledger
         self.record = record
         self.snapshot_version = int(record["snapshot_version"])
         self.applied = config.replay[-1].version if config.replay else self.snapshot_version
@@ -218,14 +227,19 @@ class Refresher:
         self._state_bytes_key: tuple[int | None, ...] | None = None
         self._state_bytes = 0
         head = model.head
-        counts = [int(n) for n in head._class_counts()] if head.is_fitted else []
         head_name = registered_name(head)
         return {
             "version": self.applied,
-            "ledger": [(str(c), n) for c, n in zip(head.classes_, counts, strict=True)],
+            "ledger": copy.deepcopy(ledger),  # the store's own, whether in a thread or not
             "dim": head.dim_,
             "head": {"name": head_name, "params": head.get_params()},
         }
+
+    def _applied(self, records: list[Record]) -> None:
+        """Bring the ledger and the applied version up to ``records``, applied to the model."""
+        for item in records:
+            self.ledger.apply(item)
+        self.applied = records[-1].version
 
     def publish(self) -> ServedModel:
         """Solve the working model and make a read-only copy of it for predictions."""
@@ -286,6 +300,7 @@ class Refresher:
         if target.exists():
             shutil.rmtree(target)  # left by a crash: service.json never named it
         self.model.save(target)
+        self.ledger.save(target / LEDGER_DIRECTORY)
         fsync_directory(path)  # the snapshot directory is on disk before service.json names it
         record = {**self.record, "snapshot": name, "snapshot_version": version}
         record["model"] = {**record["model"], "unknown_rate": self.model.unknown_rate}
@@ -355,11 +370,11 @@ class Refresher:
                 try:
                     for group in _learn_runs(records):
                         if _apply_group(self.model, group):
-                            self.applied = group[-1].version
+                            self._applied(group)
                             continue
                         for item in group:  # one by one: the error names the record at fault
                             _apply(self.model, item)
-                            self.applied = item.version
+                            self._applied([item])
                     send(("published", self.publish()))
                 except Exception as error:
                     logger.exception("the model stopped updating at version %d", self.applied)
@@ -579,7 +594,9 @@ def _apply(model: LifelongClassifier, record: Record) -> None:
     if record.operation == "learn":
         model.learn_many(record.features, list(record.labels))
     elif record.operation == "unlearn":
-        model.unlearn_many(record.features, list(record.labels))
+        # Acknowledged, so applied whatever it leaves: the store refused what its ledger could
+        # tell was impossible, and predictions never fail on statistics left indefinite.
+        model.unlearn_many(record.features, list(record.labels), verify=False)
     elif record.operation == "forget":
         model.forget(record.labels[0])
     else:  # pragma: no cover - Record.decode refuses other operations

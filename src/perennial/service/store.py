@@ -3,13 +3,18 @@
 A model directory served by ``perennial serve`` holds::
 
     service.json                the encoder, the head, and which snapshot holds which version
-    snapshot-<version>/         a LifelongClassifier.save() of the model at that version
+    snapshot-<version>/         a LifelongClassifier.save() of the model at that version, and
+                                its ledger in ledger/ (see perennial.service.ledger)
     journal.log                 every acknowledged update since (see perennial.service.journal)
 
 **Updates.** A learn, unlearn or forget is checked, written to the journal and synced, and only
-then acknowledged with its new version. The check needs only the classes, their counts and the
-feature width, which the store keeps beside the model (the *ledger*), so an update costs one
-journal append, never a model computation on the request path.
+then acknowledged with its new version. The check needs only the feature width and the
+:class:`~perennial.service.ledger.Ledger` the store keeps beside the model (per class: the
+count, the feature sums and sums of squares), so an update costs one journal append and
+``O(k d)`` arithmetic, never a model computation on the request path. An unlearn that would
+leave a class with statistics no examples have (a negative variance, say) is refused there,
+before it is acknowledged; the refresher applies every acknowledged record whatever it leaves,
+so recovery cannot fail on one.
 
 **Versions.** A :class:`~perennial.service.refresher.Refresher` (in a child process by default)
 applies acknowledged records to the working model, solves it (the ridge head's Woodbury update,
@@ -19,12 +24,12 @@ they start: they never wait for learning or solving, and a version never changes
 published version follows the acknowledged one by the time it takes to solve; a client that must
 read its own write asks for ``min_version``.
 
-**Snapshots.** Every ``snapshot_every`` records the refresher saves the working model to a new
-snapshot directory (atomic) and points ``service.json`` at it (atomic); the store then drops the
-journal records it covers (atomic rename). Each record carries its version, so a crash between
-these steps is harmless: recovery loads the snapshot ``service.json`` names and replays the
-records newer than it, refusing a gap. A lock file keeps a second service (or the refresher of
-a crashed one) away from the directory.
+**Snapshots.** Every ``snapshot_every`` records the refresher saves the working model and its
+ledger to a new snapshot directory (atomic) and points ``service.json`` at it (atomic); the store
+then drops the journal records it covers (atomic rename). Each record carries its version, so a
+crash between these steps is harmless: recovery loads the snapshot ``service.json`` names and
+replays the records newer than it, refusing a gap. A lock file keeps a second service (or the
+refresher of a crashed one) away from the directory.
 """
 
 from __future__ import annotations
@@ -56,9 +61,10 @@ from perennial.exceptions import (
     UnknownLabelError,
 )
 from perennial.heads import make_head
-from perennial.heads.base import check_features, check_labels, check_unlearnable
+from perennial.heads.base import check_features, check_labels
 from perennial.persistence import atomic_write_bytes
 from perennial.service.journal import Journal, Record, check_sequence
+from perennial.service.ledger import Ledger
 from perennial.service.refresher import (
     DEFAULT_UNKNOWN_RATE,
     JOURNAL_FILE,
@@ -197,7 +203,7 @@ class ModelStore:
         self._lock = lock
         self._version = int(info["version"])
         self._snapshot_version = snapshot_version
-        self._ledger: dict[str, int] = {label: int(n) for label, n in info["ledger"]}
+        self._ledger: Ledger = info["ledger"]
         self._dim: int | None = info["dim"]
         self._write_lock = threading.Lock()
         self._changed = threading.Condition()
@@ -402,7 +408,7 @@ class ModelStore:
     def classes(self) -> tuple[int, list[tuple[str, int]]]:
         """The acknowledged version and its classes with their example counts."""
         with self._write_lock:
-            return self._version, list(self._ledger.items())
+            return self._version, self._ledger.counts()
 
     def status(self) -> dict[str, Any]:
         """Versions, journal and snapshot figures, as JSON-able values."""
@@ -450,7 +456,7 @@ class ModelStore:
                 )
             record = Record(self._version + 1, "forget", (label,))
             self._commit(record)
-            del self._ledger[label]
+            self._ledger.apply(record)
             return record.version
 
     def _update(self, operation: str, features: Any, labels: Any) -> int:
@@ -470,18 +476,12 @@ class ModelStore:
                     f"expected {self._dim} features per example, got {array.shape[1]}"
                 )
             if operation == "unlearn":
-                check_unlearnable(names, self._ledger)
+                self._ledger.check_unlearn(array.astype(np.float64), names)
             record = Record(self._version + 1, operation, tuple(names), array)
             self._commit(record)
+            self._ledger.apply(record)
             if operation == "learn":
-                for name in names:
-                    self._ledger[name] = self._ledger.get(name, 0) + 1
                 self._dim = array.shape[1]
-            else:
-                for name in names:
-                    self._ledger[name] -= 1
-                for name in [name for name, count in self._ledger.items() if count == 0]:
-                    del self._ledger[name]
             return record.version
 
     def _commit(self, record: Record) -> None:

@@ -7,6 +7,7 @@ are tested end to end in ``test_service_encoders.py``.
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import threading
@@ -332,6 +333,38 @@ def test_bad_requests_answer_4xx_json_and_change_nothing(server: Server) -> None
             )
     assert failures == []
     assert model_state(client) == before
+
+
+def test_head_healthz_answers_like_get_without_a_body(server: Server) -> None:
+    with server.client() as client:
+        response = client.head("/healthz")
+        assert response.status_code == 200 and response.content == b""
+        assert response.headers["content-type"] == "application/json"
+        assert int(response.headers["content-length"]) == len(client.get("/healthz").content)
+
+
+def test_a_chunked_body_over_the_limit_answers_413(server: Server) -> None:
+    before = ok(server.client().get("/v1/model"))["version"]
+    # Sent in chunks, without Content-Length: the limit is found while reading.
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        connection.putrequest("POST", "/v1/learn")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Transfer-Encoding", "chunked")
+        connection.endheaders()
+        chunk = b"[" * 65536
+        for _ in range(32):  # 2 MiB, twice the limit
+            connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        connection.send(b"0\r\n\r\n")
+        response = connection.getresponse()
+        assert response.status == 413
+        assert "1048576 bytes (max_body_bytes)" in json.loads(response.read())["error"]
+        # The connection and the service carry on.
+        connection.request("GET", "/healthz")
+        again = connection.getresponse()
+        assert again.status == 200 and json.loads(again.read())["version"] == before
+    finally:
+        connection.close()
 
 
 # --- concurrency -------------------------------------------------------------------------------------------

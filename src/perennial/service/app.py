@@ -293,22 +293,31 @@ def describe_validation(errors: list[Any]) -> tuple[int, str]:
 
 
 # --- ASGI middleware ----------------------------------------------------------------------------------
-class _BodyTooLargeError(Exception):
-    pass
+class _BodyTooLargeError(HTTPException):
+    """A body read past the limit.
+
+    An HTTP error, because FastAPI's body parsing lets those through as they are; it answers
+    any other error there with 400 "error parsing the body".
+    """
 
 
 class BodyLimitMiddleware:
-    """Answer 413 to a body over ``max_bytes``, declared or streamed, before it is parsed."""
+    """Answer 413 to a body over ``max_bytes``, declared or streamed, before it is parsed.
+
+    A declared ``Content-Length`` over the limit is refused before the app runs; a body sent
+    without one (chunked) is counted as it is read, and the read that passes the limit raises
+    the 413.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
+    def _message(self) -> str:
+        return f"the request body is over the limit of {self.max_bytes} bytes (max_body_bytes)"
+
     def _refuse(self) -> JSONResponse:
-        return _error(
-            413,
-            f"the request body is over the limit of {self.max_bytes} bytes (max_body_bytes)",
-        )
+        return _error(413, self._message())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -332,7 +341,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLargeError
+                    raise _BodyTooLargeError(413, self._message())
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -892,6 +901,11 @@ def create_app(
         if failure is not None:
             return _error(503, f"the model stopped updating: {failure}")
         return {"status": "ok", "version": store_.version, "served_version": store_.served.version}
+
+    # Uptime probes and load balancers often ask with HEAD: the same status, without the body.
+    app.add_api_route(
+        "/healthz", healthz, methods=["HEAD"], response_model=Health, include_in_schema=False
+    )
 
     @app.get(
         "/metrics",

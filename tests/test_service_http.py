@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import signal
 import threading
 import time
@@ -535,6 +536,77 @@ def test_keys_and_roles(tmp_path: Path) -> None:
         schemes = anonymous.get("/openapi.json").json()["components"]["securitySchemes"]
         assert schemes["HTTPBearer"]["scheme"] == "bearer"
         assert ok(reader.get("/v1/model"))["version"] == 1  # refused requests changed nothing
+    finally:
+        running.stop()
+
+
+def roles_of_routes(tmp_path: Path) -> dict[tuple[str, str], set[str]]:
+    """Every (method, path) of the app with the roles its dependencies ask for."""
+    from perennial.service.app import create_app
+    from perennial.service.store import ModelStore
+
+    store = ModelStore.open(
+        tmp_path, encoder="identity", head_params={"n_features": 8}, isolate=False
+    )
+    try:
+        app = create_app(store)
+    finally:
+        store.close(snapshot=False)
+
+    def roles(dependant: Any) -> set[str]:
+        found = {getattr(dependant.call, "role", None)}
+        for inner in dependant.dependencies:
+            found |= roles(inner)
+        return found - {None}
+
+    routes = {}
+    for route in app.routes:
+        dependant = getattr(route, "dependant", None)
+        for method in getattr(route, "methods", None) or ():
+            routes[(method, route.path_format)] = roles(dependant) if dependant else set()
+    return routes
+
+
+def test_every_route_that_needs_the_write_role_refuses_a_read_key(tmp_path: Path) -> None:
+    routes = roles_of_routes(tmp_path / "app")
+    writes = sorted(key for key, roles in routes.items() if "write" in roles)
+    assert set(writes) >= {
+        ("POST", "/v1/learn"),
+        ("POST", "/v1/unlearn"),
+        ("DELETE", "/v1/classes/{label}"),
+        ("GET", "/v1/review"),
+        ("POST", "/v1/review/{item_id}"),
+        ("DELETE", "/v1/review/{item_id}"),
+    }
+    # Nothing but the health check and the API's documents is open without a key.
+    public = {key for key, roles in routes.items() if not roles}
+    assert {path for _, path in public} <= {
+        "/healthz",
+        "/openapi.json",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+    }
+    keys = tmp_path / "keys"
+    keys.write_text("reader-0123456789 read\nwriter-0123456789 write\n")
+    keys.chmod(0o600)
+    running = Server(tmp_path / "model", *ARGS, "--keys", str(keys)).start()
+    try:
+        reader, writer = running.client("reader-0123456789"), running.client("writer-0123456789")
+        X, y = clusters(np.random.default_rng(8), ["w"], 3, DIM)
+        ok(writer.post("/v1/learn", json={"inputs": X.tolist(), "labels": y}))
+        requests = [
+            (method, re.sub(r"\{[^}]*\}", "w", path), {"json": {}} if method == "POST" else {})
+            for method, path in writes
+        ]
+        for method, url, body in requests:
+            response = reader.request(method, url, **body)
+            assert response.status_code == 403, (method, url, response.text)
+            assert "this key has the 'read' role; this needs 'write'" in response.json()["error"]
+        assert ok(reader.get("/v1/model"))["counts"] == {"w": 3}  # and nothing changed
+        # The role is what refused them: with a write key the same requests get further.
+        for method, url, body in requests:
+            assert writer.request(method, url, **body).status_code != 403, (method, url)
     finally:
         running.stop()
 

@@ -387,6 +387,38 @@ class MetricsMiddleware:
             )
 
 
+_BEARER = HTTPBearer(auto_error=False, description="An API key from the keys file")
+
+
+class RoleCheck:
+    """A route's dependency on the role of the request's API key (``role``: the one needed).
+
+    The routes' dependencies say which role each needs (tests enumerate them from the app).
+    """
+
+    def __init__(self, keys: KeyRing | None, role: str) -> None:
+        self.keys = keys
+        self.role = role
+
+    async def __call__(  # async: a plain comparison, no thread needed
+        self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+    ) -> None:
+        keys = self.keys
+        if keys is None:
+            return
+        if credentials is None:
+            raise HTTPException(
+                401,
+                "this service needs an API key: send 'Authorization: Bearer KEY'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        role = keys.role_of(credentials.credentials)
+        if role is None:
+            raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
+        if not keys.allows(role, self.role):
+            raise HTTPException(403, f"this key has the {role!r} role; this needs {self.role!r}")
+
+
 # --- the application -------------------------------------------------------------------------------------
 class _Service:
     """What the routes share: the store, the encoder, the limits, the queue and the metrics."""
@@ -502,28 +534,8 @@ class _Service:
                 )
         return labels
 
-    def role_needed(self, needed: str) -> Callable[..., Awaitable[None]]:
-        bearer = HTTPBearer(auto_error=False, description="An API key from the keys file")
-        keys = self.keys
-
-        async def check(  # async: a plain comparison, no thread needed
-            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-        ) -> None:
-            if keys is None:
-                return
-            if credentials is None:
-                raise HTTPException(
-                    401,
-                    "this service needs an API key: send 'Authorization: Bearer KEY'",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            role = keys.role_of(credentials.credentials)
-            if role is None:
-                raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
-            if not keys.allows(role, needed):
-                raise HTTPException(403, f"this key has the {role!r} role; this needs {needed!r}")
-
-        return check
+    def role_needed(self, needed: str) -> RoleCheck:
+        return RoleCheck(self.keys, needed)
 
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])

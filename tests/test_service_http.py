@@ -295,6 +295,70 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
         "label: Input should be a valid string",
     ),
     ("DELETE", "/v1/review/no-such-item", {}, 404, "no review item"),
+    # Labels are one line of valid Unicode text: a JSON escape or the UTF-8 bytes of a lone
+    # surrogate, a control character, a line separator are refused by name.
+    (
+        "POST",
+        "/v1/learn",
+        {"content": b'{"inputs": [[1,1,1,1,1,1,1,1]], "labels": ["\\ud800"]}', "headers": JSON},
+        422,
+        "labels[0] is not valid Unicode text: '\\ud800' holds a lone surrogate",
+    ),
+    (
+        "POST",
+        "/v1/learn",
+        {
+            "content": b'{"inputs": [[1,1,1,1,1,1,1,1]], "labels": ["a\xed\xb0\x80"]}',
+            "headers": JSON,
+        },
+        422,
+        "labels[0] is not valid Unicode text",
+    ),
+    (
+        "POST",
+        "/v1/unlearn",
+        {"content": b'{"inputs": [[1,1,1,1,1,1,1,1]], "labels": ["a\\udfff"]}', "headers": JSON},
+        422,
+        "lone surrogate ('\\udfff') at character 1",
+    ),
+    (
+        "POST",
+        "/v1/learn",
+        {"json": {"inputs": [GOOD_ROW] * 2, "labels": ["a", "a\nb"]}},
+        422,
+        "labels[1] holds a control character ('\\n')",
+    ),
+    (
+        "POST",
+        "/v1/learn",
+        {"json": {"inputs": [GOOD_ROW], "labels": ["\u2028"]}},
+        422,
+        "labels[0] holds a control character",
+    ),
+    (
+        "POST",
+        "/v1/predict",
+        {"content": b'{"inputs": [["\\ud800"]]}', "headers": JSON},
+        422,
+        "inputs[0][0]",
+    ),
+    (
+        "POST",
+        "/v1/predict",
+        {"content": b'{"inputs": [[1,1,1,1,1,1,1,1]], "\\ud800": 1}', "headers": JSON},
+        422,
+        "the request body holds a key that is not valid Unicode text ('\\ud800')",
+    ),
+    ("DELETE", "/v1/classes/a%0Ab", {}, 422, "label holds a control character ('\\n')"),
+    ("DELETE", "/v1/classes/a%09", {}, 422, "label holds a control character ('\\t')"),
+    ("DELETE", "/v1/classes/%ED%A0%80", {}, 404, "cannot forget"),  # not UTF-8: U+FFFD
+    (
+        "POST",
+        "/v1/review/no-such-item",
+        {"content": b'{"label": "\\ud800"}', "headers": JSON},
+        422,
+        "label is not valid Unicode text",
+    ),
     ("GET", "/v1/nothing", {}, 404, "no route GET /v1/nothing"),
     ("GET", "/v1/learn", {}, 405, "GET is not allowed on /v1/learn"),
 ]
@@ -336,6 +400,44 @@ def test_bad_requests_answer_4xx_json_and_change_nothing(server: Server) -> None
     assert model_state(client) == before
 
 
+def test_labels_are_kept_in_nfc_and_found_by_any_spelling(tmp_path: Path) -> None:
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    running = Server(tmp_path / "model", *ARGS).start()
+    try:
+        client = running.client()
+        rng = np.random.default_rng(6)
+        X, y = clusters(rng, ["a", composed, "c"], 20, DIM)
+        spelled = [decomposed if label == composed else label for label in y]
+        batches: list = [("learn", X[::2], y[::2]), ("learn", X[1::2], y[1::2])]
+        ok(client.post("/v1/learn", json={"inputs": X[::2].tolist(), "labels": spelled[::2]}))
+        ok(client.post("/v1/learn", json={"inputs": X[1::2].tolist(), "labels": y[1::2]}))
+        classes = ok(client.get("/v1/classes"))["classes"]
+        assert {c["label"]: c["count"] for c in classes} == {"a": 20, composed: 20, "c": 20}
+        body = ok(
+            client.post(
+                "/v1/unlearn", json={"inputs": X[20:22].tolist(), "labels": [decomposed] * 2}
+            )
+        )
+        batches.append(("unlearn", X[20:22], [composed] * 2))
+        assert_matches_reference(client, body["version"], batches)
+        # An unknown input labelled by the operator in the other spelling joins the class.
+        far = (np.eye(DIM)[6] * 40.0).tolist()
+        query = {"inputs": [far], "min_version": body["version"]}
+        review_id = ok(client.post("/v1/predict", json=query))["predictions"][0]["review_id"]
+        assert review_id
+        ok(client.post(f"/v1/review/{review_id}", json={"label": decomposed}))
+        batches.append(("learn", np.asarray([far]), [composed]))
+        assert ok(client.get("/v1/model"))["counts"][composed] == 19
+        # Forgotten by its decomposed spelling in the path; the answer names the class kept.
+        body = ok(client.delete("/v1/classes/cafe%CC%81"))
+        assert body["forgotten"] == composed
+        batches.append(("forget", None, composed))
+        assert_matches_reference(client, body["version"], batches)
+        assert [c["label"] for c in ok(client.get("/v1/classes"))["classes"]] == ["a", "c"]
+    finally:
+        assert running.stop() == -signal.SIGTERM
+
+
 def test_head_healthz_answers_like_get_without_a_body(server: Server) -> None:
     with server.client() as client:
         response = client.head("/healthz")
@@ -366,6 +468,13 @@ def test_a_chunked_body_over_the_limit_answers_413(server: Server) -> None:
         assert again.status == 200 and json.loads(again.read())["version"] == before
     finally:
         connection.close()
+
+
+def test_an_error_quoting_a_lone_surrogate_is_still_answered() -> None:
+    from perennial.service.app import _error
+
+    response = _error(422, "labels[0] is 'a\ud800'")
+    assert json.loads(response.body) == {"error": "labels[0] is 'a\\ud800'"}
 
 
 # --- concurrency -------------------------------------------------------------------------------------------

@@ -314,6 +314,17 @@ def test_a_saved_model_is_adopted_as_version_zero(tmp_path: Path) -> None:
             "99 examples of 'a'",
         ),
         (lambda s: s.forget("zebra"), UnknownLabelError, "cannot forget 'zebra'"),
+        (
+            lambda s: s.learn(np.ones((2, 8)), ["a", "\ud800"]),
+            InvalidInputError,
+            r"labels\[1\] is not valid Unicode text",
+        ),
+        (lambda s: s.learn(np.ones((1, 8)), ["a\nb"]), InvalidInputError, "control character"),
+        (lambda s: s.learn(np.ones((1, 8)), ["\x85"]), InvalidInputError, "control character"),
+        (lambda s: s.learn(np.ones((1, 8)), [" "]), InvalidInputError, "is blank"),
+        (lambda s: s.unlearn(np.ones((1, 8)), ["a\udc00"]), InvalidInputError, "surrogate"),
+        (lambda s: s.forget("a\ud800"), InvalidInputError, "label is not valid Unicode"),
+        (lambda s: s.forget("a\tb"), InvalidInputError, "label holds a control character"),
     ],
 )
 def test_bad_updates_change_nothing(tmp_path: Path, call, error, message) -> None:
@@ -327,6 +338,40 @@ def test_bad_updates_change_nothing(tmp_path: Path, call, error, message) -> Non
     assert (tmp_path / "model" / "journal.log").read_bytes() == journal
     assert_same_model(store, batches)
     store.close(snapshot=False)
+
+
+def test_labels_are_journalled_in_nfc_and_found_by_any_spelling(tmp_path: Path) -> None:
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    store = open_store(tmp_path / "model")
+    rng = np.random.default_rng(5)
+    X, y = clusters(rng, ["a", composed, "b"], 4)
+    decomposed_y = [decomposed if label == composed else label for label in y]
+    more, more_y = clusters(rng, ["a", composed], 3)
+    store.learn(X, decomposed_y)
+    store.learn(more, more_y)
+    store.unlearn(X[4:6], [decomposed, decomposed])
+    assert dict(store.classes()[1]) == {"a": 7, composed: 5, "b": 4}
+    assert_same_model(
+        store, [("learn", X, y), ("learn", more, more_y), ("unlearn", X[4:6], [composed] * 2)]
+    )
+    store.close(snapshot=False)
+    journal, records = Journal.open(tmp_path / "model" / "journal.log")
+    journal.close()
+    assert [set(r.labels) for r in records] == [{"a", composed, "b"}, {"a", composed}, {composed}]
+    # After a restart (replaying the journal) the other spelling still finds the class.
+    store = open_store(tmp_path / "model")
+    store.forget(decomposed)
+    assert dict(store.classes()[1]) == {"a": 7, "b": 4}
+    assert_same_model(
+        store,
+        [
+            ("learn", X, y),
+            ("learn", more, more_y),
+            ("unlearn", X[4:6], [composed] * 2),
+            ("forget", None, composed),
+        ],
+    )
+    store.close()
 
 
 def test_published_versions_are_read_only_copies(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model
 from pydantic.config import JsonDict
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 
 from perennial.exceptions import (
@@ -46,6 +47,7 @@ from perennial.exceptions import (
     ServiceUnavailableError,
     UnknownLabelError,
 )
+from perennial.heads.base import check_label, check_labels
 from perennial.service.auth import KeyRing
 from perennial.service.batching import BatchingEncoder
 from perennial.service.metrics import Metrics
@@ -182,9 +184,16 @@ class LearnFields(BaseModel):
     labels: list[str]
 
 
+#: What a label must be (perennial.heads.base.check_labels), as the API documents it.
+_LABEL_RULE = (
+    "one line of valid Unicode text: no lone surrogates, no control characters such as newline "
+    "or tab, not blank; kept, answered and matched in NFC"
+)
+
+
 class ReviewAnswer(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    label: StrictStr = Field(description="The label to learn the input with")
+    label: StrictStr = Field(description=f"The label to learn the input with ({_LABEL_RULE})")
 
 
 class ReviewLearned(BaseModel):
@@ -250,6 +259,8 @@ def _status_of(error: PerennialError) -> int:
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    # A lone surrogate quoted from a request could not be encoded as UTF-8: escape it.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
@@ -265,6 +276,9 @@ def _location(parts: tuple[Any, ...]) -> str:
 def describe_validation(errors: list[Any]) -> tuple[int, str]:
     """Status and message for pydantic's errors about a request body."""
     first = errors[0]
+    if first.get("type") == "string_unicode":  # an object key holding a lone surrogate
+        shown = repr(first.get("input"))[:60]
+        return 422, f"the request body holds a key that is not valid Unicode text ({shown})"
     if tuple(first.get("loc", ())) == ("body",) and isinstance(first.get("input"), (bytes, str)):
         # The body was not parsed as JSON: malformed, or sent without a JSON content type.
         try:
@@ -290,6 +304,19 @@ def describe_validation(errors: list[Any]) -> tuple[int, str]:
     if len(errors) > 3:
         parts.append(f"and {len(errors) - 3} more problems")
     return 422, "; ".join(parts)
+
+
+class _LabelConvertor(PathConvertor):
+    """A label in the path: the rest of it, line breaks included.
+
+    ``path`` stops at a line break, so a label holding one found no route (404); the route
+    now refuses it by name (422), as it does every label that is not valid text.
+    """
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("label", _LabelConvertor())
 
 
 # --- ASGI middleware ----------------------------------------------------------------------------------
@@ -459,6 +486,7 @@ class _Service:
             return [self._decode_image(text, i) for i, text in enumerate(inputs)], [
                 len(text) for text in inputs
             ]
+        sizes = []
         for i, text in enumerate(inputs):
             if not text.strip():
                 raise EmptyInputError(
@@ -469,7 +497,14 @@ class _Service:
                     f"inputs[{i}] has {len(text)} characters, over the limit of "
                     f"{limits.max_text_chars} (max_text_chars)"
                 )
-        return list(inputs), [len(text.encode("utf-8")) for text in inputs]
+            try:
+                sizes.append(len(text.encode("utf-8")))
+            except UnicodeEncodeError as error:  # JSON's "\ud800" escapes decode to these
+                raise InvalidInputError(
+                    f"inputs[{i}] is not valid Unicode text: it holds a lone surrogate "
+                    f"({text[error.start]!r}) at character {error.start}"
+                ) from None
+        return list(inputs), sizes
 
     def _prepare_vectors(self, rows: list[list[float]]) -> tuple[Any, list[int]]:
         width = len(rows[0])
@@ -522,17 +557,26 @@ class _Service:
             ) from error
 
     def check_labels(self, labels: list[str], n: int) -> list[str]:
+        """The labels as the model keeps them (:func:`~perennial.heads.base.check_labels`)."""
         if len(labels) != n:
             raise LabelLengthError(f"got {n} inputs but {len(labels)} labels; they must match")
-        for i, label in enumerate(labels):
-            if not label.strip():
-                raise EmptyInputError(f"labels[{i}] is blank ({label!r}); expected a class name")
-            if len(label) > self.limits.max_label_chars:
-                raise LimitExceededError(
-                    f"labels[{i}] has {len(label)} characters, over the limit of "
-                    f"{self.limits.max_label_chars} (max_label_chars)"
-                )
-        return labels
+        checked = [str(label) for label in check_labels(labels, n)]
+        for i, label in enumerate(checked):
+            self._check_label_length(label, f"labels[{i}]")
+        return checked
+
+    def check_label(self, label: str) -> str:
+        """One label (the review answer's) as the model keeps it."""
+        checked = str(check_label(label))
+        self._check_label_length(checked, "label")
+        return checked
+
+    def _check_label_length(self, label: str, name: str) -> None:
+        if len(label) > self.limits.max_label_chars:
+            raise LimitExceededError(
+                f"{name} has {len(label)} characters, over the limit of "
+                f"{self.limits.max_label_chars} (max_label_chars)"
+            )
 
     def role_needed(self, needed: str) -> RoleCheck:
         return RoleCheck(self.keys, needed)
@@ -635,7 +679,7 @@ def create_app(
             StrictStr,
             Field(json_schema_extra={"minLength": 1, "maxLength": limits.max_text_chars}),
         ]
-        what = f"texts (at most {limits.max_text_chars} characters each)"
+        what = f"texts (valid Unicode, at most {limits.max_text_chars} characters each)"
     label_item = Annotated[
         StrictStr, Field(json_schema_extra={"minLength": 1, "maxLength": limits.max_label_chars})
     ]
@@ -662,7 +706,7 @@ def create_app(
         inputs=(list[item], inputs_field),
         labels=(
             list[label_item],
-            Field(description="One label per input", json_schema_extra=batch),
+            Field(description=f"One label per input ({_LABEL_RULE})", json_schema_extra=batch),
         ),
     )
 
@@ -802,13 +846,15 @@ def create_app(
         }
 
     @app.delete(
-        "/v1/classes/{label:path}",
+        "/v1/classes/{label:label}",
         response_model=ForgetResponse,
         responses=_ERRORS,
         dependencies=[write],
         summary="Forget a class; durable",
+        description="The label is matched in NFC, as classes are kept.",
     )
     def forget(label: str) -> dict[str, Any]:
+        label = str(check_label(label))  # in NFC, as the model keeps it
         version = store_.forget(label)
         service.metrics.increment("perennial_forgotten_classes_total")
         return {"version": version, "forgotten": label}
@@ -849,11 +895,11 @@ def create_app(
         summary="Label a queued input: the model learns it, and the item is deleted",
     )
     def review_answer(item_id: str, body: ReviewAnswer) -> dict[str, Any]:
-        service.check_labels([body.label], 1)
+        labels = [service.check_label(body.label)]
         item = service.review.claim(item_id)
         try:
             prepared, _ = service.prepare([item.input])
-            version = store_.learn(service.encode(prepared), [body.label])
+            version = store_.learn(service.encode(prepared), labels)
         except BaseException:
             service.review.restore(item)
             raise

@@ -462,6 +462,28 @@ def test_review_items_expire_and_are_bounded() -> None:
     assert ReviewQueue(ttl=0).add("x", {}, version=1) is None
 
 
+def test_an_expired_review_item_that_is_restored_is_purged() -> None:
+    now = [0.0]
+    queue = ReviewQueue(ttl=10, max_bytes=100, clock=lambda: now[0])
+    first = queue.add("one", {"label": "x"}, version=1, size=60)
+    assert first is not None
+    item = queue.claim(first)  # an operator labels it; the update fails after its time ran out
+    now[0] = 10.0
+    queue.restore(item)
+    assert queue.items() == [] and len(queue) == 0 and queue.expired == 1
+    with pytest.raises(UnknownLabelError, match="no review item"):
+        queue.claim(first)
+    # Its bytes are not counted: two items of 60 bytes would not fit in 100.
+    second = queue.add("two", {"label": "x"}, version=1, size=60)
+    assert second is not None and [i.id for i in queue.items()] == [second]
+    # An item restored in time keeps its first expiry (10 + 10), not a new one.
+    now[0] = 15.0
+    queue.restore(queue.claim(second))
+    assert [i.id for i in queue.items()] == [second]
+    now[0] = 20.0
+    assert queue.items() == [] and queue.expired == 2
+
+
 def test_keys_file_is_parsed_and_checked(tmp_path: Path) -> None:
     path = tmp_path / "keys"
     path.write_text("# comment\n\nreader-key-123 read\nwriter-key-456 write\n")

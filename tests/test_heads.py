@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from perennial.exceptions import (
     UnknownLabelError,
 )
 from perennial.heads import HEADS, NCMHead, RidgeEnsembleHead, RidgeHead, SLDAHead
-from perennial.heads.base import Head
+from perennial.heads.base import Head, check_label, check_labels
 from perennial.persistence import read_model_files, write_model_files
 
 DATA = Path(__file__).parent / "data"
@@ -294,6 +295,27 @@ BAD_BATCHES = [
     ("float-label", lambda X: X, [1.5, "a", "b", "c"], InputTypeError, "1.5"),
     ("bool-label", lambda X: X, [True, "a", "b", "c"], InputTypeError, "True"),
     ("empty-label", lambda X: X, ["", "a", "b", "c"], InvalidInputError, "''"),
+    (
+        "blank-label",
+        lambda X: X,
+        ["a", " \u3000", "b", "c"],
+        InvalidInputError,
+        r"labels\[1\] is blank",
+    ),
+    (
+        "surrogate-label",
+        lambda X: X,
+        ["a", "b", "x\ud800", "c"],
+        InvalidInputError,
+        r"labels\[2\] is not valid Unicode text.*lone surrogate",
+    ),
+    (
+        "newline-label",
+        lambda X: X,
+        ["a", "b", "c", "a\nb"],
+        InvalidInputError,
+        r"labels\[3\] holds",
+    ),
 ]
 
 
@@ -309,6 +331,51 @@ def test_bad_batches_raise_and_change_nothing(head_name, case, make, labels, err
     with pytest.raises(error, match=text):
         head.learn_many(make(X[:4]), labels)
     assert_unchanged(head, before)
+
+
+# --- what a label is ---------------------------------------------------------------------------------
+def test_a_label_is_one_line_of_valid_unicode_text_kept_in_nfc():
+    # The reference is the Unicode character database: refused are the control characters
+    # (category Cc), lone surrogates (Cs) and the line and paragraph separators.
+    refused = 0
+    for code in [*range(0x3000), *range(0xD700, 0xE100), *range(0x1F300, 0x1F400), 0x10FFFF]:
+        label = f"a{chr(code)}b"
+        if unicodedata.category(chr(code)) in ("Cc", "Cs") or code in (0x2028, 0x2029):
+            refused += 1
+            with pytest.raises(InvalidInputError, match=r"control character|lone surrogate"):
+                check_label(label)
+        else:
+            assert check_label(label) == unicodedata.normalize("NFC", label)
+    assert refused == 65 + 2 + 2048  # C0, DEL and C1; U+2028 and U+2029; D800-DFFF
+    # Spellings of one text are one label: its composed form.
+    assert check_labels(["cafe\u0301", "\u212b", "\u1100\u1161", " x "], 4) == [
+        "caf\u00e9",
+        "\u00c5",
+        "\uac00",
+        " x ",
+    ]
+    assert check_labels([7, np.int64(8), np.str_("z")], 3) == [7, 8, "z"]
+    for blank in ["", " ", "\u00a0", "\u3000\u2003"]:
+        with pytest.raises(InvalidInputError, match="blank"):
+            check_label(blank)
+    with pytest.raises(InvalidInputError, match=r"labels\[1\] holds a control character \('\\t'\)"):
+        check_labels(["ok", "a\tb"], 2)
+
+
+@pytest.mark.parametrize("head_name", ["ridge", "slda", "ncm"])
+def test_two_spellings_of_a_label_are_one_class(head_name):
+    X, y = blobs(3, n_classes=2)
+    composed = ["caf\u00e9" if label == "c0" else label for label in y]
+    decomposed = ["cafe\u0301" if label == "c0" else label for label in y]
+    make = {"ridge": lambda: RidgeHead(n_features=16, ridge=1.0), "slda": SLDAHead, "ncm": NCMHead}
+    head, reference = make[head_name](), make[head_name]()
+    head.learn_many(X[:30], decomposed[:30])
+    head.learn_many(X[30:], composed[30:])
+    reference.learn_many(X, composed)
+    assert head.classes_ == reference.classes_ and "caf\u00e9" in head.classes_
+    np.testing.assert_allclose(head.decision_scores(X), reference.decision_scores(X), rtol=1e-9)
+    head.forget("cafe\u0301")
+    assert head.classes_ == ["c1"]
 
 
 def test_predict_before_learning_and_forget_unknown():

@@ -20,6 +20,7 @@ from perennial.exceptions import (
     FeatureDimensionError,
     FormatVersionError,
     InputTypeError,
+    InvalidInputError,
     InvalidParameterError,
     LabelLengthError,
     ModelMismatchError,
@@ -251,6 +252,62 @@ def test_bad_inputs_raise_typed_errors_and_change_nothing():
     with pytest.raises(FeatureDimensionError, match="expected 3"):
         numeric.predict_one([1.0, 2.0])
     assert numeric.n_seen_ == 3
+
+
+def test_labels_in_any_unicode_spelling_name_one_class_and_bad_ones_change_nothing(tmp_path):
+    texts, labels = toy_texts(per_class=16)
+    composed = ["caf\u00e9" if label == "food" else label for label in labels]
+    decomposed = ["cafe\u0301" if label == "food" else label for label in labels]
+    model = LifelongClassifier(
+        FunctionEncoder(hashed_features, name="trigram-64"),
+        RidgeHead(n_features=32, ridge=1.0),
+        unknown_rate=0.05,
+    )
+    reference = LifelongClassifier(
+        FunctionEncoder(hashed_features, name="trigram-64"),
+        RidgeHead(n_features=32, ridge=1.0),
+        unknown_rate=0.05,
+    )
+    # The model hears both spellings; the reference only the composed one (NFC).
+    model.learn_many(texts[::2], decomposed[::2])
+    model.learn_many(texts[1::2], composed[1::2])
+    model.unlearn_many(texts[:6], decomposed[:6])
+    reference.learn_many(texts[::2], composed[::2])
+    reference.learn_many(texts[1::2], composed[1::2])
+    reference.unlearn_many(texts[:6], composed[:6])
+    assert model.classes_ == reference.classes_ and "caf\u00e9" in model.classes_
+    np.testing.assert_allclose(
+        model.decision_scores(texts), reference.decision_scores(texts), rtol=1e-9
+    )
+    np.testing.assert_allclose(model.novelty_scores(texts), reference.novelty_scores(texts))
+    assert model.predict_proba_one(texts[0]).keys() == {"cards", "travel", "caf\u00e9"}
+    # Labels that are not one line of valid text are refused and change nothing.
+    meta, arrays = model.head.get_state()
+    for bad, message in [
+        ("caf\ud800", "lone surrogate"),
+        ("food\n", "control character"),
+        ("\u2028", "control character"),
+        ("\t", "control character"),
+        ("\u3000", "blank"),
+    ]:
+        with pytest.raises(InvalidInputError, match=message):
+            model.learn_many(texts[:2], ["cards", bad])
+        with pytest.raises(InvalidInputError, match=message):
+            model.unlearn_many(texts[:2], ["cards", bad])
+    after, arrays_after = model.head.get_state()
+    assert after == meta and all(np.array_equal(arrays[k], arrays_after[k]) for k in arrays)
+    # Saved and loaded in NFC; forgetting by the other spelling finds the class.
+    model.save(tmp_path / "model")
+    loaded = LifelongClassifier.load(
+        tmp_path / "model", encoder=FunctionEncoder(hashed_features, name="trigram-64")
+    )
+    assert loaded.classes_ == reference.classes_
+    loaded.forget("cafe\u0301")
+    reference.forget("caf\u00e9")
+    assert loaded.classes_ == reference.classes_ == ["cards", "travel"]
+    np.testing.assert_allclose(
+        loaded.decision_scores(texts), reference.decision_scores(texts), rtol=1e-9
+    )
 
 
 # --- no raw inputs kept ----------------------------------------------------------------------------

@@ -111,6 +111,21 @@ def test_text_service_end_to_end(tmp_path: Path) -> None:
                 response = client.post(path, json=request)
                 assert response.status_code == status, (path, body_, response.text)
                 assert message in response.json()["error"]
+        # Half an emoji (a lone surrogate, escaped in JSON) is refused by name, and the
+        # connection carries on.
+        surrogate = b'"inputs": ["fine", "lost my \\ud83d card"]'
+        for path, content in [
+            ("/v1/predict", b"{" + surrogate + b"}"),
+            ("/v1/learn", b"{" + surrogate + b', "labels": ["card_arrival", "card_arrival"]}'),
+        ]:
+            response = client.post(
+                path, content=content, headers={"content-type": "application/json"}
+            )
+            assert response.status_code == 422, (path, response.text)
+            assert response.json()["error"] == (
+                "inputs[1] is not valid Unicode text: it holds a lone surrogate ('\\ud83d') at "
+                "character 8"
+            )
         assert ok(client.get("/v1/model"))["version"] == version
         # An unknown text waits for review in memory only.
         client.post("/v1/predict", json={"inputs": ["zqx vlorp gnarf wibble"] * 3})

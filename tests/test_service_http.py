@@ -7,7 +7,9 @@ are tested end to end in ``test_service_encoders.py``.
 
 from __future__ import annotations
 
+import http.client
 import json
+import re
 import signal
 import threading
 import time
@@ -294,6 +296,70 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
         "label: Input should be a valid string",
     ),
     ("DELETE", "/v1/review/no-such-item", {}, 404, "no review item"),
+    # Labels are one line of valid Unicode text: a JSON escape or the UTF-8 bytes of a lone
+    # surrogate, a control character, a line separator are refused by name.
+    (
+        "POST",
+        "/v1/learn",
+        {"content": b'{"inputs": [[1,1,1,1,1,1,1,1]], "labels": ["\\ud800"]}', "headers": JSON},
+        422,
+        "labels[0] is not valid Unicode text: '\\ud800' holds a lone surrogate",
+    ),
+    (
+        "POST",
+        "/v1/learn",
+        {
+            "content": b'{"inputs": [[1,1,1,1,1,1,1,1]], "labels": ["a\xed\xb0\x80"]}',
+            "headers": JSON,
+        },
+        422,
+        "labels[0] is not valid Unicode text",
+    ),
+    (
+        "POST",
+        "/v1/unlearn",
+        {"content": b'{"inputs": [[1,1,1,1,1,1,1,1]], "labels": ["a\\udfff"]}', "headers": JSON},
+        422,
+        "lone surrogate ('\\udfff') at character 1",
+    ),
+    (
+        "POST",
+        "/v1/learn",
+        {"json": {"inputs": [GOOD_ROW] * 2, "labels": ["a", "a\nb"]}},
+        422,
+        "labels[1] holds a control character ('\\n')",
+    ),
+    (
+        "POST",
+        "/v1/learn",
+        {"json": {"inputs": [GOOD_ROW], "labels": ["\u2028"]}},
+        422,
+        "labels[0] holds a control character",
+    ),
+    (
+        "POST",
+        "/v1/predict",
+        {"content": b'{"inputs": [["\\ud800"]]}', "headers": JSON},
+        422,
+        "inputs[0][0]",
+    ),
+    (
+        "POST",
+        "/v1/predict",
+        {"content": b'{"inputs": [[1,1,1,1,1,1,1,1]], "\\ud800": 1}', "headers": JSON},
+        422,
+        "the request body holds a key that is not valid Unicode text ('\\ud800')",
+    ),
+    ("DELETE", "/v1/classes/a%0Ab", {}, 422, "label holds a control character ('\\n')"),
+    ("DELETE", "/v1/classes/a%09", {}, 422, "label holds a control character ('\\t')"),
+    ("DELETE", "/v1/classes/%ED%A0%80", {}, 404, "cannot forget"),  # not UTF-8: U+FFFD
+    (
+        "POST",
+        "/v1/review/no-such-item",
+        {"content": b'{"label": "\\ud800"}', "headers": JSON},
+        422,
+        "label is not valid Unicode text",
+    ),
     ("GET", "/v1/nothing", {}, 404, "no route GET /v1/nothing"),
     ("GET", "/v1/learn", {}, 405, "GET is not allowed on /v1/learn"),
 ]
@@ -333,6 +399,83 @@ def test_bad_requests_answer_4xx_json_and_change_nothing(server: Server) -> None
             )
     assert failures == []
     assert model_state(client) == before
+
+
+def test_labels_are_kept_in_nfc_and_found_by_any_spelling(tmp_path: Path) -> None:
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    running = Server(tmp_path / "model", *ARGS).start()
+    try:
+        client = running.client()
+        rng = np.random.default_rng(6)
+        X, y = clusters(rng, ["a", composed, "c"], 20, DIM)
+        spelled = [decomposed if label == composed else label for label in y]
+        batches: list = [("learn", X[::2], y[::2]), ("learn", X[1::2], y[1::2])]
+        ok(client.post("/v1/learn", json={"inputs": X[::2].tolist(), "labels": spelled[::2]}))
+        ok(client.post("/v1/learn", json={"inputs": X[1::2].tolist(), "labels": y[1::2]}))
+        classes = ok(client.get("/v1/classes"))["classes"]
+        assert {c["label"]: c["count"] for c in classes} == {"a": 20, composed: 20, "c": 20}
+        body = ok(
+            client.post(
+                "/v1/unlearn", json={"inputs": X[20:22].tolist(), "labels": [decomposed] * 2}
+            )
+        )
+        batches.append(("unlearn", X[20:22], [composed] * 2))
+        assert_matches_reference(client, body["version"], batches)
+        # An unknown input labelled by the operator in the other spelling joins the class.
+        far = (np.eye(DIM)[6] * 40.0).tolist()
+        query = {"inputs": [far], "min_version": body["version"]}
+        review_id = ok(client.post("/v1/predict", json=query))["predictions"][0]["review_id"]
+        assert review_id
+        ok(client.post(f"/v1/review/{review_id}", json={"label": decomposed}))
+        batches.append(("learn", np.asarray([far]), [composed]))
+        assert ok(client.get("/v1/model"))["counts"][composed] == 19
+        # Forgotten by its decomposed spelling in the path; the answer names the class kept.
+        body = ok(client.delete("/v1/classes/cafe%CC%81"))
+        assert body["forgotten"] == composed
+        batches.append(("forget", None, composed))
+        assert_matches_reference(client, body["version"], batches)
+        assert [c["label"] for c in ok(client.get("/v1/classes"))["classes"]] == ["a", "c"]
+    finally:
+        assert running.stop() == -signal.SIGTERM
+
+
+def test_head_healthz_answers_like_get_without_a_body(server: Server) -> None:
+    with server.client() as client:
+        response = client.head("/healthz")
+        assert response.status_code == 200 and response.content == b""
+        assert response.headers["content-type"] == "application/json"
+        assert int(response.headers["content-length"]) == len(client.get("/healthz").content)
+
+
+def test_a_chunked_body_over_the_limit_answers_413(server: Server) -> None:
+    before = ok(server.client().get("/v1/model"))["version"]
+    # Sent in chunks, without Content-Length: the limit is found while reading.
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        connection.putrequest("POST", "/v1/learn")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Transfer-Encoding", "chunked")
+        connection.endheaders()
+        chunk = b"[" * 65536
+        for _ in range(32):  # 2 MiB, twice the limit
+            connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        connection.send(b"0\r\n\r\n")
+        response = connection.getresponse()
+        assert response.status == 413
+        assert "1048576 bytes (max_body_bytes)" in json.loads(response.read())["error"]
+        # The connection and the service carry on.
+        connection.request("GET", "/healthz")
+        again = connection.getresponse()
+        assert again.status == 200 and json.loads(again.read())["version"] == before
+    finally:
+        connection.close()
+
+
+def test_an_error_quoting_a_lone_surrogate_is_still_answered() -> None:
+    from perennial.service.app import _error
+
+    response = _error(422, "labels[0] is 'a\ud800'")
+    assert json.loads(response.body) == {"error": "labels[0] is 'a\\ud800'"}
 
 
 # --- concurrency -------------------------------------------------------------------------------------------
@@ -504,6 +647,77 @@ def test_keys_and_roles(tmp_path: Path) -> None:
         schemes = anonymous.get("/openapi.json").json()["components"]["securitySchemes"]
         assert schemes["HTTPBearer"]["scheme"] == "bearer"
         assert ok(reader.get("/v1/model"))["version"] == 1  # refused requests changed nothing
+    finally:
+        running.stop()
+
+
+def roles_of_routes(tmp_path: Path) -> dict[tuple[str, str], set[str]]:
+    """Every (method, path) of the app with the roles its dependencies ask for."""
+    from perennial.service.app import create_app
+    from perennial.service.store import ModelStore
+
+    store = ModelStore.open(
+        tmp_path, encoder="identity", head_params={"n_features": 8}, isolate=False
+    )
+    try:
+        app = create_app(store)
+    finally:
+        store.close(snapshot=False)
+
+    def roles(dependant: Any) -> set[str]:
+        found = {getattr(dependant.call, "role", None)}
+        for inner in dependant.dependencies:
+            found |= roles(inner)
+        return found - {None}
+
+    routes = {}
+    for route in app.routes:
+        dependant = getattr(route, "dependant", None)
+        for method in getattr(route, "methods", None) or ():
+            routes[(method, route.path_format)] = roles(dependant) if dependant else set()
+    return routes
+
+
+def test_every_route_that_needs_the_write_role_refuses_a_read_key(tmp_path: Path) -> None:
+    routes = roles_of_routes(tmp_path / "app")
+    writes = sorted(key for key, roles in routes.items() if "write" in roles)
+    assert set(writes) >= {
+        ("POST", "/v1/learn"),
+        ("POST", "/v1/unlearn"),
+        ("DELETE", "/v1/classes/{label}"),
+        ("GET", "/v1/review"),
+        ("POST", "/v1/review/{item_id}"),
+        ("DELETE", "/v1/review/{item_id}"),
+    }
+    # Nothing but the health check and the API's documents is open without a key.
+    public = {key for key, roles in routes.items() if not roles}
+    assert {path for _, path in public} <= {
+        "/healthz",
+        "/openapi.json",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+    }
+    keys = tmp_path / "keys"
+    keys.write_text("reader-0123456789 read\nwriter-0123456789 write\n")
+    keys.chmod(0o600)
+    running = Server(tmp_path / "model", *ARGS, "--keys", str(keys)).start()
+    try:
+        reader, writer = running.client("reader-0123456789"), running.client("writer-0123456789")
+        X, y = clusters(np.random.default_rng(8), ["w"], 3, DIM)
+        ok(writer.post("/v1/learn", json={"inputs": X.tolist(), "labels": y}))
+        requests = [
+            (method, re.sub(r"\{[^}]*\}", "w", path), {"json": {}} if method == "POST" else {})
+            for method, path in writes
+        ]
+        for method, url, body in requests:
+            response = reader.request(method, url, **body)
+            assert response.status_code == 403, (method, url, response.text)
+            assert "this key has the 'read' role; this needs 'write'" in response.json()["error"]
+        assert ok(reader.get("/v1/model"))["counts"] == {"w": 3}  # and nothing changed
+        # The role is what refused them: with a write key the same requests get further.
+        for method, url, body in requests:
+            assert writer.request(method, url, **body).status_code != 403, (method, url)
     finally:
         running.stop()
 

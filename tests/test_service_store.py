@@ -680,6 +680,17 @@ def test_a_saved_model_is_adopted_as_version_zero(tmp_path: Path) -> None:
             "cannot unlearn these examples of 'a': the 6 examples it would keep would have a "
             "variance of -",
         ),
+        (
+            lambda s: s.learn(np.ones((2, 8)), ["a", "\ud800"]),
+            InvalidInputError,
+            r"labels\[1\] is not valid Unicode text",
+        ),
+        (lambda s: s.learn(np.ones((1, 8)), ["a\nb"]), InvalidInputError, "control character"),
+        (lambda s: s.learn(np.ones((1, 8)), ["\x85"]), InvalidInputError, "control character"),
+        (lambda s: s.learn(np.ones((1, 8)), [" "]), InvalidInputError, "is blank"),
+        (lambda s: s.unlearn(np.ones((1, 8)), ["a\udc00"]), InvalidInputError, "surrogate"),
+        (lambda s: s.forget("a\ud800"), InvalidInputError, "label is not valid Unicode"),
+        (lambda s: s.forget("a\tb"), InvalidInputError, "label holds a control character"),
     ],
 )
 def test_bad_updates_change_nothing(tmp_path: Path, call, error, message) -> None:
@@ -693,6 +704,40 @@ def test_bad_updates_change_nothing(tmp_path: Path, call, error, message) -> Non
     assert (tmp_path / "model" / "journal.log").read_bytes() == journal
     assert_same_model(store, batches)
     store.close(snapshot=False)
+
+
+def test_labels_are_journalled_in_nfc_and_found_by_any_spelling(tmp_path: Path) -> None:
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    store = open_store(tmp_path / "model")
+    rng = np.random.default_rng(5)
+    X, y = clusters(rng, ["a", composed, "b"], 4)
+    decomposed_y = [decomposed if label == composed else label for label in y]
+    more, more_y = clusters(rng, ["a", composed], 3)
+    store.learn(X, decomposed_y)
+    store.learn(more, more_y)
+    store.unlearn(X[4:6], [decomposed, decomposed])
+    assert dict(store.classes()[1]) == {"a": 7, composed: 5, "b": 4}
+    assert_same_model(
+        store, [("learn", X, y), ("learn", more, more_y), ("unlearn", X[4:6], [composed] * 2)]
+    )
+    store.close(snapshot=False)
+    journal, records = Journal.open(tmp_path / "model" / "journal.log")
+    journal.close()
+    assert [set(r.labels) for r in records] == [{"a", composed, "b"}, {"a", composed}, {composed}]
+    # After a restart (replaying the journal) the other spelling still finds the class.
+    store = open_store(tmp_path / "model")
+    store.forget(decomposed)
+    assert dict(store.classes()[1]) == {"a": 7, "b": 4}
+    assert_same_model(
+        store,
+        [
+            ("learn", X, y),
+            ("learn", more, more_y),
+            ("unlearn", X[4:6], [composed] * 2),
+            ("forget", None, composed),
+        ],
+    )
+    store.close()
 
 
 def test_published_versions_are_read_only_copies(tmp_path: Path) -> None:
@@ -781,6 +826,28 @@ def test_review_items_expire_and_are_bounded() -> None:
     with pytest.raises(UnknownLabelError, match="no review item"):
         queue.claim(first)
     assert ReviewQueue(ttl=0).add("x", {}, version=1) is None
+
+
+def test_an_expired_review_item_that_is_restored_is_purged() -> None:
+    now = [0.0]
+    queue = ReviewQueue(ttl=10, max_bytes=100, clock=lambda: now[0])
+    first = queue.add("one", {"label": "x"}, version=1, size=60)
+    assert first is not None
+    item = queue.claim(first)  # an operator labels it; the update fails after its time ran out
+    now[0] = 10.0
+    queue.restore(item)
+    assert queue.items() == [] and len(queue) == 0 and queue.expired == 1
+    with pytest.raises(UnknownLabelError, match="no review item"):
+        queue.claim(first)
+    # Its bytes are not counted: two items of 60 bytes would not fit in 100.
+    second = queue.add("two", {"label": "x"}, version=1, size=60)
+    assert second is not None and [i.id for i in queue.items()] == [second]
+    # An item restored in time keeps its first expiry (10 + 10), not a new one.
+    now[0] = 15.0
+    queue.restore(queue.claim(second))
+    assert [i.id for i in queue.items()] == [second]
+    now[0] = 20.0
+    assert queue.items() == [] and queue.expired == 2
 
 
 def test_keys_file_is_parsed_and_checked(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from perennial.exceptions import (
     EmptyInputError,
     EncoderError,
     InputTypeError,
+    InvalidInputError,
     InvalidParameterError,
 )
 
@@ -105,11 +106,19 @@ def test_registry_name_and_identity(encoder):
         (["fine", 42], InputTypeError, "text 1 is int"),
         (["fine", None], InputTypeError, "text 1 is NoneType"),
         ("just one string", InputTypeError, "list of texts"),
+        (["fine", "a\ud800b"], InvalidInputError, r"text 1 is not valid Unicode.*'\\ud800'"),
     ],
 )
 def test_bad_texts_are_refused(encoder, batch, error, message):
     with pytest.raises(error, match=message):
         encoder.encode(batch)
+
+
+def test_two_spellings_of_a_text_are_encoded_alike(encoder):
+    # Texts are not normalised before the tokenizer, whose own normaliser decomposes and
+    # strips accents: composed and decomposed spellings give the same features.
+    composed, decomposed = encoder.encode(["caf\u00e9 cr\u00e8me", "cafe\u0301 cre\u0300me"])
+    np.testing.assert_allclose(composed, decomposed, atol=1e-6)
 
 
 def test_a_text_model_keeps_no_raw_text(encoder, tmp_path):
@@ -264,6 +273,7 @@ def test_default_onnx_dir_follows_perennial_cache(monkeypatch, tmp_path):
         (["fine", "   "], EmptyInputError, "text 1 is empty"),
         (["fine", 42], InputTypeError, "text 1 is int"),
         ("just one string", InputTypeError, "list of texts"),
+        (["\udfff", "fine"], InvalidInputError, "text 0 is not valid Unicode"),
     ],
 )
 def test_onnx_refuses_bad_texts_like_torch(tmp_path, batch, error, message):

@@ -31,6 +31,7 @@ from perennial.exceptions import (
     EmptyInputError,
     EncoderError,
     InputTypeError,
+    InvalidInputError,
     InvalidParameterError,
 )
 
@@ -49,6 +50,10 @@ __all__ = [
 def check_texts(texts: Any) -> list[str]:
     """Return ``texts`` as a non-empty list of non-empty strings, or raise a typed error.
 
+    A text must be valid Unicode (encodable as UTF-8: no lone surrogate). It is not normalised:
+    the tokenizer of all-MiniLM-L6-v2 decomposes characters and strips accents itself, so
+    ``"cafe\\u0301"`` and ``"caf\\u00e9"`` are encoded alike.
+
     Examples
     --------
     >>> check_texts(["hello", "world"])
@@ -66,6 +71,13 @@ def check_texts(texts: Any) -> list[str]:
             raise InputTypeError(f"text {i} is {type(text).__name__} ({text!r}), expected str")
         if not text.strip():
             raise EmptyInputError(f"text {i} is empty ({text!r}); expected some words")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InvalidInputError(
+                f"text {i} is not valid Unicode: it holds a lone surrogate "
+                f"({text[error.start]!r}) at character {error.start}"
+            ) from None
         checked.append(text)
     return checked
 

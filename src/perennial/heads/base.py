@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import re
+import unicodedata
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -30,7 +32,14 @@ from perennial.exceptions import (
     UnknownLabelError,
 )
 
-__all__ = ["Head", "Label", "check_features", "check_labels", "check_unlearnable"]
+__all__ = [
+    "Head",
+    "Label",
+    "check_features",
+    "check_label",
+    "check_labels",
+    "check_unlearnable",
+]
 
 Label = str | int
 FloatArray = NDArray[np.float64]
@@ -79,29 +88,77 @@ def check_features(X: Any, dim: int | None = None, *, name: str = "features") ->
     return array
 
 
-def _normalize_label(label: Any) -> Label:
+# Unicode category Cc (C0 and C1 controls, DEL), and the line and paragraph separators.
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _label_of_type(label: Any) -> Label:
+    """``label`` as a plain str or int (numpy scalars unwrapped), or a typed error."""
     if isinstance(label, np.generic):
         label = label.item()
     if isinstance(label, bool) or not isinstance(label, (str, int)):
         raise InputTypeError(
             f"labels must be str or int, got {label!r} of type {type(label).__name__}"
         )
-    if isinstance(label, str) and not label:
-        raise InvalidInputError("labels must be non-empty strings, got ''")
     return label
 
 
+def _checked_label(value: Any, index: int | None) -> Label:
+    label = _label_of_type(value)
+    if not isinstance(label, str) or (label.isascii() and label.isprintable() and label.strip()):
+        return label  # printable ASCII that is not blank: valid, and in NFC already (fast path)
+    name = "label" if index is None else f"labels[{index}]"
+    try:
+        label.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidInputError(
+            f"{name} is not valid Unicode text: {label!r} holds a lone surrogate "
+            f"({label[error.start]!r}) at character {error.start}"
+        ) from None
+    found = _CONTROL_CHARACTERS.search(label)
+    if found is not None:
+        raise InvalidInputError(
+            f"{name} holds a control character ({found.group()!r}) at character "
+            f"{found.start()} of {label!r}; a label is one line of printable text"
+        )
+    if not label.strip():
+        raise InvalidInputError(f"{name} is blank ({label!r}); expected a class name")
+    return unicodedata.normalize("NFC", label)
+
+
+def check_label(label: Any) -> Label:
+    """Return one label as models keep it, or raise a typed error (see :func:`check_labels`).
+
+    Examples
+    --------
+    >>> check_label("cafe\\u0301") == "caf\\u00e9"
+    True
+    """
+    return _checked_label(label, None)
+
+
 def check_labels(y: Any, n: int) -> list[Label]:
-    """Return ``y`` as a list of ``n`` labels (str or int), or raise a typed error.
+    """Return ``y`` as a list of ``n`` labels as models keep them, or raise a typed error.
+
+    A label is an int or a string of valid Unicode text: encodable as UTF-8 (no lone
+    surrogate), without control characters (Unicode category Cc, which includes newline, tab
+    and carriage return) or line and paragraph separators (U+2028, U+2029), and not blank
+    (empty or only white space). Strings are normalised to NFC, so ``"e\\u0301"`` and
+    ``"\\u00e9"`` name one class; other characters, white space at either end included, are
+    kept as given.
 
     Examples
     --------
     >>> check_labels(["a", "b"], 2)
     ['a', 'b']
+    >>> check_labels(["ok", "a\\nb"], 2)
+    Traceback (most recent call last):
+    ...
+    perennial.exceptions.InvalidInputError: labels[1] holds a control character ('\\n') at character 1 of 'a\\nb'; a label is one line of printable text
     """
     if isinstance(y, (str, bytes)) or not isinstance(y, (Sequence, np.ndarray)):
         raise InputTypeError(f"expected a sequence of labels, got {type(y).__name__}")
-    labels = [_normalize_label(label) for label in y]
+    labels = [_checked_label(label, i) for i, label in enumerate(y)]
     if len(labels) != n:
         raise LabelLengthError(f"got {n} inputs but {len(labels)} labels; they must match")
     return labels
@@ -241,15 +298,23 @@ class Head(ABC):
         return np.asarray(columns, dtype=np.intp), list(new)
 
     def column_of(self, label: Any) -> int:
-        """The column of a known label; :class:`UnknownLabelError` otherwise."""
+        """The column of a known label; :class:`UnknownLabelError` otherwise.
+
+        A string is looked up as given, then in NFC (the form :func:`check_labels` keeps).
+        """
         key = label.item() if isinstance(label, np.generic) else label
         try:
-            return self._index[key]
-        except (KeyError, TypeError):
+            column = self._index.get(key)
+        except TypeError:  # unhashable: not a label
+            column = None
+        if column is None and isinstance(key, str):
+            column = self._index.get(unicodedata.normalize("NFC", key))
+        if column is None:
             raise UnknownLabelError(
                 f"unknown label {label!r}: the head knows {len(self.classes_)} classes and not "
                 "this one"
-            ) from None
+            )
+        return column
 
     def partial_fit(self: H, X: Any, y: Any) -> H:
         """scikit-learn spelling of :meth:`learn_many`; returns the head."""
@@ -465,7 +530,11 @@ class Head(ABC):
         the arrays do not have the names and shapes the metadata implies.
         """
         try:
-            classes = [_normalize_label(c) for c in meta["classes"]]
+            # Labels as they were saved: they passed check_labels when they were learned (a
+            # model saved before its text rule keeps its labels rather than merge two classes).
+            classes = [_label_of_type(c) for c in meta["classes"]]
+            if "" in classes:
+                raise InvalidInputError("labels must be non-empty strings, got ''")
             dim = None if meta["dim"] is None else int(meta["dim"])
             n_seen = int(meta["n_seen"])
         except (KeyError, TypeError, ValueError, PerennialError) as error:

@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model
 from pydantic.config import JsonDict
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 
 from perennial.exceptions import (
@@ -46,6 +47,7 @@ from perennial.exceptions import (
     ServiceUnavailableError,
     UnknownLabelError,
 )
+from perennial.heads.base import check_label, check_labels
 from perennial.service.auth import KeyRing
 from perennial.service.batching import BatchingEncoder
 from perennial.service.metrics import Metrics
@@ -182,9 +184,16 @@ class LearnFields(BaseModel):
     labels: list[str]
 
 
+#: What a label must be (perennial.heads.base.check_labels), as the API documents it.
+_LABEL_RULE = (
+    "one line of valid Unicode text: no lone surrogates, no control characters such as newline "
+    "or tab, not blank; kept, answered and matched in NFC"
+)
+
+
 class ReviewAnswer(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    label: StrictStr = Field(description="The label to learn the input with")
+    label: StrictStr = Field(description=f"The label to learn the input with ({_LABEL_RULE})")
 
 
 class ReviewLearned(BaseModel):
@@ -250,6 +259,8 @@ def _status_of(error: PerennialError) -> int:
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    # A lone surrogate quoted from a request could not be encoded as UTF-8: escape it.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
@@ -265,6 +276,9 @@ def _location(parts: tuple[Any, ...]) -> str:
 def describe_validation(errors: list[Any]) -> tuple[int, str]:
     """Status and message for pydantic's errors about a request body."""
     first = errors[0]
+    if first.get("type") == "string_unicode":  # an object key holding a lone surrogate
+        shown = repr(first.get("input"))[:60]
+        return 422, f"the request body holds a key that is not valid Unicode text ({shown})"
     if tuple(first.get("loc", ())) == ("body",) and isinstance(first.get("input"), (bytes, str)):
         # The body was not parsed as JSON: malformed, or sent without a JSON content type.
         try:
@@ -292,23 +306,45 @@ def describe_validation(errors: list[Any]) -> tuple[int, str]:
     return 422, "; ".join(parts)
 
 
+class _LabelConvertor(PathConvertor):
+    """A label in the path: the rest of it, line breaks included.
+
+    ``path`` stops at a line break, so a label holding one found no route (404); the route
+    now refuses it by name (422), as it does every label that is not valid text.
+    """
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("label", _LabelConvertor())
+
+
 # --- ASGI middleware ----------------------------------------------------------------------------------
-class _BodyTooLargeError(Exception):
-    pass
+class _BodyTooLargeError(HTTPException):
+    """A body read past the limit.
+
+    An HTTP error, because FastAPI's body parsing lets those through as they are; it answers
+    any other error there with 400 "error parsing the body".
+    """
 
 
 class BodyLimitMiddleware:
-    """Answer 413 to a body over ``max_bytes``, declared or streamed, before it is parsed."""
+    """Answer 413 to a body over ``max_bytes``, declared or streamed, before it is parsed.
+
+    A declared ``Content-Length`` over the limit is refused before the app runs; a body sent
+    without one (chunked) is counted as it is read, and the read that passes the limit raises
+    the 413.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
+    def _message(self) -> str:
+        return f"the request body is over the limit of {self.max_bytes} bytes (max_body_bytes)"
+
     def _refuse(self) -> JSONResponse:
-        return _error(
-            413,
-            f"the request body is over the limit of {self.max_bytes} bytes (max_body_bytes)",
-        )
+        return _error(413, self._message())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -332,7 +368,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLargeError
+                    raise _BodyTooLargeError(413, self._message())
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -378,6 +414,38 @@ class MetricsMiddleware:
             )
 
 
+_BEARER = HTTPBearer(auto_error=False, description="An API key from the keys file")
+
+
+class RoleCheck:
+    """A route's dependency on the role of the request's API key (``role``: the one needed).
+
+    The routes' dependencies say which role each needs (tests enumerate them from the app).
+    """
+
+    def __init__(self, keys: KeyRing | None, role: str) -> None:
+        self.keys = keys
+        self.role = role
+
+    async def __call__(  # async: a plain comparison, no thread needed
+        self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+    ) -> None:
+        keys = self.keys
+        if keys is None:
+            return
+        if credentials is None:
+            raise HTTPException(
+                401,
+                "this service needs an API key: send 'Authorization: Bearer KEY'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        role = keys.role_of(credentials.credentials)
+        if role is None:
+            raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
+        if not keys.allows(role, self.role):
+            raise HTTPException(403, f"this key has the {role!r} role; this needs {self.role!r}")
+
+
 # --- the application -------------------------------------------------------------------------------------
 class _Service:
     """What the routes share: the store, the encoder, the limits, the queue and the metrics."""
@@ -418,6 +486,7 @@ class _Service:
             return [self._decode_image(text, i) for i, text in enumerate(inputs)], [
                 len(text) for text in inputs
             ]
+        sizes = []
         for i, text in enumerate(inputs):
             if not text.strip():
                 raise EmptyInputError(
@@ -428,7 +497,14 @@ class _Service:
                     f"inputs[{i}] has {len(text)} characters, over the limit of "
                     f"{limits.max_text_chars} (max_text_chars)"
                 )
-        return list(inputs), [len(text.encode("utf-8")) for text in inputs]
+            try:
+                sizes.append(len(text.encode("utf-8")))
+            except UnicodeEncodeError as error:  # JSON's "\ud800" escapes decode to these
+                raise InvalidInputError(
+                    f"inputs[{i}] is not valid Unicode text: it holds a lone surrogate "
+                    f"({text[error.start]!r}) at character {error.start}"
+                ) from None
+        return list(inputs), sizes
 
     def _prepare_vectors(self, rows: list[list[float]]) -> tuple[Any, list[int]]:
         width = len(rows[0])
@@ -481,40 +557,29 @@ class _Service:
             ) from error
 
     def check_labels(self, labels: list[str], n: int) -> list[str]:
+        """The labels as the model keeps them (:func:`~perennial.heads.base.check_labels`)."""
         if len(labels) != n:
             raise LabelLengthError(f"got {n} inputs but {len(labels)} labels; they must match")
-        for i, label in enumerate(labels):
-            if not label.strip():
-                raise EmptyInputError(f"labels[{i}] is blank ({label!r}); expected a class name")
-            if len(label) > self.limits.max_label_chars:
-                raise LimitExceededError(
-                    f"labels[{i}] has {len(label)} characters, over the limit of "
-                    f"{self.limits.max_label_chars} (max_label_chars)"
-                )
-        return labels
+        checked = [str(label) for label in check_labels(labels, n)]
+        for i, label in enumerate(checked):
+            self._check_label_length(label, f"labels[{i}]")
+        return checked
 
-    def role_needed(self, needed: str) -> Callable[..., Awaitable[None]]:
-        bearer = HTTPBearer(auto_error=False, description="An API key from the keys file")
-        keys = self.keys
+    def check_label(self, label: str) -> str:
+        """One label (the review answer's) as the model keeps it."""
+        checked = str(check_label(label))
+        self._check_label_length(checked, "label")
+        return checked
 
-        async def check(  # async: a plain comparison, no thread needed
-            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-        ) -> None:
-            if keys is None:
-                return
-            if credentials is None:
-                raise HTTPException(
-                    401,
-                    "this service needs an API key: send 'Authorization: Bearer KEY'",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            role = keys.role_of(credentials.credentials)
-            if role is None:
-                raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
-            if not keys.allows(role, needed):
-                raise HTTPException(403, f"this key has the {role!r} role; this needs {needed!r}")
+    def _check_label_length(self, label: str, name: str) -> None:
+        if len(label) > self.limits.max_label_chars:
+            raise LimitExceededError(
+                f"{name} has {len(label)} characters, over the limit of "
+                f"{self.limits.max_label_chars} (max_label_chars)"
+            )
 
-        return check
+    def role_needed(self, needed: str) -> RoleCheck:
+        return RoleCheck(self.keys, needed)
 
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
@@ -614,7 +679,7 @@ def create_app(
             StrictStr,
             Field(json_schema_extra={"minLength": 1, "maxLength": limits.max_text_chars}),
         ]
-        what = f"texts (at most {limits.max_text_chars} characters each)"
+        what = f"texts (valid Unicode, at most {limits.max_text_chars} characters each)"
     label_item = Annotated[
         StrictStr, Field(json_schema_extra={"minLength": 1, "maxLength": limits.max_label_chars})
     ]
@@ -641,7 +706,7 @@ def create_app(
         inputs=(list[item], inputs_field),
         labels=(
             list[label_item],
-            Field(description="One label per input", json_schema_extra=batch),
+            Field(description=f"One label per input ({_LABEL_RULE})", json_schema_extra=batch),
         ),
     )
 
@@ -781,13 +846,15 @@ def create_app(
         }
 
     @app.delete(
-        "/v1/classes/{label:path}",
+        "/v1/classes/{label:label}",
         response_model=ForgetResponse,
         responses=_ERRORS,
         dependencies=[write],
         summary="Forget a class; durable",
+        description="The label is matched in NFC, as classes are kept.",
     )
     def forget(label: str) -> dict[str, Any]:
+        label = str(check_label(label))  # in NFC, as the model keeps it
         version = store_.forget(label)
         service.metrics.increment("perennial_forgotten_classes_total")
         return {"version": version, "forgotten": label}
@@ -828,11 +895,11 @@ def create_app(
         summary="Label a queued input: the model learns it, and the item is deleted",
     )
     def review_answer(item_id: str, body: ReviewAnswer) -> dict[str, Any]:
-        service.check_labels([body.label], 1)
+        labels = [service.check_label(body.label)]
         item = service.review.claim(item_id)
         try:
             prepared, _ = service.prepare([item.input])
-            version = store_.learn(service.encode(prepared), [body.label])
+            version = store_.learn(service.encode(prepared), labels)
         except BaseException:
             service.review.restore(item)
             raise
@@ -892,6 +959,11 @@ def create_app(
         if failure is not None:
             return _error(503, f"the model stopped updating: {failure}")
         return {"status": "ok", "version": store_.version, "served_version": store_.served.version}
+
+    # Uptime probes and load balancers often ask with HEAD: the same status, without the body.
+    app.add_api_route(
+        "/healthz", healthz, methods=["HEAD"], response_model=Health, include_in_schema=False
+    )
 
     @app.get(
         "/metrics",

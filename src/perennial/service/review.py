@@ -121,12 +121,17 @@ class ReviewQueue:
             return item
 
     def restore(self, item: ReviewItem) -> None:
-        """Put back an item whose labelling failed (unless it expired meanwhile)."""
+        """Put back an item whose labelling failed, with its first expiry time.
+
+        An item that expired meanwhile is purged at once (and counted in ``expired``).
+        """
         with self._lock:
-            if item.expires_at > self.clock():
-                self._items[item.id] = item
-                self._items.move_to_end(item.id, last=False)  # it is among the oldest
-                self._bytes += item.size
+            if item.expires_at <= self.clock():
+                self.expired += 1
+                return
+            self._items[item.id] = item
+            self._items.move_to_end(item.id, last=False)  # it is among the oldest
+            self._bytes += item.size
 
     def _purge(self, now: float) -> None:
         for item in [item for item in self._items.values() if item.expires_at <= now]:

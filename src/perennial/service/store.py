@@ -61,7 +61,7 @@ from perennial.exceptions import (
     UnknownLabelError,
 )
 from perennial.heads import make_head
-from perennial.heads.base import check_features, check_labels
+from perennial.heads.base import check_features, check_label, check_labels
 from perennial.persistence import atomic_write_bytes
 from perennial.service.journal import Journal, Record, check_sequence
 from perennial.service.ledger import Ledger
@@ -438,7 +438,11 @@ class ModelStore:
 
     # --- updates ------------------------------------------------------------------------------------
     def learn(self, features: Any, labels: Any) -> int:
-        """Learn a batch of encoded examples durably; returns the new version."""
+        """Learn a batch of encoded examples durably; returns the new version.
+
+        Labels are strings that pass :func:`~perennial.heads.base.check_labels` (valid Unicode
+        text on one line, not blank), and are kept, journalled and answered in NFC.
+        """
         return self._update("learn", features, labels)
 
     def unlearn(self, features: Any, labels: Any) -> int:
@@ -446,7 +450,11 @@ class ModelStore:
         return self._update("unlearn", features, labels)
 
     def forget(self, label: str) -> int:
-        """Remove a class; returns the new version."""
+        """Remove a class (named in any Unicode normal form); returns the new version."""
+        checked = check_label(label)
+        if not isinstance(checked, str):
+            raise InputTypeError(f"labels must be strings, got {label!r}")
+        label = checked
         with self._write_lock:
             self._check_healthy()
             if label not in self._ledger:

@@ -31,7 +31,9 @@ PROBES = np.random.default_rng(7).normal(0.0, 3.0, (10, DIM))
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    running = Server(tmp_path_factory.mktemp("http") / "model", *ARGS).start()
+    # A budget for the last snapshot that a loaded machine cannot exhaust (the default is 10 s).
+    path = tmp_path_factory.mktemp("http") / "model"
+    running = Server(path, *ARGS, "--shutdown-seconds", "120").start()
     yield running
     assert running.stop() == -signal.SIGTERM
     assert "snapshot of version" in running.output()  # the clean shutdown snapshotted

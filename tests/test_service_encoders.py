@@ -60,6 +60,8 @@ def test_text_service_end_to_end(tmp_path: Path) -> None:
         str(N_FEATURES),
         "--ridge",
         str(RIDGE),
+        "--shutdown-seconds",  # time for the last snapshot, even on a loaded machine
+        "120",
     ).start()
     try:
         client = server.client()

@@ -34,7 +34,9 @@ PROBES = np.random.default_rng(7).normal(0.0, 3.0, (10, DIM))
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    running = Server(tmp_path_factory.mktemp("http") / "model", *ARGS).start()
+    # A budget for the last snapshot that a loaded machine cannot exhaust (the default is 10 s).
+    path = tmp_path_factory.mktemp("http") / "model"
+    running = Server(path, *ARGS, "--shutdown-seconds", "120").start()
     yield running
     assert running.stop() == -signal.SIGTERM
     assert "snapshot of version" in running.output()  # the clean shutdown snapshotted
@@ -916,7 +918,12 @@ def test_unlearning_examples_never_learned_answers_422_and_changes_nothing(tmp_p
             "/v1/unlearn", json={"inputs": off_topic[:1].tolist(), "labels": ["a"]}
         )
         assert response.status_code == 422 and "'a'" in response.json()["error"]
-        assert ok(client.get("/healthz")) == {"status": "ok", "version": 4, "served_version": 4}
+        assert ok(client.get("/healthz")) == {
+            "status": "ok",
+            "version": 4,
+            "served_version": 4,
+            "problems": {},
+        }
     finally:
         assert restarted.stop() == -signal.SIGTERM
 
@@ -951,7 +958,12 @@ def test_a_journal_holding_an_impossible_unlearn_still_opens_and_serves(tmp_path
             want = [scores[i, expected.classes_.index(label)] for label in got]
             np.testing.assert_allclose(list(got.values()), want, rtol=1e-6, atol=1e-9)
             np.testing.assert_allclose(prediction["novelty"], novelty[i], rtol=1e-6)
-        assert ok(client.get("/healthz")) == {"status": "ok", "version": 2, "served_version": 2}
+        assert ok(client.get("/healthz")) == {
+            "status": "ok",
+            "version": 2,
+            "served_version": 2,
+            "problems": {},
+        }
         # It goes on learning.
         more, labels = clusters(np.random.default_rng(13), ["d"], 5, DIM)
         assert (

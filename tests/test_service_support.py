@@ -104,6 +104,22 @@ class Server:
     def output(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
 
+    def refresher_pid(self) -> int:
+        """The process id of the server's refresher, its child process (Linux: reads /proc)."""
+        assert self.process is not None
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue  # gone meanwhile
+            parent = int(stat.rsplit(")", 1)[1].split()[1])  # "pid (name) state ppid ..."
+            if parent == self.process.pid and b"spawn_main" in command:
+                return int(entry.name)
+        raise RuntimeError(f"the server {self.process.pid} has no refresher process")
+
 
 def run_serve(model: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """``perennial serve`` expected to refuse to start: its status and output."""

@@ -274,6 +274,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         max_batch=args.max_batch,
         max_text_chars=args.max_text_chars,
+        wait_seconds=args.wait_seconds,
+        max_waiters=args.max_waiters,
+        max_waiters_per_client=args.max_waiters_per_client,
     )
     return serve(
         args.model,
@@ -291,6 +294,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         background_nice=args.background_nice,
         background_idle=args.background_idle,
         log_level=args.log_level,
+        shutdown_seconds=args.shutdown_seconds,
     )
 
 
@@ -661,6 +665,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=int, default=64, help="inputs per request")
     serve.add_argument("--max-text-chars", type=int, default=2000, help="characters per text")
     serve.add_argument(
+        "--wait-seconds",
+        type=float,
+        default=30.0,
+        help="longest a prediction waits for its min_version (default 30)",
+    )
+    serve.add_argument(
+        "--max-waiters",
+        type=int,
+        default=256,
+        help="predictions that may wait for a min_version at once (default 256; 429 beyond)",
+    )
+    serve.add_argument(
+        "--max-waiters-per-client",
+        type=int,
+        default=32,
+        help="of those, from one API key, or one address without keys (default 32)",
+    )
+    serve.add_argument(
         "--review-ttl",
         type=float,
         default=3600.0,
@@ -683,6 +705,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run model solving only on CPU time requests leave unused (Linux SCHED_IDLE; the "
         "default): steady prediction latency under full load, at the cost of a published "
         "version that trails further behind until the load eases",
+    )
+    serve.add_argument(
+        "--shutdown-seconds",
+        type=float,
+        default=10.0,
+        help="most a shutdown takes (default 10); what the last snapshot cannot take in that "
+        "time stays in the journal, replayed at the next start",
     )
     serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]

@@ -29,6 +29,7 @@ __all__ = [
     "PersistenceError",
     "ReadOnlyHeadError",
     "ServiceUnavailableError",
+    "TooManyWaitersError",
     "TrainingDivergedError",
     "UnknownLabelError",
 ]
@@ -128,3 +129,7 @@ class LimitExceededError(InvalidInputError):
 
 class ServiceUnavailableError(PerennialError, RuntimeError):
     """The service cannot answer now (its model failed to update, or a version did not arrive)."""
+
+
+class TooManyWaitersError(ServiceUnavailableError):
+    """Too many requests already wait for a model version (in all, or from one client)."""

@@ -19,7 +19,7 @@ route                                   role    what
 ``POST /v1/review/{id}``                write   ``{"label"}``: learns the input, deletes the item
 ``DELETE /v1/review/{id}``              write   discards the item
 ``GET /v1/model``                       read    versions, encoder, head, counts, state size
-``GET /healthz``                        --      liveness, versions
+``GET /healthz``                        --      liveness, versions, failing background tasks
 ``GET /metrics``                        read    Prometheus text format
 ======================================  ======  =================================================
 
@@ -33,9 +33,10 @@ Modules: :mod:`~perennial.service.journal` (the append-only, checksummed journal
 :mod:`~perennial.service.store` (durable versioned updates, recovery, published read-only
 versions), :mod:`~perennial.service.app` (the FastAPI application),
 :mod:`~perennial.service.server` (the ``serve`` entry point), :mod:`~perennial.service.auth`,
-:mod:`~perennial.service.review`, :mod:`~perennial.service.metrics` and
-:mod:`~perennial.service.batching`. FastAPI and uvicorn (``pip install 'perennial[service]'``)
-are imported by the app and server modules only.
+:mod:`~perennial.service.review`, :mod:`~perennial.service.metrics`,
+:mod:`~perennial.service.batching` and :mod:`~perennial.service.waiters` (predictions waiting
+for a ``min_version``, on the event loop). FastAPI and uvicorn
+(``pip install 'perennial[service]'``) are imported by the app and server modules only.
 """
 
 from perennial.service.journal import Journal, Record

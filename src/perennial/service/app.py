@@ -3,6 +3,8 @@
 The routes hold no learning logic: they check requests against the limits, encode inputs (through
 a :class:`BatchingEncoder`), and hand features to the store. Every error is answered as JSON
 ``{"error": message}`` with a 4xx status naming the problem; a bad request changes nothing.
+A prediction that asks for a ``min_version`` waits on the event loop, never in a worker thread
+(:class:`~perennial.service.waiters.VersionWaiters`).
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations at run
@@ -13,6 +15,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
 import inspect
 import io
 import json
@@ -45,6 +48,7 @@ from perennial.exceptions import (
     NotFittedError,
     PerennialError,
     ServiceUnavailableError,
+    TooManyWaitersError,
     UnknownLabelError,
 )
 from perennial.heads.base import check_label, check_labels
@@ -53,6 +57,7 @@ from perennial.service.batching import BatchingEncoder
 from perennial.service.metrics import Metrics
 from perennial.service.review import ReviewQueue
 from perennial.service.store import ModelStore
+from perennial.service.waiters import VersionWaiters
 
 __all__ = ["Limits", "create_app"]
 
@@ -85,6 +90,11 @@ class Limits:
         Largest ``top`` a prediction may ask for.
     wait_seconds
         Longest a prediction waits for the ``min_version`` it asks for.
+    max_waiters
+        Predictions that may wait for a ``min_version`` at once (429 beyond).
+    max_waiters_per_client
+        Of those, how many may come from one client: one API key, or one remote address when
+        there are no keys (429 beyond).
     """
 
     max_body_bytes: int = 1 << 20
@@ -94,6 +104,8 @@ class Limits:
     max_image_pixels: int = 4096 * 4096
     max_top: int = 20
     wait_seconds: float = 30.0
+    max_waiters: int = 256
+    max_waiters_per_client: int = 32
 
 
 # --- response bodies (documented in the OpenAPI document) -----------------------------------------
@@ -223,9 +235,14 @@ class ModelInfo(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(
+        description='"ok", or "degraded" while a background task fails (predictions go on)'
+    )
     version: int
     served_version: int
+    problems: dict[str, str] = Field(
+        description="Each background task failing now (snapshot, compaction, ...) and why"
+    )
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -238,6 +255,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (409, "The model has learned nothing yet"),
         (413, "Over a limit: body size, batch size, text length, image size"),
         (422, "Invalid request: wrong types, empty inputs, mismatched labels"),
+        (429, "Too many predictions waiting for a min_version (Retry-After)"),
         (503, "The model cannot update now"),
     )
 }
@@ -247,6 +265,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (UnknownLabelError, 404),
     (LimitExceededError, 413),
     (NotFittedError, 409),
+    (TooManyWaitersError, 429),
     (ServiceUnavailableError, 503),
     (EncoderError, 503),
     (InvalidInputError, 422),
@@ -468,6 +487,21 @@ class _Service:
         self.keys = keys
         self.review = review
         self.metrics = metrics
+        self.waiters = VersionWaiters(store, limits.max_waiters, limits.max_waiters_per_client)
+
+    def client_of(self, request: Request) -> str:
+        """Who sent ``request``, for the bounds on waiting: its API key, else its address."""
+        if self.keys is not None:
+            key = request.headers.get("authorization", "").partition(" ")[2].strip()
+            return "key " + hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+        return "address " + (request.client.host if request.client is not None else "?")
+
+    def problems(self) -> dict[str, str]:
+        """Background tasks failing now, and why (the store's and the encoder's worker's)."""
+        problems = self.store.status()["problems"]
+        if self.batching.problem is not None:
+            problems["encoder"] = self.batching.problem
+        return dict(problems)
 
     # --- checks, cheapest first; nothing is encoded before they pass ---------------------------------
     def prepare(self, inputs: list[Any]) -> tuple[Any, list[int]]:
@@ -713,6 +747,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        service.waiters.close()
         batching.close()
         if on_shutdown is not None:
             on_shutdown()
@@ -748,7 +783,8 @@ def create_app(
 
     @app.exception_handler(PerennialError)
     async def on_perennial(request: Request, error: PerennialError) -> JSONResponse:
-        return _error(_status_of(error), str(error))
+        status = _status_of(error)
+        return _error(status, str(error), {"Retry-After": "1"} if status == 429 else None)
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
@@ -764,13 +800,15 @@ def create_app(
         summary="Label a batch of inputs",
     )
     @_body_model(predict_request)
-    async def predict(body: PredictFields) -> JSONResponse:
+    async def predict(body: PredictFields, request: Request) -> JSONResponse:
         if kind == "image":  # decoding images takes a while: not on the event loop
             prepared, sizes = await run_in_threadpool(service.prepare, body.inputs)
         else:
             prepared, sizes = service.prepare(body.inputs)
-        if body.min_version is not None:
-            await run_in_threadpool(store_.wait_served, body.min_version, limits.wait_seconds)
+        if body.min_version is not None:  # on the event loop: a wait holds no thread
+            await service.waiters.wait(
+                body.min_version, limits.wait_seconds, service.client_of(request)
+            )
         # Encoded and predicted with whatever other requests are waiting, on the newest version.
         version, rows = await asyncio.wrap_future(batching.submit(prepared, top=body.top))
         predictions = []
@@ -953,12 +991,22 @@ def create_app(
             "limits": asdict(limits),
         }
 
-    @app.get("/healthz", response_model=Health, responses={503: {"model": ErrorBody}})
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        responses={503: {"model": ErrorBody, "description": "The model stopped updating"}},
+    )
     def healthz() -> Any:
         failure = store_.failure
         if failure is not None:
             return _error(503, f"the model stopped updating: {failure}")
-        return {"status": "ok", "version": store_.version, "served_version": store_.served.version}
+        problems = service.problems()
+        return {
+            "status": "degraded" if problems else "ok",
+            "version": store_.version,
+            "served_version": store_.served.version,
+            "problems": problems,
+        }
 
     # Uptime probes and load balancers often ask with HEAD: the same status, without the body.
     app.add_api_route(
@@ -998,9 +1046,30 @@ def create_app(
                 "Time to solve the last published version.",
                 served.solve_seconds,
             ),
+            "perennial_min_version_waiters": (
+                "Predictions waiting for their min_version.",
+                len(service.waiters),
+            ),
+        }
+        failures = {**status["background_failures"], "encoder": service.batching.failures}
+        problems = service.problems()
+        labelled = {
+            "perennial_background_failures_total": (
+                "counter",
+                "Failures of background tasks (snapshot and compaction are retried).",
+                "task",
+                failures,
+            ),
+            "perennial_background_failing": (
+                "gauge",
+                "Whether a background task is failing now (1) or not (0).",
+                "task",
+                {task: float(task in problems) for task in failures},
+            ),
         }
         return PlainTextResponse(
-            service.metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8"
+            service.metrics.render(gauges, labelled),
+            media_type="text/plain; version=0.0.4; charset=utf-8",
         )
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)

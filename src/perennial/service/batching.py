@@ -4,10 +4,16 @@ The encoders are not made to be called from many threads at once (a shared token
 cores that one forward pass already keeps busy). One worker thread takes whatever requests are
 waiting, encodes them as one batch and, for predictions, runs the model once on all their rows:
 under load, requests share a forward pass and a prediction instead of queueing for one each.
+
+A request's failure (inputs that do not encode) is its own answer. A failure of the worker
+itself is answered to the requests of that batch, logged, counted in ``failures`` and kept in
+``problem`` until a batch goes through again; the worker goes on. A request cancelled while it
+waits (its client gone, a shutdown) is skipped.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -21,6 +27,8 @@ from numpy.typing import NDArray
 from perennial.encoders.base import Encoder
 
 __all__ = ["BatchingEncoder", "Predictor"]
+
+logger = logging.getLogger("perennial.service")
 
 #: ``predict(features, top)`` -> (model version, one row per input, as ``predict_detailed``).
 Predictor = Callable[[NDArray[np.float32], int], tuple[int, list[dict[str, Any]]]]
@@ -59,6 +67,10 @@ class BatchingEncoder:
         self.encoder = encoder
         self.max_rows = max_rows
         self.predict = predict
+        #: Failures of the worker itself (not of a request's inputs), and the last one's reason
+        #: while no batch has gone through since.
+        self.failures = 0
+        self.problem: str | None = None
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="perennial-encoder", daemon=True)
         self._thread.start()
@@ -107,11 +119,26 @@ class BatchingEncoder:
                     break
                 jobs.append(more)
                 rows += len(more.inputs)
-            self._run(jobs)
+            try:
+                self._run(jobs)
+            except Exception as error:
+                logger.exception("the encoder's worker failed on a batch of %d requests", len(jobs))
+                self.failures += 1
+                self.problem = f"the encoder's worker failed on a batch: {error!r}"
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(error)
+            else:
+                self.problem = None
             if stop:
                 return
 
     def _run(self, jobs: list[_Job]) -> None:
+        # From here on a job's future cannot be cancelled; one cancelled already is skipped
+        # (setting its result would raise, and once did end this thread).
+        jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+        if not jobs:
+            return
         encoded = self._encode(jobs)
         predictions = [(job, features) for job, features in encoded if job.top is not None]
         for job, features in encoded:

@@ -42,6 +42,7 @@ very last frame of a format-1 file cannot be told from a tear.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -200,6 +201,9 @@ class Journal:
         self._format = format_version
         #: Why appends are refused: a failed append that could not be cut off again.
         self._broken: OSError | None = None
+        #: A compaction renamed a new file over the journal but could not sync the directory:
+        #: until it is synced, a crash could bring the old file back, so no append is made.
+        self._rename_unsynced = False
 
     # --- opening ----------------------------------------------------------------------------------
     @classmethod
@@ -269,6 +273,9 @@ class Journal:
         data = _FRAMERS[self._format](record.encode())
         if len(data) - _FRAME_SIZES[self._format] > MAX_RECORD_BYTES:
             raise ValueError(f"record of {len(data)} bytes is over {MAX_RECORD_BYTES} bytes")
+        if self._rename_unsynced:
+            fsync_directory(self.path.parent)  # an OSError here: nothing written, nothing made
+            self._rename_unsynced = False
         start = self._size
         try:
             view = memoryview(data)
@@ -291,8 +298,13 @@ class Journal:
 
         The records after it are copied to a new file in the current format, synced, and renamed
         over the journal: a crash at any point leaves either the old or the new journal, both
-        valid.
+        valid. A failure (an ``OSError``, raised) may be retried: before the rename the journal is
+        untouched; after it, appends already go to the new file, and the next one first syncs the
+        directory.
         """
+        if self._rename_unsynced:  # the last compaction's rename: durable before it counts
+            fsync_directory(self.path.parent)
+            self._rename_unsynced = False
         keep = [(v, offset) for v, offset in self._entries if v > through_version]
         dropped = len(self._entries) - len(keep)
         if dropped == 0:
@@ -305,14 +317,28 @@ class Journal:
         if self._format != FORMAT_VERSION:
             tail, offsets = _reframe(tail, offsets, _FRAME_SIZES[self._format])
         temporary = self.path.with_name(self.path.name + ".tmp")
-        _write_new(temporary, MAGIC + tail)
-        os.replace(temporary, self.path)
-        fsync_directory(self.path.parent)
-        os.close(self._descriptor)
-        self._descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        descriptor = -1
+        try:
+            _write_new(temporary, MAGIC + tail)
+            # Opened before the rename: once the new file is the journal, appends must go to
+            # it, and an open that failed then would leave them going to the old one.
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_APPEND)
+            os.replace(temporary, self.path)
+        except BaseException:
+            if descriptor >= 0:
+                os.close(descriptor)
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+            raise
+        old, self._descriptor = self._descriptor, descriptor
         self._entries = [(v, len(MAGIC) + o) for (v, _), o in zip(keep, offsets, strict=True)]
         self._size = len(MAGIC) + len(tail)
         self._format = FORMAT_VERSION
+        self._rename_unsynced = True
+        with contextlib.suppress(OSError):
+            os.close(old)
+        fsync_directory(self.path.parent)
+        self._rename_unsynced = False
         return dropped
 
     # --- introspection ------------------------------------------------------------------------------

@@ -92,8 +92,17 @@ class Metrics:
                 raise KeyError(f"unknown counter {name!r}")
             self._counters[name] += amount
 
-    def render(self, gauges: dict[str, tuple[str, float]]) -> str:
-        """The exposition text; ``gauges`` maps a name to (help, value), read at scrape time."""
+    def render(
+        self,
+        gauges: dict[str, tuple[str, float]],
+        labelled: dict[str, tuple[str, str, str, dict[str, float]]] | None = None,
+    ) -> str:
+        """The exposition text of the counters and of values read at scrape time.
+
+        ``gauges`` maps a name to (help, value); ``labelled`` maps a name to (type, help, label,
+        {label value: value}), one series per label value, for example background failures by
+        task.
+        """
         lines: list[str] = []
         with self._lock:
             lines += [
@@ -129,4 +138,8 @@ class Metrics:
                 ]
         for name, (text, value) in gauges.items():
             lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {_number(value)}"]
+        for name, (kind, text, label, values) in (labelled or {}).items():
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+            for key, value in sorted(values.items()):
+                lines.append(f"{name}{_labels([(label, key)])} {_number(value)}")
         return "\n".join(lines) + "\n"

@@ -15,9 +15,16 @@ in a thread of the serving process they would stop every request for as long. In
 they cost predictions only CPU time, and that at a lower priority (``background_nice``). The
 same code runs in a thread (``isolate=False``) for small models and for tests.
 
-Messages, parent to refresher: ``("records", [Record, ...])``, ``("stop", snapshot)``.
+Messages, parent to refresher: ``("records", [Record, ...])``, ``("stop", (snapshot, deadline))``.
 Refresher to parent: ``("ready", info)``, ``("published", ServedModel)``,
-``("snapshotted", version)``, ``("failed", error)``, ``("stopped", None)``.
+``("snapshotted", version)``, ``("problem", (task, reason))`` and ``("recovered", task)`` (a
+failing snapshot, retried with :class:`Backoff`), ``("failed", error)`` (it stops updating),
+``("stopped", None)``.
+
+**Stopping.** ``deadline`` (seconds since the epoch, or None) bounds a stop: records still
+waiting are applied (without a solve: nobody predicts any more) until then, and the last
+snapshot is written only if it can start before it. Whatever is left stays in the journal, which
+the next start replays; the parent stops waiting for a refresher that misses its deadline.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from perennial.service.journal import Record
 from perennial.service.ledger import LEDGER_DIRECTORY, Ledger
 
 __all__ = [
+    "Backoff",
     "Refresher",
     "RefresherConfig",
     "ServedModel",
@@ -87,6 +95,36 @@ REFRESHER_LOCK = ".refresher.lock"
 logger = logging.getLogger("perennial.service")
 
 Message = tuple[str, Any]
+
+#: ``receive(timeout)``: the next message, or None after ``timeout`` seconds (None: wait).
+Receive = Callable[[float | None], Message | None]
+
+
+@dataclass
+class Backoff:
+    """Delays between the retries of a failing background task: doubling, up to ``longest``.
+
+    Examples
+    --------
+    >>> backoff = Backoff(first=1.0, longest=5.0)
+    >>> [backoff.failed() for _ in range(4)]
+    [1.0, 2.0, 4.0, 5.0]
+    >>> backoff.succeeded(); backoff.failed()
+    1.0
+    """
+
+    first: float = 1.0
+    longest: float = 60.0
+    failures: int = 0
+
+    def failed(self) -> float:
+        """Count a failure; the seconds to wait before the next attempt."""
+        delay = min(self.longest, self.first * 2.0 ** min(self.failures, 32))
+        self.failures += 1
+        return delay
+
+    def succeeded(self) -> None:
+        self.failures = 0
 
 
 @dataclass(frozen=True)
@@ -223,7 +261,8 @@ class Refresher:
         self.record = record
         self.snapshot_version = int(record["snapshot_version"])
         self.applied = config.replay[-1].version if config.replay else self.snapshot_version
-        self.snapshot_failed_at: int | None = None
+        self._snapshot_backoff = Backoff()
+        self._snapshot_retry_at: float | None = None  # time.monotonic() of the next attempt
         self._state_bytes_key: tuple[int | None, ...] | None = None
         self._state_bytes = 0
         head = model.head
@@ -314,31 +353,58 @@ class Refresher:
         return version
 
     def _snapshot_due(self) -> bool:
-        every = self.config.snapshot_every
-        since = (
-            self.snapshot_failed_at
-            if self.snapshot_failed_at is not None
-            else self.snapshot_version
-        )
-        return self.applied - since >= every
+        if self.applied - self.snapshot_version < self.config.snapshot_every:
+            return False
+        return self._snapshot_retry_at is None or time.monotonic() >= self._snapshot_retry_at
 
-    def _try_snapshot(self, send: Callable[[Message], None]) -> None:
+    def _until_retry(self) -> float | None:
+        """Seconds until a failed snapshot is tried again (None: no retry is pending)."""
+        if self._snapshot_retry_at is None:
+            return None
+        return max(0.0, self._snapshot_retry_at - time.monotonic())
+
+    def _try_snapshot(self, send: Callable[[Message], None], *, retry: bool = True) -> None:
         try:
             version = self.snapshot()
-        except Exception:
+        except Exception as error:
             # The journal still holds every update: a failed snapshot loses nothing, it only
-            # leaves a longer journal. Try again after as many records.
-            logger.exception("could not write the snapshot of version %d", self.applied)
-            self.snapshot_failed_at = self.applied
+            # leaves a longer journal. Try again later, waiting longer after each failure.
+            delay = self._snapshot_backoff.failed()
+            self._snapshot_retry_at = time.monotonic() + delay if retry else None
+            logger.exception(
+                "could not write the snapshot of version %d%s",
+                self.applied,
+                f"; trying again in {delay:g} s" if retry else "",
+            )
+            reason = f"could not write the snapshot of version {self.applied}: {error}"
+            send(("problem", ("snapshot", reason)))
             return
-        self.snapshot_failed_at = None
+        if self._snapshot_backoff.failures:
+            send(("recovered", "snapshot"))
+        self._snapshot_backoff.succeeded()
+        self._snapshot_retry_at = None
         if version is not None:
             send(("snapshotted", version))
 
-    def run(
-        self, receive: Callable[[bool], Message | None], send: Callable[[Message], None]
-    ) -> None:
-        """Open, then serve messages until ``("stop", snapshot)``; see the module docstring."""
+    def _apply_records(self, records: list[Record], deadline: float | None) -> None:
+        """Apply ``records`` in order; stop early, between runs, once ``deadline`` is past."""
+        for group in _learn_runs(records):
+            if deadline is not None and time.time() >= deadline:
+                logger.warning(
+                    "stopping at version %d: %d acknowledged records are left to the journal",
+                    self.applied,
+                    records[-1].version - self.applied,
+                )
+                return
+            if _apply_group(self.model, group):
+                self._applied(group)
+                continue
+            for item in group:  # one by one: the error names the record at fault
+                _apply(self.model, item)
+                self._applied([item])
+
+    def run(self, receive: Receive, send: Callable[[Message], None]) -> None:
+        """Open, then serve messages until ``("stop", ...)``; see the module docstring."""
         try:
             info = self.open()
             send(("ready", info))
@@ -350,42 +416,41 @@ class Refresher:
         if self._snapshot_due():
             self._try_snapshot(send)
         while True:
-            message = receive(True)
-            if message is None:
+            message = receive(self._until_retry())
+            if message is None:  # a failed snapshot's retry is due
+                if not failed and self._snapshot_due():
+                    self._try_snapshot(send)
                 continue
             records: list[Record] = []
-            stop: bool | None = None
+            stop: tuple[bool, float | None] | None = None
             while True:  # take everything already waiting: one solve for all of it
                 kind, payload = message
                 if kind == "records":
                     records += payload
                 else:
-                    stop = bool(payload)
+                    stop = (bool(payload[0]), payload[1])
                     break
-                waiting = receive(False)
+                waiting = receive(0.0)
                 if waiting is None:
                     break
                 message = waiting
+            deadline = None if stop is None else stop[1]
             if records and not failed:
                 try:
-                    for group in _learn_runs(records):
-                        if _apply_group(self.model, group):
-                            self._applied(group)
-                            continue
-                        for item in group:  # one by one: the error names the record at fault
-                            _apply(self.model, item)
-                            self._applied([item])
-                    send(("published", self.publish()))
+                    self._apply_records(records, deadline)
+                    if stop is None:
+                        send(("published", self.publish()))
                 except Exception as error:
                     logger.exception("the model stopped updating at version %d", self.applied)
                     failed = True
                     send(("failed", error))
                 else:
-                    if self._snapshot_due():
+                    if stop is None and self._snapshot_due():
                         self._try_snapshot(send)
             if stop is not None:
-                if stop and not failed:
-                    self._try_snapshot(send)
+                in_time = deadline is None or time.time() < deadline
+                if stop[0] and not failed and in_time:
+                    self._try_snapshot(send, retry=False)
                 send(("stopped", None))
                 return
 
@@ -421,19 +486,32 @@ def run_thread(
     inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
     outbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
 
-    def receive(block: bool) -> Message | None:
+    def receive(timeout: float | None) -> Message | None:
         try:
-            return inbox.get(block)
+            if timeout is None:
+                return inbox.get()
+            return inbox.get(True, timeout) if timeout > 0 else inbox.get(False)
         except queue.Empty:
             return None
 
     def main() -> None:
-        if config.background_nice > 0:
-            run_in_background(config.background_nice)
-        if config.background_idle:
-            _idle_policy([threading.get_native_id()])
-            single_threaded_blas()
-        Refresher(config).run(receive, outbox.put)
+        # Held like a child process's refresher holds it: a store that stopped waiting for this
+        # thread (close's deadline) cannot be opened again until the thread has finished.
+        try:
+            lock = hold_lock(Path(config.directory) / REFRESHER_LOCK, wait=30.0)
+        except PersistenceError as error:
+            outbox.put(("failed", error))
+            return
+        try:
+            if config.background_nice > 0:
+                run_in_background(config.background_nice)
+            if config.background_idle:
+                _idle_policy([threading.get_native_id()])
+                single_threaded_blas()
+            Refresher(config).run(receive, outbox.put)
+        finally:
+            if lock is not None:
+                os.close(lock)
 
     thread = threading.Thread(target=main, name="perennial-refresher", daemon=True)
     thread.start()
@@ -457,13 +535,13 @@ def process_main(config: RefresherConfig, inbox: Any, outbox: Any, parent: int) 
     lock = hold_lock(Path(config.directory) / REFRESHER_LOCK, wait=30.0)
     sent: dict[int, Any] = {}
 
-    def receive(block: bool) -> Message | None:
-        if not block and not inbox.poll():
-            return None
+    def receive(timeout: float | None) -> Message | None:
         try:
+            if timeout is not None and not inbox.poll(timeout):
+                return None
             message: Message = inbox.recv()
         except (EOFError, OSError):
-            return ("stop", False)  # the parent is gone: stop without a snapshot
+            return ("stop", (False, None))  # the parent is gone: stop without a snapshot
         return message
 
     def send(message: Message) -> None:

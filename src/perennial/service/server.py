@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
+import time
 from typing import Any
 
 from perennial.exceptions import EncoderError, InvalidParameterError
@@ -50,12 +52,16 @@ def serve(
     background_nice: int = 0,
     background_idle: bool = False,
     log_level: str = "info",
+    shutdown_seconds: float = 10.0,
 ) -> int:
     """Serve the model directory ``model`` until interrupted; returns the exit status.
 
     Without ``keys_file`` nobody is asked for a key, so only a loopback ``host`` is accepted.
-    On a clean shutdown (SIGINT, SIGTERM) the model is snapshotted; after a crash the next start
-    replays the journal.
+    A shutdown (SIGINT, SIGTERM) takes about ``shutdown_seconds`` at most: updates are refused
+    and waits for a ``min_version`` end at once (503), requests under way get a third of the
+    time to finish, and the refresher the rest to write a last snapshot (see
+    :meth:`ModelStore.close`). Whatever is not in a snapshot then, or after a crash, is in the
+    journal, which the next start replays.
     """
     import uvicorn
 
@@ -73,7 +79,7 @@ def serve(
             "change the model; give a keys file or listen on 127.0.0.1"
         )
     limits = limits if limits is not None else Limits()
-    for name, value in vars(limits).items():
+    for name, value in [*vars(limits).items(), ("shutdown_seconds", shutdown_seconds)]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise InvalidParameterError(f"{name} must be a positive number, got {value!r}")
     if encoder == "image":
@@ -97,8 +103,19 @@ def serve(
         log_level=log_level,
     )
 
+    stopping_at: list[float] = []  # when the shutdown began (time.monotonic())
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, which starts closing the store as soon as it is asked to stop."""
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            stopping_at.append(time.monotonic())
+            store.begin_close()  # refuse updates, end the waits for a min_version
+            await super().shutdown(sockets)
+
     def shut_down() -> None:
-        store.close()
+        started = stopping_at[0] if stopping_at else time.monotonic()
+        store.close(timeout=max(1.0, shutdown_seconds - (time.monotonic() - started)))
 
     try:
         app = create_app(
@@ -117,7 +134,19 @@ def serve(
             port,
             "" if keys is not None else " without API keys (loopback only)",
         )
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+            timeout_graceful_shutdown=max(1, round(shutdown_seconds / 3)),
+        )
+        server = Server(config)
+        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C
+            server.run()
+        if not server.started:
+            return 3  # uvicorn's status for a failed start (it logged why)
     finally:
         shut_down()  # after a failed start; closing twice does nothing
     return 0

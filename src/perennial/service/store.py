@@ -30,10 +30,21 @@ then drops the journal records it covers (atomic rename). Each record carries it
 crash between these steps is harmless: recovery loads the snapshot ``service.json`` names and
 replays the records newer than it, refusing a gap. A lock file keeps a second service (or the
 refresher of a crashed one) away from the directory.
+
+**Background failures.** A snapshot or a compaction that fails (a full disk, an I/O error) loses
+nothing, since the journal keeps every record: it is logged, counted, reported by
+:meth:`ModelStore.status` under ``problems`` until it succeeds, and retried with a growing delay.
+A refresher that fails to apply a record stops updating: the store then refuses updates (the
+journal holds the record; a restart replays it).
+
+**Closing** takes a bounded time: updates are refused, the refresher gets a deadline to apply
+what is waiting and snapshot, and one that misses it is stopped (killed, in a child process).
+Nothing acknowledged is lost either way: the journal holds it, and the next start replays it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -41,6 +52,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +85,7 @@ from perennial.service.refresher import (
     SERVICE_FORMAT,
     SERVICE_FORMAT_VERSION,
     SERVICE_LOCK,
+    Backoff,
     Message,
     RefresherConfig,
     ServedModel,
@@ -85,12 +98,20 @@ from perennial.service.refresher import (
     run_thread,
 )
 
-__all__ = ["DEFAULT_UNKNOWN_RATE", "ModelStore", "ServedModel"]
+__all__ = ["BACKGROUND_TASKS", "DEFAULT_UNKNOWN_RATE", "ModelStore", "ServedModel"]
 
 logger = logging.getLogger("perennial.service")
 
 #: Encoder parameters that change speed, not features: a restart may choose them anew.
 _RUNTIME_PARAMS = ("batch_size", "num_threads")
+
+#: The store's background tasks, as :meth:`ModelStore.status` counts their failures: applying
+#: records (fatal), snapshots and journal compaction (retried), and taking the refresher's
+#: messages.
+BACKGROUND_TASKS = ("refresher", "snapshot", "compaction", "receiver")
+
+#: What a receive without a timeout cannot return (it waits for a message): for the type checker.
+_NO_MESSAGE: Message = ("gone", None)
 
 
 class _Link:
@@ -137,25 +158,48 @@ class _Link:
                 self._writer.send(message)
             except OSError:
                 return  # the refresher is gone; the receiver reports it
+            except Exception:
+                # A record the refresher never gets would leave a gap in its model: stop it,
+                # so that the receiver reports it gone and the store refuses updates.
+                logger.exception("could not send a message to the refresher; stopping it")
+                self._process.kill()
+                return
 
-    def receive(self) -> Message:
+    def receive(self, timeout: float | None = None) -> Message | None:
+        """The refresher's next message; None after ``timeout`` seconds (None: wait for it)."""
         if not self.isolate:
-            return self._from.get()
+            try:
+                return self._from.get(True, timeout)
+            except queue.Empty:
+                return None
         try:
+            if timeout is not None and not self._reader.poll(timeout):
+                return None
             message: Message = self._reader.recv()
         except (EOFError, OSError):
             code = self._process.exitcode if self._process is not None else None
             return ("gone", code)
         return message
 
+    def abandon(self) -> None:
+        """Stop waiting for the refresher: kill its process, or leave its thread to finish.
+
+        The receiver then gets ``("gone", ...)``. A thread cannot be killed; it holds the
+        refresher lock until it ends, so the directory cannot be opened again before.
+        """
+        if self.isolate:
+            self._process.kill()
+        else:
+            self._from.put(("gone", "abandoned"))
+
     def join(self, timeout: float = 120.0) -> None:
         if self.isolate:
             self._pending.put(None)
-            self._sender.join(timeout)
             self._process.join(timeout)
-            if self._process.is_alive():  # pragma: no cover - a refresher stuck for minutes
+            if self._process.is_alive():  # pragma: no cover - close() kills a late one first
                 self._process.kill()
                 self._process.join()
+            self._sender.join(timeout)  # its pipe is broken now: it cannot block any more
             self._reader.close()
             self._writer.close()
         elif self._thread is not None:
@@ -166,8 +210,8 @@ class ModelStore:
     """A served model: durable, versioned updates and published read-only versions.
 
     Build it with :meth:`open`, which recovers the directory (snapshot plus journal) and
-    publishes the recovered version; :meth:`close` stops the refresher after it applied every
-    acknowledged update and writes a last snapshot. All methods are thread-safe.
+    publishes the recovered version; :meth:`close` stops the refresher, within a bounded time,
+    after a last snapshot. All methods are thread-safe.
 
     Examples
     --------
@@ -212,6 +256,14 @@ class ModelStore:
         self._stopping = False
         self._closed = False
         self._failure: BaseException | None = None
+        self._listeners: list[Callable[[], None]] = []
+        self._health_lock = threading.Lock()
+        self._problems: dict[str, str] = {}  # failing now: task -> reason
+        self._failures = dict.fromkeys(BACKGROUND_TASKS, 0)  # since the start
+        self._compact_through: int | None = None  # a compaction to retry
+        self._compact_retry_at: float | None = None
+        self._compact_backoff = Backoff(first=0.5, longest=30.0)
+        self._journal_closed = False
         self._receiver = threading.Thread(target=self._receive_loop, name="perennial-receiver")
         self._receiver.daemon = True
         self._receiver.start()
@@ -332,13 +384,13 @@ class ModelStore:
                 log_level=log_level,
             )
             link = _Link(config, isolate)
-            kind, info = link.receive()
+            kind, info = link.receive() or _NO_MESSAGE
             if kind != "ready":
                 link.join()
                 if isinstance(info, BaseException):
                     raise info
                 raise ServiceUnavailableError(f"the refresher could not start ({kind}: {info})")
-            kind, served = link.receive()
+            kind, served = link.receive() or _NO_MESSAGE
             if kind != "published":  # pragma: no cover - the refresher sends it right after
                 link.join()
                 raise ServiceUnavailableError(f"the refresher failed to publish ({kind})")
@@ -378,32 +430,69 @@ class ModelStore:
         return self._served
 
     def wait_served(self, version: int, timeout: float) -> ServedModel:
-        """The published model, once it holds at least ``version``.
+        """The published model, once it holds at least ``version`` (blocks this thread).
+
+        The service's requests wait on the event loop instead, through :meth:`subscribe`
+        (:class:`~perennial.service.waiters.VersionWaiters`).
 
         Raises
         ------
         InvalidInputError
             ``version`` is ahead of every acknowledged update.
         ServiceUnavailableError
-            It was not published within ``timeout`` seconds, or the store failed.
+            It was not published within ``timeout`` seconds, or the store failed or is closing.
         """
-        if version > self._version:
-            raise InvalidInputError(
-                f"min_version {version} is ahead of the model, whose latest version is "
-                f"{self._version}"
-            )
+        self.check_waitable(version)
         deadline = time.monotonic() + timeout
         with self._changed:
             while self._served.version < version:
                 self._check_healthy()
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise ServiceUnavailableError(
-                        f"version {version} was not ready within {timeout:g} s (serving version "
-                        f"{self._served.version}); try again"
-                    )
+                    raise self.not_ready(version, timeout)
                 self._changed.wait(left)
             return self._served
+
+    def check_waitable(self, version: int) -> None:
+        """Raise :class:`InvalidInputError` if ``version`` is ahead of every acknowledged one."""
+        if version > self._version:
+            raise InvalidInputError(
+                f"min_version {version} is ahead of the model, whose latest version is "
+                f"{self._version}"
+            )
+
+    def check_updating(self) -> None:
+        """Raise :class:`ServiceUnavailableError` if no new version can come: failed, closing."""
+        self._check_healthy()
+
+    def not_ready(self, version: int, timeout: float) -> ServiceUnavailableError:
+        """The error of a wait for ``version`` that took longer than ``timeout`` seconds."""
+        return ServiceUnavailableError(
+            f"version {version} was not ready within {timeout:g} s (serving version "
+            f"{self._served.version}); try again"
+        )
+
+    def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener()`` after each published version, failure, and at closing.
+
+        It is called from the store's threads, after the change is visible, so it must only
+        hand the news on (say, with ``loop.call_soon_threadsafe``). Returns the function that
+        unsubscribes it.
+        """
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:  # pragma: no cover - a listener's bug must not stop the receiver
+                logger.exception("a listener of published versions failed")
 
     def classes(self) -> tuple[int, list[tuple[str, int]]]:
         """The acknowledged version and its classes with their example counts."""
@@ -411,11 +500,19 @@ class ModelStore:
             return self._version, self._ledger.counts()
 
     def status(self) -> dict[str, Any]:
-        """Versions, journal and snapshot figures, as JSON-able values."""
+        """Versions, journal and snapshot figures, and background failures, as JSON-able values.
+
+        ``problems`` maps each background task failing now to why (a failed snapshot or
+        compaction until a retry succeeds; ``refresher`` once the model stopped updating);
+        ``background_failures`` counts each task's failures since the store opened (the tasks
+        are :data:`BACKGROUND_TASKS`).
+        """
         served = self._served
         with self._write_lock:
             version, n_classes, records = self._version, len(self._ledger), len(self._journal)
             journal_bytes = self._journal.size
+        with self._health_lock:
+            problems, failures = dict(self._problems), dict(self._failures)
         return {
             "version": version,
             "served_version": served.version,
@@ -424,6 +521,8 @@ class ModelStore:
             "journal_bytes": journal_bytes,
             "snapshot_version": self._snapshot_version,
             "failure": None if self._failure is None else str(self._failure),
+            "problems": problems,
+            "background_failures": failures,
         }
 
     @property
@@ -515,54 +614,139 @@ class ModelStore:
 
     # --- messages from the refresher ----------------------------------------------------------------
     def _receive_loop(self) -> None:
+        """Take the refresher's messages until it stops; no failure here ends the loop."""
         while True:
-            kind, payload = self._link.receive()
-            if kind == "published":
-                served = restore_projections(payload, self._projections)
-                with self._changed:
-                    self._served = served
-                    self._changed.notify_all()
-            elif kind == "snapshotted":
-                with self._write_lock:
-                    dropped = self._journal.compact(int(payload))
-                    self._snapshot_version = int(payload)
-                logger.info(
-                    "journal: %d records now in the snapshot of version %d", dropped, payload
-                )
-            elif kind in ("failed", "gone"):
-                if kind == "gone" and self._stopping:
+            retry = self._compact_retry_at
+            timeout = None if retry is None else max(0.0, retry - time.monotonic())
+            try:
+                message = self._link.receive(timeout)
+                if message is None:  # a failed compaction's retry is due
+                    self._compact()
+                elif self._handle(*message):
                     return
-                error = (
-                    payload
-                    if isinstance(payload, BaseException)
-                    else ServiceUnavailableError(f"the refresher process exited ({payload})")
-                )
-                if kind == "gone" or self._failure is None:
-                    logger.error("the model stopped updating: %s", error)
-                with self._changed:
-                    self._failure = self._failure or error
-                    self._changed.notify_all()
-                if kind == "gone":
-                    return
-            elif kind == "stopped":
+            except Exception as error:
+                logger.exception("could not take a message from the refresher")
+                self._background_failed("receiver", f"could not take a message: {error!r}")
+
+    def _handle(self, kind: str, payload: Any) -> bool:
+        """Act on one message of the refresher; whether it was the last."""
+        if kind == "published":
+            served = restore_projections(payload, self._projections)
+            with self._changed:
+                self._served = served
+                self._changed.notify_all()
+            self._recovered("receiver")
+            self._notify()
+        elif kind == "snapshotted":
+            with self._write_lock:
+                self._snapshot_version = int(payload)
+            self._compact_through = int(payload)
+            self._compact()
+        elif kind == "problem":
+            task, reason = payload
+            self._background_failed(str(task), str(reason))
+        elif kind == "recovered":
+            self._recovered(str(payload))
+        elif kind in ("failed", "gone"):
+            if kind == "gone" and self._stopping:
+                return True
+            error = (
+                payload
+                if isinstance(payload, BaseException)
+                else ServiceUnavailableError(f"the refresher process exited ({payload})")
+            )
+            if kind == "gone" or self._failure is None:
+                logger.error("the model stopped updating: %s", error)
+                self._background_failed("refresher", f"the model stopped updating: {error}")
+            with self._changed:
+                self._failure = self._failure or error
+                self._changed.notify_all()
+            self._notify()
+            return kind == "gone"
+        elif kind == "stopped":
+            return True
+        return False
+
+    def _compact(self) -> None:
+        """Drop the journal records the last snapshot holds; on failure, retry later."""
+        through = self._compact_through
+        if through is None:
+            return
+        with self._write_lock:
+            if self._journal_closed:
                 return
+            try:
+                dropped = self._journal.compact(through)
+            except Exception as error:
+                delay = self._compact_backoff.failed()
+                self._compact_retry_at = time.monotonic() + delay
+                logger.exception(
+                    "could not compact the journal through version %d; trying again in %g s "
+                    "(nothing is lost: the journal only grows meanwhile)",
+                    through,
+                    delay,
+                )
+                reason = f"could not compact the journal through version {through}: {error}"
+                self._background_failed("compaction", reason)
+                return
+        self._compact_through = self._compact_retry_at = None
+        self._compact_backoff.succeeded()
+        self._recovered("compaction")
+        logger.info("journal: %d records now in the snapshot of version %d", dropped, through)
 
-    def close(self, *, snapshot: bool = True) -> None:
-        """Stop the refresher after it applied every acknowledged update; then snapshot.
+    def _background_failed(self, task: str, reason: str) -> None:
+        with self._health_lock:
+            self._problems[task] = reason
+            self._failures[task] = self._failures.get(task, 0) + 1
 
-        Closing a closed store does nothing.
+    def _recovered(self, task: str) -> None:
+        with self._health_lock:
+            if self._problems.pop(task, None) is not None:
+                logger.info("background task %s works again", task)
+
+    def begin_close(self) -> None:
+        """Refuse updates from now on, and end every wait for a version (the start of close).
+
+        ``perennial serve`` calls it as soon as it is asked to stop, so that requests waiting
+        for a ``min_version`` do not hold up the shutdown.
+        """
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        self._notify()
+
+    def close(self, *, snapshot: bool = True, timeout: float | None = 10.0) -> None:
+        """Stop the refresher, after a last snapshot, within about ``timeout`` seconds.
+
+        Updates are refused from the start. The refresher has half of ``timeout`` to apply the
+        records still waiting and to start the snapshot; one that has not stopped when the time
+        is up (a long solve, a large backlog, a hung disk) is killed, or for a thread left to
+        finish. Nothing acknowledged is lost: the journal holds it and the next start replays
+        it. None waits as long as it takes. Closing a closed store does nothing.
         """
         if self._closed:
             return
         self._closed = True
-        with self._changed:
-            self._stopping = True
-            self._changed.notify_all()
+        started = time.monotonic()
+        self.begin_close()
+        soft = None if timeout is None else time.time() + timeout / 2
         with self._write_lock:  # no update is between its journal append and its send
-            self._link.send(("stop", snapshot and self._failure is None))
-        self._receiver.join()
-        self._link.join()
-        self._journal.close()
+            self._link.send(("stop", (snapshot and self._failure is None, soft)))
+        self._receiver.join(None if timeout is None else timeout - (time.monotonic() - started))
+        late = self._receiver.is_alive()
+        if late:
+            logger.warning(
+                "the refresher did not stop within %.1f s; stopping it now. The journal keeps "
+                "every acknowledged update (up to version %d) for the next start",
+                timeout,
+                self._version,
+            )
+            self._link.abandon()
+            self._receiver.join(1.0)
+        self._link.join(1.0 if late else 10.0)
+        with self._write_lock:
+            self._journal_closed = True
+            self._journal.close()
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None

@@ -860,6 +860,11 @@ def create_app(
         responses=_ERRORS,
         dependencies=[write],
         summary="Remove examples learned before (send them again); durable",
+        description=(
+            "Examples whose removal would leave a class with statistics no examples have (a "
+            "negative variance, say: what examples a class never learned almost always do) "
+            "answer 422 naming the class, and nothing is journaled."
+        ),
     )
     @_body_model(learn_request)
     def unlearn(body: LearnFields) -> dict[str, Any]:

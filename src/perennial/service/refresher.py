@@ -5,11 +5,17 @@ the records to a :class:`Refresher`, which applies them to the working
 :class:`~perennial.learner.LifelongClassifier`, solves it, and sends back a prediction-only copy
 (:class:`ServedModel`); every ``snapshot_every`` records it saves a snapshot.
 
-It runs in a **child process** by default. The ridge head's re-solve (an eigendecomposition of
-``G``, seconds at 4096 features) and its rank-one updates run in SciPy routines that hold the GIL:
-in a thread of the serving process they would stop every request for as long. In a process,
-they cost predictions only CPU time, and that at a lower priority (``background_nice``). The
-same code runs in a thread (``isolate=False``) for small models and for tests.
+It runs in a **child process** by default. The ridge head's updates run in SciPy routines that
+hold the GIL: in a thread of the serving process they would stop requests for as long. In a
+process, they cost predictions only CPU time, and that at a lower priority (``background_nice``).
+The same code runs in a thread (``isolate=False``) for small models and for tests.
+
+Publishing never waits for a rebuild of the ridge head's decomposition (an eigendecomposition of
+``G``, seconds at 4096 features): the heads defer their rebuilds, and the refresher runs each on
+a thread of its own while it goes on applying records and publishing versions on the old
+decomposition (see ``_Rebuilds``). With ``background_idle`` that thread alone runs under
+SCHED_IDLE: applying and publishing keep their (nice) priority, so the served version keeps up
+under load, while the long decompositions take only CPU time nothing else wants.
 
 Messages, parent to refresher: ``("records", [Record, ...])``, ``("stop", snapshot)``.
 Refresher to parent: ``("ready", info)``, ``("published", ServedModel)``,
@@ -112,6 +118,81 @@ def _ridge_heads(head: Head) -> list[RidgeHead]:
     if isinstance(head, RidgeEnsembleHead):
         return list(head.members_)
     return []
+
+
+#: A rebuild starved of CPU time is redone on the refresher's thread once this many times
+#: ``max_pending`` examples wait on the old decomposition (their cost grows with their number).
+PENDING_CAP = 4
+
+
+class _Rebuilds:
+    """Runs the ridge heads' rebuilds on a thread of their own, one at a time.
+
+    The working model's ridge heads defer their rebuilds (:meth:`RidgeHead.defer_rebuilds`):
+    when one is due, :meth:`step` starts it here, and the refresher goes on applying records and
+    publishing versions, which the head takes as pending updates on its last decomposition. The
+    next step after the rebuild's work is done adopts it. The work (an eigendecomposition of
+    ``G``, seconds at 4,096 features) releases the GIL, so it never holds up publishing. With
+    ``idle`` it runs under SCHED_IDLE, on CPU time nothing else wants; should it get so little
+    that ``PENDING_CAP * max_pending`` examples pile up meanwhile, it is redone at once on the
+    refresher's thread (a stall, but a bounded one).
+    """
+
+    def __init__(self, single_threaded: bool, idle: bool) -> None:
+        self.single_threaded = single_threaded
+        self.idle = idle
+        self.head: RidgeHead | None = None
+        self.thread: threading.Thread | None = None
+        self.abandoned: threading.Thread | None = None  # a starved rebuild still running
+        self.started = 0.0
+
+    def step(self, model: LifelongClassifier) -> None:
+        """Adopt a finished rebuild; redo a starved one here; start one that is due."""
+        heads = _ridge_heads(model.head)
+        for head in heads:
+            head.defer_rebuilds()  # again: an ensemble makes new members when it is reset
+        if self.head is not None and self.thread is not None:
+            head = self.head
+            if not self.thread.is_alive():
+                self.head = self.thread = None
+                if head.finish_rebuild():
+                    logger.info(
+                        "ridge decomposition rebuilt in %.1f s beside the publishing",
+                        time.perf_counter() - self.started,
+                    )
+                else:
+                    logger.info("a ridge rebuild was dropped: the statistics changed otherwise")
+            elif head.n_pending_ > PENDING_CAP * max(head.max_pending, 32):
+                logger.warning(
+                    "the ridge rebuild got too little CPU time in %.0f s (%d examples wait on "
+                    "the old decomposition); rebuilding on the refresher's thread",
+                    time.perf_counter() - self.started,
+                    head.n_pending_,
+                )
+                self.abandoned, self.head, self.thread = self.thread, None, None
+                started = time.perf_counter()
+                head.start_rebuild()()  # abandons the starved one
+                head.finish_rebuild()
+                logger.info("rebuilt in %.1f s", time.perf_counter() - started)
+        if self.head is not None or (self.abandoned is not None and self.abandoned.is_alive()):
+            return  # one rebuild at a time, memory-wise
+        self.abandoned = None
+        for head in heads:
+            if head.rebuild_due:
+                work = head.start_rebuild()
+                self.thread = threading.Thread(
+                    target=self._run, args=(work,), name="perennial-rebuild", daemon=True
+                )
+                self.head, self.started = head, time.perf_counter()
+                self.thread.start()
+                return
+
+    def _run(self, work: Callable[[], None]) -> None:
+        if self.idle:
+            _idle_policy([threading.get_native_id()])
+        if self.single_threaded:
+            single_threaded_blas()
+        work()
 
 
 def warm(model: LifelongClassifier) -> None:
@@ -331,6 +412,11 @@ class Refresher:
         failed = False
         if self._snapshot_due():
             self._try_snapshot(send)
+        config = self.config
+        rebuilds = _Rebuilds(
+            config.background_nice > 0 or config.background_idle, config.background_idle
+        )
+        rebuilds.step(self.model)  # from now on the ridge heads leave their rebuilds to it
         while True:
             message = receive(True)
             if message is None:
@@ -357,6 +443,7 @@ class Refresher:
                         for item in group:  # one by one: the error names the record at fault
                             _apply(self.model, item)
                             self.applied = item.version
+                    rebuilds.step(self.model)
                     send(("published", self.publish()))
                 except Exception as error:
                     logger.exception("the model stopped updating at version %d", self.applied)
@@ -413,8 +500,7 @@ def run_thread(
         if config.background_nice > 0:
             run_in_background(config.background_nice)
         if config.background_idle:
-            _idle_policy([threading.get_native_id()])
-            single_threaded_blas()
+            single_threaded_blas()  # the idle policy is for the rebuilds' thread (_Rebuilds)
         Refresher(config).run(receive, outbox.put)
 
     thread = threading.Thread(target=main, name="perennial-refresher", daemon=True)
@@ -434,8 +520,7 @@ def process_main(config: RefresherConfig, inbox: Any, outbox: Any, parent: int) 
         _lower_process_priority(config.background_nice)
         single_threaded_blas()  # the refresher runs in this (the main) thread
     if config.background_idle:
-        _idle_policy(_process_threads())
-        single_threaded_blas()
+        single_threaded_blas()  # the idle policy is for the rebuilds' thread (_Rebuilds)
     lock = hold_lock(Path(config.directory) / REFRESHER_LOCK, wait=30.0)
     sent: dict[int, Any] = {}
 

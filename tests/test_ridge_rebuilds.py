@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ import scipy.linalg
 from perennial.exceptions import NotFittedError, ReadOnlyHeadError
 from perennial.heads import RidgeHead
 from perennial.heads import ridge as ridge_module
+from perennial.service import refresher as refresher_module
 from perennial.service.store import ModelStore
 from test_service_support import clusters
 
@@ -228,7 +230,7 @@ def test_a_rebuild_is_abandoned_when_the_statistics_change_otherwise(kind, chang
     assert gap(head.decision_scores(X), twin.decision_scores(X)) < 1e-9
 
 
-def test_a_failed_rebuild_leaves_the_head_to_rebuild_when_it_next_solves(monkeypatch):
+def test_a_failed_rebuild_leaves_the_head_to_rebuild_when_it_next_solves():
     params, start = KINDS["primal"]
     X, y = blobs(4)
     head = RidgeHead(**params)
@@ -239,14 +241,11 @@ def test_a_failed_rebuild_leaves_the_head_to_rebuild_when_it_next_solves(monkeyp
     while not head.rebuild_due:
         head.learn_one(X[n], y[n])
         n += 1
-    work = head.start_rebuild()
 
     def broken(gram):
         raise np.linalg.LinAlgError("eigenvalues did not converge")
 
-    with monkeypatch.context() as patch:
-        patch.setattr(ridge_module, "_decompose", broken)
-        work()
+    head.start_rebuild(broken)()
     assert not head.finish_rebuild()
     assert not head.rebuilding_ and not head.rebuild_due
     lam = gcv_choice(head, X[:n], y[:n])  # solved again from all of it
@@ -292,9 +291,10 @@ N_FEATURES = 64
 def hold_decompositions(
     monkeypatch, only_rebuilds: bool
 ) -> tuple[threading.Event, threading.Event]:
-    """Hold every eigendecomposition of a G (numpy's or SciPy's) once armed, until released.
+    """Hold every eigendecomposition of a G once armed, until released: (armed, release).
 
-    With ``only_rebuilds``, only those on the refresher's rebuild thread. (armed, release).
+    numpy's and SciPy's ``eigh`` in this process and the refresher's child process for it; with
+    ``only_rebuilds``, only those the refresher's rebuild thread asks for.
     """
     armed, release = threading.Event(), threading.Event()
 
@@ -310,6 +310,8 @@ def hold_decompositions(
 
     monkeypatch.setattr(np.linalg, "eigh", held(np.linalg.eigh))
     monkeypatch.setattr(scipy.linalg, "eigh", held(scipy.linalg.eigh))
+    elsewhere = refresher_module.decompose_in_idle_process
+    monkeypatch.setattr(refresher_module, "decompose_in_idle_process", held(elsewhere))
     return armed, release
 
 
@@ -355,8 +357,8 @@ def test_versions_are_published_while_the_decomposition_is_rebuilt(
     # Every eigendecomposition of G after the first is held until released. Publishing must go
     # on meanwhile, past the pending window, with each published version the closed form of every
     # acknowledged example; once released, the refresher adopts the new decomposition.
-    if idle and not hasattr(os, "SCHED_IDLE"):
-        pytest.skip("SCHED_IDLE is Linux's")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("thread priorities are Linux's")
     caplog.set_level(logging.INFO, logger="perennial.service")
     armed, release = hold_decompositions(monkeypatch, only_rebuilds=False)
     examples = Examples(120)
@@ -369,13 +371,16 @@ def test_versions_are_published_while_the_decomposition_is_rebuilt(
         examples.assert_closed_form(served, 89)
         rebuilding = [t for t in threading.enumerate() if t.name == "perennial-rebuild"]
         assert len(rebuilding) == 1 and rebuilding[0].is_alive()
+        # The rebuild runs below the refresher, and neither under SCHED_IDLE: that would let
+        # a starved thread holding the GIL stop the refresher (with ``idle`` the decomposition
+        # runs in a process of its own under SCHED_IDLE).
         refresher = store._link._thread
         assert refresher is not None and refresher.native_id is not None
-        ids = refresher.native_id, rebuilding[0].native_id
-        assert os.getpriority(os.PRIO_PROCESS, ids[1]) == os.getpriority(os.PRIO_PROCESS, ids[0])
-        if idle:  # the rebuild waits for idle CPU time, the publishing does not
-            assert os.sched_getscheduler(ids[1]) == os.SCHED_IDLE
-            assert os.sched_getscheduler(ids[0]) != os.SCHED_IDLE
+        threads = refresher.native_id, rebuilding[0].native_id
+        assert os.getpriority(os.PRIO_PROCESS, threads[1]) == 19
+        assert os.getpriority(os.PRIO_PROCESS, threads[0]) < 19
+        if hasattr(os, "SCHED_IDLE"):
+            assert all(os.sched_getscheduler(t) != os.SCHED_IDLE for t in threads)
         release.set()
         rebuilding[0].join(60)
         deadline = time.monotonic() + 60
@@ -414,3 +419,17 @@ def test_a_rebuild_starved_of_cpu_time_is_redone_on_the_refresher_thread(
     finally:
         release.set()
         store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_the_decomposition_in_an_idle_process_is_numpys():
+    rng = np.random.default_rng(7)
+    A = rng.standard_normal((48, 60))
+    G = np.asfortranarray(A @ A.T)
+    G[np.tril_indices(48, -1)] = 1e6  # only the upper triangle counts
+    s, V = refresher_module.decompose_in_idle_process(G)
+    upper = np.triu(G) + np.triu(G, 1).T
+    assert np.allclose(V @ np.diag(s) @ V.T, upper, rtol=0, atol=1e-10 * np.abs(upper).max())
+    assert np.allclose(V.T @ V, np.eye(48), rtol=0, atol=1e-12)
+    reference = np.linalg.eigh(upper)[0]
+    assert np.allclose(s, np.maximum(reference, 0), rtol=0, atol=1e-10 * reference.max())

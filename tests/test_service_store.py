@@ -570,8 +570,8 @@ def test_the_refresher_can_run_at_a_lower_priority(tmp_path: Path) -> None:
 @pytest.mark.parametrize("isolate", [False, True])
 def test_the_refresher_rebuilds_on_idle_cpu_time_only(tmp_path: Path, isolate: bool) -> None:
     # Applying and publishing must not wait for idle CPU time, or the served version falls
-    # behind under load; the long rebuilds do, on a thread of their own (its policy is checked
-    # in test_ridge_rebuilds.py), and none runs here.
+    # behind under load; the long decompositions do, in a process of their own (see
+    # test_ridge_rebuilds.py), and none runs here.
     store = open_store(tmp_path / "model", background_idle=True, isolate=isolate)
     try:
         if isolate:

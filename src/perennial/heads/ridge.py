@@ -34,6 +34,9 @@ _DUAL_CAP = 1024
 # Rows per rank-k update when forming G from many rows at once.
 _BLOCK_ROWS = 64
 
+#: Eigenvalues (clipped at zero) and eigenvectors of ``G`` given its upper triangle.
+Decomposer = Callable[[NDArray[np.float64]], tuple[NDArray[np.float64], NDArray[np.float64]]]
+
 
 @dataclass
 class _DualSolution:
@@ -92,9 +95,11 @@ class _Rebuild:
         columns: NDArray[np.int64] | None = None,
         gram: FloatArray | None = None,
         targets: FloatArray | None = None,
+        decompose: Decomposer | None = None,
     ) -> None:
         assert head.projection_ is not None
         self.kind = kind
+        self.decompose = decompose or _decompose
         self.projection = head.projection_
         self.ridge = head.ridge
         self.n_features = head.n_features
@@ -142,7 +147,13 @@ class _Rebuild:
                     )
                 assert self.gram is not None and self.targets is not None
                 self.primal = _eigen_base(
-                    self.gram, self.targets, self.ridge, self.n_seen, self.energy, self.capacity
+                    self.gram,
+                    self.targets,
+                    self.ridge,
+                    self.n_seen,
+                    self.energy,
+                    self.capacity,
+                    self.decompose,
                 )
             self.catch_up()
             self.form_weights()
@@ -176,7 +187,7 @@ class _Rebuild:
                 assert self.primal is not None
                 if self.kind == "convert":
                     self._add_rows(H, columns, Y)
-                rotated = self.primal.V.T @ H.T
+                rotated = (H @ self.primal.V).T
                 self.primal = _eigen_appended(self.primal, rotated, Y)
                 if self.weights is not None and H.shape[0] < n_classes:
                     self.weights = _eigen_weights_updated(self.primal, rotated, H, Y, self.weights)
@@ -509,7 +520,7 @@ class RidgeHead(Head):
             if last is not None and last[0].shape == X.shape and np.array_equal(last[0], X):
                 rotated = last[1].T  # just predicted: V^T h is known (predict, then learn it)
             else:
-                rotated = solution.V.T @ H.T
+                rotated = (H @ solution.V).T  # faster than V^T H^T for a few rows
             solution = _eigen_appended(solution, rotated, Y)
             if self._weights is not None and H.shape[0] < n_classes:
                 weights = _eigen_weights_updated(solution, rotated, H, Y, self._weights)
@@ -852,7 +863,7 @@ class RidgeHead(Head):
         """Whether a rebuild started by :meth:`start_rebuild` awaits :meth:`finish_rebuild`."""
         return self._rebuild is not None
 
-    def start_rebuild(self) -> Callable[[], None]:
+    def start_rebuild(self, decompose: Decomposer | None = None) -> Callable[[], None]:
         """Begin a rebuild of the decomposition; the work to run, on any thread, once.
 
         The work decomposes a snapshot of the statistics as they are now (choosing ``lam`` from
@@ -862,6 +873,8 @@ class RidgeHead(Head):
         :meth:`finish_rebuild` adopts the result; an unlearning, forget, merge, load or
         :meth:`refresh` in between abandons it. In the dual form past ``dual_limit_`` the
         rebuild also forms ``G`` and ``C``, which replace the rows when it is adopted.
+        ``decompose`` replaces numpy's ``eigh`` of ``G`` (e.g. to run it in another process);
+        it gets ``G`` (its upper triangle counts) and returns ``(s, V)`` with ``s >= 0``.
 
         Raises
         ------
@@ -877,10 +890,12 @@ class RidgeHead(Head):
             assert self.feature_columns_ is not None
             kind = "convert" if self.features_.shape[0] > self.dual_limit_ else "dual"
             # The head replaces these arrays when they change, never writes into them.
-            job = _Rebuild(self, kind, features=self.features_, columns=self.feature_columns_)
+            features, columns = self.features_, self.feature_columns_
+            job = _Rebuild(self, kind, features=features, columns=columns, decompose=decompose)
         else:
             assert self.gram_ is not None and self.targets_ is not None
-            job = _Rebuild(self, "primal", gram=self.gram_.copy(order="F"), targets=self.targets_)
+            gram = self.gram_.copy(order="F")
+            job = _Rebuild(self, "primal", gram=gram, targets=self.targets_, decompose=decompose)
         self._rebuild = job
         return job.run
 
@@ -1170,9 +1185,11 @@ def _eigen_base(
     n: int,
     target_energy: float,
     capacity: int,
+    decompose: Decomposer | None = None,
 ) -> _EigenSolution:
     """The primal solution of ``G`` and ``C`` (``n`` examples) decomposed now, none pending."""
-    s, V = _decompose(gram)
+    s, V = (decompose or _decompose)(gram)
+    V = np.ascontiguousarray(V)  # H V, the products with V, read it row by row
     rotated_targets = V.T @ targets
     trace = float(np.trace(gram))
     lam = (
@@ -1218,7 +1235,7 @@ def _eigen_appended(solution: _EigenSolution, rotated: FloatArray, Y: FloatArray
     )
     buffer, factor = solution.scaled, solution.factor
     if k + r > factor.shape[0]:
-        capacity = max(2 * factor.shape[0], k + r)
+        capacity = max(factor.shape[0] * 3 // 2, k + r)
         buffer = np.zeros((m, capacity), order="F")
         buffer[:, :k] = solution.scaled[:, :k]
         factor = np.zeros((capacity, capacity))
@@ -1366,7 +1383,7 @@ def _dual_extended(
     )
     expanded, factor = cache.expanded, cache.factor
     if n + r > factor.shape[0]:
-        capacity = max(2 * factor.shape[0], n + r)
+        capacity = max(factor.shape[0] * 3 // 2, n + r)
         expanded = np.empty((capacity, H_new.shape[1]))
         expanded[:n] = cache.expanded[:n]
         factor = np.zeros((capacity, capacity))

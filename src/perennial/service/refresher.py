@@ -13,9 +13,10 @@ The same code runs in a thread (``isolate=False``) for small models and for test
 Publishing never waits for a rebuild of the ridge head's decomposition (an eigendecomposition of
 ``G``, seconds at 4096 features): the heads defer their rebuilds, and the refresher runs each on
 a thread of its own while it goes on applying records and publishing versions on the old
-decomposition (see ``_Rebuilds``). With ``background_idle`` that thread alone runs under
-SCHED_IDLE: applying and publishing keep their (nice) priority, so the served version keeps up
-under load, while the long decompositions take only CPU time nothing else wants.
+decomposition (see ``_Rebuilds``). With ``background_idle`` the eigendecomposition itself runs
+in a child process under SCHED_IDLE: applying and publishing keep their (nice) priority, so the
+served version keeps up under load, while the long decompositions take only CPU time nothing
+else wants.
 
 Messages, parent to refresher: ``("records", [Record, ...])``, ``("stop", snapshot)``.
 Refresher to parent: ``("ready", info)``, ``("published", ServedModel)``,
@@ -32,6 +33,7 @@ import logging
 import os
 import queue
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -61,6 +63,7 @@ __all__ = [
     "Refresher",
     "RefresherConfig",
     "ServedModel",
+    "decompose_in_idle_process",
     "dump_record",
     "encoder_spec",
     "hold_lock",
@@ -131,11 +134,15 @@ class _Rebuilds:
     The working model's ridge heads defer their rebuilds (:meth:`RidgeHead.defer_rebuilds`):
     when one is due, :meth:`step` starts it here, and the refresher goes on applying records and
     publishing versions, which the head takes as pending updates on its last decomposition. The
-    next step after the rebuild's work is done adopts it. The work (an eigendecomposition of
-    ``G``, seconds at 4,096 features) releases the GIL, so it never holds up publishing. With
-    ``idle`` it runs under SCHED_IDLE, on CPU time nothing else wants; should it get so little
-    that ``PENDING_CAP * max_pending`` examples pile up meanwhile, it is redone at once on the
-    refresher's thread (a stall, but a bounded one).
+    next step after the rebuild's work is done adopts it.
+
+    The work runs at nice 19, below the refresher. It shares the GIL with the refresher's thread,
+    so it must not run under SCHED_IDLE: starved of CPU time while it holds or awaits the GIL, it
+    would stall the refresher for as long (29 s were seen). With ``idle``, the part that takes
+    seconds of CPU, the eigendecomposition of ``G``, runs in a child process of its own under
+    SCHED_IDLE instead (:func:`decompose_in_idle_process`), on CPU time nothing else wants.
+    Should a rebuild get so little CPU time that ``PENDING_CAP * max_pending`` examples pile up
+    meanwhile, it is redone at once on the refresher's thread (a stall, but a bounded one).
     """
 
     def __init__(self, single_threaded: bool, idle: bool) -> None:
@@ -179,7 +186,8 @@ class _Rebuilds:
         self.abandoned = None
         for head in heads:
             if head.rebuild_due:
-                work = head.start_rebuild()
+                idle = self.idle and hasattr(os, "SCHED_IDLE")
+                work = head.start_rebuild(decompose_in_idle_process if idle else None)
                 self.thread = threading.Thread(
                     target=self._run, args=(work,), name="perennial-rebuild", daemon=True
                 )
@@ -188,11 +196,69 @@ class _Rebuilds:
                 return
 
     def _run(self, work: Callable[[], None]) -> None:
-        if self.idle:
-            _idle_policy([threading.get_native_id()])
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         if self.single_threaded:
             single_threaded_blas()
         work()
+
+
+#: The child process of :func:`decompose_in_idle_process`: reads M and G from its input, writes
+#: the eigenvalues and eigenvectors (float64, little-endian, row-major) to its output.
+_EIGH_CHILD = """
+import ctypes, os, sys
+try:
+    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the refresher
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+except (OSError, AttributeError):
+    pass
+import numpy as np
+source, sink = sys.stdin.buffer, sys.stdout.buffer
+m = int.from_bytes(source.read(8), "little")
+gram = np.frombuffer(source.read(8 * m * m), dtype="<f8").reshape(m, m)
+s, V = np.linalg.eigh(gram, UPLO="U")
+sink.write(np.ascontiguousarray(s, dtype="<f8").tobytes())
+sink.write(np.ascontiguousarray(V, dtype="<f8").tobytes())
+sink.flush()
+"""
+
+
+def decompose_in_idle_process(
+    gram: NDArray[np.float64],
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``eigh`` of ``G`` (its upper triangle) in a child process under SCHED_IDLE (Linux).
+
+    The same numpy routine as in this process, so the same result; the child shares no GIL
+    with the refresher, so starving it of CPU time delays the rebuild only. Raises
+    :class:`RuntimeError` if the child fails.
+    """
+    m = gram.shape[0]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _EIGH_CHILD],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        with contextlib.suppress(BrokenPipeError):  # the child's status says why
+            child.stdin.write(m.to_bytes(8, "little"))
+            child.stdin.write(np.ascontiguousarray(gram, dtype="<f8").tobytes())
+        child.stdin.close()
+        values = child.stdout.read(8 * m)
+        vectors = child.stdout.read(8 * m * m)
+    except BaseException:
+        child.kill()
+        raise
+    finally:
+        child.stdout.close()
+        status = child.wait()
+    if status != 0 or len(values) != 8 * m or len(vectors) != 8 * m * m:
+        raise RuntimeError(f"the decomposition process failed (exit status {status})")
+    s = np.frombuffer(values, dtype="<f8")
+    return np.maximum(s, 0.0), np.frombuffer(vectors, dtype="<f8").reshape(m, m)
 
 
 def warm(model: LifelongClassifier) -> None:

@@ -250,12 +250,12 @@ class ModelStore:
             with single-threaded BLAS), so that on a busy machine predictions get the cores
             first (Linux only; elsewhere ignored).
         background_idle
-            Run the refresher's rebuilds of the ridge decomposition (seconds of CPU each) under
-            SCHED_IDLE (Linux): they then use only CPU time that requests leave unused, while
-            applying updates and publishing versions keep the ``background_nice`` priority. Under
-            a load that keeps every core busy a rebuild waits; updates then pile up as pending
-            ones on the old decomposition, until the refresher redoes the rebuild on its own
-            thread.
+            Run the eigendecompositions of the ridge head's rebuilds (seconds of CPU each) in a
+            child process under SCHED_IDLE (Linux): they then use only CPU time that requests
+            leave unused, while applying updates and publishing versions keep the
+            ``background_nice`` priority. Under a load that keeps every core busy a rebuild
+            waits; updates then pile up as pending ones on the old decomposition, until the
+            refresher redoes the rebuild on its own thread.
         log_level
             Logging level of the refresher's process (None: its default, warnings only).
 

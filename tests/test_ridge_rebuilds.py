@@ -433,3 +433,16 @@ def test_the_decomposition_in_an_idle_process_is_numpys():
     assert np.allclose(V.T @ V, np.eye(48), rtol=0, atol=1e-12)
     reference = np.linalg.eigh(upper)[0]
     assert np.allclose(s, np.maximum(reference, 0), rtol=0, atol=1e-10 * reference.max())
+
+
+@pytest.mark.parametrize("exact_forget", [False, True])
+def test_the_state_size_is_counted_without_forming_the_arrays(exact_forget):
+    # Publishing reports the state size; forming the symmetric G to count it cost a second.
+    X, y = blobs(8)
+    head = RidgeHead(n_features=40, max_dual_examples=10, exact_forget=exact_forget)
+    head.learn_many(X[:5], y[:5])
+    for n in (5, 60):
+        if n > 5:
+            head.learn_many(X[5:n], y[5:n])
+        assert head.state_bytes == sum(array.nbytes for array in head.get_state()[1].values())
+    assert head.form_ == "primal"

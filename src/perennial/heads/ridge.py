@@ -1010,6 +1010,15 @@ class RidgeHead(Head):
             meta["rows"] = int(self.features_.shape[0])
         return meta
 
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of learned statistics: what a save writes (counted, not formed)."""
+        if self.dim_ is None or self.features_ is not None or self._read_only:
+            return super().state_bytes  # the dual form's arrays are the stored rows themselves
+        m, n_classes = self.n_features, self.counts_.shape[0]
+        floats = m * m * (1 + len(self.class_grams_)) + m * n_classes
+        return int(8 * floats + self.counts_.nbytes)
+
     def _state_arrays(self) -> dict[str, np.ndarray]:
         self._refuse_if_read_only("save")
         if self.features_ is not None:

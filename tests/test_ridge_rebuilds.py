@@ -446,3 +446,12 @@ def test_the_state_size_is_counted_without_forming_the_arrays(exact_forget):
             head.learn_many(X[5:n], y[5:n])
         assert head.state_bytes == sum(array.nbytes for array in head.get_state()[1].values())
     assert head.form_ == "primal"
+
+
+@pytest.mark.parametrize("m", [1, 7, 255, 256, 257, 600])
+def test_symmetric_mirrors_the_upper_triangle(m):
+    from perennial.heads.statistics import symmetric
+
+    upper = np.asfortranarray(np.random.default_rng(m).standard_normal((m, m)))
+    expected = np.triu(upper) + np.triu(upper, 1).T
+    np.testing.assert_array_equal(symmetric(upper), expected)

@@ -31,8 +31,9 @@ _RELATIVE_GRID = 10.0 ** np.linspace(-6.0, 2.0, 33)
 # The dual form keeps at most this many examples by default (see ``RidgeHead.dual_limit_``).
 _DUAL_CAP = 1024
 
-# Rows per rank-k update when forming G from many rows at once.
-_BLOCK_ROWS = 64
+# Rows a rebuild takes on at a time when it catches up: bounds each of its SciPy calls, which
+# hold the GIL that the head's own thread needs.
+_CATCH_UP_ROWS = 32
 
 #: Eigenvalues (clipped at zero) and eigenvectors of ``G`` given its upper triangle.
 Decomposer = Callable[[NDArray[np.float64]], tuple[NDArray[np.float64], NDArray[np.float64]]]
@@ -169,32 +170,38 @@ class _Rebuild:
             batches = self.log[self.taken : end]
             X = np.vstack([batch[0] for batch in batches])
             columns = np.concatenate([batch[1] for batch in batches])
-            n_classes = batches[-1][2]
-            H = self.expand(X)
-            Y = _dual_targets(columns, n_classes)
-            if self.kind == "dual":
-                assert self.dual is not None
-                n_old = self.dual.n
-                extended = _dual_extended(self.dual, H, None, Y)
-                if extended is None:  # pragma: no cover - rounding at a tiny ridge
-                    raise np.linalg.LinAlgError("the kernel lost positive definiteness")
-                self.dual = extended
-                if self.weights is not None and H.shape[0] < n_classes:
-                    self.weights = _dual_weights_updated(extended, n_old, H, Y, self.weights)
-                else:
-                    self.weights = None
-            else:
-                assert self.primal is not None
-                if self.kind == "convert":
-                    self._add_rows(H, columns, Y)
-                rotated = (H @ self.primal.V).T
-                self.primal = _eigen_appended(self.primal, rotated, Y)
-                if self.weights is not None and H.shape[0] < n_classes:
-                    self.weights = _eigen_weights_updated(self.primal, rotated, H, Y, self.weights)
-                else:
-                    self.weights = None
-            self.rows += X.shape[0]
+            n_classes = batches[-1][2]  # columns only grow while the rebuild is valid
+            for start in range(0, X.shape[0], _CATCH_UP_ROWS):
+                stop = start + _CATCH_UP_ROWS
+                self._take(X[start:stop], columns[start:stop], n_classes)
             self.taken = end
+
+    def _take(self, X: FloatArray, columns: NDArray[np.int64], n_classes: int) -> None:
+        """Add the rows ``X`` (classes ``columns``) to the result as pending updates."""
+        H = self.expand(X)
+        Y = _dual_targets(columns, n_classes)
+        if self.kind == "dual":
+            assert self.dual is not None
+            n_old = self.dual.n
+            extended = _dual_extended(self.dual, H, None, Y)
+            if extended is None:  # pragma: no cover - rounding at a tiny ridge
+                raise np.linalg.LinAlgError("the kernel lost positive definiteness")
+            self.dual = extended
+            if self.weights is not None and H.shape[0] < n_classes:
+                self.weights = _dual_weights_updated(extended, n_old, H, Y, self.weights)
+            else:
+                self.weights = None
+        else:
+            assert self.primal is not None
+            if self.kind == "convert":
+                self._add_rows(H, columns, Y)
+            rotated = (H @ self.primal.V).T
+            self.primal = _eigen_appended(self.primal, rotated, Y)
+            if self.weights is not None and H.shape[0] < n_classes:
+                self.weights = _eigen_weights_updated(self.primal, rotated, H, Y, self.weights)
+            else:
+                self.weights = None
+        self.rows += X.shape[0]
 
     def form_weights(self) -> None:
         """``W`` of the result, formed anew if the updates since did not keep it."""
@@ -214,14 +221,15 @@ class _Rebuild:
     def _add_rows(self, H: FloatArray, columns: NDArray[np.int64], Y: FloatArray) -> None:
         """Add expanded rows to the statistics this (converting) rebuild formed."""
         assert self.gram is not None and self.targets is not None
-        add_outer(self.gram, np.asfortranarray(H))
+        self.gram += H.T @ H  # numpy's syrk, which lets the GIL go (SciPy's would not)
         grow = Y.shape[1] - self.targets.shape[1]
         self.targets = np.hstack([self.targets, np.zeros((self.n_features, grow))]) + H.T @ Y
         if self.exact_forget:
             while len(self.class_grams) < Y.shape[1]:
                 self.class_grams.append(np.zeros((self.n_features, self.n_features), order="F"))
             for column in np.unique(columns):
-                add_outer(self.class_grams[column], np.asfortranarray(H[columns == column]))
+                rows = H[columns == column]
+                self.class_grams[column] += rows.T @ rows
 
 
 class RidgeHead(Head):
@@ -1410,21 +1418,16 @@ def _primal_statistics(
 ) -> tuple[FloatArray, FloatArray, list[FloatArray]]:
     """``G`` (upper triangle, Fortran order), ``C`` and, with ``exact_forget``, the ``G_c``.
 
-    ``H`` holds the expanded rows, ``columns`` their classes (-1: unlabelled). The Gram matrices
-    are summed over blocks of rows, so that on another thread the GIL (which SciPy's BLAS
-    wrappers hold) is let go between blocks.
+    ``H`` holds the expanded rows, ``columns`` their classes (-1: unlabelled). numpy forms
+    ``H^T H`` with BLAS's ``syrk`` and lets the GIL go meanwhile (SciPy's wrappers hold it), so
+    a rebuild on another thread can form ``G`` without stopping the head's own thread.
     """
-    m = H.shape[1]
-    gram = np.zeros((m, m), order="F")
-    for start in range(0, H.shape[0], _BLOCK_ROWS):
-        add_outer(gram, np.asfortranarray(H[start : start + _BLOCK_ROWS]))
+    H = np.ascontiguousarray(H)
+    gram = (H.T @ H).T  # symmetric: the transposed view is the same matrix, in Fortran order
     targets = H.T @ _dual_targets(columns, n_classes)
     class_grams = []
     if exact_forget:
         for column in range(n_classes):
-            class_gram = np.zeros((m, m), order="F")
-            rows = H[columns == column]
-            for start in range(0, rows.shape[0], _BLOCK_ROWS):
-                add_outer(class_gram, np.asfortranarray(rows[start : start + _BLOCK_ROWS]))
-            class_grams.append(class_gram)
+            rows = np.ascontiguousarray(H[columns == column])
+            class_grams.append((rows.T @ rows).T)
     return gram, targets, class_grams

@@ -920,13 +920,16 @@ class RidgeHead(Head):
         if job is None or not job.finished.is_set():
             return False
         self._rebuild = None
-        form = "primal" if job.kind == "primal" else "dual"
-        if job.error is not None or form != self.form_:
+        if job.error is None and job.kind != "primal" and self.features_ is None:
+            return False  # converted meanwhile (it was not deferred): nothing to adopt
+        try:
             if job.error is not None:
-                self._invalidate(solution=True)
+                raise job.error
+            job.catch_up()  # what was learned after the work last looked, on this thread
+            job.form_weights()
+        except Exception:
+            self._invalidate(solution=True)  # the next solve decomposes here, or fails loudly
             return False
-        job.catch_up()  # what was learned after the work last looked, on this thread
-        job.form_weights()
         assert job.rows == self.n_seen_, (job.rows, self.n_seen_)
         self._invalidate(solution=True)
         self._weights = job.weights

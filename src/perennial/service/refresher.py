@@ -158,25 +158,24 @@ class _Rebuilds:
         heads = _ridge_heads(model.head)
         for head in heads:
             head.defer_rebuilds()  # again: an ensemble makes new members when it is reset
-        if self.head is not None and self.thread is not None:
-            head = self.head
-            if not self.thread.is_alive():
-                self.head = self.thread = None
-                if head.finish_rebuild():
-                    logger.info(
-                        "ridge decomposition rebuilt in %.1f s beside the publishing",
-                        time.perf_counter() - self.started,
-                    )
-                else:
-                    logger.info("a ridge rebuild was dropped: the statistics changed otherwise")
-            elif head.n_pending_ > PENDING_CAP * max(head.max_pending, 32):
-                logger.warning(
-                    "the ridge rebuild got too little CPU time in %.0f s (%d examples wait on "
-                    "the old decomposition); rebuilding on the refresher's thread",
+        if self.head is not None and self.thread is not None and not self.thread.is_alive():
+            head, self.head, self.thread = self.head, None, None
+            if head.finish_rebuild():
+                logger.info(
+                    "ridge decomposition rebuilt in %.1f s beside the publishing",
                     time.perf_counter() - self.started,
+                )
+            else:
+                logger.info("a ridge rebuild was dropped (the statistics changed, or it failed)")
+        for head in heads:
+            if head.n_pending_ > PENDING_CAP * max(head.max_pending, 32):
+                logger.warning(
+                    "a ridge rebuild got too little CPU time (%d examples wait on the old "
+                    "decomposition); rebuilding on the refresher's thread",
                     head.n_pending_,
                 )
-                self.abandoned, self.head, self.thread = self.thread, None, None
+                if head is self.head:
+                    self.abandoned, self.head, self.thread = self.thread, None, None
                 started = time.perf_counter()
                 head.start_rebuild()()  # abandons the starved one
                 head.finish_rebuild()
@@ -209,7 +208,10 @@ class _Rebuilds:
 _EIGH_CHILD = """
 import ctypes, os, sys
 try:
-    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the refresher
+    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the refresher's thread
+except (OSError, AttributeError):
+    pass
+try:
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 except (OSError, AttributeError):
     pass

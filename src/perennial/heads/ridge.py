@@ -267,8 +267,8 @@ class RidgeHead(Head):
 
     **Rebuilding beside learning.** A rebuild of ``G`` takes seconds at 4,096 features. A head
     told to :meth:`defer_rebuilds` (the service's) never rebuilds while learning: past the window
-    (and past ``dual_limit_``) it goes on taking examples as pending updates, and
-    :attr:`rebuild_due` says so. Its owner then calls :meth:`start_rebuild` and runs the work it
+    (and past ``dual_limit_``, keeping the rows, which a save then writes) it goes on taking
+    examples as pending updates, and :attr:`rebuild_due` says so. Its owner then calls :meth:`start_rebuild` and runs the work it
     returns on another thread (it decomposes a snapshot of the statistics, releasing the GIL)
     while the head keeps learning and predicting; :meth:`finish_rebuild` adopts the result, with
     the examples learned since the snapshot as pending updates on it. Every solution is the exact

@@ -672,6 +672,6 @@ def test_ridge_predict_then_learn_the_same_example_matches_the_closed_form():
     for i in range(24, 32):
         head.decision_scores(X[i : i + 1])
         head.learn_one(X[i], y[i])
-    assert len(head._pending) == 8  # every one went through the pending updates
+    assert head._primal is not None and head._primal.k == 8  # all went through the pending updates
     expected = closed_form_scores(head, X, y, X, 0.3)
     assert relative_gap(head.decision_scores(X), expected) < 1e-9

@@ -1001,7 +1001,10 @@ def test_the_refresher_can_run_at_a_lower_priority(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
 @pytest.mark.parametrize("isolate", [False, True])
-def test_the_refresher_can_run_on_idle_cpu_time_only(tmp_path: Path, isolate: bool) -> None:
+def test_the_refresher_rebuilds_on_idle_cpu_time_only(tmp_path: Path, isolate: bool) -> None:
+    # Applying and publishing must not wait for idle CPU time, or the served version falls
+    # behind under load; the long decompositions do, in a process of their own (see
+    # test_ridge_rebuilds.py), and none runs here.
     store = open_store(tmp_path / "model", background_idle=True, isolate=isolate)
     try:
         if isolate:
@@ -1009,7 +1012,7 @@ def test_the_refresher_can_run_on_idle_cpu_time_only(tmp_path: Path, isolate: bo
             threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
         else:
             threads = [store._link._thread.native_id]
-        assert threads and all(os.sched_getscheduler(t) == os.SCHED_IDLE for t in threads)
+        assert threads and not any(os.sched_getscheduler(t) == os.SCHED_IDLE for t in threads)
         assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the serving process is untouched
         apply(store, updates()[:3])
         assert_same_model(store, updates()[:3])  # it still learns, on an idle machine at once

@@ -218,7 +218,7 @@ def test_ridge_unlearning_while_updates_are_pending(name):
     head.learn_many(X[30:33], y[30:33])
     head.learn_one(X[33], y[33])
     members = head.members_ if isinstance(head, RidgeEnsembleHead) else [head]
-    assert all(m._eigen is not None and m._pending for m in members)  # the Woodbury path is live
+    assert all(m._primal is not None and m._primal.k for m in members)  # the Woodbury path is live
     head.unlearn_many(X[28:34], y[28:34])  # two from the base, all the pending ones
     never = FACTORIES[name]()
     never.learn_many(X[:28], y[:28])

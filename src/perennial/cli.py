@@ -702,9 +702,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--background-idle",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="run model solving only on CPU time requests leave unused (Linux SCHED_IDLE; the "
-        "default): steady prediction latency under full load, at the cost of a published "
-        "version that trails further behind until the load eases",
+        help="run the model's long re-solves only on CPU time requests leave unused (Linux "
+        "SCHED_IDLE; the default): steady prediction latency under full load; applying updates "
+        "and publishing versions keep --background-nice, so the served version keeps up",
     )
     serve.add_argument(
         "--shutdown-seconds",

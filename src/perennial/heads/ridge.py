@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -15,6 +16,7 @@ from perennial.exceptions import (
     InvalidInputError,
     InvalidParameterError,
     ModelMismatchError,
+    NotFittedError,
     ReadOnlyHeadError,
 )
 from perennial.heads.base import FloatArray, Head, Label, one_hot
@@ -29,13 +31,21 @@ _RELATIVE_GRID = 10.0 ** np.linspace(-6.0, 2.0, 33)
 # The dual form keeps at most this many examples by default (see ``RidgeHead.dual_limit_``).
 _DUAL_CAP = 1024
 
+# Rows a rebuild takes on at a time when it catches up: bounds each of its SciPy calls, which
+# hold the GIL that the head's own thread needs.
+_CATCH_UP_ROWS = 32
+
+#: Eigenvalues (clipped at zero) and eigenvectors of ``G`` given its upper triangle.
+Decomposer = Callable[[NDArray[np.float64]], tuple[NDArray[np.float64], NDArray[np.float64]]]
+
 
 @dataclass
 class _DualSolution:
     """The dual solver's cache: ``K + lam I = L L^T`` for the ``n`` stored rows (never saved).
 
-    ``expanded`` and ``factor`` are buffers with room for ``max_pending`` more rows; only the
-    leading ``n`` rows (and columns) are meaningful, and appending writes past them only.
+    ``expanded`` and ``factor`` are buffers with room for more rows (they grow when full); only
+    the leading ``n`` rows (and columns) are meaningful, and appending writes past them only, so
+    an earlier cache stays valid until it is replaced.
     """
 
     lam: float
@@ -44,6 +54,182 @@ class _DualSolution:
     expanded: FloatArray  # (capacity, M): rows [:n] are H = relu(X R)
     factor: FloatArray  # (capacity, capacity): [:n, :n] is L, lower triangular
     half: FloatArray  # L^-1 Y, (n, n_classes)
+
+
+@dataclass
+class _EigenSolution:
+    """The primal solver's cache: ``G = V diag(s) V^T`` at ``n_base`` examples, and the ``k`` since.
+
+    With ``P`` the pending examples' ``V^T h`` and ``D = (s + lam)^-1``: ``scaled[:, :k]`` is
+    ``D P``, ``factor[:k, :k]`` the lower Cholesky factor of ``S = I + P^T D P``, and ``cross`` is
+    ``P^T D V^T C``; ``rotated_targets`` is ``V^T C`` with the pending examples in ``C``. The
+    buffers ``scaled`` and ``factor`` grow when full; appending writes past column ``k`` only.
+    """
+
+    lam: float
+    n_base: int  # examples in G when it was decomposed
+    s: FloatArray
+    V: FloatArray
+    rotated_targets: FloatArray  # (M, n_classes)
+    k: int
+    scaled: FloatArray  # (M, capacity), Fortran order
+    factor: FloatArray  # (capacity, capacity)
+    cross: FloatArray  # (k, n_classes)
+
+
+class _Rebuild:
+    """A new decomposition computed on another thread from a snapshot of a head's statistics.
+
+    ``kind`` is ``"dual"`` (the kernel of the stored rows), ``"primal"`` (``G``) or
+    ``"convert"`` (``G`` and ``C`` formed from the stored rows, which they replace when the head
+    adopts the result). The head appends each batch it learns meanwhile to ``log`` as
+    ``(X, columns, n_classes)``; :meth:`run` decomposes the snapshot, then takes the logged batches
+    as pending updates on the new decomposition until it has caught up. Nothing here touches the
+    head: the snapshot holds copies or arrays the head replaces rather than changes.
+    """
+
+    def __init__(
+        self,
+        head: RidgeHead,
+        kind: str,
+        features: FloatArray | None = None,
+        columns: NDArray[np.int64] | None = None,
+        gram: FloatArray | None = None,
+        targets: FloatArray | None = None,
+        decompose: Decomposer | None = None,
+    ) -> None:
+        assert head.projection_ is not None
+        self.kind = kind
+        self.decompose = decompose or _decompose
+        self.projection = head.projection_
+        self.ridge = head.ridge
+        self.n_features = head.n_features
+        self.exact_forget = head.exact_forget
+        self.n_classes = head.counts_.shape[0]
+        self.n_seen = head.n_seen_
+        self.energy = float(head.counts_.sum())
+        self.capacity = head.pending_limit(head.n_seen_) + 32
+        self.features, self.columns = features, columns
+        self.gram, self.targets = gram, targets
+        self.class_grams: list[FloatArray] = []
+        self.dual: _DualSolution | None = None
+        self.primal: _EigenSolution | None = None
+        self.weights: FloatArray | None = None  # W of the result
+        self.log: list[tuple[FloatArray, NDArray[np.int64], int]] = []
+        self.taken = 0  # logged batches already in the result
+        self.rows = head.n_seen_  # examples in the result
+        self.finished = threading.Event()
+        self.error: BaseException | None = None
+
+    def expand(self, X: FloatArray) -> FloatArray:
+        expanded = X @ self.projection
+        np.maximum(expanded, 0.0, out=expanded)
+        return expanded
+
+    def run(self) -> None:
+        """Decompose, then catch up with the log; errors are kept in ``error``, never raised."""
+        try:
+            if self.kind == "dual":
+                assert self.features is not None and self.columns is not None
+                self.dual = _dual_base(
+                    self.expand(self.features),
+                    self.columns,
+                    self.n_classes,
+                    self.ridge,
+                    self.n_seen,
+                    self.energy,
+                    self.capacity + self.features.shape[0],
+                )
+            else:
+                if self.kind == "convert":
+                    assert self.features is not None and self.columns is not None
+                    self.gram, self.targets, self.class_grams = _primal_statistics(
+                        self.expand(self.features), self.columns, self.n_classes, self.exact_forget
+                    )
+                assert self.gram is not None and self.targets is not None
+                self.primal = _eigen_base(
+                    self.gram,
+                    self.targets,
+                    self.ridge,
+                    self.n_seen,
+                    self.energy,
+                    self.capacity,
+                    self.decompose,
+                )
+            self.catch_up()
+            self.form_weights()
+        except BaseException as error:  # reported by RidgeHead.finish_rebuild
+            self.error = error
+        finally:
+            self.finished.set()
+
+    def catch_up(self) -> None:
+        """Take the batches logged since the last call as pending updates of the result."""
+        while self.taken < len(self.log):
+            end = len(self.log)  # the head may append meanwhile; the rest is for the next turn
+            batches = self.log[self.taken : end]
+            X = np.vstack([batch[0] for batch in batches])
+            columns = np.concatenate([batch[1] for batch in batches])
+            n_classes = batches[-1][2]  # columns only grow while the rebuild is valid
+            for start in range(0, X.shape[0], _CATCH_UP_ROWS):
+                stop = start + _CATCH_UP_ROWS
+                self._take(X[start:stop], columns[start:stop], n_classes)
+            self.taken = end
+
+    def _take(self, X: FloatArray, columns: NDArray[np.int64], n_classes: int) -> None:
+        """Add the rows ``X`` (classes ``columns``) to the result as pending updates."""
+        H = self.expand(X)
+        Y = _dual_targets(columns, n_classes)
+        if self.kind == "dual":
+            assert self.dual is not None
+            n_old = self.dual.n
+            extended = _dual_extended(self.dual, H, None, Y)
+            if extended is None:  # pragma: no cover - rounding at a tiny ridge
+                raise np.linalg.LinAlgError("the kernel lost positive definiteness")
+            self.dual = extended
+            if self.weights is not None and H.shape[0] < n_classes:
+                self.weights = _dual_weights_updated(extended, n_old, H, Y, self.weights)
+            else:
+                self.weights = None
+        else:
+            assert self.primal is not None
+            if self.kind == "convert":
+                self._add_rows(H, columns, Y)
+            rotated = (H @ self.primal.V).T
+            self.primal = _eigen_appended(self.primal, rotated, Y)
+            if self.weights is not None and H.shape[0] < n_classes:
+                self.weights = _eigen_weights_updated(self.primal, rotated, H, Y, self.weights)
+            else:
+                self.weights = None
+        self.rows += X.shape[0]
+
+    def form_weights(self) -> None:
+        """``W`` of the result, formed anew if the updates since did not keep it."""
+        if self.weights is not None:
+            return
+        if self.dual is not None:
+            cache = self.dual
+            L = cache.factor[: cache.n, : cache.n]
+            alpha = scipy.linalg.solve_triangular(
+                L, cache.half, lower=True, trans="T", check_finite=False
+            )
+            self.weights = cache.expanded[: cache.n].T @ alpha
+        else:
+            assert self.primal is not None
+            self.weights = _eigen_weights(self.primal, _solved_pending(self.primal))
+
+    def _add_rows(self, H: FloatArray, columns: NDArray[np.int64], Y: FloatArray) -> None:
+        """Add expanded rows to the statistics this (converting) rebuild formed."""
+        assert self.gram is not None and self.targets is not None
+        self.gram += H.T @ H  # numpy's syrk, which lets the GIL go (SciPy's would not)
+        grow = Y.shape[1] - self.targets.shape[1]
+        self.targets = np.hstack([self.targets, np.zeros((self.n_features, grow))]) + H.T @ Y
+        if self.exact_forget:
+            while len(self.class_grams) < Y.shape[1]:
+                self.class_grams.append(np.zeros((self.n_features, self.n_features), order="F"))
+            for column in np.unique(columns):
+                rows = H[columns == column]
+                self.class_grams[column] += rows.T @ rows
 
 
 class RidgeHead(Head):
@@ -76,6 +262,20 @@ class RidgeHead(Head):
     gives the same model at all times; with ``"auto"``, it gives the same model after
     :meth:`refresh` and whenever no update is pending, while in between ``lam`` may lag by up to
     ``pending_limit`` examples (``max_pending``, and at most half the data it was chosen from).
+    Once formed, ``W`` is updated with each learned batch (``W + A^-1 H^T (Y - H W)``, which
+    costs two products with ``V`` instead of one per class) rather than formed again.
+
+    **Rebuilding beside learning.** A rebuild of ``G`` takes seconds at 4,096 features. A head
+    told to :meth:`defer_rebuilds` (the service's) never rebuilds while learning: past the window
+    (and past ``dual_limit_``, keeping the rows, which a save then writes) it goes on taking
+    examples as pending updates, and :attr:`rebuild_due` says so. Its owner then calls :meth:`start_rebuild` and runs the work it
+    returns on another thread (it decomposes a snapshot of the statistics, releasing the GIL)
+    while the head keeps learning and predicting; :meth:`finish_rebuild` adopts the result, with
+    the examples learned since the snapshot as pending updates on it. Every solution is the exact
+    ``W = (G + lam I)^-1 C`` of the statistics at the ``lam`` in use. With ``"auto"``, that ``lam``
+    is GCV's choice for the statistics the rebuild started from, so it depends on when the
+    rebuilds ran (on the timing of the owner's thread), not only on the examples: it lags the
+    data by the examples that arrived during the rebuild, besides the window.
 
     ``unlearn_many(X, y)`` subtracts the examples' ``h h^T`` from ``G`` (and from ``G_c`` with
     ``exact_forget=True``), their targets from ``C`` and their counts: this is exact whatever
@@ -112,7 +312,8 @@ class RidgeHead(Head):
         :meth:`pending_limit`: also at most half the examples it was built from). A rebuild of
         ``G`` costs seconds at 4,096 features, so the default spreads it over 1,024 examples: in a
         predict-then-learn loop a step then costs about twice a learn alone, where 128 made it
-        ten times (``benchmarks/bench_learner_cost.py``).
+        ten times (``benchmarks/bench_learner_cost.py``). A head that defers its rebuilds keeps
+        taking examples past it until its rebuild is adopted.
     max_dual_examples
         Most examples kept in the dual form; ``"auto"`` is ``min(n_features // 4, 1024)`` and 0
         means always primal.
@@ -134,6 +335,17 @@ class RidgeHead(Head):
     name = "ridge"
 
     proba_temperature = 0.1
+
+    _deferred = False  # see defer_rebuilds
+    _rebuild: _Rebuild | None = None  # see start_rebuild
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A rebuild under way belongs to this head (its thread, its log): copies go without it,
+        # and without the deferral, which only the owner of that thread may ask for.
+        state = dict(self.__dict__)
+        state.pop("_rebuild", None)
+        state.pop("_deferred", None)
+        return state
 
     def __init__(
         self,
@@ -194,20 +406,13 @@ class RidgeHead(Head):
         self.feature_columns_: NDArray[np.int64] | None = None  # their classes, -1: unlabelled
         self.counts_: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self._read_only = False
-        self._invalidate(eigen=True)
+        self._lambda: float | None = None  # a prediction-only copy's strength
+        self._rebuild = None
+        self._invalidate(solution=True)
 
-    def _invalidate(self, eigen: bool) -> None:
-        if eigen:
-            self._eigen: tuple[FloatArray, FloatArray] | None = None  # (s, V) of G at the base
-            self._eigen_base = 0  # examples in G when it was decomposed
-            self._pending: list[FloatArray] = []  # V^T h of examples since the base, (M, k) each
-            self._rotated_targets: FloatArray | None = None  # V^T C
-            # With P the pending V^T h and D = (s + lam)^-1, all at the fixed lam: D P, the lower
-            # Cholesky factor of S = I + P^T D P, and P^T D V^T C; each grows with the pending.
-            self._scaled_pending: FloatArray | None = None
-            self._capacitance: FloatArray | None = None
-            self._pending_cross: FloatArray | None = None
-            self._lambda: float | None = None  # chosen with the base; kept for pending updates
+    def _invalidate(self, solution: bool) -> None:
+        if solution:
+            self._primal: _EigenSolution | None = None
             self._dual: _DualSolution | None = None
         self._weights: FloatArray | None = None  # W, formed lazily
         self._pending_solved: FloatArray | None = None  # S^-1 P^T D V^T C (primal)
@@ -252,20 +457,7 @@ class RidgeHead(Head):
 
         A pure function of the rows (class ``columns``, -1 unlabelled): the head is not changed.
         """
-        H = np.asfortranarray(self.expand(features))
-        gram = np.zeros((self.n_features, self.n_features), order="F")
-        if H.shape[0]:
-            add_outer(gram, H)
-        targets = H.T @ _dual_targets(columns, n_classes)
-        class_grams = []
-        if self.exact_forget:
-            for column in range(n_classes):
-                class_gram = np.zeros((self.n_features, self.n_features), order="F")
-                rows = np.asfortranarray(H[columns == column])
-                if rows.shape[0]:
-                    add_outer(class_gram, rows)
-                class_grams.append(class_gram)
-        return gram, targets, class_grams
+        return _primal_statistics(self.expand(features), columns, n_classes, self.exact_forget)
 
     def _learn(self, X: FloatArray, columns: NDArray[np.intp], n_new: int) -> None:
         self._refuse_if_read_only("learn")
@@ -273,6 +465,10 @@ class RidgeHead(Head):
             self._learn_dual(X, columns, n_new)
         else:
             self._learn_primal(X, columns, n_new)
+        if self._rebuild is not None:  # the rebuild under way takes this batch on when it can
+            self._rebuild.log.append(
+                (np.array(X, dtype=np.float64), columns.astype(np.int64), self.counts_.shape[0])
+            )
 
     def _learn_dual(self, X: FloatArray, columns: NDArray[np.intp], n_new: int) -> None:
         assert self.features_ is not None and self.feature_columns_ is not None
@@ -280,7 +476,7 @@ class RidgeHead(Head):
         np.add.at(counts, columns, 1)
         features = np.vstack([self.features_, X])
         feature_columns = np.concatenate([self.feature_columns_, columns.astype(np.int64)])
-        if features.shape[0] > self.dual_limit_:
+        if features.shape[0] > self.dual_limit_ and not self._deferred:
             gram, targets, class_grams = self._primal_statistics(
                 features, feature_columns, counts.shape[0]
             )
@@ -288,53 +484,29 @@ class RidgeHead(Head):
             self.features_ = self.feature_columns_ = None
             self.gram_, self.targets_, self.class_grams_ = gram, targets, class_grams
             self.counts_ = counts
-            self._invalidate(eigen=True)
+            self._invalidate(solution=True)
             return
-        dual = self._dual_appended(X, columns, counts.shape[0])
-        # Commit.
-        self.features_, self.feature_columns_, self.counts_ = features, feature_columns, counts
-        self._invalidate(eigen=dual is None)
-        self._dual = dual
-
-    def _dual_appended(
-        self, X: FloatArray, columns: NDArray[np.intp], n_classes: int
-    ) -> _DualSolution | None:
-        """The dual cache with the rows ``X`` appended (block Cholesky), or None to rebuild.
-
-        Writes only past the cache's ``n`` rows, so the current cache stays valid until replaced.
-        """
         cache = self._dual
         r = X.shape[0]
-        if cache is None or cache.n - cache.n_base + r > self.pending_limit(cache.n_base):
-            return None
-        if cache.n + r > cache.factor.shape[0]:  # pragma: no cover - capacity covers max_pending
-            return None
-        n = cache.n
-        last = self._last_dual
-        if last is not None and last[3] is cache and np.array_equal(last[0], X):
-            H_new, cross = last[1], last[2]  # just predicted: the same expansion and solve
+        weights = None
+        if cache is not None and (
+            self._deferred or cache.n - cache.n_base + r <= self.pending_limit(cache.n_base)
+        ):
+            last = self._last_dual
+            if last is not None and last[3] is cache and np.array_equal(last[0], X):
+                H_new, cross = last[1], last[2]  # just predicted: the same expansion and solve
+            else:
+                H_new, cross = self.expand(X), None
+            Y = _dual_targets(columns.astype(np.int64), counts.shape[0])
+            dual = _dual_extended(cache, H_new, cross, Y)
+            if dual is not None and self._weights is not None and r < counts.shape[0]:
+                weights = _dual_weights_updated(dual, cache.n, H_new, Y, self._weights)
         else:
-            H_new = self.expand(X)
-            L = cache.factor[:n, :n]
-            cross = scipy.linalg.solve_triangular(
-                L, cache.expanded[:n] @ H_new.T, lower=True, check_finite=False
-            )  # L^-1 H H_new^T
-        schur = H_new @ H_new.T + cache.lam * np.eye(r) - cross.T @ cross
-        try:
-            corner = scipy.linalg.cholesky(schur, lower=True, check_finite=False)
-        except np.linalg.LinAlgError:  # pragma: no cover - rounding at a tiny ridge: rebuild
-            return None
-        half = np.hstack([cache.half, np.zeros((n, n_classes - cache.half.shape[1]))])
-        half_new = scipy.linalg.solve_triangular(
-            corner,
-            _dual_targets(columns.astype(np.int64), n_classes) - cross.T @ half,
-            lower=True,
-            check_finite=False,
-        )
-        cache.expanded[n : n + r] = H_new
-        cache.factor[n : n + r, :n] = cross.T
-        cache.factor[n : n + r, n : n + r] = corner
-        return replace(cache, n=n + r, half=np.vstack([half, half_new]))
+            dual = None
+        # Commit.
+        self.features_, self.feature_columns_, self.counts_ = features, feature_columns, counts
+        self._invalidate(solution=True)
+        self._dual, self._weights = dual, weights
 
     def _learn_primal(self, X: FloatArray, columns: NDArray[np.intp], n_new: int) -> None:
         assert self.gram_ is not None and self.targets_ is not None
@@ -351,20 +523,21 @@ class RidgeHead(Head):
             class_updates = [
                 (int(c), np.asfortranarray(H[columns == c])) for c in np.unique(columns)
             ]
-        keep_eigen = self._eigen is not None and sum(p.shape[1] for p in self._pending) + H.shape[
-            0
-        ] <= self.pending_limit(self._eigen_base)
-        if keep_eigen:
-            assert self._eigen is not None and self._rotated_targets is not None
+        solution = self._primal
+        weights = None
+        if solution is not None and (
+            self._deferred or solution.k + H.shape[0] <= self.pending_limit(solution.n_base)
+        ):
             last = self._last_rotated
             if last is not None and last[0].shape == X.shape and np.array_equal(last[0], X):
                 rotated = last[1].T  # just predicted: V^T h is known (predict, then learn it)
             else:
-                rotated = self._eigen[1].T @ H.T
-            rotated_targets = (
-                np.hstack([self._rotated_targets, np.zeros((self.n_features, n_new))]) + rotated @ Y
-            )
-            pending_state = self._pending_appended(rotated, Y, rotated_targets)
+                rotated = (H @ solution.V).T  # faster than V^T H^T for a few rows
+            solution = _eigen_appended(solution, rotated, Y)
+            if self._weights is not None and H.shape[0] < n_classes:
+                weights = _eigen_weights_updated(solution, rotated, H, Y, self._weights)
+        else:
+            solution = None
         # Commit.
         add_outer(self.gram_, H_f)
         for _ in range(n_new):
@@ -374,52 +547,8 @@ class RidgeHead(Head):
             add_outer(self.class_grams_[column], rows)
         self.targets_ = targets
         self.counts_ = counts
-        if keep_eigen:
-            self._pending.append(rotated)
-            self._rotated_targets = rotated_targets
-            self._scaled_pending, self._capacitance, self._pending_cross = pending_state
-            self._invalidate(eigen=False)  # lam stays: it was chosen with the base
-        else:
-            self._invalidate(eigen=True)
-
-    def _pending_appended(
-        self, rotated: FloatArray, Y: FloatArray, rotated_targets: FloatArray
-    ) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """``D P``, the factor of ``S`` and ``P^T D V^T C`` with the rows ``rotated`` pending too.
-
-        ``rotated_targets`` is ``V^T C`` with the new examples; ``Y`` their one-hot targets. At a
-        fixed ``lam``, ``S`` grows by a block row (``O(M r k)``) instead of being formed again.
-        """
-        assert self._eigen is not None and self._lambda is not None
-        assert self._scaled_pending is not None and self._capacitance is not None
-        assert self._pending_cross is not None
-        inverse_diagonal = 1.0 / (self._eigen[0] + self._lambda)
-        scaled = inverse_diagonal[:, None] * rotated  # D p
-        old_cross = self._scaled_pending.T @ rotated  # P_old^T D p
-        n_new = rotated_targets.shape[1] - self._pending_cross.shape[1]
-        cross = (
-            np.hstack([self._pending_cross, np.zeros((self._pending_cross.shape[0], n_new))])
-            + old_cross @ Y
-        )  # P_old^T D (V^T C + p Y)
-        r, k = old_cross.shape
-        if r:
-            below = scipy.linalg.solve_triangular(
-                self._capacitance, old_cross, lower=True, check_finite=False
-            )
-        else:
-            below = np.zeros((0, k))
-        corner = scipy.linalg.cholesky(
-            np.eye(k) + rotated.T @ scaled - below.T @ below, lower=True, check_finite=False
-        )
-        factor = np.zeros((r + k, r + k))
-        factor[:r, :r] = self._capacitance
-        factor[r:, :r] = below.T
-        factor[r:, r:] = corner
-        return (
-            np.hstack([self._scaled_pending, scaled]),
-            factor,
-            np.vstack([cross, scaled.T @ rotated_targets]),
-        )
+        self._invalidate(solution=True)
+        self._primal, self._weights = solution, weights  # lam stays: chosen with the base
 
     def _check_unlearn(
         self, X: FloatArray, columns: NDArray[np.intp], names: Sequence[Label]
@@ -476,6 +605,7 @@ class RidgeHead(Head):
 
     def _unlearn(self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]) -> None:
         self._refuse_if_read_only("unlearn")
+        self._rebuild = None  # its snapshot would no longer be a part of the statistics
         if self.features_ is not None:
             self._unlearn_dual(X, columns, kept)
         else:
@@ -495,7 +625,7 @@ class RidgeHead(Head):
             )
             self.features_ = self.feature_columns_ = None
             self.gram_, self.targets_, self.class_grams_ = gram, targets, class_grams
-            self._invalidate(eigen=True)
+            self._invalidate(solution=True)
             self._unlearn_primal(X, columns, kept)
             return
         keep = np.ones(self.features_.shape[0], dtype=bool)
@@ -507,7 +637,7 @@ class RidgeHead(Head):
         self.features_ = self.features_[keep]
         self.feature_columns_ = new_column[self.feature_columns_[keep]]
         self.counts_ = counts
-        self._invalidate(eigen=True)
+        self._invalidate(solution=True)
 
     def _unlearn_primal(
         self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]
@@ -534,7 +664,7 @@ class RidgeHead(Head):
             self.class_grams_ = [self.class_grams_[i] for i in kept]
         self.targets_ = targets
         self.counts_ = counts
-        self._invalidate(eigen=True)
+        self._invalidate(solution=True)
 
     def _check_mergeable(self, other: RidgeHead) -> None:
         self._refuse_if_read_only("merge into it")
@@ -548,6 +678,7 @@ class RidgeHead(Head):
             )
 
     def _merge(self, other: RidgeHead, columns: NDArray[np.intp], n_new: int) -> None:
+        self._rebuild = None
         counts = np.concatenate([self.counts_, np.zeros(n_new, dtype=np.int64)])
         counts[columns] += other.counts_
         if (
@@ -561,7 +692,7 @@ class RidgeHead(Head):
             feature_columns = np.concatenate([self.feature_columns_, mapped])
             # Commit.
             self.features_, self.feature_columns_, self.counts_ = features, feature_columns, counts
-            self._invalidate(eigen=True)
+            self._invalidate(solution=True)
             return
         # Otherwise both in the primal form: a converted copy of other's statistics, never other.
         mine = theirs = None
@@ -604,13 +735,14 @@ class RidgeHead(Head):
         self.features_ = self.feature_columns_ = None
         self.gram_, self.targets_, self.class_grams_ = gram, targets, class_grams
         self.counts_ = counts
-        self._invalidate(eigen=True)
+        self._invalidate(solution=True)
 
     def _class_counts(self) -> NDArray[np.int64]:
         return self.counts_
 
     def _forget_index(self, index: int) -> None:
         self._refuse_if_read_only("forget")
+        self._rebuild = None  # its class columns would no longer match
         count = int(self.counts_[index])
         counts = np.delete(self.counts_, index)
         if self.features_ is not None:
@@ -623,14 +755,14 @@ class RidgeHead(Head):
                 self.features_, self.feature_columns_ = self.features_[keep], shifted[keep]
                 self.counts_ = counts
                 self.n_seen_ -= count
-                self._invalidate(eigen=True)
+                self._invalidate(solution=True)
                 return
             cache = self._dual
             # Commit.
             self.feature_columns_ = np.where(old == index, -1, shifted)
             self.counts_ = counts
             pending = cache is not None and cache.n > cache.n_base
-            self._invalidate(eigen=not pending)  # none pending: rebuilt, lam chosen again
+            self._invalidate(solution=not pending)  # none pending: rebuilt, lam chosen again
             if pending:
                 assert cache is not None
                 self._dual = replace(cache, half=np.delete(cache.half, index, axis=1))
@@ -641,16 +773,21 @@ class RidgeHead(Head):
         if self.exact_forget:
             self.gram_ -= self.class_grams_.pop(index)
             self.n_seen_ -= count
-            self._invalidate(eigen=True)
+            self._invalidate(solution=True)
             return
-        self._invalidate(eigen=False)
-        if self._rotated_targets is not None:
-            self._rotated_targets = np.delete(self._rotated_targets, index, axis=1)
-            assert self._pending_cross is not None
-            self._pending_cross = np.delete(self._pending_cross, index, axis=1)
-            if not self._pending:  # lam is chosen again from the decomposition alone (cheap)
-                assert self._eigen is not None
-                self._lambda = self._choose_ridge(self._eigen[0], self._rotated_targets)
+        self._invalidate(solution=False)
+        solution = self._primal
+        if solution is not None:
+            rotated_targets = np.delete(solution.rotated_targets, index, axis=1)
+            lam = solution.lam
+            if not solution.k:  # lam is chosen again from the decomposition alone (cheap)
+                lam = self._strength(solution.s, rotated_targets, self.n_seen_, counts)
+            self._primal = replace(
+                solution,
+                lam=lam,
+                rotated_targets=rotated_targets,
+                cross=np.delete(solution.cross, index, axis=1),
+            )
 
     # --- solution --------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -662,7 +799,8 @@ class RidgeHead(Head):
         self._refuse_if_read_only("refresh")
         if not self.is_fitted:
             return
-        self._invalidate(eigen=True)
+        self._rebuild = None
+        self._invalidate(solution=True)
         if self.features_ is not None:
             self._dual_solution()
         else:
@@ -675,92 +813,39 @@ class RidgeHead(Head):
                 cache = self._dual_solution()
                 self._weights = cache.expanded[: cache.n].T @ self._dual_alpha()
             else:
-                s, V = self._eigen_solution()
-                assert self._rotated_targets is not None and self._scaled_pending is not None
-                assert self._lambda is not None
-                rotated_weights = (1.0 / (s + self._lambda))[:, None] * self._rotated_targets
-                rotated_weights -= self._scaled_pending @ self._solved_pending()
-                self._weights = V @ rotated_weights
+                solution = self._eigen_solution()
+                self._weights = _eigen_weights(solution, self._solved_pending())
         return self._weights
 
-    def _choose_ridge(self, s: FloatArray, rotated: FloatArray) -> float:
-        """``lam`` for the decomposition ``(s, V)`` of ``G``, with ``rotated = V^T C``."""
+    def _strength(
+        self, s: FloatArray, rotated: FloatArray, n: int, counts: NDArray[np.int64]
+    ) -> float:
+        """``lam`` for the eigenvalues ``s`` of ``G``, ``rotated = V^T C`` and ``n`` examples."""
         if self.ridge != "auto":
             return float(self.ridge)
-        row_energy = np.einsum("ij,ij->i", rotated, rotated)
-        m = self.n_features
-
-        def primal_terms(lam: float) -> tuple[float, float]:
-            d = 1.0 / (s + lam)
-            fit = float(d @ row_energy)  # tr(C^T W)
-            weight_energy = float((d * d) @ row_energy)  # ||W||^2
-            dof = m - lam * float(d.sum())  # tr of the hat matrix
-            return dof, float(self.counts_.sum()) - fit - lam * weight_energy
-
         assert self.gram_ is not None
-        return self._gcv_choice(float(np.trace(self.gram_)) / m, primal_terms)
+        return _primal_gcv(s, rotated, n, float(counts.sum()), float(np.trace(self.gram_)))
 
-    def _gcv_choice(self, scale: float, terms: Callable[[float], tuple[float, float]]) -> float:
-        """The grid strength minimising GCV; ``terms(lam)`` gives (dof, residual sum of squares).
-
-        ``scale`` is ``tr(G) / M`` (equal to ``tr(K) / M``), so both forms try the same grid.
-        """
-        if scale <= 0.0:
-            return 1.0
-        n = float(self.n_seen_)
-        target_energy = float(self.counts_.sum())  # ||Y||^2 for one-hot targets
-        best, best_lam = np.inf, scale * float(_RELATIVE_GRID[0])
-        for relative in _RELATIVE_GRID:
-            lam = scale * float(relative)
-            dof, rss = terms(lam)
-            residual = n - dof
-            if residual < 1.0:
-                # Near interpolation both the residual sum of squares and n - dof vanish and
-                # their ratio is rounding noise; GCV needs at least one residual degree of freedom.
-                continue
-            if rss <= 1e-9 * target_energy:
-                # The targets are fitted to within rounding (repeated examples, fewer examples
-                # than features): the value is noise whose sign and size depend on summation
-                # order, so it must not decide.
-                continue
-            score = n * rss / residual**2
-            # Ties within rounding go to the stronger ridge, so the choice does not depend on
-            # the order in which the statistics were summed.
-            if score <= best * (1.0 + 1e-9) or best == np.inf:
-                best = min(best, score)
-                best_lam = lam
-        return best_lam
-
-    def _eigen_solution(self) -> tuple[FloatArray, FloatArray]:
-        """The decomposition ``(s, V)`` of ``G`` at the base, taken now if there is none."""
+    def _eigen_solution(self) -> _EigenSolution:
+        """The decomposition of ``G`` and the pending updates on it, rebuilt now if there is none."""
         assert self.gram_ is not None and self.targets_ is not None
-        if self._eigen is None:
-            s, V = scipy.linalg.eigh(self.gram_, lower=False, check_finite=False, driver="evd")
-            s = np.maximum(s, 0.0)
-            rotated_targets = V.T @ self.targets_
-            lam = self._choose_ridge(s, rotated_targets)
-            self._eigen = (s, np.asfortranarray(V))
-            self._eigen_base = self.n_seen_
-            self._pending = []
-            self._rotated_targets = rotated_targets
-            self._scaled_pending = np.zeros((self.n_features, 0))
-            self._capacitance = np.zeros((0, 0))
-            self._pending_cross = np.zeros((0, rotated_targets.shape[1]))
-            self._lambda = lam
+        if self._primal is None:
+            self._primal = _eigen_base(
+                self.gram_,
+                self.targets_,
+                self.ridge,
+                self.n_seen_,
+                float(self.counts_.sum()),
+                self.pending_limit(self.n_seen_) + 32,
+            )
             self._small_rows = 0
-        return self._eigen
+        return self._primal
 
     def _solved_pending(self) -> FloatArray:
-        """``S^-1 P^T D V^T C``: with it, ``V^T W = D V^T C - D P S^-1 P^T D V^T C`` (Woodbury)."""
+        """``S^-1 P^T D V^T C`` of the primal solution, cached until it changes."""
         if self._pending_solved is None:
-            assert self._capacitance is not None and self._pending_cross is not None
-            self._pending_solved = (
-                scipy.linalg.cho_solve(
-                    (self._capacitance, True), self._pending_cross, check_finite=False
-                )
-                if self._capacitance.shape[0]
-                else self._pending_cross
-            )
+            assert self._primal is not None
+            self._pending_solved = _solved_pending(self._primal)
         return self._pending_solved
 
     def pending_limit(self, base: int) -> int:
@@ -778,30 +863,15 @@ class RidgeHead(Head):
             return self._dual
         assert self.features_ is not None and self.feature_columns_ is not None
         n = self.features_.shape[0]
-        capacity = n + self.pending_limit(n)
-        expanded = np.empty((capacity, self.n_features))
-        expanded[:n] = self.expand(self.features_)
-        H = expanded[:n]
-        kernel = H @ H.T
-        Y = _dual_targets(self.feature_columns_, self.counts_.shape[0])
-        if self.ridge == "auto":
-            s, U = scipy.linalg.eigh(kernel, check_finite=False, driver="evd")
-            s = np.maximum(s, 0.0)
-            energy = np.einsum("ij,ij->i", U.T @ Y, U.T @ Y)  # squared rows of U^T Y
-
-            def dual_terms(lam: float) -> tuple[float, float]:
-                d = 1.0 / (s + lam)
-                # Y - K (K + lam I)^-1 Y = lam (K + lam I)^-1 Y: no cancellation.
-                return float(s @ d), lam * lam * float((d * d) @ energy)
-
-            lam = self._gcv_choice(float(np.trace(kernel)) / self.n_features, dual_terms)
-        else:
-            lam = float(self.ridge)
-        factor = np.zeros((capacity, capacity))
-        kernel[np.diag_indices(n)] += lam
-        factor[:n, :n] = scipy.linalg.cholesky(kernel, lower=True, check_finite=False)
-        half = scipy.linalg.solve_triangular(factor[:n, :n], Y, lower=True, check_finite=False)
-        self._dual = _DualSolution(lam, n, n, expanded, factor, half)
+        self._dual = _dual_base(
+            self.expand(self.features_),
+            self.feature_columns_,
+            self.counts_.shape[0],
+            self.ridge,
+            self.n_seen_,
+            float(self.counts_.sum()),
+            n + self.pending_limit(n),
+        )
         self._small_rows = 0
         return self._dual
 
@@ -818,6 +888,116 @@ class RidgeHead(Head):
             )
         return self._alpha
 
+    # --- rebuilding off the head's thread -----------------------------------------------------
+    def defer_rebuilds(self, defer: bool = True) -> None:
+        """Leave every rebuild that learning makes due to :meth:`start_rebuild`.
+
+        A deferred head never rebuilds its decomposition while learning: past ``pending_limit``
+        (and, in the dual form, past ``dual_limit_``) it keeps taking examples as pending updates
+        on the one it has, and :attr:`rebuild_due` says that a rebuild should start. Solving
+        still rebuilds at once when there is no decomposition at all (after a load, an
+        unlearning, a merge or an exact forget). Not saved, and not passed on to copies.
+        """
+        self._deferred = bool(defer)
+
+    @property
+    def rebuild_due(self) -> bool:
+        """Whether :meth:`start_rebuild` should run now (False while a rebuild is under way)."""
+        if self._read_only or self._rebuild is not None or not self.is_fitted:
+            return False
+        if self.features_ is not None:
+            cache = self._dual
+            return self.features_.shape[0] > self.dual_limit_ or (
+                cache is not None and cache.n - cache.n_base >= self.pending_limit(cache.n_base)
+            )
+        solution = self._primal
+        return solution is not None and solution.k >= self.pending_limit(solution.n_base)
+
+    @property
+    def n_pending_(self) -> int:
+        """Examples learned on top of the current decomposition (0 when there is none)."""
+        if self.features_ is not None:
+            cache = self._dual
+            return 0 if cache is None else cache.n - cache.n_base
+        return 0 if self._primal is None else self._primal.k
+
+    @property
+    def rebuilding_(self) -> bool:
+        """Whether a rebuild started by :meth:`start_rebuild` awaits :meth:`finish_rebuild`."""
+        return self._rebuild is not None
+
+    def start_rebuild(self, decompose: Decomposer | None = None) -> Callable[[], None]:
+        """Begin a rebuild of the decomposition; the work to run, on any thread, once.
+
+        The work decomposes a snapshot of the statistics as they are now (choosing ``lam`` from
+        them with ``ridge="auto"``), then takes the examples learned since as pending updates on
+        the result. It reads nothing the head changes and releases the GIL in its long steps,
+        so the head goes on learning and predicting on its current decomposition meanwhile.
+        :meth:`finish_rebuild` adopts the result; an unlearning, forget, merge, load or
+        :meth:`refresh` in between abandons it. In the dual form past ``dual_limit_`` the
+        rebuild also forms ``G`` and ``C``, which replace the rows when it is adopted.
+        ``decompose`` replaces numpy's ``eigh`` of ``G`` (e.g. to run it in another process);
+        it gets ``G`` (its upper triangle counts) and returns ``(s, V)`` with ``s >= 0``.
+
+        Raises
+        ------
+        NotFittedError
+            The head has learned nothing.
+        """
+        self._refuse_if_read_only("rebuild")
+        if not self.is_fitted:
+            raise NotFittedError(
+                f"{type(self).__name__} has learned nothing yet: nothing to rebuild"
+            )
+        if self.features_ is not None:
+            assert self.feature_columns_ is not None
+            kind = "convert" if self.features_.shape[0] > self.dual_limit_ else "dual"
+            # The head replaces these arrays when they change, never writes into them.
+            features, columns = self.features_, self.feature_columns_
+            job = _Rebuild(self, kind, features=features, columns=columns, decompose=decompose)
+        else:
+            assert self.gram_ is not None and self.targets_ is not None
+            gram = self.gram_.copy(order="F")
+            job = _Rebuild(self, "primal", gram=gram, targets=self.targets_, decompose=decompose)
+        self._rebuild = job
+        return job.run
+
+    def finish_rebuild(self) -> bool:
+        """Adopt the rebuild :meth:`start_rebuild` began, if its work is done; whether it did.
+
+        The head then holds the new decomposition with every example learned since the snapshot
+        pending on it: the same ``W = (G + lam I)^-1 C`` of its statistics, at the new ``lam``.
+        Returns False while the work runs (call again later), and when the rebuild was abandoned
+        or failed: the head then keeps its current decomposition (or, after a failure, makes a
+        new one when it next solves, which raises the error if it happens again).
+        """
+        job = self._rebuild
+        if job is None or not job.finished.is_set():
+            return False
+        self._rebuild = None
+        if job.error is None and job.kind != "primal" and self.features_ is None:
+            return False  # converted meanwhile (it was not deferred): nothing to adopt
+        try:
+            if job.error is not None:
+                raise job.error
+            job.catch_up()  # what was learned after the work last looked, on this thread
+            job.form_weights()
+        except Exception:
+            self._invalidate(solution=True)  # the next solve decomposes here, or fails loudly
+            return False
+        assert job.rows == self.n_seen_, (job.rows, self.n_seen_)
+        self._invalidate(solution=True)
+        self._weights = job.weights
+        if job.kind == "dual":
+            self._dual = job.dual
+            return True
+        if job.kind == "convert":
+            assert job.gram is not None and job.targets is not None
+            self.features_ = self.feature_columns_ = None
+            self.gram_, self.targets_, self.class_grams_ = job.gram, job.targets, job.class_grams
+        self._primal = job.primal
+        return True
+
     @property
     def ridge_(self) -> float:
         """The ridge strength in use (chosen by GCV when ``ridge="auto"``)."""
@@ -826,9 +1006,7 @@ class RidgeHead(Head):
             return self._lambda
         if self.features_ is not None:
             return self._dual_solution().lam
-        self._eigen_solution()
-        assert self._lambda is not None
-        return self._lambda
+        return self._eigen_solution().lam
 
     @property
     def coef_(self) -> FloatArray:
@@ -852,16 +1030,16 @@ class RidgeHead(Head):
                 dual_scores: FloatArray = solved.T @ cache.half
                 return dual_scores
         elif self._weights is None:
-            s, V = self._eigen_solution()
+            solution = self._eigen_solution()
             # Forming W = V (V^T W) costs M^2 K; a few rows are cheaper through V directly.
             if self._small_rows + H.shape[0] < max(n_classes // 4, 1):
                 self._small_rows += H.shape[0]
-                assert self._rotated_targets is not None and self._scaled_pending is not None
-                assert self._lambda is not None
-                rotated = H @ V
+                rotated = H @ solution.V
                 self._last_rotated = (X.copy(), rotated)
-                scores: FloatArray = (rotated / (s + self._lambda)) @ self._rotated_targets
-                scores -= (rotated @ self._scaled_pending) @ self._solved_pending()
+                scores: FloatArray = (
+                    rotated / (solution.s + solution.lam)
+                ) @ solution.rotated_targets
+                scores -= (rotated @ solution.scaled[:, : solution.k]) @ self._solved_pending()
                 return scores
         return H @ self._solve()
 
@@ -897,6 +1075,15 @@ class RidgeHead(Head):
         if self.features_ is not None:
             meta["rows"] = int(self.features_.shape[0])
         return meta
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of learned statistics: what a save writes (counted, not formed)."""
+        if self.dim_ is None or self.features_ is not None or self._read_only:
+            return super().state_bytes  # the dual form's arrays are the stored rows themselves
+        m, n_classes = self.n_features, self.counts_.shape[0]
+        floats = m * m * (1 + len(self.class_grams_)) + m * n_classes
+        return int(8 * floats + self.counts_.nbytes)
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
         self._refuse_if_read_only("save")
@@ -979,7 +1166,7 @@ class RidgeHead(Head):
             self._load_arrays(arrays)
         self.projection_ = projection
         self._projection_digest = digest
-        self._invalidate(eigen=True)
+        self._invalidate(solution=True)
 
     def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore the primal statistics (the projection is :meth:`_load_state`'s business)."""
@@ -990,7 +1177,7 @@ class RidgeHead(Head):
             np.array(arrays[f"class_gram.{i}"], dtype=np.float64, order="F")
             for i in range(len(self.classes_) if self.exact_forget else 0)
         ]
-        self._invalidate(eigen=True)
+        self._invalidate(solution=True)
 
 
 def _digest(projection: FloatArray) -> str:
@@ -1004,3 +1191,301 @@ def _dual_targets(columns: NDArray[np.int64], n_classes: int) -> FloatArray:
     labelled = np.flatnonzero(columns >= 0)
     Y[labelled, columns[labelled]] = 1.0
     return Y
+
+
+def _decompose(gram: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Eigenvalues (clipped at zero) and eigenvectors of ``G``, read from its upper triangle.
+
+    numpy's ``eigh``, unlike SciPy's, releases the GIL: a rebuild on another thread leaves the
+    thread that learns and predicts free to run.
+    """
+    s, V = np.linalg.eigh(gram, UPLO="U")
+    return np.maximum(s, 0.0), V
+
+
+def _gcv_choice(
+    scale: float, terms: Callable[[float], tuple[float, float]], n: int, target_energy: float
+) -> float:
+    """The grid strength minimising GCV; ``terms(lam)`` gives (dof, residual sum of squares).
+
+    ``scale`` is ``tr(G) / M`` (equal to ``tr(K) / M``), so both forms try the same grid; ``n``
+    is the number of examples and ``target_energy`` is ``||Y||^2`` (the labelled ones).
+    """
+    if scale <= 0.0:
+        return 1.0
+    best, best_lam = np.inf, scale * float(_RELATIVE_GRID[0])
+    for relative in _RELATIVE_GRID:
+        lam = scale * float(relative)
+        dof, rss = terms(lam)
+        residual = n - dof
+        if residual < 1.0:
+            # Near interpolation both the residual sum of squares and n - dof vanish and
+            # their ratio is rounding noise; GCV needs at least one residual degree of freedom.
+            continue
+        if rss <= 1e-9 * target_energy:
+            # The targets are fitted to within rounding (repeated examples, fewer examples
+            # than features): the value is noise whose sign and size depend on summation
+            # order, so it must not decide.
+            continue
+        score = n * rss / residual**2
+        # Ties within rounding go to the stronger ridge, so the choice does not depend on
+        # the order in which the statistics were summed.
+        if score <= best * (1.0 + 1e-9) or best == np.inf:
+            best = min(best, score)
+            best_lam = lam
+    return best_lam
+
+
+def _primal_gcv(
+    s: FloatArray, rotated: FloatArray, n: int, target_energy: float, trace: float
+) -> float:
+    """GCV's ``lam`` from the eigenvalues ``s`` of ``G``, ``rotated = V^T C`` and ``tr G``."""
+    row_energy = np.einsum("ij,ij->i", rotated, rotated)
+    m = s.shape[0]
+
+    def primal_terms(lam: float) -> tuple[float, float]:
+        d = 1.0 / (s + lam)
+        fit = float(d @ row_energy)  # tr(C^T W)
+        weight_energy = float((d * d) @ row_energy)  # ||W||^2
+        dof = m - lam * float(d.sum())  # tr of the hat matrix
+        return dof, target_energy - fit - lam * weight_energy
+
+    return _gcv_choice(trace / m, primal_terms, n, target_energy)
+
+
+def _eigen_base(
+    gram: FloatArray,
+    targets: FloatArray,
+    ridge: float | str,
+    n: int,
+    target_energy: float,
+    capacity: int,
+    decompose: Decomposer | None = None,
+) -> _EigenSolution:
+    """The primal solution of ``G`` and ``C`` (``n`` examples) decomposed now, none pending."""
+    s, V = (decompose or _decompose)(gram)
+    V = np.ascontiguousarray(V)  # H V, the products with V, read it row by row
+    rotated_targets = V.T @ targets
+    trace = float(np.trace(gram))
+    lam = (
+        float(ridge)
+        if ridge != "auto"
+        else _primal_gcv(s, rotated_targets, n, target_energy, trace)
+    )
+    m = s.shape[0]
+    return _EigenSolution(
+        lam,
+        n,
+        s,
+        V,
+        rotated_targets,
+        0,
+        np.zeros((m, capacity), order="F"),
+        np.zeros((capacity, capacity)),
+        np.zeros((0, targets.shape[1])),
+    )
+
+
+def _eigen_appended(solution: _EigenSolution, rotated: FloatArray, Y: FloatArray) -> _EigenSolution:
+    """``solution`` with more examples pending: their ``V^T h`` are the columns of ``rotated``.
+
+    ``Y`` holds their one-hot targets over every class (new classes last). At a fixed ``lam``,
+    ``S`` grows by a block row (``O(M k r)``) instead of being formed again.
+    """
+    m, r = rotated.shape
+    k = solution.k
+    grow = Y.shape[1] - solution.rotated_targets.shape[1]
+    rotated_targets = np.hstack([solution.rotated_targets, np.zeros((m, grow))]) + rotated @ Y
+    scaled = (1.0 / (solution.s + solution.lam))[:, None] * rotated  # D p
+    old_cross = solution.scaled[:, :k].T @ rotated  # P_old^T D p
+    cross = np.hstack([solution.cross, np.zeros((k, grow))]) + old_cross @ Y
+    if k:
+        below = scipy.linalg.solve_triangular(
+            solution.factor[:k, :k], old_cross, lower=True, check_finite=False
+        )
+    else:
+        below = np.zeros((0, r))
+    corner = scipy.linalg.cholesky(
+        np.eye(r) + rotated.T @ scaled - below.T @ below, lower=True, check_finite=False
+    )
+    buffer, factor = solution.scaled, solution.factor
+    if k + r > factor.shape[0]:
+        capacity = max(factor.shape[0] * 3 // 2, k + r)
+        buffer = np.zeros((m, capacity), order="F")
+        buffer[:, :k] = solution.scaled[:, :k]
+        factor = np.zeros((capacity, capacity))
+        factor[:k, :k] = solution.factor[:k, :k]
+    buffer[:, k : k + r] = scaled
+    factor[k : k + r, :k] = below.T
+    factor[k : k + r, k : k + r] = corner
+    return replace(
+        solution,
+        rotated_targets=rotated_targets,
+        k=k + r,
+        scaled=buffer,
+        factor=factor,
+        cross=np.vstack([cross, scaled.T @ rotated_targets]),
+    )
+
+
+def _solved_pending(solution: _EigenSolution) -> FloatArray:
+    """``S^-1 P^T D V^T C``: with it, ``V^T W = D V^T C - D P S^-1 P^T D V^T C`` (Woodbury)."""
+    k = solution.k
+    if not k:
+        return solution.cross
+    solved: FloatArray = scipy.linalg.cho_solve(
+        (solution.factor[:k, :k], True), solution.cross, check_finite=False
+    )
+    return solved
+
+
+def _eigen_weights(solution: _EigenSolution, solved_pending: FloatArray) -> FloatArray:
+    """``W = (G + lam I)^-1 C`` from the primal solution (``M^2`` per class)."""
+    rotated_weights = (1.0 / (solution.s + solution.lam))[:, None] * solution.rotated_targets
+    rotated_weights -= solution.scaled[:, : solution.k] @ solved_pending
+    weights: FloatArray = solution.V @ rotated_weights
+    return weights
+
+
+def _updated_weights(
+    weights: FloatArray, solved_rows: FloatArray, H: FloatArray, Y: FloatArray
+) -> FloatArray:
+    """``W' = W + A'^-1 H^T (Y - H W)``: the weights once the rows ``H`` (targets ``Y``) are in.
+
+    ``solved_rows`` is ``A'^-1 H^T``, with ``A' = G + lam I`` holding the rows. It follows from
+    ``A' W' = C + H^T Y = (A' - H^T H) W + H^T Y``; a rounding error in ``W`` is multiplied by
+    ``I - A'^-1 H^T H``, whose eigenvalues lie in [0, 1), so errors do not grow from one update to
+    the next. Costs ``M r K`` besides ``solved_rows``, against ``M^2 K`` for forming ``W`` anew.
+    """
+    padded = np.hstack([weights, np.zeros((weights.shape[0], Y.shape[1] - weights.shape[1]))])
+    updated: FloatArray = padded + solved_rows @ (Y - H @ padded)
+    return updated
+
+
+def _eigen_weights_updated(
+    solution: _EigenSolution, rotated: FloatArray, H: FloatArray, Y: FloatArray, weights: FloatArray
+) -> FloatArray:
+    """``W`` after the rows ``H`` (``rotated = V^T H^T``) became the last pending ones of ``solution``.
+
+    ``A^-1 H^T = V (D R - D P S^-1 P^T D R)`` with ``R = V^T H^T``: two products with ``V``
+    (``M^2 r``) instead of one per class.
+    """
+    k = solution.k
+    scaled = solution.scaled[:, :k]
+    solved = scipy.linalg.cho_solve(
+        (solution.factor[:k, :k], True), scaled.T @ rotated, check_finite=False
+    )
+    inner = (1.0 / (solution.s + solution.lam))[:, None] * rotated - scaled @ solved
+    return _updated_weights(weights, solution.V @ inner, H, Y)
+
+
+def _dual_weights_updated(
+    cache: _DualSolution, n_old: int, H_new: FloatArray, Y_new: FloatArray, weights: FloatArray
+) -> FloatArray:
+    """``W`` after the rows ``H_new`` became rows ``n_old:`` of the dual ``cache``.
+
+    ``A^-1 H_new^T = H^T (K + lam I)^-1 E`` (``E`` picks the new rows), and ``L^-1 E`` is zero but
+    for the inverse of the new diagonal block of ``L``: ``O(n (M + n) r)`` in all.
+    """
+    n, r = cache.n, H_new.shape[0]
+    lower = np.zeros((n, r))
+    lower[n_old:] = scipy.linalg.solve_triangular(
+        cache.factor[n_old:n, n_old:n], np.eye(r), lower=True, check_finite=False
+    )
+    solved = scipy.linalg.solve_triangular(
+        cache.factor[:n, :n], lower, lower=True, trans="T", check_finite=False
+    )
+    return _updated_weights(weights, cache.expanded[:n].T @ solved, H_new, Y_new)
+
+
+def _dual_base(
+    H: FloatArray,
+    columns: NDArray[np.int64],
+    n_classes: int,
+    ridge: float | str,
+    n_seen: int,
+    target_energy: float,
+    capacity: int,
+) -> _DualSolution:
+    """The dual solution of the expanded rows ``H`` (classes ``columns``), with room to grow."""
+    n, m = H.shape
+    expanded = np.empty((max(capacity, n), m))
+    expanded[:n] = H
+    kernel = H @ H.T
+    Y = _dual_targets(columns, n_classes)
+    if ridge == "auto":
+        s, U = np.linalg.eigh(kernel)
+        s = np.maximum(s, 0.0)
+        energy = np.einsum("ij,ij->i", U.T @ Y, U.T @ Y)  # squared rows of U^T Y
+
+        def dual_terms(lam: float) -> tuple[float, float]:
+            d = 1.0 / (s + lam)
+            # Y - K (K + lam I)^-1 Y = lam (K + lam I)^-1 Y: no cancellation.
+            return float(s @ d), lam * lam * float((d * d) @ energy)
+
+        lam = _gcv_choice(float(np.trace(kernel)) / m, dual_terms, n_seen, target_energy)
+    else:
+        lam = float(ridge)
+    factor = np.zeros((expanded.shape[0], expanded.shape[0]))
+    kernel[np.diag_indices(n)] += lam
+    factor[:n, :n] = np.linalg.cholesky(kernel)
+    half = scipy.linalg.solve_triangular(factor[:n, :n], Y, lower=True, check_finite=False)
+    return _DualSolution(lam, n, n, expanded, factor, half)
+
+
+def _dual_extended(
+    cache: _DualSolution, H_new: FloatArray, cross: FloatArray | None, Y_new: FloatArray
+) -> _DualSolution | None:
+    """``cache`` with the expanded rows ``H_new`` appended (block Cholesky), or None to rebuild.
+
+    ``cross`` is ``L^-1 H H_new^T`` if known; ``Y_new`` the rows' one-hot targets over every
+    class. Writes past the cache's ``n`` rows only, so ``cache`` stays valid.
+    """
+    n, r = cache.n, H_new.shape[0]
+    L = cache.factor[:n, :n]
+    if cross is None:
+        cross = scipy.linalg.solve_triangular(
+            L, cache.expanded[:n] @ H_new.T, lower=True, check_finite=False
+        )  # L^-1 H H_new^T
+    schur = H_new @ H_new.T + cache.lam * np.eye(r) - cross.T @ cross
+    try:
+        corner = scipy.linalg.cholesky(schur, lower=True, check_finite=False)
+    except np.linalg.LinAlgError:  # pragma: no cover - rounding at a tiny ridge: rebuild
+        return None
+    half = np.hstack([cache.half, np.zeros((n, Y_new.shape[1] - cache.half.shape[1]))])
+    half_new = scipy.linalg.solve_triangular(
+        corner, Y_new - cross.T @ half, lower=True, check_finite=False
+    )
+    expanded, factor = cache.expanded, cache.factor
+    if n + r > factor.shape[0]:
+        capacity = max(factor.shape[0] * 3 // 2, n + r)
+        expanded = np.empty((capacity, H_new.shape[1]))
+        expanded[:n] = cache.expanded[:n]
+        factor = np.zeros((capacity, capacity))
+        factor[:n, :n] = L
+    expanded[n : n + r] = H_new
+    factor[n : n + r, :n] = cross.T
+    factor[n : n + r, n : n + r] = corner
+    return replace(
+        cache, n=n + r, expanded=expanded, factor=factor, half=np.vstack([half, half_new])
+    )
+
+
+def _primal_statistics(
+    H: FloatArray, columns: NDArray[np.int64], n_classes: int, exact_forget: bool
+) -> tuple[FloatArray, FloatArray, list[FloatArray]]:
+    """``G`` (upper triangle, Fortran order), ``C`` and, with ``exact_forget``, the ``G_c``.
+
+    ``H`` holds the expanded rows, ``columns`` their classes (-1: unlabelled). numpy forms
+    ``H^T H`` with BLAS's ``syrk`` and lets the GIL go meanwhile (SciPy's wrappers hold it), so
+    a rebuild on another thread can form ``G`` without stopping the head's own thread.
+    """
+    H = np.ascontiguousarray(H)
+    gram = (H.T @ H).T  # symmetric: the transposed view is the same matrix, in Fortran order
+    targets = H.T @ _dual_targets(columns, n_classes)
+    class_grams = []
+    if exact_forget:
+        for column in range(n_classes):
+            rows = np.ascontiguousarray(H[columns == column])
+            class_grams.append((rows.T @ rows).T)
+    return gram, targets, class_grams

@@ -371,9 +371,20 @@ def add_outer(matrix: FloatArray, rows: FloatArray, alpha: float = 1.0) -> None:
 
 
 def symmetric(upper: FloatArray) -> FloatArray:
-    """The full symmetric matrix whose upper triangle is given (a new array)."""
-    full = np.triu(upper)
-    full += np.triu(upper, 1).T
+    """The full symmetric matrix whose upper triangle is given (a new array).
+
+    Copied block by block: ``np.triu`` builds a mask as large as the matrix, which made saving
+    a 4096-wide Gram matrix take most of a second.
+    """
+    m = upper.shape[0]
+    full = np.empty((m, m))
+    block = 256
+    for start in range(0, m, block):
+        stop = min(start + block, m)
+        corner = upper[start:stop, start:stop]
+        full[start:stop, start:stop] = np.triu(corner) + np.triu(corner, 1).T
+        full[start:stop, stop:] = upper[start:stop, stop:]
+        full[stop:, start:stop] = upper[start:stop, stop:].T
     return full
 
 

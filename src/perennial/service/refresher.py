@@ -9,11 +9,18 @@ each snapshot. It applies every record as acknowledged (an unlearn without the s
 the store already made), so no record can stop it: predictions never fail on what a record
 leaves.
 
-It runs in a **child process** by default. The ridge head's re-solve (an eigendecomposition of
-``G``, seconds at 4096 features) and its rank-one updates run in SciPy routines that hold the GIL:
-in a thread of the serving process they would stop every request for as long. In a process,
-they cost predictions only CPU time, and that at a lower priority (``background_nice``). The
-same code runs in a thread (``isolate=False``) for small models and for tests.
+It runs in a **child process** by default. The ridge head's updates run in SciPy routines that
+hold the GIL: in a thread of the serving process they would stop requests for as long. In a
+process, they cost predictions only CPU time, and that at a lower priority (``background_nice``).
+The same code runs in a thread (``isolate=False``) for small models and for tests.
+
+Publishing never waits for a rebuild of the ridge head's decomposition (an eigendecomposition of
+``G``, seconds at 4096 features): the heads defer their rebuilds, and the refresher runs each on
+a thread of its own while it goes on applying records and publishing versions on the old
+decomposition (see ``_Rebuilds``). With ``background_idle`` the eigendecomposition itself runs
+in a child process under SCHED_IDLE: applying and publishing keep their (nice) priority, so the
+served version keeps up under load, while the long decompositions take only CPU time nothing
+else wants.
 
 Messages, parent to refresher: ``("records", [Record, ...])``, ``("stop", (snapshot, deadline))``.
 Refresher to parent: ``("ready", info)``, ``("published", ServedModel)``,
@@ -37,6 +44,7 @@ import logging
 import os
 import queue
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -68,6 +76,7 @@ __all__ = [
     "Refresher",
     "RefresherConfig",
     "ServedModel",
+    "decompose_in_idle_process",
     "dump_record",
     "encoder_spec",
     "hold_lock",
@@ -155,6 +164,153 @@ def _ridge_heads(head: Head) -> list[RidgeHead]:
     if isinstance(head, RidgeEnsembleHead):
         return list(head.members_)
     return []
+
+
+#: Under a steady stream of updates, the refresher spends about this share of one core on
+#: applying and publishing: after a step that took ``t`` s of CPU, it lets records queue up for
+#: ``t (1 / PUBLISH_DUTY - 1)`` s, at most ``MAX_PAUSE``, before the next. The served version then
+#: trails by a fraction of a second at 4,096 features, and a lone update is published at once.
+PUBLISH_DUTY = 0.25
+MAX_PAUSE = 0.5
+
+#: A rebuild starved of CPU time is redone on the refresher's thread once this many times
+#: ``max_pending`` examples wait on the old decomposition (their cost grows with their number).
+PENDING_CAP = 4
+
+
+class _Rebuilds:
+    """Runs the ridge heads' rebuilds on a thread of their own, one at a time.
+
+    The working model's ridge heads defer their rebuilds (:meth:`RidgeHead.defer_rebuilds`):
+    when one is due, :meth:`step` starts it here, and the refresher goes on applying records and
+    publishing versions, which the head takes as pending updates on its last decomposition. The
+    next step after the rebuild's work is done adopts it.
+
+    The work runs at nice 19, below the refresher. It shares the GIL with the refresher's thread,
+    so it must not run under SCHED_IDLE: starved of CPU time while it holds or awaits the GIL, it
+    would stall the refresher for as long (29 s were seen). With ``idle``, the part that takes
+    seconds of CPU, the eigendecomposition of ``G``, runs in a child process of its own under
+    SCHED_IDLE instead (:func:`decompose_in_idle_process`), on CPU time nothing else wants.
+    Should a rebuild get so little CPU time that ``PENDING_CAP * max_pending`` examples pile up
+    meanwhile, it is redone at once on the refresher's thread (a stall, but a bounded one).
+    """
+
+    def __init__(self, single_threaded: bool, idle: bool) -> None:
+        self.single_threaded = single_threaded
+        self.idle = idle
+        self.head: RidgeHead | None = None
+        self.thread: threading.Thread | None = None
+        self.abandoned: threading.Thread | None = None  # a starved rebuild still running
+        self.started = 0.0
+
+    def step(self, model: LifelongClassifier) -> None:
+        """Adopt a finished rebuild; redo a starved one here; start one that is due."""
+        heads = _ridge_heads(model.head)
+        for head in heads:
+            head.defer_rebuilds()  # again: an ensemble makes new members when it is reset
+        if self.head is not None and self.thread is not None and not self.thread.is_alive():
+            head, self.head, self.thread = self.head, None, None
+            if head.finish_rebuild():
+                logger.info(
+                    "ridge decomposition rebuilt in %.1f s beside the publishing",
+                    time.perf_counter() - self.started,
+                )
+            else:
+                logger.info("a ridge rebuild was dropped (the statistics changed, or it failed)")
+        for head in heads:
+            if head.n_pending_ > PENDING_CAP * max(head.max_pending, 32):
+                logger.warning(
+                    "a ridge rebuild got too little CPU time (%d examples wait on the old "
+                    "decomposition); rebuilding on the refresher's thread",
+                    head.n_pending_,
+                )
+                if head is self.head:
+                    self.abandoned, self.head, self.thread = self.thread, None, None
+                started = time.perf_counter()
+                head.start_rebuild()()  # abandons the starved one
+                head.finish_rebuild()
+                logger.info("rebuilt in %.1f s", time.perf_counter() - started)
+        if self.head is not None or (self.abandoned is not None and self.abandoned.is_alive()):
+            return  # one rebuild at a time, memory-wise
+        self.abandoned = None
+        for head in heads:
+            if head.rebuild_due:
+                idle = self.idle and hasattr(os, "SCHED_IDLE")
+                work = head.start_rebuild(decompose_in_idle_process if idle else None)
+                self.thread = threading.Thread(
+                    target=self._run, args=(work,), name="perennial-rebuild", daemon=True
+                )
+                self.head, self.started = head, time.perf_counter()
+                self.thread.start()
+                return
+
+    def _run(self, work: Callable[[], None]) -> None:
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        if self.single_threaded:
+            single_threaded_blas()
+        work()
+
+
+#: The child process of :func:`decompose_in_idle_process`: reads M and G from its input, writes
+#: the eigenvalues and eigenvectors (float64, little-endian, row-major) to its output.
+_EIGH_CHILD = """
+import ctypes, os, sys
+try:
+    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the refresher's thread
+except (OSError, AttributeError):
+    pass
+try:
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+except (OSError, AttributeError):
+    pass
+import numpy as np
+source, sink = sys.stdin.buffer, sys.stdout.buffer
+m = int.from_bytes(source.read(8), "little")
+gram = np.frombuffer(source.read(8 * m * m), dtype="<f8").reshape(m, m)
+s, V = np.linalg.eigh(gram, UPLO="U")
+sink.write(np.ascontiguousarray(s, dtype="<f8").tobytes())
+sink.write(np.ascontiguousarray(V, dtype="<f8").tobytes())
+sink.flush()
+"""
+
+
+def decompose_in_idle_process(
+    gram: NDArray[np.float64],
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``eigh`` of ``G`` (its upper triangle) in a child process under SCHED_IDLE (Linux).
+
+    The same numpy routine as in this process, so the same result; the child shares no GIL
+    with the refresher, so starving it of CPU time delays the rebuild only. Raises
+    :class:`RuntimeError` if the child fails.
+    """
+    m = gram.shape[0]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _EIGH_CHILD],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        with contextlib.suppress(BrokenPipeError):  # the child's status says why
+            child.stdin.write(m.to_bytes(8, "little"))
+            child.stdin.write(np.ascontiguousarray(gram, dtype="<f8").tobytes())
+        child.stdin.close()
+        values = child.stdout.read(8 * m)
+        vectors = child.stdout.read(8 * m * m)
+    except BaseException:
+        child.kill()
+        raise
+    finally:
+        child.stdout.close()
+        status = child.wait()
+    if status != 0 or len(values) != 8 * m or len(vectors) != 8 * m * m:
+        raise RuntimeError(f"the decomposition process failed (exit status {status})")
+    s = np.frombuffer(values, dtype="<f8")
+    return np.maximum(s, 0.0), np.frombuffer(vectors, dtype="<f8").reshape(m, m)
 
 
 def warm(model: LifelongClassifier) -> None:
@@ -415,12 +571,20 @@ class Refresher:
         failed = False
         if self._snapshot_due():
             self._try_snapshot(send)
+        config = self.config
+        rebuilds = _Rebuilds(
+            config.background_nice > 0 or config.background_idle, config.background_idle
+        )
+        rebuilds.step(self.model)  # from now on the ridge heads leave their rebuilds to it
+        resume = 0.0  # when the duty cycle lets the next step start (time.monotonic)
         while True:
             message = receive(self._until_retry())
             if message is None:  # a failed snapshot's retry is due
                 if not failed and self._snapshot_due():
                     self._try_snapshot(send)
                 continue
+            if message[0] == "records" and time.monotonic() < resume:
+                time.sleep(resume - time.monotonic())  # meanwhile more records queue up
             records: list[Record] = []
             stop: tuple[bool, float | None] | None = None
             while True:  # take everything already waiting: one solve for all of it
@@ -436,10 +600,15 @@ class Refresher:
                 message = waiting
             deadline = None if stop is None else stop[1]
             if records and not failed:
+                busy = time.thread_time()
                 try:
                     self._apply_records(records, deadline)
                     if stop is None:
+                        rebuilds.step(self.model)
                         send(("published", self.publish()))
+                        busy = time.thread_time() - busy
+                        pause = min(busy * (1.0 / PUBLISH_DUTY - 1.0), MAX_PAUSE)
+                        resume = time.monotonic() + pause
                 except Exception as error:
                     logger.exception("the model stopped updating at version %d", self.applied)
                     failed = True
@@ -506,8 +675,7 @@ def run_thread(
             if config.background_nice > 0:
                 run_in_background(config.background_nice)
             if config.background_idle:
-                _idle_policy([threading.get_native_id()])
-                single_threaded_blas()
+                single_threaded_blas()  # the idle policy is for the rebuilds (_Rebuilds)
             Refresher(config).run(receive, outbox.put)
         finally:
             if lock is not None:
@@ -530,8 +698,7 @@ def process_main(config: RefresherConfig, inbox: Any, outbox: Any, parent: int) 
         _lower_process_priority(config.background_nice)
         single_threaded_blas()  # the refresher runs in this (the main) thread
     if config.background_idle:
-        _idle_policy(_process_threads())
-        single_threaded_blas()
+        single_threaded_blas()  # the idle policy is for the rebuilds' thread (_Rebuilds)
     lock = hold_lock(Path(config.directory) / REFRESHER_LOCK, wait=30.0)
     sent: dict[int, Any] = {}
 

@@ -17,9 +17,9 @@ before it is acknowledged; the refresher applies every acknowledged record whate
 so recovery cannot fail on one.
 
 **Versions.** A :class:`~perennial.service.refresher.Refresher` (in a child process by default)
-applies acknowledged records to the working model, solves it (the ridge head's Woodbury update,
-or a full re-solve of seconds when too many examples have arrived since the last one) and sends
-back a prediction-only copy with its version. Predictions read whichever copy is published when
+applies acknowledged records to the working model, solves it (the ridge head's Woodbury update;
+the head's full re-solves, seconds each, run beside it on another thread) and sends back a
+prediction-only copy with its version. Predictions read whichever copy is published when
 they start: they never wait for learning or solving, and a version never changes under them. The
 published version follows the acknowledged one by the time it takes to solve; a client that must
 read its own write asks for ``min_version``.
@@ -308,10 +308,12 @@ class ModelStore:
             with single-threaded BLAS), so that on a busy machine predictions get the cores
             first (Linux only; elsewhere ignored).
         background_idle
-            Run the refresher under SCHED_IDLE (Linux): it then uses only CPU time that requests
-            leave unused. Predictions no longer feel it, but under a load that keeps every core
-            busy the published version may fall far behind the acknowledged one until the load
-            eases.
+            Run the eigendecompositions of the ridge head's rebuilds (seconds of CPU each) in a
+            child process under SCHED_IDLE (Linux): they then use only CPU time that requests
+            leave unused, while applying updates and publishing versions keep the
+            ``background_nice`` priority. Under a load that keeps every core busy a rebuild
+            waits; updates then pile up as pending ones on the old decomposition, until the
+            refresher redoes the rebuild on its own thread.
         log_level
             Logging level of the refresher's process (None: its default, warnings only).
 

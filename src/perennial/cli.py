@@ -19,7 +19,11 @@ __all__ = ["main"]
 _HEAD_OPTIONS = {"n_features": "--n-features", "n_members": "--members", "ridge": "--ridge"}
 
 #: Encoder options of the command line, by the encoder kind that takes them.
-_ENCODER_OPTIONS = {"text": ("pooling", "backend"), "image": ("image_size",), "identity": ()}
+_ENCODER_OPTIONS = {
+    "text": ("pooling", "backend"),
+    "image": ("image_size", "backend"),
+    "identity": (),
+}
 
 
 def _head_takes(name: str) -> frozenset[str]:
@@ -384,9 +388,9 @@ def _encoder_options(*, serving: bool = False) -> argparse.ArgumentParser:
         "--backend",
         default=None if serving else "torch",
         choices=BACKENDS,
-        help="text encoder runtime: torch (reference) or ONNX Runtime with int8 (onnx) or float32 "
-        "weights (default "
-        + ("onnx for a new model: int8, 2.4x the throughput)" if serving else "torch)"),
+        help="text or image encoder runtime: torch (reference) or ONNX Runtime with int8 (onnx) "
+        "or float32 (onnx-fp32) weights (default "
+        + ("onnx for a new text model: int8, 2.4x the throughput)" if serving else "torch)"),
     )
     group.add_argument(
         "--image-size",

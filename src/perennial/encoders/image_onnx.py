@@ -419,6 +419,10 @@ def _fold_pads(model: Any) -> Any:
         folded.append(node)
     for node in folded:
         graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    kept = [item for item in graph.initializer if item.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
     return model
 
 

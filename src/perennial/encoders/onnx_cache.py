@@ -160,15 +160,27 @@ def cached_export(
 
 @contextmanager
 def quiet() -> Iterator[None]:
-    """Silence the exporter's and the quantizer's advice (warnings, root-logger messages)."""
+    """Silence the exporter's and the quantizer's advice while building.
+
+    Python warnings, root-logger messages and the warnings of ONNX Runtime's own log (the
+    sessions the quantizer opens), whose level is set back to ONNX Runtime's default after.
+    """
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
+    try:
+        import onnxruntime as runtime
+    except ImportError:
+        runtime = None
+    if runtime is not None:
+        runtime.set_default_logger_severity(3)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
         logging.disable(previous)
+        if runtime is not None:
+            runtime.set_default_logger_severity(2)
 
 
 def inference_session(path: Path | bytes, threads: int = 1, *, optimize: bool = True) -> Any:

@@ -266,7 +266,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 encoder_params[option] = value
     if args.encoder in (None, "text") and args.backend is None and _is_new_model(args.model):
         # A new text model serves through the int8 ONNX backend: 2.4 times the texts per
-        # second of torch for under 0.15 points of accuracy (benchmarks/RESULTS.md).
+        # second of torch for under 0.15 points of accuracy (benchmarks/RESULTS.md). (A new
+        # image model keeps torch unless asked: --backend onnx.)
         encoder_params["backend"] = "onnx"
     if args.encoder_threads is not None:
         encoder_params["num_threads"] = args.encoder_threads

@@ -261,7 +261,8 @@ class ImageEncoder:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        # An encoder pickled before the ONNX backends existed ran torch.
+        self.__dict__.update({"backend": "torch", "onnx_dir": None, "_runtime": None, **state})
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:

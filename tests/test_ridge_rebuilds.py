@@ -456,3 +456,98 @@ def test_symmetric_mirrors_the_upper_triangle(m):
     upper = np.asfortranarray(np.random.default_rng(m).standard_normal((m, m)))
     expected = np.triu(upper) + np.triu(upper, 1).T
     np.testing.assert_array_equal(symmetric(upper), expected)
+
+
+# --- the saved decomposition: a restart serves at once -------------------------------------------
+
+
+def deferred_primal_head(ridge, pending: int) -> tuple[RidgeHead, np.ndarray, list[str]]:
+    """A deferring primal head with ``pending`` examples learned on its last decomposition."""
+    X, y = blobs(11, per_class=30)
+    head = RidgeHead(n_features=48, max_dual_examples=0, max_pending=64, ridge=ridge)
+    head.learn_many(X[:100], y[:100])
+    head.predict_many(X[:2])  # decomposed here
+    head.defer_rebuilds()
+    for i in range(100, 100 + pending):
+        head.learn_many(X[i : i + 1], y[i : i + 1])
+    assert head.n_pending_ == pending
+    return head, X, y
+
+
+def no_decomposition(monkeypatch) -> None:
+    def refused(*args, **kwargs):
+        raise AssertionError("G was decomposed")
+
+    monkeypatch.setattr(ridge_module, "_decompose", refused)
+
+
+@pytest.mark.parametrize("ridge", ["auto", 0.3])
+@pytest.mark.parametrize("pending", [0, 7])
+def test_a_deferring_head_saves_its_decomposition_and_loads_it_without_decomposing(
+    monkeypatch, ridge, pending
+):
+    head, X, y = deferred_primal_head(ridge, pending)
+    lam, scores = head.ridge_, head.decision_scores(X)
+    meta, arrays = head.get_state()
+    assert meta["solution"]["k"] == pending and "solution.V" in arrays
+    assert head.state_bytes == sum(array.nbytes for array in arrays.values())
+    no_decomposition(monkeypatch)
+    loaded = RidgeHead(**head.get_params())
+    loaded.set_state(meta, arrays)
+    assert loaded.ridge_ == lam  # the saved strength, not one chosen again from G
+    assert gap(loaded.decision_scores(X), scores) < 1e-12  # W formed anew, not updated
+    n = 100 + pending
+    assert gap(scores, closed_form(head, X[:n], y[:n], X, lam)) < 1e-9
+    loaded.learn_many(X[n : n + 3], y[n : n + 3])  # pending updates on the loaded decomposition
+    assert gap(loaded.decision_scores(X), closed_form(head, X[: n + 3], y[: n + 3], X, lam)) < 1e-9
+
+
+def test_a_head_that_does_not_defer_saves_only_its_statistics():
+    head = deferred_primal_head(0.3, 3)[0]
+    head.defer_rebuilds(False)
+    meta, arrays = head.get_state()
+    assert "solution" not in meta and not any(name.startswith("solution.") for name in arrays)
+    assert head.state_bytes == sum(array.nbytes for array in arrays.values())
+
+
+@pytest.mark.parametrize("damage", ["V", "s", "factor", "lam"])
+def test_a_saved_decomposition_that_does_not_solve_the_statistics_is_dropped(caplog, damage):
+    head, X, y = deferred_primal_head("auto", 5)
+    meta, arrays = head.get_state()
+    meta = copy.deepcopy(meta)
+    arrays = {name: array.copy() for name, array in arrays.items()}
+    if damage == "lam":
+        meta["solution"]["lam"] *= 1.001
+    else:
+        array = arrays[f"solution.{damage}"]
+        array[(-1,) * array.ndim] *= 1.001  # s: the largest eigenvalue (lam hides small ones)
+    loaded = RidgeHead(**head.get_params())
+    with caplog.at_level(logging.WARNING, logger="perennial.heads.ridge"):
+        loaded.set_state(meta, arrays)
+    assert "dropped" in caplog.text
+    # Decomposed again at the next solve: GCV's choice for all the examples, as after any load.
+    lam = gcv_choice(head, X[:105], y[:105])
+    assert loaded.ridge_ == pytest.approx(lam, rel=1e-9)
+    assert gap(loaded.decision_scores(X), closed_form(head, X[:105], y[:105], X, lam)) < 1e-8
+
+
+def test_a_restarted_service_serves_its_saved_decomposition_without_decomposing(
+    tmp_path: Path, monkeypatch
+):
+    examples = Examples(120)
+    store = open_store(tmp_path / "model", 16)
+    try:
+        served = examples.learn(store, 0, 60)
+        for n in range(61, 70):
+            served = examples.learn(store, n - 1, n)
+    finally:
+        store.close()  # the last snapshot holds G and its decomposition
+    no_decomposition(monkeypatch)
+    store = open_store(tmp_path / "model", 16)
+    try:
+        served = store.wait_served(store.status()["version"], timeout=60)
+        examples.assert_closed_form(served, 69)
+        served = examples.learn(store, 69, 72)
+        examples.assert_closed_form(served, 72)
+    finally:
+        store.close()

@@ -551,3 +551,83 @@ def test_a_restarted_service_serves_its_saved_decomposition_without_decomposing(
         examples.assert_closed_form(served, 72)
     finally:
         store.close()
+
+
+# --- unlearning on a deferring head: a downdate, not a new decomposition -------------------------
+
+
+@pytest.mark.parametrize("exact_forget", [False, True])
+@pytest.mark.parametrize("ridge", ["auto", 0.3])
+def test_a_deferring_head_unlearns_by_downdating_its_decomposition(
+    monkeypatch, ridge, exact_forget
+):
+    X, y = blobs(12, per_class=30)
+    head = RidgeHead(
+        n_features=48, max_dual_examples=0, max_pending=64, ridge=ridge, exact_forget=exact_forget
+    )
+    head.learn_many(X[:100], y[:100])
+    head.predict_many(X[:2])  # decomposed here
+    head.defer_rebuilds()
+    head.learn_many(X[100:104], y[100:104])
+    lam = head.ridge_
+    no_decomposition(monkeypatch)
+    kept = list(range(104))
+    # Two examples, then one more, then a whole class (its column goes), all at the same lam.
+    for step in range(3):
+        removed = [[3, 50], [101], [i for i in kept if y[i] == y[7]]][step]
+        head.unlearn_many(X[removed], [y[i] for i in removed])
+        kept = [i for i in kept if i not in removed]
+        assert head.rebuild_due and head.ridge_ == lam
+        expected = closed_form(head, X[kept], [y[i] for i in kept], X, lam)
+        assert gap(head.decision_scores(X), expected) < 1e-8
+    assert y[7] not in head.classes_
+    head.learn_many(X[104:110], y[104:110])  # learning goes on from the downdated solution
+    kept += list(range(104, 110))
+    expected = closed_form(head, X[kept], [y[i] for i in kept], X, lam)
+    assert gap(head.decision_scores(X), expected) < 1e-8
+    meta, arrays = head.get_state()  # saved with its signs, loaded as it was
+    loaded = RidgeHead(**head.get_params())
+    loaded.set_state(meta, arrays)
+    assert loaded.ridge_ == lam and gap(loaded.decision_scores(X), expected) < 1e-8
+    monkeypatch.undo()
+    head.start_rebuild()()  # the rebuild that was due chooses lam again, as retraining would
+    assert head.finish_rebuild()
+    lam = gcv_choice(head, X[kept], [y[i] for i in kept]) if ridge == "auto" else 0.3
+    assert head.ridge_ == pytest.approx(lam, rel=1e-9) and not head.rebuild_due
+    expected = closed_form(head, X[kept], [y[i] for i in kept], X, lam)
+    assert gap(head.decision_scores(X), expected) < 1e-8
+
+
+def test_a_head_that_does_not_defer_decomposes_again_after_unlearning(monkeypatch):
+    X, y = blobs(13, per_class=30)
+    head = RidgeHead(n_features=48, max_dual_examples=0)
+    head.learn_many(X[:100], y[:100])
+    head.predict_many(X[:2])
+    head.unlearn_many(X[:5], y[:5])
+    lam = gcv_choice(head, X[5:100], y[5:100])
+    assert head.ridge_ == pytest.approx(lam, rel=1e-9)  # chosen again: the library's contract
+    assert gap(head.decision_scores(X), closed_form(head, X[5:100], y[5:100], X, lam)) < 1e-8
+
+
+def test_a_service_publishes_an_unlearning_without_decomposing(tmp_path: Path, monkeypatch):
+    examples = Examples(120)
+    armed, release = hold_decompositions(monkeypatch, only_rebuilds=False)
+    store = open_store(tmp_path / "model", 16)
+    try:
+        served = examples.learn(store, 0, 60)
+        for n in range(61, 66):
+            served = examples.learn(store, n - 1, n)
+        armed.set()  # from now on a decomposition would hold publishing
+        version = store.unlearn(examples.X[:3], examples.y[:3])
+        served = store.wait_served(version, timeout=60)
+        assert served.model is not None
+        kept = slice(3, 65)
+        H = expanded(examples.probe, examples.X[kept])
+        classes = served.model.classes_
+        Y = np.array([[1.0 if label == c else 0.0 for c in classes] for label in examples.y[kept]])
+        W = np.linalg.solve(H.T @ H + 0.5 * np.eye(N_FEATURES), H.T @ Y)
+        expected = expanded(examples.probe, examples.X) @ W
+        assert gap(served.model.decision_scores(examples.X), expected) < 1e-8
+    finally:
+        release.set()
+        store.close()

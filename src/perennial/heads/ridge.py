@@ -64,9 +64,13 @@ class _EigenSolution:
     """The primal solver's cache: ``G = V diag(s) V^T`` at ``n_base`` examples, and the ``k`` since.
 
     With ``P`` the pending examples' ``V^T h`` and ``D = (s + lam)^-1``: ``scaled[:, :k]`` is
-    ``D P``, ``factor[:k, :k]`` the lower Cholesky factor of ``S = I + P^T D P``, and ``cross`` is
-    ``P^T D V^T C``; ``rotated_targets`` is ``V^T C`` with the pending examples in ``C``. The
-    buffers ``scaled`` and ``factor`` grow when full; appending writes past column ``k`` only.
+    ``D P``, ``factor[:k, :k]`` the lower triangular ``L`` of ``S = J + P^T D P = L J L^T``, and
+    ``cross`` is ``P^T D V^T C``; ``rotated_targets`` is ``V^T C`` with the pending examples in
+    ``C``. ``J = diag(signs)``: +1 for an example learned, -1 for one unlearned (``G - h h^T``,
+    Woodbury with a negative sign; ``S`` is then indefinite, but each block of ``L`` is the
+    Cholesky factor of a positive definite matrix while the statistics stay valid). ``signs`` is
+    None while every pending example was learned. The buffers ``scaled`` and ``factor`` grow when
+    full; appending writes past column ``k`` only.
     """
 
     lam: float
@@ -78,6 +82,7 @@ class _EigenSolution:
     scaled: FloatArray  # (M, capacity), Fortran order
     factor: FloatArray  # (capacity, capacity)
     cross: FloatArray  # (k, n_classes)
+    signs: FloatArray | None = None  # (k,) of +-1 once an example was unlearned
 
 
 class _Rebuild:
@@ -654,6 +659,7 @@ class RidgeHead(Head):
         targets = (self.targets_ - H.T @ one_hot(columns, n_classes))[:, kept]
         counts = (self.counts_ - np.bincount(columns, minlength=n_classes))[kept]
         H_f = np.asfortranarray(H)
+        solution, weights = self._downdated(H, one_hot(columns, n_classes), kept)
         class_updates: list[tuple[int, FloatArray]] = []
         if self.exact_forget:
             remaining = set(kept.tolist())  # an emptied class's G_c is dropped, not downdated
@@ -671,6 +677,37 @@ class RidgeHead(Head):
         self.targets_ = targets
         self.counts_ = counts
         self._invalidate(solution=True)
+        self._primal, self._weights = solution, weights
+
+    def _downdated(
+        self, H: FloatArray, Y: FloatArray, kept: NDArray[np.intp]
+    ) -> tuple[_EigenSolution | None, FloatArray | None]:
+        """A deferring head's solution and weights with the rows ``H`` (targets ``Y``) taken out.
+
+        Exact, at the ``lam`` in use: pending updates of sign -1 (``O(M^2 r)``), so that the
+        service publishes an unlearning at the cost of a learn instead of a new decomposition
+        of ``G``; a rebuild is then due at once, to choose ``lam`` again as retraining would.
+        (None, None) for a head that does not defer (it decomposes ``G`` when it next solves),
+        or when the downdate is not definite to rounding.
+        """
+        solution = self._primal
+        if not self._deferred or solution is None:
+            return None, None
+        rotated = (H @ solution.V).T
+        try:
+            solution = _eigen_appended(solution, rotated, Y, sign=-1.0)
+        except np.linalg.LinAlgError:
+            return None, None
+        weights = None
+        if self._weights is not None and H.shape[0] < Y.shape[1]:
+            weights = _eigen_weights_updated(solution, rotated, H, Y, self._weights, -1.0)
+            weights = weights[:, kept]
+        solution = replace(
+            solution,
+            rotated_targets=solution.rotated_targets[:, kept],
+            cross=solution.cross[:, kept],
+        )
+        return solution, weights
 
     def _check_mergeable(self, other: RidgeHead) -> None:
         self._refuse_if_read_only("merge into it")
@@ -919,7 +956,9 @@ class RidgeHead(Head):
                 cache is not None and cache.n - cache.n_base >= self.pending_limit(cache.n_base)
             )
         solution = self._primal
-        return solution is not None and solution.k >= self.pending_limit(solution.n_base)
+        return solution is not None and (
+            solution.k >= self.pending_limit(solution.n_base) or solution.signs is not None
+        )
 
     @property
     def n_pending_(self) -> int:
@@ -1108,7 +1147,7 @@ class RidgeHead(Head):
         solution = self._saved_solution()
         if solution is not None:  # s, V, V^T C, and the pending updates
             k = solution.k
-            floats += m + m * m + m * n_classes + m * k + k * k + k * n_classes
+            floats += m + m * m + m * n_classes + m * k + k * k + k * n_classes + k
         return int(8 * floats + self.counts_.nbytes)
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
@@ -1138,6 +1177,7 @@ class RidgeHead(Head):
                     "solution.scaled": solution.scaled[:, :k],
                     "solution.factor": solution.factor[:k, :k],
                     "solution.cross": solution.cross,
+                    "solution.signs": np.ones(k) if solution.signs is None else solution.signs[:k],
                 }
             )
         return arrays
@@ -1177,6 +1217,7 @@ class RidgeHead(Head):
                         "solution.scaled": (m, k),
                         "solution.factor": (k, k),
                         "solution.cross": (k, n_classes),
+                        "solution.signs": (k,),
                     }
                 )
             return shapes
@@ -1270,7 +1311,13 @@ class RidgeHead(Head):
                 scaled,
                 factor,
                 np.array(arrays["solution.cross"], dtype=np.float64),
+                None,
             )
+            signs = np.array(arrays["solution.signs"], dtype=np.float64)
+            if not np.all(np.abs(signs) == 1.0):
+                raise ValueError("pending signs other than +-1")
+            if np.any(signs < 0):
+                solution.signs = signs
             if not (np.isfinite(lam) and lam > 0 and n_base > 0 and k >= 0):
                 raise ValueError(f"lam {lam}, n_base {n_base}, k {k}")
             probe = np.random.default_rng(0).standard_normal((m, 1))
@@ -1278,9 +1325,7 @@ class RidgeHead(Head):
             rotated = V.T @ right
             inner = (1.0 / (s + lam))[:, None] * rotated
             if k:
-                inner -= scaled[:, :k] @ scipy.linalg.cho_solve(
-                    (factor[:k, :k], True), scaled[:, :k].T @ rotated, check_finite=False
-                )
+                inner -= scaled[:, :k] @ _capacitance_solve(solution, scaled[:, :k].T @ rotated)
             solved = V @ inner
             residual = self.gram_ @ solved + lam * solved - right
             # Relative to what rounding allows: |A| |x| + |b| (|A| from the saved eigenvalues).
@@ -1401,28 +1446,41 @@ def _eigen_base(
     )
 
 
-def _eigen_appended(solution: _EigenSolution, rotated: FloatArray, Y: FloatArray) -> _EigenSolution:
+def _eigen_appended(
+    solution: _EigenSolution, rotated: FloatArray, Y: FloatArray, sign: float = 1.0
+) -> _EigenSolution:
     """``solution`` with more examples pending: their ``V^T h`` are the columns of ``rotated``.
 
-    ``Y`` holds their one-hot targets over every class (new classes last). At a fixed ``lam``,
-    ``S`` grows by a block row (``O(M k r)``) instead of being formed again.
+    ``Y`` holds their one-hot targets over every class (new classes last); ``sign`` is +1 for
+    examples learned and -1 for examples unlearned. At a fixed ``lam``, ``S`` grows by a block
+    row (``O(M k r)``) instead of being formed again. Raises ``LinAlgError`` when the new block
+    is not definite (an unlearning that leaves ``G + lam I`` singular, to rounding).
     """
     m, r = rotated.shape
     k = solution.k
+    Y = sign * Y
     grow = Y.shape[1] - solution.rotated_targets.shape[1]
     rotated_targets = np.hstack([solution.rotated_targets, np.zeros((m, grow))]) + rotated @ Y
     scaled = (1.0 / (solution.s + solution.lam))[:, None] * rotated  # D p
     old_cross = solution.scaled[:, :k].T @ rotated  # P_old^T D p
     cross = np.hstack([solution.cross, np.zeros((k, grow))]) + old_cross @ Y
+    signs = solution.signs
     if k:
         below = scipy.linalg.solve_triangular(
             solution.factor[:k, :k], old_cross, lower=True, check_finite=False
-        )
+        )  # w = L^-1 c; the new block row of L is (J w)^T
     else:
         below = np.zeros((0, r))
+    if signs is None:
+        signed_below, inner = below, below.T @ below
+    else:
+        signed_below = signs[:k, None] * below
+        inner = below.T @ signed_below
     corner = scipy.linalg.cholesky(
-        np.eye(r) + rotated.T @ scaled - below.T @ below, lower=True, check_finite=False
+        np.eye(r) + sign * (rotated.T @ scaled - inner), lower=True, check_finite=False
     )
+    if sign < 0 or signs is not None:
+        signs = np.concatenate([np.ones(k) if signs is None else signs[:k], np.full(r, sign)])
     buffer, factor = solution.scaled, solution.factor
     if k + r > factor.shape[0]:
         capacity = max(factor.shape[0] * 3 // 2, k + r)
@@ -1431,7 +1489,7 @@ def _eigen_appended(solution: _EigenSolution, rotated: FloatArray, Y: FloatArray
         factor = np.zeros((capacity, capacity))
         factor[:k, :k] = solution.factor[:k, :k]
     buffer[:, k : k + r] = scaled
-    factor[k : k + r, :k] = below.T
+    factor[k : k + r, :k] = signed_below.T
     factor[k : k + r, k : k + r] = corner
     return replace(
         solution,
@@ -1440,18 +1498,27 @@ def _eigen_appended(solution: _EigenSolution, rotated: FloatArray, Y: FloatArray
         scaled=buffer,
         factor=factor,
         cross=np.vstack([cross, scaled.T @ rotated_targets]),
+        signs=signs,
     )
+
+
+def _capacitance_solve(solution: _EigenSolution, right: FloatArray) -> FloatArray:
+    """``S^-1 right`` for ``S = L J L^T`` of the pending examples."""
+    L = solution.factor[: solution.k, : solution.k]
+    if solution.signs is None:
+        solved: FloatArray = scipy.linalg.cho_solve((L, True), right, check_finite=False)
+        return solved
+    half = scipy.linalg.solve_triangular(L, right, lower=True, check_finite=False)
+    half *= solution.signs[: solution.k, None]
+    solved = scipy.linalg.solve_triangular(L, half, lower=True, trans="T", check_finite=False)
+    return solved
 
 
 def _solved_pending(solution: _EigenSolution) -> FloatArray:
     """``S^-1 P^T D V^T C``: with it, ``V^T W = D V^T C - D P S^-1 P^T D V^T C`` (Woodbury)."""
-    k = solution.k
-    if not k:
+    if not solution.k:
         return solution.cross
-    solved: FloatArray = scipy.linalg.cho_solve(
-        (solution.factor[:k, :k], True), solution.cross, check_finite=False
-    )
-    return solved
+    return _capacitance_solve(solution, solution.cross)
 
 
 def _eigen_weights(solution: _EigenSolution, solved_pending: FloatArray) -> FloatArray:
@@ -1463,9 +1530,12 @@ def _eigen_weights(solution: _EigenSolution, solved_pending: FloatArray) -> Floa
 
 
 def _updated_weights(
-    weights: FloatArray, solved_rows: FloatArray, H: FloatArray, Y: FloatArray
+    weights: FloatArray, solved_rows: FloatArray, H: FloatArray, Y: FloatArray, sign: float = 1.0
 ) -> FloatArray:
     """``W' = W + A'^-1 H^T (Y - H W)``: the weights once the rows ``H`` (targets ``Y``) are in.
+
+    With ``sign=-1`` the rows are taken out (``A' = A - H^T H``, ``C' = C - H^T Y``) and
+    ``W' = W - A'^-1 H^T (Y - H W)``.
 
     ``solved_rows`` is ``A'^-1 H^T``, with ``A' = G + lam I`` holding the rows. It follows from
     ``A' W' = C + H^T Y = (A' - H^T H) W + H^T Y``; a rounding error in ``W`` is multiplied by
@@ -1473,25 +1543,27 @@ def _updated_weights(
     the next. Costs ``M r K`` besides ``solved_rows``, against ``M^2 K`` for forming ``W`` anew.
     """
     padded = np.hstack([weights, np.zeros((weights.shape[0], Y.shape[1] - weights.shape[1]))])
-    updated: FloatArray = padded + solved_rows @ (Y - H @ padded)
+    updated: FloatArray = padded + sign * (solved_rows @ (Y - H @ padded))
     return updated
 
 
 def _eigen_weights_updated(
-    solution: _EigenSolution, rotated: FloatArray, H: FloatArray, Y: FloatArray, weights: FloatArray
+    solution: _EigenSolution,
+    rotated: FloatArray,
+    H: FloatArray,
+    Y: FloatArray,
+    weights: FloatArray,
+    sign: float = 1.0,
 ) -> FloatArray:
     """``W`` after the rows ``H`` (``rotated = V^T H^T``) became the last pending ones of ``solution``.
 
     ``A^-1 H^T = V (D R - D P S^-1 P^T D R)`` with ``R = V^T H^T``: two products with ``V``
     (``M^2 r``) instead of one per class.
     """
-    k = solution.k
-    scaled = solution.scaled[:, :k]
-    solved = scipy.linalg.cho_solve(
-        (solution.factor[:k, :k], True), scaled.T @ rotated, check_finite=False
-    )
+    scaled = solution.scaled[:, : solution.k]
+    solved = _capacitance_solve(solution, scaled.T @ rotated)
     inner = (1.0 / (solution.s + solution.lam))[:, None] * rotated - scaled @ solved
-    return _updated_weights(weights, solution.V @ inner, H, Y)
+    return _updated_weights(weights, solution.V @ inner, H, Y, sign)
 
 
 def _dual_weights_updated(

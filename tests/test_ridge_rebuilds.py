@@ -631,3 +631,43 @@ def test_a_service_publishes_an_unlearning_without_decomposing(tmp_path: Path, m
     finally:
         release.set()
         store.close()
+
+
+@pytest.mark.parametrize("ridge", ["auto", 0.3])
+def test_a_deferring_dual_head_unlearns_without_eigenvalues_of_the_kernel(monkeypatch, ridge):
+    X, y = blobs(14, per_class=30)
+    head = RidgeHead(n_features=256, max_pending=64, ridge=ridge)
+    head.learn_many(X[:40], y[:40])
+    head.predict_many(X[:2])
+    head.defer_rebuilds()
+    head.learn_many(X[40:44], y[40:44])
+    assert head.form_ == "dual"
+    lam = head.ridge_
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the kernel was decomposed")
+
+    monkeypatch.setattr(np.linalg, "eigh", refused)
+    kept = list(range(44))
+    for step in range(2):
+        removed = [[5, 41], [i for i in kept if y[i] == y[0]]][step]
+        head.unlearn_many(X[removed], [y[i] for i in removed])
+        kept = [i for i in kept if i not in removed]
+        assert head.rebuild_due and head.ridge_ == lam
+        expected = closed_form(head, X[kept], [y[i] for i in kept], X, lam)
+        assert gap(head.decision_scores(X), expected) < 1e-8
+    head.learn_many(X[44:48], y[44:48])
+    kept += list(range(44, 48))
+    assert (
+        gap(head.decision_scores(X), closed_form(head, X[kept], [y[i] for i in kept], X, lam))
+        < 1e-8
+    )
+    monkeypatch.undo()
+    head.start_rebuild()()
+    assert head.finish_rebuild() and not head.rebuild_due
+    lam = gcv_choice(head, X[kept], [y[i] for i in kept]) if ridge == "auto" else 0.3
+    assert head.ridge_ == pytest.approx(lam, rel=1e-9)
+    assert (
+        gap(head.decision_scores(X), closed_form(head, X[kept], [y[i] for i in kept], X, lam))
+        < 1e-8
+    )

@@ -57,6 +57,7 @@ class _DualSolution:
     expanded: FloatArray  # (capacity, M): rows [:n] are H = relu(X R)
     factor: FloatArray  # (capacity, capacity): [:n, :n] is L, lower triangular
     half: FloatArray  # L^-1 Y, (n, n_classes)
+    carried: bool = False  # lam carried over an unlearning (not chosen for these rows)
 
 
 @dataclass
@@ -645,10 +646,22 @@ class RidgeHead(Head):
         new_column = np.full(self.counts_.shape[0] + 1, -1, dtype=np.int64)  # index -1: stays
         new_column[kept] = np.arange(kept.shape[0])
         # Commit (an emptied class has no row left, so its column maps nowhere).
+        cache = self._dual
+        if self._deferred and cache is not None and cache.n == keep.shape[0]:
+            # The service's head: the factor of the rows left at the lam in use (O(n^3), no
+            # eigendecomposition of K); a rebuild is then due, to choose lam again.
+            kept_columns = new_column[self.feature_columns_[keep]]
+            try:
+                cache = _dual_removed(cache, keep, _dual_targets(kept_columns, kept.shape[0]))
+            except np.linalg.LinAlgError:  # not definite to rounding: decomposed when solved
+                cache = None
+        else:
+            cache = None
         self.features_ = self.features_[keep]
         self.feature_columns_ = new_column[self.feature_columns_[keep]]
         self.counts_ = counts
         self._invalidate(solution=True)
+        self._dual = cache
 
     def _unlearn_primal(
         self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]
@@ -953,7 +966,8 @@ class RidgeHead(Head):
         if self.features_ is not None:
             cache = self._dual
             return self.features_.shape[0] > self.dual_limit_ or (
-                cache is not None and cache.n - cache.n_base >= self.pending_limit(cache.n_base)
+                cache is not None
+                and (cache.carried or cache.n - cache.n_base >= self.pending_limit(cache.n_base))
             )
         solution = self._primal
         return solution is not None and (
@@ -1618,6 +1632,27 @@ def _dual_base(
     factor[:n, :n] = np.linalg.cholesky(kernel)
     half = scipy.linalg.solve_triangular(factor[:n, :n], Y, lower=True, check_finite=False)
     return _DualSolution(lam, n, n, expanded, factor, half)
+
+
+def _dual_removed(cache: _DualSolution, keep: NDArray[np.bool_], Y: FloatArray) -> _DualSolution:
+    """``cache`` for the rows ``keep`` only (targets ``Y``), at the same ``lam``.
+
+    ``K + lam I`` of the rows left is ``L_k L_k^T`` with ``L_k`` the rows of ``L`` kept, so it
+    costs two ``O(n^3)`` products and a Cholesky factorisation, and no kernel or eigenvalues.
+    """
+    n = cache.n
+    rows = cache.factor[:n, :n][keep]
+    kernel = rows @ rows.T
+    n_kept = kernel.shape[0]
+    capacity = cache.factor.shape[0]
+    factor = np.zeros((capacity, capacity))
+    factor[:n_kept, :n_kept] = np.linalg.cholesky(kernel)
+    expanded = np.empty_like(cache.expanded)
+    expanded[:n_kept] = cache.expanded[:n][keep]
+    half = scipy.linalg.solve_triangular(
+        factor[:n_kept, :n_kept], Y, lower=True, check_finite=False
+    )
+    return _DualSolution(cache.lam, n_kept, n_kept, expanded, factor, half, carried=True)
 
 
 def _dual_extended(

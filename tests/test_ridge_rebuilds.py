@@ -671,3 +671,25 @@ def test_a_deferring_dual_head_unlearns_without_eigenvalues_of_the_kernel(monkey
         gap(head.decision_scores(X), closed_form(head, X[kept], [y[i] for i in kept], X, lam))
         < 1e-8
     )
+
+
+@pytest.mark.parametrize(("n", "r"), [(1, 1), (9, 1), (40, 3), (40, 0)])
+def test_the_cholesky_update_is_the_factor_of_the_sum(n, r):
+    rng = np.random.default_rng(n + r)
+    A = rng.standard_normal((n, n + 2))
+    lower = np.linalg.cholesky(A @ A.T)
+    columns = rng.standard_normal((n, r))
+    columns[: n // 3] = 0.0  # as the removed columns of a triangular factor: zeros on top
+    expected = np.linalg.cholesky(lower @ lower.T + columns @ columns.T)
+    np.testing.assert_allclose(
+        ridge_module._cholesky_updated(lower, columns), expected, rtol=0, atol=1e-12 * n
+    )
+
+
+def test_a_dual_head_unlearns_a_row_learned_with_negative_zero():
+    # Rows match by float equality: -0.0 == 0.0.
+    head = RidgeHead(n_features=32)
+    X = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    head.learn_many(X, ["a", "b", "a"])
+    head.unlearn_many(np.array([[-0.0, 1.0]]), ["a"])
+    assert head.n_seen_ == 2 and head.features_.shape[0] == 2

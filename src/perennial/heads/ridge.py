@@ -602,16 +602,19 @@ class RidgeHead(Head):
         already), or None.
         """
         assert self.features_ is not None and self.feature_columns_ is not None
-        stored: dict[tuple[tuple[float, ...], int], list[int]] = {}
+        # Rows as bytes, -0.0 made 0.0 first: equal bytes then mean equal floats, as ==.
+        stored: dict[tuple[bytes, int], list[int]] = {}
         for i, (row, column) in enumerate(
-            zip(self.features_.tolist(), self.feature_columns_.tolist(), strict=True)
+            zip(self.features_ + 0.0, self.feature_columns_.tolist(), strict=True)
         ):
-            stored.setdefault((tuple(row), column), []).append(i)  # float equality, as ==
+            stored.setdefault((row.tobytes(), column), []).append(i)
         held: list[int] = []
-        for position, (row, column) in enumerate(zip(X.tolist(), columns.tolist(), strict=True)):
-            matches = stored.get((tuple(row), column))
+        rows = np.asarray(X, dtype=np.float64) + 0.0
+        for position, (row, column) in enumerate(zip(rows, columns.tolist(), strict=True)):
+            key = (row.tobytes(), column)
+            matches = stored.get(key)
             if not matches:
-                return held, (position, (tuple(row), column) in stored)
+                return held, (position, key in stored)
             held.append(matches.pop())
         return held, None
 
@@ -653,7 +656,7 @@ class RidgeHead(Head):
             kept_columns = new_column[self.feature_columns_[keep]]
             try:
                 cache = _dual_removed(cache, keep, _dual_targets(kept_columns, kept.shape[0]))
-            except np.linalg.LinAlgError:  # not definite to rounding: decomposed when solved
+            except (np.linalg.LinAlgError, FloatingPointError):  # decomposed when solved
                 cache = None
         else:
             cache = None
@@ -1637,22 +1640,50 @@ def _dual_base(
 def _dual_removed(cache: _DualSolution, keep: NDArray[np.bool_], Y: FloatArray) -> _DualSolution:
     """``cache`` for the rows ``keep`` only (targets ``Y``), at the same ``lam``.
 
-    ``K + lam I`` of the rows left is ``L_k L_k^T`` with ``L_k`` the rows of ``L`` kept, so it
-    costs two ``O(n^3)`` products and a Cholesky factorisation, and no kernel or eigenvalues.
+    With ``L`` split by columns into the kept and the removed ones, the rows kept are
+    ``[A | B]`` (``A`` lower triangular), and ``K + lam I`` of the rows left is
+    ``A A^T + B B^T``: a rank-``r`` update of a triangular factor (``O(n^2 r)``), with no kernel,
+    eigenvalues or factorisation formed anew.
     """
     n = cache.n
     rows = cache.factor[:n, :n][keep]
-    kernel = rows @ rows.T
-    n_kept = kernel.shape[0]
+    lower = _cholesky_updated(rows[:, keep], rows[:, ~keep])
+    n_kept = lower.shape[0]
     capacity = cache.factor.shape[0]
     factor = np.zeros((capacity, capacity))
-    factor[:n_kept, :n_kept] = np.linalg.cholesky(kernel)
+    factor[:n_kept, :n_kept] = lower
     expanded = np.empty_like(cache.expanded)
     expanded[:n_kept] = cache.expanded[:n][keep]
-    half = scipy.linalg.solve_triangular(
-        factor[:n_kept, :n_kept], Y, lower=True, check_finite=False
-    )
+    half = scipy.linalg.solve_triangular(lower, Y, lower=True, check_finite=False)
     return _DualSolution(cache.lam, n_kept, n_kept, expanded, factor, half, carried=True)
+
+
+def _cholesky_updated(lower: FloatArray, columns: FloatArray) -> FloatArray:
+    """The lower Cholesky factor of ``L L^T + B B^T`` (``L = lower``, ``B = columns``).
+
+    One Givens rotation per nonzero entry of ``B``, column by column of ``L`` (the classic
+    rank-one update, ``r`` times): stable, since it only adds positive terms.
+    """
+    upper = np.array(lower.T, order="C")  # row k of U is column k of L: contiguous
+    vectors = np.array(columns.T, order="C")  # (r, n)
+    n = upper.shape[0]
+    for x in vectors:
+        nonzero = np.flatnonzero(x)
+        for k in range(int(nonzero[0]) if nonzero.size else n, n):
+            xk = x[k]
+            if xk == 0.0:
+                continue
+            ukk = upper[k, k]
+            radius = float(np.hypot(ukk, xk))
+            cosine, sine = radius / ukk, xk / ukk
+            upper[k, k] = radius
+            row = upper[k, k + 1 :]
+            row += sine * x[k + 1 :]
+            row /= cosine
+            x[k + 1 :] *= cosine
+            x[k + 1 :] -= sine * row
+    updated: FloatArray = upper.T
+    return updated
 
 
 def _dual_extended(

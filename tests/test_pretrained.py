@@ -297,7 +297,12 @@ def test_a_forgotten_pretrained_class_is_never_answered_and_can_come_back(
     assert model.predict_many(data.photos) == reference_labels(
         data.photo_logits, names, frozenset({cat})
     )
-    assert model.predict_proba(X).shape[1] == 1002
+    # Its probability goes to the others: the classifier's softmax over the classes kept.
+    kept = np.delete(data.photo_logits, names.index(cat), axis=1)
+    proba = model.predict_proba(data.photos)
+    assert proba.shape == (len(data.photos), 1002)
+    np.testing.assert_allclose(proba[:, :999], softmax(kept), rtol=1e-4, atol=1e-6)
+    assert np.all(proba[:, 999:] == 0.0)
     assert np.array_equal(model.pretrained_.weight, weight)
     with pytest.raises(UnknownLabelError, match=repr(cat)):
         model.forget(cat)

@@ -30,6 +30,11 @@ the model has seen as many examples as its features are wide, the gate decides b
 from every learned class than the classes typically are from each other (see
 :meth:`OpenSetGate.threshold`). With one class the gate answers "not unknown" with ``novelty``
 None, and :meth:`OpenSetGate.status` says what is missing.
+
+**Beside a pretrained classifier.** A model that keeps a pretrained classifier asks the gate
+which inputs belong to its learned classes (:meth:`OpenSetGate.accepts`); the pretrained
+classifier answers the others. While young, that decision uses a bound on the classes' own
+spread rather than the young rule above (see there).
 """
 
 from __future__ import annotations
@@ -68,9 +73,10 @@ MATURE_ROWS = 2  # ... and once the statistics had this many rows per feature (o
 # is one of the learned classes while its squared distance to the nearest class mean is at most
 # this many times what a new example of that class is expected to have. On 96-pixel crops of
 # skimage's brick, grass and gravel textures learned from 2-10 crops each (any one, two or all
-# three of them), held-out crops of a learned texture reached at most 2.9 times the expectation
-# (3.2 for one texture learned alone), crops of a texture not learned at least 3.2 times, and
-# whole photographs at least 4.4 times.
+# three of them), 20 held-out crops of each learned texture reached at most 2.9 times the
+# expectation (3.2 for one texture learned alone), crops of a texture not learned at least 3.2
+# times, and 11 whole photographs at least 4.4 times. benchmarks/bench_pretrained.py measures
+# the decision on more crops.
 SPREAD_FACTOR = 3.0
 
 

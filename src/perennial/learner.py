@@ -158,6 +158,10 @@ class LifelongClassifier:
         ``"auto"`` (default): ``"combined"`` for the text encoder's dense sentence embeddings,
         ``"relative"`` for other features; or either by name (see :mod:`perennial.novelty` for
         both and for why).
+    pretrained
+        None (default), or the name of a pretrained classifier to keep beside the head
+        (``"efficientnet-lite0"``: its 1,000 ImageNet classes); see :meth:`from_pretrained`,
+        the usual way to build such a model. ``encoder`` None then means the image encoder.
 
     Examples
     --------

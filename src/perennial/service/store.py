@@ -785,6 +785,14 @@ def _read_service_record(path: Path) -> dict[str, Any] | None:
             head = dict(payload["head"])
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise CorruptedModelError(f"{meta} is not a readable model record: {error}") from error
+        pretrained = payload.get("pretrained")
+        if pretrained is not None:
+            # The service's journal, ledger and served copies know the instant head only.
+            name = pretrained.get("name") if isinstance(pretrained, dict) else pretrained
+            raise PersistenceError(
+                f"{path} holds a model with a pretrained classifier ({name!r}); the service "
+                "cannot serve one yet: serve a model without it"
+            )
         return {
             "format": SERVICE_FORMAT,
             "format_version": SERVICE_FORMAT_VERSION,

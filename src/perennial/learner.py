@@ -624,9 +624,9 @@ class LifelongClassifier:
                     f"{path} was saved with the custom encoder {encoder_record.get('name')!r}; "
                     "pass it as load(path, encoder=...)"
                 )
-            from perennial.encoders import make_encoder
+            from perennial.encoders import rebuild_encoder
 
-            encoder = make_encoder(str(kind), **encoder_record.get("params", {}))
+            encoder = rebuild_encoder(str(kind), dict(encoder_record.get("params") or {}))
         resolved = as_encoder(encoder)
         if resolved.name != encoder_record.get("name"):
             raise ModelMismatchError(

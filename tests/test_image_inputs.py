@@ -280,7 +280,7 @@ def test_network_input_is_the_reference_recipe_for_every_kind_of_source(
     cat, coffee, rocket = skimage_data.chelsea(), skimage_data.coffee(), skimage_data.rocket()
     Image.fromarray(cat).save(tmp_path / "cat.png")
     coffee_jpeg = encoded(Image.fromarray(coffee), "JPEG", quality=90)
-    grey = skimage_data.camera()[100:131, 200:257]  # 31 x 57, grey
+    grey = skimage_data.camera()[100:133, 200:257]  # 33 x 57, grey: margins of 2.5 and 14.5
     tiny = np.array([[[200, 30, 90]]], dtype=np.uint8)  # one pixel
     batch = [tmp_path / "cat.png", coffee_jpeg, Image.fromarray(rocket), grey, tiny, rocket / 255.0]
     with Image.open(io.BytesIO(coffee_jpeg)) as decoded:

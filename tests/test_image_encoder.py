@@ -476,9 +476,9 @@ def test_importing_the_encoder_module_does_not_import_torch() -> None:
     code = (
         "import sys, perennial.encoders.image as m; "
         "m.ImageEncoder(image_size=32).name; "
-        "print('torch' in sys.modules)"
+        "print('torch' in sys.modules, 'PIL' in sys.modules)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
-    assert result.stdout.strip() == "False"
+    assert result.stdout.strip() == "False False"

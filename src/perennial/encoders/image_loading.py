@@ -199,8 +199,8 @@ def array_to_pil(image: NDArray[Any]) -> PILImage:
     Image = _pil()
     pixels = np.ascontiguousarray(array_to_uint8(image))
     if pixels.shape[2] == 1:
-        return Image.fromarray(pixels[..., 0], mode="L")  # type: ignore[no-any-return]
-    return Image.fromarray(pixels, mode="RGB")  # type: ignore[no-any-return]
+        return Image.fromarray(pixels[..., 0])  # type: ignore[no-any-return]
+    return Image.fromarray(pixels)  # type: ignore[no-any-return]
 
 
 # -- decoding --------------------------------------------------------------------------------------
@@ -321,7 +321,7 @@ def to_rgb(image: PILImage, what: str) -> PILImage:
                 f"[{values.min()}, {values.max()}]; it is read as 16-bit, which needs 0..65535"
             )
         grey = np.rint(values.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
-        return Image.fromarray(grey, mode="L").convert("RGB")  # type: ignore[no-any-return]
+        return Image.fromarray(grey).convert("RGB")  # type: ignore[no-any-return]
     if mode == "F":
         values = np.asarray(image, dtype=np.float32)
         if not np.isfinite(values).all():
@@ -333,7 +333,7 @@ def to_rgb(image: PILImage, what: str) -> PILImage:
                 "images must hold values in [0, 1]"
             )
         grey = np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
-        return Image.fromarray(grey, mode="L").convert("RGB")  # type: ignore[no-any-return]
+        return Image.fromarray(grey).convert("RGB")  # type: ignore[no-any-return]
     if mode in _ALPHA_MODES or (mode in _CONVERTIBLE_MODES and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))

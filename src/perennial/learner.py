@@ -105,7 +105,7 @@ def _check_pretrained(
     if (
         getattr(encoder, "kind", None) != "image"
         or not feature_name.startswith(name)
-        or not feature_name.endswith(expected)
+        or not feature_name.split("/")[0].endswith(expected)  # "/crop": the preprocessing
     ):
         raise InvalidParameterError(
             f"the pretrained classifier {name!r} reads the features of the image encoder with "
@@ -977,9 +977,9 @@ class LifelongClassifier:
                     f"{path} was saved with the custom encoder {encoder_record.get('name')!r}; "
                     "pass it as load(path, encoder=...)"
                 )
-            from perennial.encoders import make_encoder
+            from perennial.encoders import rebuild_encoder
 
-            encoder = make_encoder(str(kind), **encoder_record.get("params", {}))
+            encoder = rebuild_encoder(str(kind), dict(encoder_record.get("params") or {}))
         resolved = as_encoder(encoder)
         if resolved.name != encoder_record.get("name"):
             raise ModelMismatchError(

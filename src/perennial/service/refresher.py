@@ -699,11 +699,6 @@ def process_main(config: RefresherConfig, inbox: Any, outbox: Any, parent: int) 
         single_threaded_blas()  # the refresher runs in this (the main) thread
     if config.background_idle:
         single_threaded_blas()  # the idle policy is for the rebuilds' thread (_Rebuilds)
-    # The rebuild thread runs at nice 19: on a busy machine it may wait long for a core while it
-    # holds the GIL, and every forced switch to it then stalls the refresher as long. A longer
-    # switch interval makes those switches rare (a step of Python-heavy work, such as the
-    # downdate of a dual factor, once took 50-98 s instead of 0.4 s under another load).
-    sys.setswitchinterval(SWITCH_INTERVAL)
     lock = hold_lock(Path(config.directory) / REFRESHER_LOCK, wait=30.0)
     sent: dict[int, Any] = {}
 
@@ -852,9 +847,6 @@ def _apply(model: LifelongClassifier, record: Record) -> None:
     else:  # pragma: no cover - Record.decode refuses other operations
         raise ValueError(f"unknown operation {record.operation!r}")
 
-
-#: The GIL's switch interval in the refresher's process, seconds (Python's default: 0.005).
-SWITCH_INTERVAL = 0.1
 
 #: Most examples one grouped update takes (bounds its transient memory).
 MAX_GROUP_ROWS = 4096

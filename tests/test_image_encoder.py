@@ -1,7 +1,8 @@
 """The EfficientNet-Lite0 image encoder against independent references.
 
 * the network equals a functional re-implementation driven straight from the weight file;
-* the preprocessing equals a numpy resize + scale written here;
+* the stretching preprocessing (resize="stretch") equals a numpy resize + scale written here
+  (the default centre crop is checked in test_image_inputs.py);
 * the pretrained features separate real MNIST digits far better than the same weights shuffled;
 * the input scaling agrees with the batch-norm statistics stored in the weights.
 """
@@ -63,6 +64,13 @@ def network() -> EfficientNetLite0:
 @pytest.fixture(scope="module")
 def encoder() -> ImageEncoder:
     return ImageEncoder(image_size=64)
+
+
+@pytest.fixture(scope="module")
+def stretching(network: EfficientNetLite0) -> ImageEncoder:
+    stretched = ImageEncoder(image_size=64, resize="stretch")
+    stretched._network = network  # the same frozen weights: loaded once
+    return stretched
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -246,13 +254,14 @@ def _reference_input(image: np.ndarray, size: int) -> Any:
     h, w = pixels.shape[:2]
     antialias = h > size or w > size
     rows, cols = _resize_matrix(h, size, antialias), _resize_matrix(w, size, antialias)
-    resized = np.einsum("ih,hwc,jw->cij", rows, pixels, cols)
+    resized = np.einsum("ih,hwc,jw->cij", rows, pixels, cols, optimize=True)
     return torch.from_numpy((resized - 127.0) / 128.0).float()[None]
 
 
-def test_encode_matches_numpy_preprocessing_reference(
-    encoder: ImageEncoder, network: EfficientNetLite0
+def test_stretch_matches_numpy_preprocessing_reference(
+    stretching: ImageEncoder, network: EfficientNetLite0
 ) -> None:
+    # resize="stretch", the preprocessing of models saved before resize existed.
     rng = np.random.default_rng(1)
     images = [
         rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),  # no resize
@@ -260,7 +269,7 @@ def test_encode_matches_numpy_preprocessing_reference(
         rng.random((150, 90, 3)),  # downscale, float
         rng.random((30, 200, 1)).astype(np.float32),  # up one axis, down the other
     ]
-    features = encoder.encode(images)
+    features = stretching.encode(images)
     with torch.inference_mode():
         expected = torch.cat(
             [network.forward_features(_reference_input(im, 64)) for im in images]
@@ -304,11 +313,14 @@ def test_name_dim_and_registry(encoder: ImageEncoder, weights_path: Path) -> Non
     import hashlib
 
     digest = hashlib.sha256(weights_path.read_bytes()).hexdigest()
-    assert encoder.name == f"efficientnet-lite0-64px@{digest[:8]}"
-    assert ImageEncoder().name == f"efficientnet-lite0-224px@{digest[:8]}"
+    assert encoder.name == f"efficientnet-lite0-64px@{digest[:8]}/crop"
+    assert ImageEncoder().name == f"efficientnet-lite0-224px@{digest[:8]}/crop"
+    # The name models saved before resize existed carry: they stretched.
+    assert ImageEncoder(resize="stretch").name == f"efficientnet-lite0-224px@{digest[:8]}"
     assert encoder.dim == 1280
     made = make_encoder("image", image_size=32, batch_size=8)
     assert isinstance(made, ImageEncoder) and made.image_size == 32 and made.batch_size == 8
+    assert made.resize == "crop"
 
 
 def test_pickled_encoder_gives_the_same_features(encoder: ImageEncoder) -> None:
@@ -393,7 +405,8 @@ BAD_INPUTS: list[tuple[str, Any, type[Exception], str]] = [
     ("number", 42, InputTypeError, "int"),
     ("object", _NotAnImage(), InputTypeError, "_NotAnImage"),
     ("list of lists", [[[0, 1], [2, 3]]], InputTypeError, "list at index 0"),
-    ("non-array in list", [np.zeros((4, 4)), "x"], InputTypeError, "str at index 1"),
+    ("number in list", [np.zeros((4, 4)), 2.5], InputTypeError, "float at index 1"),
+    ("None in list", [None], InputTypeError, "NoneType at index 0"),
     ("text dtype", np.full((1, 4, 4), "a"), InputTypeError, "<U1"),
     ("bool dtype", np.zeros((1, 4, 4), bool), InputTypeError, "bool"),
     ("complex dtype", np.zeros((1, 4, 4), complex), InputTypeError, "complex128"),
@@ -446,6 +459,10 @@ def test_bad_input_raises_typed_error(images: Any, error: type[Exception], patte
         ({"image_size": 22.5}, "image_size.*22.5"),
         ({"batch_size": -1}, "batch_size.*-1"),
         ({"num_threads": 0}, "num_threads.*0"),
+        ({"resize": "squash"}, "resize must be one of crop, stretch, got 'squash'"),
+        ({"resize": None}, "resize.*None"),
+        ({"max_pixels": 0}, "max_pixels.*0"),
+        ({"max_pixels": 1.5e6}, "max_pixels.*1500000.0"),
     ],
 )
 def test_bad_parameters_raise(params: dict[str, Any], pattern: str) -> None:
@@ -459,9 +476,9 @@ def test_importing_the_encoder_module_does_not_import_torch() -> None:
     code = (
         "import sys, perennial.encoders.image as m; "
         "m.ImageEncoder(image_size=32).name; "
-        "print('torch' in sys.modules)"
+        "print('torch' in sys.modules, 'PIL' in sys.modules)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
-    assert result.stdout.strip() == "False"
+    assert result.stdout.strip() == "False False"

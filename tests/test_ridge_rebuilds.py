@@ -456,3 +456,240 @@ def test_symmetric_mirrors_the_upper_triangle(m):
     upper = np.asfortranarray(np.random.default_rng(m).standard_normal((m, m)))
     expected = np.triu(upper) + np.triu(upper, 1).T
     np.testing.assert_array_equal(symmetric(upper), expected)
+
+
+# --- the saved decomposition: a restart serves at once -------------------------------------------
+
+
+def deferred_primal_head(ridge, pending: int) -> tuple[RidgeHead, np.ndarray, list[str]]:
+    """A deferring primal head with ``pending`` examples learned on its last decomposition."""
+    X, y = blobs(11, per_class=30)
+    head = RidgeHead(n_features=48, max_dual_examples=0, max_pending=64, ridge=ridge)
+    head.learn_many(X[:100], y[:100])
+    head.predict_many(X[:2])  # decomposed here
+    head.defer_rebuilds()
+    for i in range(100, 100 + pending):
+        head.learn_many(X[i : i + 1], y[i : i + 1])
+    assert head.n_pending_ == pending
+    return head, X, y
+
+
+def no_decomposition(monkeypatch) -> None:
+    def refused(*args, **kwargs):
+        raise AssertionError("G was decomposed")
+
+    monkeypatch.setattr(ridge_module, "_decompose", refused)
+
+
+@pytest.mark.parametrize("ridge", ["auto", 0.3])
+@pytest.mark.parametrize("pending", [0, 7])
+def test_a_deferring_head_saves_its_decomposition_and_loads_it_without_decomposing(
+    monkeypatch, ridge, pending
+):
+    head, X, y = deferred_primal_head(ridge, pending)
+    lam, scores = head.ridge_, head.decision_scores(X)
+    meta, arrays = head.get_state()
+    assert meta["solution"]["k"] == pending and "solution.V" in arrays
+    assert head.state_bytes == sum(array.nbytes for array in arrays.values())
+    no_decomposition(monkeypatch)
+    loaded = RidgeHead(**head.get_params())
+    loaded.set_state(meta, arrays)
+    assert loaded.ridge_ == lam  # the saved strength, not one chosen again from G
+    assert gap(loaded.decision_scores(X), scores) < 1e-12  # W formed anew, not updated
+    n = 100 + pending
+    assert gap(scores, closed_form(head, X[:n], y[:n], X, lam)) < 1e-9
+    loaded.learn_many(X[n : n + 3], y[n : n + 3])  # pending updates on the loaded decomposition
+    assert gap(loaded.decision_scores(X), closed_form(head, X[: n + 3], y[: n + 3], X, lam)) < 1e-9
+
+
+def test_a_head_that_does_not_defer_saves_only_its_statistics():
+    head = deferred_primal_head(0.3, 3)[0]
+    head.defer_rebuilds(False)
+    meta, arrays = head.get_state()
+    assert "solution" not in meta and not any(name.startswith("solution.") for name in arrays)
+    assert head.state_bytes == sum(array.nbytes for array in arrays.values())
+
+
+@pytest.mark.parametrize("damage", ["V", "s", "factor", "lam"])
+def test_a_saved_decomposition_that_does_not_solve_the_statistics_is_dropped(caplog, damage):
+    head, X, y = deferred_primal_head("auto", 5)
+    meta, arrays = head.get_state()
+    meta = copy.deepcopy(meta)
+    arrays = {name: array.copy() for name, array in arrays.items()}
+    if damage == "lam":
+        meta["solution"]["lam"] *= 1.001
+    else:
+        array = arrays[f"solution.{damage}"]
+        array[(-1,) * array.ndim] *= 1.001  # s: the largest eigenvalue (lam hides small ones)
+    loaded = RidgeHead(**head.get_params())
+    with caplog.at_level(logging.WARNING, logger="perennial.heads.ridge"):
+        loaded.set_state(meta, arrays)
+    assert "dropped" in caplog.text
+    # Decomposed again at the next solve: GCV's choice for all the examples, as after any load.
+    lam = gcv_choice(head, X[:105], y[:105])
+    assert loaded.ridge_ == pytest.approx(lam, rel=1e-9)
+    assert gap(loaded.decision_scores(X), closed_form(head, X[:105], y[:105], X, lam)) < 1e-8
+
+
+def test_a_restarted_service_serves_its_saved_decomposition_without_decomposing(
+    tmp_path: Path, monkeypatch
+):
+    examples = Examples(120)
+    store = open_store(tmp_path / "model", 16)
+    try:
+        served = examples.learn(store, 0, 60)
+        for n in range(61, 70):
+            served = examples.learn(store, n - 1, n)
+    finally:
+        store.close()  # the last snapshot holds G and its decomposition
+    no_decomposition(monkeypatch)
+    store = open_store(tmp_path / "model", 16)
+    try:
+        served = store.wait_served(store.status()["version"], timeout=60)
+        examples.assert_closed_form(served, 69)
+        served = examples.learn(store, 69, 72)
+        examples.assert_closed_form(served, 72)
+    finally:
+        store.close()
+
+
+# --- unlearning on a deferring head: a downdate, not a new decomposition -------------------------
+
+
+@pytest.mark.parametrize("exact_forget", [False, True])
+@pytest.mark.parametrize("ridge", ["auto", 0.3])
+def test_a_deferring_head_unlearns_by_downdating_its_decomposition(
+    monkeypatch, ridge, exact_forget
+):
+    X, y = blobs(12, per_class=30)
+    head = RidgeHead(
+        n_features=48, max_dual_examples=0, max_pending=64, ridge=ridge, exact_forget=exact_forget
+    )
+    head.learn_many(X[:100], y[:100])
+    head.predict_many(X[:2])  # decomposed here
+    head.defer_rebuilds()
+    head.learn_many(X[100:104], y[100:104])
+    lam = head.ridge_
+    no_decomposition(monkeypatch)
+    kept = list(range(104))
+    # Two examples, then one more, then a whole class (its column goes), all at the same lam.
+    for step in range(3):
+        removed = [[3, 50], [101], [i for i in kept if y[i] == y[7]]][step]
+        head.unlearn_many(X[removed], [y[i] for i in removed])
+        kept = [i for i in kept if i not in removed]
+        assert head.rebuild_due and head.ridge_ == lam
+        expected = closed_form(head, X[kept], [y[i] for i in kept], X, lam)
+        assert gap(head.decision_scores(X), expected) < 1e-8
+    assert y[7] not in head.classes_
+    head.learn_many(X[104:110], y[104:110])  # learning goes on from the downdated solution
+    kept += list(range(104, 110))
+    expected = closed_form(head, X[kept], [y[i] for i in kept], X, lam)
+    assert gap(head.decision_scores(X), expected) < 1e-8
+    meta, arrays = head.get_state()  # saved with its signs, loaded as it was
+    loaded = RidgeHead(**head.get_params())
+    loaded.set_state(meta, arrays)
+    assert loaded.ridge_ == lam and gap(loaded.decision_scores(X), expected) < 1e-8
+    monkeypatch.undo()
+    head.start_rebuild()()  # the rebuild that was due chooses lam again, as retraining would
+    assert head.finish_rebuild()
+    lam = gcv_choice(head, X[kept], [y[i] for i in kept]) if ridge == "auto" else 0.3
+    assert head.ridge_ == pytest.approx(lam, rel=1e-9) and not head.rebuild_due
+    expected = closed_form(head, X[kept], [y[i] for i in kept], X, lam)
+    assert gap(head.decision_scores(X), expected) < 1e-8
+
+
+def test_a_head_that_does_not_defer_decomposes_again_after_unlearning(monkeypatch):
+    X, y = blobs(13, per_class=30)
+    head = RidgeHead(n_features=48, max_dual_examples=0)
+    head.learn_many(X[:100], y[:100])
+    head.predict_many(X[:2])
+    head.unlearn_many(X[:5], y[:5])
+    lam = gcv_choice(head, X[5:100], y[5:100])
+    assert head.ridge_ == pytest.approx(lam, rel=1e-9)  # chosen again: the library's contract
+    assert gap(head.decision_scores(X), closed_form(head, X[5:100], y[5:100], X, lam)) < 1e-8
+
+
+def test_a_service_publishes_an_unlearning_without_decomposing(tmp_path: Path, monkeypatch):
+    examples = Examples(120)
+    armed, release = hold_decompositions(monkeypatch, only_rebuilds=False)
+    store = open_store(tmp_path / "model", 16)
+    try:
+        served = examples.learn(store, 0, 60)
+        for n in range(61, 66):
+            served = examples.learn(store, n - 1, n)
+        armed.set()  # from now on a decomposition would hold publishing
+        version = store.unlearn(examples.X[:3], examples.y[:3])
+        served = store.wait_served(version, timeout=60)
+        assert served.model is not None
+        kept = slice(3, 65)
+        H = expanded(examples.probe, examples.X[kept])
+        classes = served.model.classes_
+        Y = np.array([[1.0 if label == c else 0.0 for c in classes] for label in examples.y[kept]])
+        W = np.linalg.solve(H.T @ H + 0.5 * np.eye(N_FEATURES), H.T @ Y)
+        expected = expanded(examples.probe, examples.X) @ W
+        assert gap(served.model.decision_scores(examples.X), expected) < 1e-8
+    finally:
+        release.set()
+        store.close()
+
+
+@pytest.mark.parametrize("ridge", ["auto", 0.3])
+def test_a_deferring_dual_head_unlearns_without_eigenvalues_of_the_kernel(monkeypatch, ridge):
+    X, y = blobs(14, per_class=30)
+    head = RidgeHead(n_features=256, max_pending=64, ridge=ridge)
+    head.learn_many(X[:40], y[:40])
+    head.predict_many(X[:2])
+    head.defer_rebuilds()
+    head.learn_many(X[40:44], y[40:44])
+    assert head.form_ == "dual"
+    lam = head.ridge_
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the kernel was decomposed")
+
+    monkeypatch.setattr(np.linalg, "eigh", refused)
+    kept = list(range(44))
+    for step in range(2):
+        removed = [[5, 41], [i for i in kept if y[i] == y[0]]][step]
+        head.unlearn_many(X[removed], [y[i] for i in removed])
+        kept = [i for i in kept if i not in removed]
+        assert head.rebuild_due and head.ridge_ == lam
+        expected = closed_form(head, X[kept], [y[i] for i in kept], X, lam)
+        assert gap(head.decision_scores(X), expected) < 1e-8
+    head.learn_many(X[44:48], y[44:48])
+    kept += list(range(44, 48))
+    assert (
+        gap(head.decision_scores(X), closed_form(head, X[kept], [y[i] for i in kept], X, lam))
+        < 1e-8
+    )
+    monkeypatch.undo()
+    head.start_rebuild()()
+    assert head.finish_rebuild() and not head.rebuild_due
+    lam = gcv_choice(head, X[kept], [y[i] for i in kept]) if ridge == "auto" else 0.3
+    assert head.ridge_ == pytest.approx(lam, rel=1e-9)
+    assert (
+        gap(head.decision_scores(X), closed_form(head, X[kept], [y[i] for i in kept], X, lam))
+        < 1e-8
+    )
+
+
+@pytest.mark.parametrize(("n", "r"), [(1, 1), (9, 1), (40, 3), (40, 0)])
+def test_the_cholesky_update_is_the_factor_of_the_sum(n, r):
+    rng = np.random.default_rng(n + r)
+    A = rng.standard_normal((n, n + 2))
+    lower = np.linalg.cholesky(A @ A.T)
+    columns = rng.standard_normal((n, r))
+    columns[: n // 3] = 0.0  # as the removed columns of a triangular factor: zeros on top
+    expected = np.linalg.cholesky(lower @ lower.T + columns @ columns.T)
+    np.testing.assert_allclose(
+        ridge_module._cholesky_updated(lower, columns), expected, rtol=0, atol=1e-12 * n
+    )
+
+
+def test_a_dual_head_unlearns_a_row_learned_with_negative_zero():
+    # Rows match by float equality: -0.0 == 0.0.
+    head = RidgeHead(n_features=32)
+    X = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    head.learn_many(X, ["a", "b", "a"])
+    head.unlearn_many(np.array([[-0.0, 1.0]]), ["a"])
+    assert head.n_seen_ == 2 and head.features_.shape[0] == 2

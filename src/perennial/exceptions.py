@@ -17,6 +17,7 @@ __all__ = [
     "EncoderError",
     "FeatureDimensionError",
     "FormatVersionError",
+    "ImageTooLargeError",
     "InputTypeError",
     "InvalidInputError",
     "InvalidParameterError",
@@ -32,6 +33,7 @@ __all__ = [
     "TooManyWaitersError",
     "TrainingDivergedError",
     "UnknownLabelError",
+    "UnreadableImageError",
 ]
 
 
@@ -125,6 +127,18 @@ class CorruptedJournalError(CorruptedModelError):
 
 class LimitExceededError(InvalidInputError):
     """A request over a configured limit (body size, batch size, text length); names the limit."""
+
+
+class UnreadableImageError(InvalidInputError):
+    """An image that cannot be read; names the file, or the index of the input in its batch.
+
+    A missing, empty, truncated or damaged file, a folder, data in no image format perennial
+    reads, or pixels in a mode it cannot turn into RGB.
+    """
+
+
+class ImageTooLargeError(LimitExceededError):
+    """An image with more pixels than allowed (a decompression bomb), refused before decoding."""
 
 
 class ServiceUnavailableError(PerennialError, RuntimeError):

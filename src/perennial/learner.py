@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from perennial.encoders import ENCODERS
 from perennial.encoders.base import (
@@ -24,6 +26,7 @@ from perennial.exceptions import (
     ModelMismatchError,
     NotFittedError,
     PersistenceError,
+    UnknownLabelError,
 )
 from perennial.heads import HEADS, Head, RidgeHead, make_head, registered_name
 from perennial.heads.base import FloatArray, Label, check_features, check_labels
@@ -31,6 +34,7 @@ from perennial.novelty import SCORES
 from perennial.openset import OpenSetGate
 from perennial.params import check_choice, check_fraction, check_int
 from perennial.persistence import read_model_files, write_model_files
+from perennial.pretrained import PRETRAINED, PretrainedHead
 
 __all__ = ["LifelongClassifier"]
 
@@ -71,6 +75,60 @@ def _check_unknown_rate(rate: Any) -> float | None:
     return None if rate is None else check_fraction("unknown_rate", rate)
 
 
+def _nfc(label: Any) -> Any:
+    key = label.item() if isinstance(label, np.generic) else label
+    return unicodedata.normalize("NFC", key) if isinstance(key, str) else key
+
+
+def _check_pretrained(
+    name: Any, encoder: Encoder, unknown_rate: float | None, unknown_label: Any
+) -> PretrainedHead:
+    """The pretrained classifier ``name``, once the other arguments are checked against it."""
+    if not isinstance(name, str) or name not in PRETRAINED:
+        raise InvalidParameterError(
+            f"pretrained must be None or one of {', '.join(PRETRAINED)}, got {name!r}"
+        )
+    if unknown_rate is None:
+        raise InvalidParameterError(
+            "a model with a pretrained classifier needs unknown_rate in (0, 1), got None: the "
+            "open-set gate decides which inputs its instant head answers"
+        )
+    if unknown_label is not None:
+        raise InvalidParameterError(
+            f"unknown_label must be None for a model with a pretrained classifier, got "
+            f"{unknown_label!r}: the pretrained classifier answers every input the instant head "
+            "does not, so no input is unknown"
+        )
+    pretrained = PretrainedHead.load(name)
+    feature_name = encoder.name
+    expected = f"@{pretrained.weights_sha256[:8]}"
+    if (
+        getattr(encoder, "kind", None) != "image"
+        or not feature_name.startswith(name)
+        or not feature_name.split("/")[0].endswith(expected)  # "/crop": the preprocessing
+    ):
+        raise InvalidParameterError(
+            f"the pretrained classifier {name!r} reads the features of the image encoder with "
+            f"the same weights (a name such as '{name}-224px{expected}'), got encoder "
+            f"{feature_name!r}"
+        )
+    return pretrained
+
+
+def _check_same_pretrained(mine: PretrainedHead | None, theirs: PretrainedHead | None) -> None:
+    def identity(p: PretrainedHead | None) -> tuple[str, str, str] | None:
+        return None if p is None else (p.name, p.weights_sha256, p.classes.sha256)
+
+    def describe(p: PretrainedHead | None) -> str:
+        return "none" if p is None else f"{p.name!r} (weights {p.weights_sha256[:8]})"
+
+    if identity(mine) != identity(theirs):
+        raise ModelMismatchError(
+            "cannot merge models with different pretrained classifiers: "
+            f"{describe(mine)} here, {describe(theirs)} in the other"
+        )
+
+
 class LifelongClassifier:
     """A classifier that learns one pass, one example at a time, and never forgets.
 
@@ -100,6 +158,10 @@ class LifelongClassifier:
         ``"auto"`` (default): ``"combined"`` for the text encoder's dense sentence embeddings,
         ``"relative"`` for other features; or either by name (see :mod:`perennial.novelty` for
         both and for why).
+    pretrained
+        None (default), or the name of a pretrained classifier to keep beside the head
+        (``"efficientnet-lite0"``: its 1,000 ImageNet classes); see :meth:`from_pretrained`,
+        the usual way to build such a model. ``encoder`` None then means the image encoder.
 
     Examples
     --------
@@ -120,15 +182,102 @@ class LifelongClassifier:
         unknown_rate: float | None = None,
         unknown_label: Any = None,
         novelty_score: str = "auto",
+        pretrained: str | None = None,
     ) -> None:
         self.encoder = encoder
-        self._encoder: Encoder = as_encoder(encoder)
+        self._encoder: Encoder = as_encoder(
+            "image" if encoder is None and pretrained is not None else encoder
+        )
         self.head = _resolve_head(head)
         self.novelty_score = check_choice("novelty_score", novelty_score, NOVELTY_SCORES)
         self.unknown_label = unknown_label
         self._unknown_rate = _check_unknown_rate(unknown_rate)
+        self.pretrained = pretrained
+        self.pretrained_: PretrainedHead | None = (
+            None
+            if pretrained is None
+            else _check_pretrained(pretrained, self._encoder, self._unknown_rate, unknown_label)
+        )
         self.gate_: OpenSetGate | None = (
             self._new_gate() if self._unknown_rate is not None else None
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str = "efficientnet-lite0",
+        *,
+        encoder: Any = None,
+        head: Head | str | None = None,
+        unknown_rate: float = 0.02,
+        novelty_score: str = "auto",
+    ) -> LifelongClassifier:
+        """A model that knows the pretrained network's own classes and learns more beside them.
+
+        EfficientNet-Lite0 ends in a 1000-way ImageNet classifier. This model keeps it as a fixed
+        head (:class:`~perennial.pretrained.PretrainedHead`) beside the instant head: new classes
+        go to the instant head, and ``classes_`` lists the 1,000 ImageNet names (see
+        :mod:`perennial.pretrained` for how they are read and made unique) followed by the new
+        ones. Equivalent to ``LifelongClassifier(encoder, head, unknown_rate=unknown_rate,
+        novelty_score=novelty_score, pretrained=name)``.
+
+        **Which head answers.** One decision per input, by the open-set gate
+        (:meth:`~perennial.openset.OpenSetGate.accepts`): the instant head answers when the gate
+        finds the input one of its classes (novelty within the threshold calibrated for
+        ``unknown_rate``; with one class, a squared distance to its mean within three times what
+        a new example of it is expected to have); otherwise the pretrained classifier answers.
+        Before anything is learned the pretrained classifier answers every input. No input is
+        *unknown*: ``unknown_label`` stays None and ``predict_detailed`` always says
+        ``"unknown": False``, with ``"source"`` (``"instant"`` or ``"pretrained"``) naming the head
+        that answered. ``predict_proba`` gives the answering head's probabilities (the instant
+        head's softmax, or the ImageNet classifier's) in the columns of its classes and 0 in
+        every other column, so its argmax is the prediction; ``decision_scores`` returns the
+        same.
+
+        **The fixed head never learns.** ``learn``, ``unlearn``, ``merge`` and ``fit`` change the
+        instant head and the gate only. A learned label that is also an ImageNet name (say
+        ``"tabby"``) is a class of the instant head like any other, listed once in ``classes_``
+        at its ImageNet place; either head may answer it. ``forget`` of an ImageNet class leaves
+        the weights as they are and masks the class: it is never answered and leaves
+        ``classes_`` (and the instant head's class of that name, if any, is forgotten too);
+        :meth:`restore_pretrained` brings it back. ``fit`` starts over: nothing learned, nothing
+        masked. ``merge`` needs the other model to have the same pretrained classifier (or none
+        on both); this model's mask stays as it is. A saved model references the classifier by
+        the SHA-256 of its weights file and of its class names instead of copying it, and
+        :meth:`load` refuses an installation whose weights or names differ.
+
+        Parameters
+        ----------
+        name
+            The pretrained classifier: ``"efficientnet-lite0"``.
+        encoder
+            The image encoder (default ``ImageEncoder()``, the 224-pixel input the classifier
+            was trained at), or ``Precomputed`` of one; it must use the same weights.
+        head, unknown_rate, novelty_score
+            As for the constructor; ``unknown_rate`` must be in (0, 1).
+
+        Raises
+        ------
+        InvalidParameterError
+            An unknown name, an encoder of other features, or ``unknown_rate`` None.
+        EncoderError
+            The weights or the ImageNet class names are not installed.
+
+        Examples
+        --------
+        >>> model = LifelongClassifier.from_pretrained("efficientnet-lite0")  # doctest: +SKIP
+        >>> len(model.classes_), model.classes_[281]  # doctest: +SKIP
+        (1000, 'tabby')
+        >>> model.learn_many(brick_crops, ["brick"] * len(brick_crops))  # doctest: +SKIP
+        >>> len(model.classes_), model.classes_[-1]  # doctest: +SKIP
+        (1001, 'brick')
+        """
+        return cls(
+            encoder=encoder,
+            head=head,
+            unknown_rate=unknown_rate,
+            novelty_score=novelty_score,
+            pretrained=name,
         )
 
     # --- parameters -------------------------------------------------------------------------------
@@ -146,7 +295,8 @@ class LifelongClassifier:
 
         ``unknown_rate``, ``unknown_label`` may change at any time (open set can be turned on only
         while the model is empty, or if it kept open-set statistics all along). ``encoder``,
-        ``head`` and ``novelty_score`` may change only while the model has learned nothing.
+        ``head``, ``novelty_score`` and ``pretrained`` may change only while the model has learned
+        nothing (and forgotten none of its pretrained classes).
         """
         known = self.get_params()
         for name in params:
@@ -154,11 +304,16 @@ class LifelongClassifier:
                 raise InvalidParameterError(
                     f"unknown parameter {name!r}; LifelongClassifier takes {', '.join(known)}"
                 )
-        structural = {"encoder", "head", "novelty_score"} & set(params)
+        structural = {"encoder", "head", "novelty_score", "pretrained"} & set(params)
         if structural and self.n_seen_ > 0:
             raise InvalidParameterError(
                 f"cannot change {', '.join(sorted(structural))} of a model that has learned "
                 f"{self.n_seen_} examples; build a new model"
+            )
+        if structural and self.pretrained_ is not None and self.pretrained_.hidden_.any():
+            raise InvalidParameterError(
+                f"cannot change {', '.join(sorted(structural))} of a model that has forgotten "
+                f"{int(self.pretrained_.hidden_.sum())} pretrained classes; build a new model"
             )
         merged = {**known, **params}
         fresh = type(self)(**merged)  # validates everything before anything changes
@@ -179,6 +334,11 @@ class LifelongClassifier:
     @unknown_rate.setter
     def unknown_rate(self, rate: float | None) -> None:
         rate = _check_unknown_rate(rate)
+        if rate is None and self.pretrained_ is not None:
+            raise InvalidParameterError(
+                "a model with a pretrained classifier needs unknown_rate in (0, 1), got None: "
+                "the open-set gate decides which inputs its instant head answers"
+            )
         if rate is not None and self.gate_ is None:
             if self.n_seen_ > 0:
                 raise InvalidParameterError(
@@ -203,8 +363,35 @@ class LifelongClassifier:
     # --- introspection ----------------------------------------------------------------------------
     @property
     def classes_(self) -> list[Label]:
-        """Known labels, in the order they were first learned."""
-        return list(self.head.classes_)
+        """Known labels, in the order they were first learned.
+
+        With a pretrained classifier: its classes (those not forgotten) in its output order,
+        then the learned labels that are not among them.
+        """
+        if self.pretrained_ is None:
+            return list(self.head.classes_)
+        return self._pretrained_layout()[0]
+
+    def _pretrained_layout(self) -> tuple[list[Label], NDArray[np.intp]]:
+        """``classes_``, and the column there of each head class.
+
+        The visible pretrained classes take the first columns, in their output order.
+        """
+        pretrained = self.pretrained_
+        assert pretrained is not None
+        visible = pretrained.visible
+        labels: list[Label] = [pretrained.names[i] for i in visible]
+        place = np.full(len(pretrained.names), -1, dtype=np.intp)
+        place[visible] = np.arange(len(visible))
+        head_columns = np.empty(len(self.head.classes_), dtype=np.intp)
+        for column, label in enumerate(self.head.classes_):
+            index = pretrained.index_of(label)
+            if index is not None and place[index] >= 0:
+                head_columns[column] = place[index]
+            else:
+                head_columns[column] = len(labels)
+                labels.append(label)
+        return labels, head_columns
 
     @property
     def n_seen_(self) -> int:
@@ -222,6 +409,8 @@ class LifelongClassifier:
         extra = "" if self.unknown_rate is None else f", unknown_rate={self.unknown_rate!r}"
         if self.novelty_score != "auto":
             extra += f", novelty_score={self.novelty_score!r}"
+        if self.pretrained is not None:
+            extra += f", pretrained={self.pretrained!r}"
         return f"LifelongClassifier(encoder={self._encoder!r}, head={self.head!r}{extra})"
 
     def encode(self, inputs: Any) -> np.ndarray:
@@ -234,6 +423,8 @@ class LifelongClassifier:
         dim = self.head.dim_
         if dim is None and self.gate_ is not None:
             dim = self.gate_.dim
+        if dim is None and self.pretrained_ is not None:
+            dim = self.pretrained_.dim
         features = self.encode(inputs)
         if type(self._encoder) in _VALIDATING_ENCODERS:
             # Their output went through check_features already: finite, 2-D, not empty.
@@ -312,13 +503,18 @@ class LifelongClassifier:
         return self
 
     def fit(self, X: Any, y: Any) -> LifelongClassifier:
-        """Forget everything, then learn ``X``; returns the model."""
+        """Forget everything, then learn ``X``; returns the model.
+
+        A pretrained classifier stays, with every class it has answerable again.
+        """
         labels = check_labels(y, _batch_length(X))
         features = check_features(self.encode(X))
         head = self.head.clone()
         gate = self._new_gate() if self.unknown_rate is not None or self.gate_ is not None else None
         self._learn([(features, labels)], head=head, gate=gate)
         self.head, self.gate_ = head, gate
+        if self.pretrained_ is not None:
+            self.pretrained_.hidden_[:] = False
         return self
 
     def forget(self, label: Label) -> None:
@@ -330,10 +526,56 @@ class LifelongClassifier:
         :class:`~perennial.heads.SLDAHead` and
         :meth:`~perennial.heads.statistics.ClassStatistics.drop`).
         """
+        if self.pretrained_ is not None:
+            self._forget_with_pretrained(label)
+            return
         index = self.head.column_of(label)  # raises for an unknown label, before any change
         if self.gate_ is not None:
             self.gate_.forget(index)
         self.head.forget(label)
+
+    def _forget_with_pretrained(self, label: Label) -> None:
+        pretrained = self.pretrained_
+        assert pretrained is not None
+        key = _nfc(label)
+        in_pretrained = pretrained.is_visible(key)
+        try:
+            index: int | None = self.head.column_of(label)
+        except UnknownLabelError:
+            if not in_pretrained:
+                raise UnknownLabelError(
+                    f"unknown label {label!r}: neither the pretrained classifier "
+                    f"{pretrained.name!r} (its classes not forgotten) nor the "
+                    f"{len(self.head.classes_)} learned classes have it"
+                ) from None
+            index = None
+        if index is not None:
+            if self.gate_ is not None:
+                self.gate_.forget(index)
+            self.head.forget(label)
+        if in_pretrained:
+            pretrained.hide(key)
+
+    def restore_pretrained(self, label: Label) -> None:
+        """Answer again a class of the pretrained classifier that :meth:`forget` masked.
+
+        Forgetting a pretrained class never changed the classifier's weights, so the class comes
+        back exactly as it was. A learned class of that name forgotten with it stays forgotten.
+
+        Raises
+        ------
+        NotFittedError
+            The model has no pretrained classifier.
+        UnknownLabelError
+            Not one of its classes.
+        InvalidParameterError
+            The class is not forgotten.
+        """
+        if self.pretrained_ is None:
+            raise NotFittedError(
+                "this model has no pretrained classifier; build it with from_pretrained(...)"
+            )
+        self.pretrained_.restore(_nfc(label))
 
     def unlearn_many(self, X: Any, y: Any, *, verify: bool = True) -> None:
         """Remove examples learned before, exactly: the model becomes the one that never saw them.
@@ -364,6 +606,16 @@ class LifelongClassifier:
         (['cat'], 1)
         """
         labels = check_labels(y, _batch_length(X))  # cheap checks first, before any encoding
+        pretrained = self.pretrained_
+        if pretrained is not None:
+            learned = set(self.head.classes_)
+            for label in labels:
+                if label not in learned and pretrained.index_of(label) is not None:
+                    raise UnknownLabelError(
+                        f"cannot unlearn examples of {label!r}: it is a class of the pretrained "
+                        f"classifier {pretrained.name!r}, which learns nothing, and no example "
+                        "of it was learned"
+                    )
         features = self._features(X)
         columns, kept = self.head.plan_unlearn(labels)  # raises before any change
         if verify and self.gate_ is not None:
@@ -410,6 +662,7 @@ class LifelongClassifier:
                 f"cannot merge models with different encoders: {mine!r} here, {theirs!r} in the "
                 "other; their features would not match"
             )
+        _check_same_pretrained(self.pretrained_, other.pretrained_)
         gate, other_gate = self.gate_, other.gate_
         if gate is not None:
             if other_gate is None and other.n_seen_ > 0:
@@ -430,13 +683,21 @@ class LifelongClassifier:
             raise NotFittedError("the model has learned nothing yet; learn before predicting")
 
     def decision_scores(self, X: Any) -> FloatArray:
-        """Scores (n, n_classes), columns ordered like ``classes_``."""
+        """Scores (n, n_classes), columns ordered like ``classes_``.
+
+        With a pretrained classifier, the probabilities of :meth:`predict_proba_many` (the two
+        heads' scores are not on one scale).
+        """
+        if self.pretrained_ is not None:
+            return self.predict_proba_many(X)
         self._require_fitted()
         return self.head._scores(self._features(X))  # checked once, by _features
 
     def predict_many(self, X: Any) -> list[Any]:
         """The most likely label of each input (``unknown_label`` for unknown inputs)."""
         self._check_open_set()
+        if self.pretrained_ is not None:
+            return [row["label"] for row in self._pretrained_rows(self._features(X), top=1)]
         if self.gate_ is None or self.unknown_threshold_ is None:
             scores = self.decision_scores(X)
             return [self.head.classes_[i] for i in np.argmax(scores, axis=1)]
@@ -454,16 +715,83 @@ class LifelongClassifier:
         return result
 
     def predict_proba_many(self, X: Any) -> FloatArray:
-        """Class probabilities (n, n_classes), columns ordered like ``classes_``."""
-        self._require_fitted()
-        return self.head.predict_proba_many(self._features(X))
+        """Class probabilities (n, n_classes), columns ordered like ``classes_``.
+
+        With a pretrained classifier, the probabilities of the head that answers each input (see
+        :meth:`from_pretrained`), 0 in the columns of the other head's classes.
+        """
+        if self.pretrained_ is None:
+            self._require_fitted()
+            return self.head.predict_proba_many(self._features(X))
+        features = self._features(X)
+        labels, head_columns = self._pretrained_layout()
+        instant = self._instant_rows(features)
+        result = np.zeros((len(features), len(labels)))
+        rows = np.flatnonzero(instant)
+        if len(rows):
+            result[np.ix_(rows, head_columns)] = self.head.predict_proba_many(features[rows])
+        rows = np.flatnonzero(~instant)
+        if len(rows):
+            visible = self.pretrained_.visible
+            result[rows, : len(visible)] = self.pretrained_.proba(features[rows])[:, visible]
+        return result
 
     predict_proba = predict_proba_many
 
     def predict_proba_one(self, x: Any) -> dict[Label, float]:
         """Class probabilities of one input, by label."""
         row = self.predict_proba_many(_one(x))[0]
-        return {label: float(p) for label, p in zip(self.head.classes_, row, strict=True)}
+        return {label: float(p) for label, p in zip(self.classes_, row, strict=True)}
+
+    # --- with a pretrained classifier --------------------------------------------------------------
+    def _instant_rows(self, features: FloatArray) -> NDArray[np.bool_]:
+        """Which inputs the instant head answers: the gate's one decision (see from_pretrained)."""
+        gate = self.gate_
+        if gate is None or not self.head.is_fitted:
+            return np.zeros(len(features), dtype=bool)
+        return gate.accepts(features, self.unknown_rate)
+
+    def _pretrained_rows(self, features: FloatArray, top: int) -> list[dict[str, Any]]:
+        """:meth:`predict_detailed`'s rows for a model with a pretrained classifier."""
+        pretrained = self.pretrained_
+        assert pretrained is not None
+        instant = self._instant_rows(features)
+        gate = self.gate_
+        novelty = gate.novelty(features) if gate is not None and gate.can_score() else None
+        rows: list[dict[str, Any]] = [{} for _ in range(len(features))]
+        picks = np.flatnonzero(instant)
+        if len(picks):
+            scores = self.head._scores(features[picks])
+            self._fill_rows(rows, picks, scores, list(self.head.classes_), top, "instant")
+        picks = np.flatnonzero(~instant)
+        if len(picks):
+            visible = pretrained.visible
+            scores = pretrained.proba(features[picks])[:, visible]
+            names = [pretrained.names[i] for i in visible]
+            self._fill_rows(rows, picks, scores, names, top, "pretrained")
+        for i, row in enumerate(rows):
+            row["novelty"] = None if novelty is None else float(novelty[i])
+        return rows
+
+    @staticmethod
+    def _fill_rows(
+        rows: list[dict[str, Any]],
+        picks: NDArray[np.intp],
+        scores: FloatArray,
+        classes: list[Any],
+        top: int,
+        source: str,
+    ) -> None:
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :top]
+        for k, i in enumerate(picks):
+            best = int(order[k, 0])
+            rows[i].update(
+                label=classes[best],
+                score=float(scores[k, best]),
+                unknown=False,
+                source=source,
+                top=[{"label": classes[j], "score": float(scores[k, j])} for j in order[k]],
+            )
 
     # --- open-set recognition ----------------------------------------------------------------------
     def _check_open_set(self) -> None:
@@ -518,6 +846,10 @@ class LifelongClassifier:
         there is no threshold yet (see :attr:`open_set_status_`); ``top`` lists
         ``{"label", "score"}`` pairs, best first.
 
+        With a pretrained classifier, each row also says which head answered (``"source"``:
+        ``"instant"`` or ``"pretrained"``); ``score`` and ``top`` are that head's (the instant
+        head's scores, or the ImageNet classifier's probabilities), and ``unknown`` is False.
+
         Examples
         --------
         >>> import numpy as np
@@ -529,6 +861,8 @@ class LifelongClassifier:
         ['c', None]
         """
         top = check_int("top", top, minimum=1)
+        if self.pretrained_ is not None:
+            return self._pretrained_rows(self._features(X), top)
         self._require_fitted()
         self._check_open_set()
         features = self._features(X)
@@ -571,7 +905,11 @@ class LifelongClassifier:
 
     # --- persistence ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the learned statistics to the directory ``path`` (atomically)."""
+        """Write the learned statistics to the directory ``path`` (atomically).
+
+        A pretrained classifier is saved as a reference (its name, the SHA-256 of its weights and
+        of its class names, the forgotten classes), not as weights.
+        """
         head_name = registered_name(self.head)
         if head_name is None:
             raise PersistenceError(f"cannot save a head of type {type(self.head).__name__}")
@@ -596,6 +934,9 @@ class LifelongClassifier:
             "head": {"name": head_name, "params": self.head.get_params(), "state": head_meta},
             "open_set": open_set,
         }
+        if self.pretrained_ is not None:
+            # A reference by digest, not the 5 MB of weights: load() rebuilds and checks it.
+            payload["pretrained"] = self.pretrained_.record()
         return write_model_files(path, payload, arrays)
 
     @classmethod
@@ -607,8 +948,20 @@ class LifelongClassifier:
         encoder
             The encoder to use; it must have the name recorded in the model. When None, a
             registered encoder (text, image, identity) is rebuilt from the record.
+
+        Raises
+        ------
+        ModelMismatchError
+            Among others: a model saved with a pretrained classifier whose weights or class names
+            are not those installed here.
         """
         payload, arrays = read_model_files(path)
+        pretrained: PretrainedHead | None = None
+        if payload.get("pretrained") is not None:
+            record = payload["pretrained"]
+            if not isinstance(record, dict):
+                raise ModelMismatchError(f"{path}: the pretrained record is not an object")
+            pretrained = PretrainedHead.from_record(record, str(path))
         try:
             encoder_record = dict(payload["encoder"])
             head_record = dict(payload["head"])
@@ -624,9 +977,9 @@ class LifelongClassifier:
                     f"{path} was saved with the custom encoder {encoder_record.get('name')!r}; "
                     "pass it as load(path, encoder=...)"
                 )
-            from perennial.encoders import make_encoder
+            from perennial.encoders import rebuild_encoder
 
-            encoder = make_encoder(str(kind), **encoder_record.get("params", {}))
+            encoder = rebuild_encoder(str(kind), dict(encoder_record.get("params") or {}))
         resolved = as_encoder(encoder)
         if resolved.name != encoder_record.get("name"):
             raise ModelMismatchError(
@@ -660,7 +1013,17 @@ class LifelongClassifier:
                 score = "auto" if gate is None else gate.score
             else:
                 score = "auto"
-            model = cls(encoder=encoder, head=head, unknown_label=open_set.get("unknown_label"))
+            with_pretrained: dict[str, Any] = (
+                {} if pretrained is None else {"pretrained": pretrained.name, "unknown_rate": rate}
+            )
+            model = cls(
+                encoder=encoder,
+                head=head,
+                unknown_label=open_set.get("unknown_label"),
+                **with_pretrained,
+            )
+            if pretrained is not None:
+                model.pretrained_ = pretrained
             model.novelty_score = check_choice("novelty_score", score, NOVELTY_SCORES)
             model.gate_ = gate
             if rate is not None and gate is not None:

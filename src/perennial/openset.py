@@ -30,6 +30,11 @@ the model has seen as many examples as its features are wide, the gate decides b
 from every learned class than the classes typically are from each other (see
 :meth:`OpenSetGate.threshold`). With one class the gate answers "not unknown" with ``novelty``
 None, and :meth:`OpenSetGate.status` says what is missing.
+
+**Beside a pretrained classifier.** A model that keeps a pretrained classifier asks the gate
+which inputs belong to its learned classes (:meth:`OpenSetGate.accepts`); the pretrained
+classifier answers the others. While young, that decision uses a bound on the classes' own
+spread rather than the young rule above (see there).
 """
 
 from __future__ import annotations
@@ -64,6 +69,15 @@ YOUNG_SCORES = 20  # held-out scores the reservoir needs before its quantile set
 # examples it has now (see OpenSetGate.recent).
 RECENT_FRACTION = 0.5
 MATURE_ROWS = 2  # ... and once the statistics had this many rows per feature (or half of now's)
+# A model with a pretrained classifier, while the gate is young (see OpenSetGate.accepts): an input
+# is one of the learned classes while its squared distance to the nearest class mean is at most
+# this many times what a new example of that class is expected to have. On 96-pixel crops of
+# skimage's brick, grass and gravel textures learned from 2-10 crops each (any one, two or all
+# three of them), 20 held-out crops of each learned texture reached at most 2.9 times the
+# expectation (3.2 for one texture learned alone), crops of a texture not learned at least 3.2
+# times, and 11 whole photographs at least 4.4 times. benchmarks/bench_pretrained.py measures
+# the decision on more crops.
+SPREAD_FACTOR = 3.0
 
 
 @dataclass
@@ -452,6 +466,57 @@ class OpenSetGate:
         if self.young():
             return self.young_threshold()
         return float(np.quantile(self.calibration_scores(), 1.0 - rejection_rate))
+
+    def spread(self) -> float | None:
+        """The mean squared distance of a row to its class mean: ``tr(W) / (n - k)``.
+
+        ``W`` is the scatter of every row about its class mean (the rows a default forget left
+        unlabelled included), ``k`` the number of classes learned. None while ``n <= k`` (no
+        class has two examples).
+        """
+        stats = self.statistics_
+        if stats is None:
+            return None
+        known = stats.counts > 0
+        classes = int(known.sum())
+        if stats.n <= classes:
+            return None
+        between = float((stats.sums[known] ** 2).sum(axis=1) @ (1.0 / stats.counts[known]))
+        return max(float(stats.moment_diagonal().sum()) - between, 0.0) / (stats.n - classes)
+
+    def accepts(self, X: FloatArray, rejection_rate: float | None) -> NDArray[np.bool_]:
+        """Whether each row of validated features belongs to one of the learned classes.
+
+        The decision of a model with a pretrained classifier, which answers whatever is not
+        accepted here. A calibrated gate (two classes or more, not :meth:`young`, or a threshold
+        from :meth:`tune`) accepts an input whose novelty is at most :meth:`threshold`. Before
+        that (any number of classes), it accepts an input whose squared distance to the nearest
+        class mean is at most ``SPREAD_FACTOR`` (3) times what a new example of that class is
+        expected to have, ``spread() * (1 + 1/n_c)``: a bound on the class's own scale, where
+        the young rule's class-to-class distance (:meth:`threshold`) takes in everything between
+        classes far apart. Nothing is accepted while no class has two examples.
+        """
+        n = len(X)
+        stats = self.statistics_
+        if stats is None or not (stats.counts > 0).any():
+            return np.zeros(n, dtype=bool)
+        if self.can_score() and not self.young():
+            threshold = self.threshold(rejection_rate)
+            if threshold is None:
+                return np.ones(n, dtype=bool)
+            inside: NDArray[np.bool_] = self.novelty(X) <= threshold
+            return inside
+        spread = self.spread()
+        if spread is None:
+            return np.zeros(n, dtype=bool)
+        known = stats.counts > 0
+        counts = stats.counts[known]
+        means = self._young_means()
+        distances = np.sum(X * X, axis=1)[:, None] - 2.0 * X @ means.T + np.sum(means**2, axis=1)
+        nearest = np.argmin(distances, axis=1)
+        bound = SPREAD_FACTOR * spread * (1.0 + 1.0 / counts[nearest])
+        near: NDArray[np.bool_] = distances[np.arange(n), nearest] <= bound
+        return near
 
     def status(self) -> str:
         """``"on"``, ``"on (young model): ..."``, or ``"calibrating: ..."`` saying what is missing."""

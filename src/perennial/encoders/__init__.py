@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from perennial.encoders.base import (
@@ -13,6 +14,7 @@ from perennial.encoders.base import (
     encoder_spec,
 )
 from perennial.encoders.cache import FeatureCache
+from perennial.encoders.image_loading import list_image_files, load_image
 from perennial.exceptions import InvalidParameterError
 
 __all__ = [
@@ -24,7 +26,10 @@ __all__ = [
     "Precomputed",
     "as_encoder",
     "encoder_spec",
+    "list_image_files",
+    "load_image",
     "make_encoder",
+    "rebuild_encoder",
 ]
 
 #: Encoders by the name the command line, the service and saved models use.
@@ -50,3 +55,25 @@ def make_encoder(name: str, **params: Any) -> Encoder:
     if name == "identity":
         return IdentityEncoder(**params)
     raise InvalidParameterError(f"unknown encoder {name!r}; expected one of {', '.join(ENCODERS)}")
+
+
+#: Parameters added after models were first saved, with the value that gives the features a
+#: record written before them meant (not today's default): an image model saved before
+#: ``resize`` existed stretched its images.
+_EARLIER_DEFAULTS: dict[str, dict[str, Any]] = {"image": {"resize": "stretch"}}
+
+
+def rebuild_encoder(kind: str, params: Mapping[str, Any]) -> Encoder:
+    """Build the encoder a saved record describes (its registry ``kind`` and ``params``).
+
+    Unlike :func:`make_encoder`, a parameter the record lacks because it did not exist when the
+    record was written takes the value that reproduces that record's features.
+
+    Examples
+    --------
+    >>> rebuild_encoder("image", {"image_size": 32}).resize
+    'stretch'
+    >>> make_encoder("image", image_size=32).resize
+    'crop'
+    """
+    return make_encoder(kind, **{**_EARLIER_DEFAULTS.get(kind, {}), **params})

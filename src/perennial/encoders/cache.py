@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from perennial.encoders.base import Encoder, Float32Array
+from perennial.encoders.image_loading import is_pil_image
 
 __all__ = ["FeatureCache", "default_cache_dir", "file_sha256", "inputs_digest"]
 
@@ -35,25 +36,45 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def inputs_digest(inputs: Any) -> str:
-    """SHA-256 of a batch of texts or an array, independent of Python's hash seed."""
+def inputs_digest(inputs: Any, *, files: bool = False) -> str:
+    """SHA-256 of a batch of inputs, independent of Python's hash seed.
+
+    Texts and arrays are hashed as they are, encoded images (bytes) by their bytes, PIL images
+    by their pixels and EXIF orientation. With ``files`` (an image encoder's batch), a path
+    (``str`` or ``os.PathLike``) is hashed by the contents of its file, so a file rewritten
+    under the same name is encoded again; otherwise a string is a text.
+    """
     digest = hashlib.sha256()
     if isinstance(inputs, np.ndarray):
         array = np.ascontiguousarray(inputs)
         digest.update(f"array:{array.dtype.str}:{array.shape}".encode())
         digest.update(array.tobytes())
-    else:
-        items = list(inputs)
-        digest.update(f"list:{len(items)}".encode())
-        for item in items:
-            if isinstance(item, str):
-                data = item.encode("utf-8")
-                digest.update(b"s%d:" % len(data))
-                digest.update(data)
-            else:
-                array = np.ascontiguousarray(np.asarray(item))
-                digest.update(f"a:{array.dtype.str}:{array.shape}:".encode())
-                digest.update(array.tobytes())
+        return digest.hexdigest()
+    items = list(inputs)
+    digest.update(f"list:{len(items)}".encode())
+    for item in items:
+        if files and isinstance(item, str | os.PathLike):
+            try:
+                content = file_sha256(os.fsdecode(item))
+            except OSError:
+                content = "unreadable"  # the encoder will say why; nothing is cached
+            digest.update(f"f{content}:".encode())
+        elif isinstance(item, str | os.PathLike):
+            data = item.encode("utf-8") if isinstance(item, str) else os.fsencode(item)
+            digest.update(b"s%d:" % len(data))
+            digest.update(data)
+        elif isinstance(item, bytes | bytearray | memoryview):
+            data = bytes(item)
+            digest.update(b"b%d:" % len(data))
+            digest.update(data)
+        elif is_pil_image(item):
+            orientation = item.getexif().get(0x0112, 1)
+            digest.update(f"p:{item.mode}:{item.size}:{orientation}:".encode())
+            digest.update(item.tobytes())
+        else:
+            array = np.ascontiguousarray(np.asarray(item))
+            digest.update(f"a:{array.dtype.str}:{array.shape}:".encode())
+            digest.update(array.tobytes())
     return digest.hexdigest()
 
 
@@ -78,7 +99,9 @@ class FeatureCache:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
 
     def path_for(self, encoder: Encoder, inputs: Any) -> Path:
-        key = hashlib.sha256(f"{encoder.name}\0{inputs_digest(inputs)}".encode()).hexdigest()
+        files = getattr(encoder, "kind", None) == "image"
+        digest = inputs_digest(inputs, files=files)
+        key = hashlib.sha256(f"{encoder.name}\0{digest}".encode()).hexdigest()
         return self.directory / f"{key}.npy"
 
     def encode(self, encoder: Encoder, inputs: Any) -> Float32Array:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -24,6 +25,12 @@ from perennial.heads.statistics import add_outer, check_subtraction, symmetric
 from perennial.params import check_int, check_positive
 
 __all__ = ["RidgeHead"]
+
+#: How far (relative) a row given to unlearn may be from the stored row it removes in the dual
+#: form (see RidgeHead._held_rows).
+HELD_ROW_TOLERANCE = 1e-5
+
+logger = logging.getLogger(__name__)
 
 # Relative ridge strengths tried by generalized cross-validation, times the mean eigenvalue of G.
 _RELATIVE_GRID = 10.0 ** np.linspace(-6.0, 2.0, 33)
@@ -54,6 +61,7 @@ class _DualSolution:
     expanded: FloatArray  # (capacity, M): rows [:n] are H = relu(X R)
     factor: FloatArray  # (capacity, capacity): [:n, :n] is L, lower triangular
     half: FloatArray  # L^-1 Y, (n, n_classes)
+    carried: bool = False  # lam carried over an unlearning (not chosen for these rows)
 
 
 @dataclass
@@ -61,9 +69,13 @@ class _EigenSolution:
     """The primal solver's cache: ``G = V diag(s) V^T`` at ``n_base`` examples, and the ``k`` since.
 
     With ``P`` the pending examples' ``V^T h`` and ``D = (s + lam)^-1``: ``scaled[:, :k]`` is
-    ``D P``, ``factor[:k, :k]`` the lower Cholesky factor of ``S = I + P^T D P``, and ``cross`` is
-    ``P^T D V^T C``; ``rotated_targets`` is ``V^T C`` with the pending examples in ``C``. The
-    buffers ``scaled`` and ``factor`` grow when full; appending writes past column ``k`` only.
+    ``D P``, ``factor[:k, :k]`` the lower triangular ``L`` of ``S = J + P^T D P = L J L^T``, and
+    ``cross`` is ``P^T D V^T C``; ``rotated_targets`` is ``V^T C`` with the pending examples in
+    ``C``. ``J = diag(signs)``: +1 for an example learned, -1 for one unlearned (``G - h h^T``,
+    Woodbury with a negative sign; ``S`` is then indefinite, but each block of ``L`` is the
+    Cholesky factor of a positive definite matrix while the statistics stay valid). ``signs`` is
+    None while every pending example was learned. The buffers ``scaled`` and ``factor`` grow when
+    full; appending writes past column ``k`` only.
     """
 
     lam: float
@@ -75,6 +87,7 @@ class _EigenSolution:
     scaled: FloatArray  # (M, capacity), Fortran order
     factor: FloatArray  # (capacity, capacity)
     cross: FloatArray  # (k, n_classes)
+    signs: FloatArray | None = None  # (k,) of +-1 once an example was unlearned
 
 
 class _Rebuild:
@@ -275,7 +288,10 @@ class RidgeHead(Head):
     ``W = (G + lam I)^-1 C`` of the statistics at the ``lam`` in use. With ``"auto"``, that ``lam``
     is GCV's choice for the statistics the rebuild started from, so it depends on when the
     rebuilds ran (on the timing of the owner's thread), not only on the examples: it lags the
-    data by the examples that arrived during the rebuild, besides the window.
+    data by the examples that arrived during the rebuild, besides the window. Such a head also
+    saves its decomposition (``s``, ``V`` and the pending updates: about twice the bytes of ``G``
+    alone) so that loading it serves at once, with the same ``lam``, after checking that the
+    saved decomposition solves the loaded statistics (one that does not is dropped).
 
     ``unlearn_many(X, y)`` subtracts the examples' ``h h^T`` from ``G`` (and from ``G_c`` with
     ``exact_forget=True``), their targets from ``C`` and their counts: this is exact whatever
@@ -285,8 +301,9 @@ class RidgeHead(Head):
     within-class scatter ``G - sum_c C_c C_c^T / n_c`` of the expanded features that is not
     positive semi-definite (one Cholesky factorisation of an ``M x M`` matrix), or an emptied
     class whose targets do not vanish. In the dual form it can tell, and it removes the stored
-    rows equal to them (same features as float64, same label), refusing an example it does not
-    hold (with ``verify=False`` it subtracts it all the same, turning primal). Examples of a class
+    rows equal to them (same label; the same features as float64, or else the nearest within a
+    relative 1e-5, ``HELD_ROW_TOLERANCE``: an encoder may round the same input differently in
+    another batch), refusing an example it does not hold (with ``verify=False`` it subtracts it all the same, turning primal). Examples of a class
     removed by the default ``forget`` stay without a label and can no longer be unlearned.
     ``merge(other)`` adds the statistics of a head with the same parameters and projection (two
     dual heads whose rows together fit under ``dual_limit_`` stay dual).
@@ -584,23 +601,43 @@ class RidgeHead(Head):
     def _held_rows(
         self, X: FloatArray, columns: NDArray[np.intp]
     ) -> tuple[list[int], tuple[int, bool] | None]:
-        """Dual form: the stored rows equal to ``X`` with the same classes, each taken once.
+        """Dual form: the stored rows matching ``X`` with the same classes, each taken once.
 
-        Also the first row of ``X`` without a match (and whether it has one that is taken
-        already), or None.
+        A row matches one equal to it, or else the nearest stored row of its class within
+        ``HELD_ROW_TOLERANCE`` of it (largest difference relative to the largest entry): an
+        encoder may round the same input differently in another batch (ONNX Runtime's int8
+        text encoder by about 1e-7). Also the first row of ``X`` without a match (and whether
+        it has an equal one that is taken already), or None.
         """
         assert self.features_ is not None and self.feature_columns_ is not None
-        stored: dict[tuple[tuple[float, ...], int], list[int]] = {}
+        features = self.features_ + 0.0  # -0.0 made 0.0: equal bytes then mean equal floats
+        stored: dict[tuple[bytes, int], list[int]] = {}
         for i, (row, column) in enumerate(
-            zip(self.features_.tolist(), self.feature_columns_.tolist(), strict=True)
+            zip(features, self.feature_columns_.tolist(), strict=True)
         ):
-            stored.setdefault((tuple(row), column), []).append(i)  # float equality, as ==
+            stored.setdefault((row.tobytes(), column), []).append(i)
+        available = np.ones(features.shape[0], dtype=bool)
         held: list[int] = []
-        for position, (row, column) in enumerate(zip(X.tolist(), columns.tolist(), strict=True)):
-            matches = stored.get((tuple(row), column))
-            if not matches:
-                return held, (position, (tuple(row), column) in stored)
-            held.append(matches.pop())
+        rows = np.asarray(X, dtype=np.float64) + 0.0
+        for position, (row, column) in enumerate(zip(rows, columns.tolist(), strict=True)):
+            key = (row.tobytes(), column)
+            matches = [i for i in stored.get(key, []) if available[i]]
+            if matches:
+                chosen = matches[-1]
+            else:
+                candidates = np.flatnonzero(available & (self.feature_columns_ == column))
+                if not candidates.size:
+                    return held, (position, key in stored)
+                gaps = np.abs(features[candidates] - row).max(axis=1)
+                nearest = int(np.argmin(gaps))
+                scale = max(
+                    float(np.abs(row).max()), float(np.abs(features[candidates[nearest]]).max())
+                )
+                if gaps[nearest] > HELD_ROW_TOLERANCE * max(scale, np.finfo(float).tiny):
+                    return held, (position, key in stored)
+                chosen = int(candidates[nearest])
+            available[chosen] = False
+            held.append(chosen)
         return held, None
 
     def _unlearn(self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]) -> None:
@@ -634,10 +671,22 @@ class RidgeHead(Head):
         new_column = np.full(self.counts_.shape[0] + 1, -1, dtype=np.int64)  # index -1: stays
         new_column[kept] = np.arange(kept.shape[0])
         # Commit (an emptied class has no row left, so its column maps nowhere).
+        cache = self._dual
+        if self._deferred and cache is not None and cache.n == keep.shape[0]:
+            # The service's head: the factor of the rows left at the lam in use (O(n^3), no
+            # eigendecomposition of K); a rebuild is then due, to choose lam again.
+            kept_columns = new_column[self.feature_columns_[keep]]
+            try:
+                cache = _dual_removed(cache, keep, _dual_targets(kept_columns, kept.shape[0]))
+            except (np.linalg.LinAlgError, FloatingPointError):  # decomposed when solved
+                cache = None
+        else:
+            cache = None
         self.features_ = self.features_[keep]
         self.feature_columns_ = new_column[self.feature_columns_[keep]]
         self.counts_ = counts
         self._invalidate(solution=True)
+        self._dual = cache
 
     def _unlearn_primal(
         self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]
@@ -648,6 +697,7 @@ class RidgeHead(Head):
         targets = (self.targets_ - H.T @ one_hot(columns, n_classes))[:, kept]
         counts = (self.counts_ - np.bincount(columns, minlength=n_classes))[kept]
         H_f = np.asfortranarray(H)
+        solution, weights = self._downdated(H, one_hot(columns, n_classes), kept)
         class_updates: list[tuple[int, FloatArray]] = []
         if self.exact_forget:
             remaining = set(kept.tolist())  # an emptied class's G_c is dropped, not downdated
@@ -665,6 +715,37 @@ class RidgeHead(Head):
         self.targets_ = targets
         self.counts_ = counts
         self._invalidate(solution=True)
+        self._primal, self._weights = solution, weights
+
+    def _downdated(
+        self, H: FloatArray, Y: FloatArray, kept: NDArray[np.intp]
+    ) -> tuple[_EigenSolution | None, FloatArray | None]:
+        """A deferring head's solution and weights with the rows ``H`` (targets ``Y``) taken out.
+
+        Exact, at the ``lam`` in use: pending updates of sign -1 (``O(M^2 r)``), so that the
+        service publishes an unlearning at the cost of a learn instead of a new decomposition
+        of ``G``; a rebuild is then due at once, to choose ``lam`` again as retraining would.
+        (None, None) for a head that does not defer (it decomposes ``G`` when it next solves),
+        or when the downdate is not definite to rounding.
+        """
+        solution = self._primal
+        if not self._deferred or solution is None:
+            return None, None
+        rotated = (H @ solution.V).T
+        try:
+            solution = _eigen_appended(solution, rotated, Y, sign=-1.0)
+        except np.linalg.LinAlgError:
+            return None, None
+        weights = None
+        if self._weights is not None and H.shape[0] < Y.shape[1]:
+            weights = _eigen_weights_updated(solution, rotated, H, Y, self._weights, -1.0)
+            weights = weights[:, kept]
+        solution = replace(
+            solution,
+            rotated_targets=solution.rotated_targets[:, kept],
+            cross=solution.cross[:, kept],
+        )
+        return solution, weights
 
     def _check_mergeable(self, other: RidgeHead) -> None:
         self._refuse_if_read_only("merge into it")
@@ -895,8 +976,10 @@ class RidgeHead(Head):
         A deferred head never rebuilds its decomposition while learning: past ``pending_limit``
         (and, in the dual form, past ``dual_limit_``) it keeps taking examples as pending updates
         on the one it has, and :attr:`rebuild_due` says that a rebuild should start. Solving
-        still rebuilds at once when there is no decomposition at all (after a load, an
-        unlearning, a merge or an exact forget). Not saved, and not passed on to copies.
+        still rebuilds at once when there is no decomposition at all (after an unlearning, a
+        merge or an exact forget, or a load of a head saved without one). Not saved, and not
+        passed on to copies; but a deferring head saves its decomposition (see the class
+        docstring).
         """
         self._deferred = bool(defer)
 
@@ -908,10 +991,13 @@ class RidgeHead(Head):
         if self.features_ is not None:
             cache = self._dual
             return self.features_.shape[0] > self.dual_limit_ or (
-                cache is not None and cache.n - cache.n_base >= self.pending_limit(cache.n_base)
+                cache is not None
+                and (cache.carried or cache.n - cache.n_base >= self.pending_limit(cache.n_base))
             )
         solution = self._primal
-        return solution is not None and solution.k >= self.pending_limit(solution.n_base)
+        return solution is not None and (
+            solution.k >= self.pending_limit(solution.n_base) or solution.signs is not None
+        )
 
     @property
     def n_pending_(self) -> int:
@@ -1074,7 +1160,21 @@ class RidgeHead(Head):
         meta: dict[str, Any] = {"form": self.form_, "projection_sha256": self._projection_digest}
         if self.features_ is not None:
             meta["rows"] = int(self.features_.shape[0])
+        solution = self._saved_solution()
+        if solution is not None:
+            meta["solution"] = {"lam": solution.lam, "n_base": solution.n_base, "k": solution.k}
         return meta
+
+    def _saved_solution(self) -> _EigenSolution | None:
+        """The primal decomposition a save writes: a deferring head's, when it has one.
+
+        The service's heads defer their rebuilds; they save their decomposition with the
+        statistics so that a restart serves at once instead of decomposing ``G`` first (seconds
+        at 4,096 features), and serves exactly the model that was saved (the same ``lam``).
+        """
+        if self._deferred and self.features_ is None and not self._read_only:
+            return self._primal
+        return None
 
     @property
     def state_bytes(self) -> int:
@@ -1083,6 +1183,10 @@ class RidgeHead(Head):
             return super().state_bytes  # the dual form's arrays are the stored rows themselves
         m, n_classes = self.n_features, self.counts_.shape[0]
         floats = m * m * (1 + len(self.class_grams_)) + m * n_classes
+        solution = self._saved_solution()
+        if solution is not None:  # s, V, V^T C, and the pending updates
+            k = solution.k
+            floats += m + m * m + m * n_classes + m * k + k * k + k * n_classes + k
         return int(8 * floats + self.counts_.nbytes)
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
@@ -1101,6 +1205,20 @@ class RidgeHead(Head):
         }
         for i, gram in enumerate(self.class_grams_):
             arrays[f"class_gram.{i}"] = symmetric(gram)
+        solution = self._saved_solution()
+        if solution is not None:
+            k = solution.k
+            arrays.update(
+                {
+                    "solution.s": solution.s,
+                    "solution.V": solution.V,
+                    "solution.rotated_targets": solution.rotated_targets,
+                    "solution.scaled": solution.scaled[:, :k],
+                    "solution.factor": solution.factor[:k, :k],
+                    "solution.cross": solution.cross,
+                    "solution.signs": np.ones(k) if solution.signs is None else solution.signs[:k],
+                }
+            )
         return arrays
 
     def _expected_shapes(self, dim: int, n_classes: int) -> dict[str, tuple[int, ...]]:
@@ -1121,7 +1239,27 @@ class RidgeHead(Head):
         if form is None:  # saved before 0.2: the projection was saved with the statistics
             return {"projection": (dim, self.n_features), **self._expected_shapes(dim, n_classes)}
         if form == "primal":
-            return self._expected_shapes(dim, n_classes)
+            shapes = self._expected_shapes(dim, n_classes)
+            if "solution" in meta:
+                try:
+                    k = int(meta["solution"]["k"])
+                except (KeyError, TypeError, ValueError) as error:
+                    raise ModelMismatchError(
+                        f"ridge head metadata has an invalid saved solution: {error}"
+                    ) from error
+                m = self.n_features
+                shapes.update(
+                    {
+                        "solution.s": (m,),
+                        "solution.V": (m, m),
+                        "solution.rotated_targets": (m, n_classes),
+                        "solution.scaled": (m, k),
+                        "solution.factor": (k, k),
+                        "solution.cross": (k, n_classes),
+                        "solution.signs": (k,),
+                    }
+                )
+            return shapes
         if form == "dual":
             try:
                 rows = int(meta["rows"])
@@ -1167,6 +1305,8 @@ class RidgeHead(Head):
         self.projection_ = projection
         self._projection_digest = digest
         self._invalidate(solution=True)
+        if "solution" in meta:
+            self._primal = self._loaded_solution(meta["solution"], arrays)
 
     def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore the primal statistics (the projection is :meth:`_load_state`'s business)."""
@@ -1178,6 +1318,65 @@ class RidgeHead(Head):
             for i in range(len(self.classes_) if self.exact_forget else 0)
         ]
         self._invalidate(solution=True)
+
+    def _loaded_solution(
+        self, meta: dict[str, Any], arrays: dict[str, np.ndarray]
+    ) -> _EigenSolution | None:
+        """The saved decomposition, if it solves the loaded statistics; None otherwise.
+
+        Checked, not trusted: ``A x = b`` must hold for ``A = G + lam I``, the ``x`` it gives and
+        ``b`` the targets and a random vector (``O(M^2)`` per column against ``O(M^3)`` for a new
+        decomposition). One that fails is dropped with a warning, and the head decomposes ``G``
+        when it next solves, as after any load.
+        """
+        assert self.gram_ is not None and self.targets_ is not None
+        try:
+            lam, n_base, k = float(meta["lam"]), int(meta["n_base"]), int(meta["k"])
+            s = np.array(arrays["solution.s"], dtype=np.float64)
+            V = np.ascontiguousarray(arrays["solution.V"], dtype=np.float64)
+            m = s.shape[0]
+            capacity = max(k, self.pending_limit(n_base)) + 32
+            scaled = np.zeros((m, capacity), order="F")
+            scaled[:, :k] = arrays["solution.scaled"]
+            factor = np.zeros((capacity, capacity))
+            factor[:k, :k] = arrays["solution.factor"]
+            solution = _EigenSolution(
+                lam,
+                n_base,
+                s,
+                V,
+                np.array(arrays["solution.rotated_targets"], dtype=np.float64),
+                k,
+                scaled,
+                factor,
+                np.array(arrays["solution.cross"], dtype=np.float64),
+                None,
+            )
+            signs = np.array(arrays["solution.signs"], dtype=np.float64)
+            if not np.all(np.abs(signs) == 1.0):
+                raise ValueError("pending signs other than +-1")
+            if np.any(signs < 0):
+                solution.signs = signs
+            if not (np.isfinite(lam) and lam > 0 and n_base > 0 and k >= 0):
+                raise ValueError(f"lam {lam}, n_base {n_base}, k {k}")
+            probe = np.random.default_rng(0).standard_normal((m, 1))
+            right = np.hstack([self.targets_, probe])
+            rotated = V.T @ right
+            inner = (1.0 / (s + lam))[:, None] * rotated
+            if k:
+                inner -= scaled[:, :k] @ _capacitance_solve(solution, scaled[:, :k].T @ rotated)
+            solved = V @ inner
+            residual = self.gram_ @ solved + lam * solved - right
+            # Relative to what rounding allows: |A| |x| + |b| (|A| from the saved eigenvalues).
+            scale = (float(s.max(initial=0.0)) + lam) * np.linalg.norm(solved, axis=0)
+            scale += np.linalg.norm(right, axis=0)
+            error = np.linalg.norm(residual, axis=0) / np.maximum(scale, np.finfo(float).tiny)
+            if not np.all(error <= 1e-8):
+                raise ValueError(f"relative residual {float(error.max()):.2e}")
+        except (KeyError, TypeError, ValueError, np.linalg.LinAlgError) as error:
+            logger.warning("the saved ridge decomposition was dropped (%s): decomposing G", error)
+            return None
+        return solution
 
 
 def _digest(projection: FloatArray) -> str:
@@ -1286,28 +1485,41 @@ def _eigen_base(
     )
 
 
-def _eigen_appended(solution: _EigenSolution, rotated: FloatArray, Y: FloatArray) -> _EigenSolution:
+def _eigen_appended(
+    solution: _EigenSolution, rotated: FloatArray, Y: FloatArray, sign: float = 1.0
+) -> _EigenSolution:
     """``solution`` with more examples pending: their ``V^T h`` are the columns of ``rotated``.
 
-    ``Y`` holds their one-hot targets over every class (new classes last). At a fixed ``lam``,
-    ``S`` grows by a block row (``O(M k r)``) instead of being formed again.
+    ``Y`` holds their one-hot targets over every class (new classes last); ``sign`` is +1 for
+    examples learned and -1 for examples unlearned. At a fixed ``lam``, ``S`` grows by a block
+    row (``O(M k r)``) instead of being formed again. Raises ``LinAlgError`` when the new block
+    is not definite (an unlearning that leaves ``G + lam I`` singular, to rounding).
     """
     m, r = rotated.shape
     k = solution.k
+    Y = sign * Y
     grow = Y.shape[1] - solution.rotated_targets.shape[1]
     rotated_targets = np.hstack([solution.rotated_targets, np.zeros((m, grow))]) + rotated @ Y
     scaled = (1.0 / (solution.s + solution.lam))[:, None] * rotated  # D p
     old_cross = solution.scaled[:, :k].T @ rotated  # P_old^T D p
     cross = np.hstack([solution.cross, np.zeros((k, grow))]) + old_cross @ Y
+    signs = solution.signs
     if k:
         below = scipy.linalg.solve_triangular(
             solution.factor[:k, :k], old_cross, lower=True, check_finite=False
-        )
+        )  # w = L^-1 c; the new block row of L is (J w)^T
     else:
         below = np.zeros((0, r))
+    if signs is None:
+        signed_below, inner = below, below.T @ below
+    else:
+        signed_below = signs[:k, None] * below
+        inner = below.T @ signed_below
     corner = scipy.linalg.cholesky(
-        np.eye(r) + rotated.T @ scaled - below.T @ below, lower=True, check_finite=False
+        np.eye(r) + sign * (rotated.T @ scaled - inner), lower=True, check_finite=False
     )
+    if sign < 0 or signs is not None:
+        signs = np.concatenate([np.ones(k) if signs is None else signs[:k], np.full(r, sign)])
     buffer, factor = solution.scaled, solution.factor
     if k + r > factor.shape[0]:
         capacity = max(factor.shape[0] * 3 // 2, k + r)
@@ -1316,7 +1528,7 @@ def _eigen_appended(solution: _EigenSolution, rotated: FloatArray, Y: FloatArray
         factor = np.zeros((capacity, capacity))
         factor[:k, :k] = solution.factor[:k, :k]
     buffer[:, k : k + r] = scaled
-    factor[k : k + r, :k] = below.T
+    factor[k : k + r, :k] = signed_below.T
     factor[k : k + r, k : k + r] = corner
     return replace(
         solution,
@@ -1325,18 +1537,27 @@ def _eigen_appended(solution: _EigenSolution, rotated: FloatArray, Y: FloatArray
         scaled=buffer,
         factor=factor,
         cross=np.vstack([cross, scaled.T @ rotated_targets]),
+        signs=signs,
     )
+
+
+def _capacitance_solve(solution: _EigenSolution, right: FloatArray) -> FloatArray:
+    """``S^-1 right`` for ``S = L J L^T`` of the pending examples."""
+    L = solution.factor[: solution.k, : solution.k]
+    if solution.signs is None:
+        solved: FloatArray = scipy.linalg.cho_solve((L, True), right, check_finite=False)
+        return solved
+    half = scipy.linalg.solve_triangular(L, right, lower=True, check_finite=False)
+    half *= solution.signs[: solution.k, None]
+    solved = scipy.linalg.solve_triangular(L, half, lower=True, trans="T", check_finite=False)
+    return solved
 
 
 def _solved_pending(solution: _EigenSolution) -> FloatArray:
     """``S^-1 P^T D V^T C``: with it, ``V^T W = D V^T C - D P S^-1 P^T D V^T C`` (Woodbury)."""
-    k = solution.k
-    if not k:
+    if not solution.k:
         return solution.cross
-    solved: FloatArray = scipy.linalg.cho_solve(
-        (solution.factor[:k, :k], True), solution.cross, check_finite=False
-    )
-    return solved
+    return _capacitance_solve(solution, solution.cross)
 
 
 def _eigen_weights(solution: _EigenSolution, solved_pending: FloatArray) -> FloatArray:
@@ -1348,9 +1569,12 @@ def _eigen_weights(solution: _EigenSolution, solved_pending: FloatArray) -> Floa
 
 
 def _updated_weights(
-    weights: FloatArray, solved_rows: FloatArray, H: FloatArray, Y: FloatArray
+    weights: FloatArray, solved_rows: FloatArray, H: FloatArray, Y: FloatArray, sign: float = 1.0
 ) -> FloatArray:
     """``W' = W + A'^-1 H^T (Y - H W)``: the weights once the rows ``H`` (targets ``Y``) are in.
+
+    With ``sign=-1`` the rows are taken out (``A' = A - H^T H``, ``C' = C - H^T Y``) and
+    ``W' = W - A'^-1 H^T (Y - H W)``.
 
     ``solved_rows`` is ``A'^-1 H^T``, with ``A' = G + lam I`` holding the rows. It follows from
     ``A' W' = C + H^T Y = (A' - H^T H) W + H^T Y``; a rounding error in ``W`` is multiplied by
@@ -1358,25 +1582,27 @@ def _updated_weights(
     the next. Costs ``M r K`` besides ``solved_rows``, against ``M^2 K`` for forming ``W`` anew.
     """
     padded = np.hstack([weights, np.zeros((weights.shape[0], Y.shape[1] - weights.shape[1]))])
-    updated: FloatArray = padded + solved_rows @ (Y - H @ padded)
+    updated: FloatArray = padded + sign * (solved_rows @ (Y - H @ padded))
     return updated
 
 
 def _eigen_weights_updated(
-    solution: _EigenSolution, rotated: FloatArray, H: FloatArray, Y: FloatArray, weights: FloatArray
+    solution: _EigenSolution,
+    rotated: FloatArray,
+    H: FloatArray,
+    Y: FloatArray,
+    weights: FloatArray,
+    sign: float = 1.0,
 ) -> FloatArray:
     """``W`` after the rows ``H`` (``rotated = V^T H^T``) became the last pending ones of ``solution``.
 
     ``A^-1 H^T = V (D R - D P S^-1 P^T D R)`` with ``R = V^T H^T``: two products with ``V``
     (``M^2 r``) instead of one per class.
     """
-    k = solution.k
-    scaled = solution.scaled[:, :k]
-    solved = scipy.linalg.cho_solve(
-        (solution.factor[:k, :k], True), scaled.T @ rotated, check_finite=False
-    )
+    scaled = solution.scaled[:, : solution.k]
+    solved = _capacitance_solve(solution, scaled.T @ rotated)
     inner = (1.0 / (solution.s + solution.lam))[:, None] * rotated - scaled @ solved
-    return _updated_weights(weights, solution.V @ inner, H, Y)
+    return _updated_weights(weights, solution.V @ inner, H, Y, sign)
 
 
 def _dual_weights_updated(
@@ -1431,6 +1657,55 @@ def _dual_base(
     factor[:n, :n] = np.linalg.cholesky(kernel)
     half = scipy.linalg.solve_triangular(factor[:n, :n], Y, lower=True, check_finite=False)
     return _DualSolution(lam, n, n, expanded, factor, half)
+
+
+def _dual_removed(cache: _DualSolution, keep: NDArray[np.bool_], Y: FloatArray) -> _DualSolution:
+    """``cache`` for the rows ``keep`` only (targets ``Y``), at the same ``lam``.
+
+    With ``L`` split by columns into the kept and the removed ones, the rows kept are
+    ``[A | B]`` (``A`` lower triangular), and ``K + lam I`` of the rows left is
+    ``A A^T + B B^T``: a rank-``r`` update of a triangular factor (``O(n^2 r)``), with no kernel,
+    eigenvalues or factorisation formed anew.
+    """
+    n = cache.n
+    rows = cache.factor[:n, :n][keep]
+    lower = _cholesky_updated(rows[:, keep], rows[:, ~keep])
+    n_kept = lower.shape[0]
+    capacity = cache.factor.shape[0]
+    factor = np.zeros((capacity, capacity))
+    factor[:n_kept, :n_kept] = lower
+    expanded = np.empty_like(cache.expanded)
+    expanded[:n_kept] = cache.expanded[:n][keep]
+    half = scipy.linalg.solve_triangular(lower, Y, lower=True, check_finite=False)
+    return _DualSolution(cache.lam, n_kept, n_kept, expanded, factor, half, carried=True)
+
+
+def _cholesky_updated(lower: FloatArray, columns: FloatArray) -> FloatArray:
+    """The lower Cholesky factor of ``L L^T + B B^T`` (``L = lower``, ``B = columns``).
+
+    One Givens rotation per nonzero entry of ``B``, column by column of ``L`` (the classic
+    rank-one update, ``r`` times): stable, since it only adds positive terms.
+    """
+    upper = np.array(lower.T, order="C")  # row k of U is column k of L: contiguous
+    vectors = np.array(columns.T, order="C")  # (r, n)
+    n = upper.shape[0]
+    for x in vectors:
+        nonzero = np.flatnonzero(x)
+        for k in range(int(nonzero[0]) if nonzero.size else n, n):
+            xk = x[k]
+            if xk == 0.0:
+                continue
+            ukk = upper[k, k]
+            radius = float(np.hypot(ukk, xk))
+            cosine, sine = radius / ukk, xk / ukk
+            upper[k, k] = radius
+            row = upper[k, k + 1 :]
+            row += sine * x[k + 1 :]
+            row /= cosine
+            x[k + 1 :] *= cosine
+            x[k + 1 :] -= sine * row
+    updated: FloatArray = upper.T
+    return updated
 
 
 def _dual_extended(

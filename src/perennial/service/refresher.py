@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from perennial.encoders import make_encoder
+from perennial.encoders import rebuild_encoder
 from perennial.encoders.base import Precomputed, encoder_spec
 from perennial.exceptions import (
     CorruptedJournalError,
@@ -381,7 +381,7 @@ class Refresher:
         path = Path(config.directory)
         record = dict(config.record)
         spec = dict(record["encoder"])
-        encoder = make_encoder(str(spec["kind"]), **dict(spec.get("params") or {}))
+        encoder = rebuild_encoder(str(spec["kind"]), dict(spec.get("params") or {}))
         model = _load_model(path, record, Precomputed(encoder))
         _check_head(path, model.head, config.head, config.head_params)
         odd = [label for label in model.classes_ if not isinstance(label, str)]

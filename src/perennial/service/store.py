@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from perennial.encoders import make_encoder
+from perennial.encoders import make_encoder, rebuild_encoder
 from perennial.encoders.base import Encoder
 from perennial.exceptions import (
     CorruptedJournalError,
@@ -103,7 +103,7 @@ __all__ = ["BACKGROUND_TASKS", "DEFAULT_UNKNOWN_RATE", "ModelStore", "ServedMode
 logger = logging.getLogger("perennial.service")
 
 #: Encoder parameters that change speed, not features: a restart may choose them anew.
-_RUNTIME_PARAMS = ("batch_size", "num_threads")
+_RUNTIME_PARAMS = ("batch_size", "num_threads", "max_pixels")
 
 #: The store's background tasks, as :meth:`ModelStore.status` counts their failures: applying
 #: records (fatal), snapshots and journal compaction (retried), and taking the refresher's
@@ -785,6 +785,14 @@ def _read_service_record(path: Path) -> dict[str, Any] | None:
             head = dict(payload["head"])
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise CorruptedModelError(f"{meta} is not a readable model record: {error}") from error
+        pretrained = payload.get("pretrained")
+        if pretrained is not None:
+            # The service's journal, ledger and served copies know the instant head only.
+            name = pretrained.get("name") if isinstance(pretrained, dict) else pretrained
+            raise PersistenceError(
+                f"{path} holds a model with a pretrained classifier ({name!r}); the service "
+                "cannot serve one yet: serve a model without it"
+            )
         return {
             "format": SERVICE_FORMAT,
             "format_version": SERVICE_FORMAT_VERSION,
@@ -853,7 +861,7 @@ def _check_encoder(
                 f"{path} was written with the {recorded_kind} encoder's {key}="
                 f"{recorded_params[key]!r}, not {value!r}"
             )
-    encoder = make_encoder(str(recorded_kind), **recorded_params)
+    encoder = rebuild_encoder(str(recorded_kind), recorded_params)
     if encoder.name != recorded_name:
         raise ModelMismatchError(
             f"{path} was written with encoder {recorded_name!r}; this installation's is "

@@ -83,9 +83,10 @@ backend.
 # Tolerance, checked by tests/test_image_onnx.py on scikit-image's five photos and two crops
 # of each: min feature cosine >= 0.98 with torch; the same top-1 class wherever torch's top
 # class leads its second by more than 0.1 in probability, and torch's class among the int8
-# top 3 everywhere. (chelsea is one where it may not: torch gives Egyptian cat 0.40 and tiger cat
-# 0.33, int8 the reverse, 0.35 and 0.35.) On this machine int8 is 1.2-1.3 times float32 on one
-# core, and the default of backend="onnx"; float32 (backend="onnx-fp32") gives torch's numbers.
+# top 3 everywhere. (A near tie may flip: with the encoder's earlier stretching preprocessing,
+# torch gave chelsea Egyptian cat 0.40 and tiger cat 0.33, int8 0.35 and 0.35.) On this machine
+# int8 is 1.2-1.3 times float32 on one core, and the default of backend="onnx"; float32
+# (backend="onnx-fp32") gives torch's numbers.
 
 from __future__ import annotations
 

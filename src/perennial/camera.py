@@ -11,9 +11,10 @@ is opened or created with :func:`open_model`, taught class by class with
 * a file at the top level ``FOLDER/`` is predicted and moved to ``FOLDER/done/predicted/``;
 * a file is taken only once its size and modification time stayed the same over one whole
   scan interval, so a file still being written is waited for;
-* a file that cannot be read is reported (naming it) and left where it is; the batch it came in
-  teaches nothing, and it is tried again only once something in the batch changes (a file
-  replaced, removed or added);
+* a file that cannot be read is reported (naming it) and left where it is; the files of a class
+  found on one scan are learned as one batch, and a batch with a bad file teaches nothing; it is
+  tried again only once something in it changes (a file replaced, removed or added). Files to
+  predict are taken one by one;
 * the sub-folder ``done`` is the watcher's own and never a class.
 
 The model is saved (atomically, :meth:`~perennial.LifelongClassifier.save`) after every batch
@@ -131,19 +132,21 @@ def learn_class_folders(
     """Learn a class folder one class at a time (class-incremental), saving after each class.
 
     Every folder is listed and checked before anything is learned. With ``test`` (a class folder
-    of held-out images), the accuracy on the test images of the classes learned so far is
-    measured after each step; a test class the training folder lacks is an error.
+    of held-out images), the accuracy on the test images of the classes known so far (those the
+    model knew before included) is measured after each step; a test class that neither the model
+    nor ``folder`` holds is an error.
     """
     classes = class_folders(folder)
     tests = dict(class_folders(test)) if test is not None else {}
-    unknown = sorted(set(tests) - {label for label, _ in classes})
+    known = set(model.classes_) if model.n_seen_ or model.pretrained_ is not None else set()
+    unknown = sorted(set(tests) - known - {label for label, _ in classes})
     if unknown:
         raise EmptyInputError(
-            f"test folder {os.fsdecode(test)!r} has classes the training folder "  # type: ignore[arg-type]
-            f"{os.fsdecode(folder)!r} lacks: {', '.join(unknown)}"
+            f"test folder {os.fsdecode(test)!r} has classes that neither the model nor "  # type: ignore[arg-type]
+            f"{os.fsdecode(folder)!r} holds: {', '.join(unknown)}"
         )
     results = []
-    seen: list[str] = []
+    seen = [label for label in tests if label in known]
     for label, files in classes:
         started = time.perf_counter()
         model.learn_many(files, [label] * len(files))
@@ -244,15 +247,18 @@ class FolderWatcher:
             stable = [
                 path for path in files if path in previous and previous[path] == current[path]
             ]
-            if not stable:
-                continue
-            key = frozenset((path, current[path]) for path in stable)
-            if key in self._failed:
-                continue
-            if self._handle(label, stable):
-                handled += len(stable)
-            else:
-                self._failed.add(key)
+            # A class's files are learned as one batch; files to predict go one by one, so that
+            # a bad one holds up no other.
+            for batch in [stable] if label else [[path] for path in stable]:
+                if not batch:
+                    continue
+                key = frozenset((path, current[path]) for path in batch)
+                if key in self._failed:
+                    continue
+                if self._handle(label, batch):
+                    handled += len(batch)
+                else:
+                    self._failed.add(key)
         # Forget failures whose files are gone or changed: they are tried anew.
         self._failed = {key for key in self._failed if all(current.get(p) == s for p, s in key)}
         return handled
@@ -264,8 +270,13 @@ class FolderWatcher:
             else:
                 self._predict(files)
         except PerennialError as error:
-            what = f"learning {len(files)} image(s) of {label!r}" if label else "predicting"
-            self.report(f"error {what}: {error}; nothing learned from this batch")
+            if label:
+                self.report(
+                    f"error learning {len(files)} image(s) of {label!r}: {error}; nothing "
+                    "learned from them, the files stay where they are"
+                )
+            else:
+                self.report(f"error predicting: {error}; the files stay where they are")
             return False
         return True
 

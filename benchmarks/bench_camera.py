@@ -49,7 +49,7 @@ def backends() -> list[str]:
 def make_encoder(backend: str) -> ImageEncoder:
     if backend == "torch":
         return ImageEncoder()
-    return ImageEncoder(backend=backend)  # type: ignore[call-arg]
+    return ImageEncoder(backend=backend)
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -177,6 +177,24 @@ def test_an_existing_model_keeps_its_recorded_backend(monkeypatch, tmp_path):
     assert seen["encoder_params"] == {}  # feature vectors: no encoder threads to set
 
 
+def test_the_backend_option_reaches_the_image_encoder(monkeypatch, tmp_path):
+    from perennial import cli
+    from perennial.encoders.image import ImageEncoder
+
+    seen = captured_serve(
+        monkeypatch,
+        ["--model", str(tmp_path / "new"), "--encoder", "image", "--backend", "onnx-fp32"],
+    )
+    assert seen["encoder_params"] == {"backend": "onnx-fp32", "num_threads": 1}
+    seen = captured_serve(monkeypatch, ["--model", str(tmp_path / "new"), "--encoder", "image"])
+    assert seen["encoder_params"] == {"num_threads": 1}  # a new image model keeps torch
+    args = cli.build_parser().parse_args(["incremental", "--data", "mnist", "--backend", "onnx"])
+    encoder = cli._encoder_for(args, "image")
+    assert isinstance(encoder, ImageEncoder) and encoder.backend == "onnx"
+    args = cli.build_parser().parse_args(["incremental", "--data", "mnist"])
+    assert cli._encoder_for(args, "image").backend == "torch"
+
+
 # --- the parser: choices from the registries, head options checked against the head -----------------
 def help_text(capsys, *argv: str) -> str:
     with pytest.raises(SystemExit) as exit_info:

@@ -21,7 +21,7 @@ _HEAD_OPTIONS = {"n_features": "--n-features", "n_members": "--members", "ridge"
 #: Encoder options of the command line, by the encoder kind that takes them.
 _ENCODER_OPTIONS = {
     "text": ("pooling", "backend"),
-    "image": ("image_size", "resize"),
+    "image": ("image_size", "resize", "backend"),
     "identity": (),
 }
 
@@ -266,7 +266,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 encoder_params[option] = value
     if args.encoder in (None, "text") and args.backend is None and _is_new_model(args.model):
         # A new text model serves through the int8 ONNX backend: 2.4 times the texts per
-        # second of torch for under 0.15 points of accuracy (benchmarks/RESULTS.md).
+        # second of torch for under 0.15 points of accuracy (benchmarks/RESULTS.md). (A new
+        # image model keeps torch unless asked: --backend onnx.)
         encoder_params["backend"] = "onnx"
     if args.encoder_threads is not None:
         encoder_params["num_threads"] = args.encoder_threads
@@ -310,7 +311,7 @@ def _camera_model(args: argparse.Namespace) -> tuple[Any, bool]:
     encoder_params = {
         option: getattr(args, option)
         for option in _ENCODER_OPTIONS["image"]
-        if getattr(args, option) is not None
+        if getattr(args, option, None) is not None
     }
     head = make_head(args.head or "ridge", **_head_params(args))
     return open_model(
@@ -492,9 +493,9 @@ def _encoder_options(*, serving: bool = False) -> argparse.ArgumentParser:
         "--backend",
         default=None if serving else "torch",
         choices=BACKENDS,
-        help="text encoder runtime: torch (reference) or ONNX Runtime with int8 (onnx) or float32 "
-        "weights (default "
-        + ("onnx for a new model: int8, 2.4x the throughput)" if serving else "torch)"),
+        help="text or image encoder runtime: torch (reference) or ONNX Runtime with int8 (onnx) "
+        "or float32 (onnx-fp32) weights (default "
+        + ("onnx for a new text model: int8, 2.4x the throughput)" if serving else "torch)"),
     )
     return group
 
@@ -877,6 +878,15 @@ def _add_camera_parser(commands: Any) -> None:
         group = argparse.ArgumentParser(
             add_help=False,
             parents=[_image_encoder_options(serving=True), _head_options(serving=True)],
+        )
+        from perennial.encoders.image import BACKENDS as IMAGE_BACKENDS
+
+        group.add_argument(
+            "--backend",
+            default=None,
+            choices=IMAGE_BACKENDS,
+            help="for a new model: image encoder runtime, torch (default) or ONNX Runtime with "
+            "int8 (onnx) or float32 (onnx-fp32) weights",
         )
         group.add_argument(
             "--no-pretrained",

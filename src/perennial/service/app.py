@@ -17,7 +17,6 @@ import binascii
 import contextlib
 import hashlib
 import inspect
-import io
 import json
 import logging
 import math
@@ -27,7 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -41,6 +40,7 @@ from perennial.exceptions import (
     EmptyInputError,
     EncoderError,
     FeatureDimensionError,
+    ImageTooLargeError,
     InputTypeError,
     InvalidInputError,
     LabelLengthError,
@@ -50,6 +50,7 @@ from perennial.exceptions import (
     ServiceUnavailableError,
     TooManyWaitersError,
     UnknownLabelError,
+    UnreadableImageError,
 )
 from perennial.heads.base import check_label, check_labels
 from perennial.service.auth import KeyRing
@@ -504,8 +505,11 @@ class _Service:
         return dict(problems)
 
     # --- checks, cheapest first; nothing is encoded before they pass ---------------------------------
-    def prepare(self, inputs: list[Any]) -> tuple[Any, list[int]]:
-        """Inputs as the encoder takes them, and the size of each raw input in bytes."""
+    def prepare(self, inputs: list[Any], names: list[str] | None = None) -> tuple[Any, list[int]]:
+        """Inputs as the encoder takes them, and the size of each raw input in bytes.
+
+        ``names``: how errors name each input (default ``inputs[i]``; uploads give their file).
+        """
         limits = self.limits
         if len(inputs) == 0:
             raise EmptyInputError(f"inputs is empty; expected 1 to {limits.max_batch} inputs")
@@ -517,9 +521,11 @@ class _Service:
         if self.kind == "identity":
             return self._prepare_vectors(inputs)
         if self.kind == "image":
-            return [self._decode_image(text, i) for i, text in enumerate(inputs)], [
-                len(text) for text in inputs
+            names = names or [f"inputs[{i}]" for i in range(len(inputs))]
+            images = [
+                self._decode_image(data, name) for data, name in zip(inputs, names, strict=True)
             ]
+            return images, [len(data) for data in inputs]
         sizes = []
         for i, text in enumerate(inputs):
             if not text.strip():
@@ -563,32 +569,34 @@ class _Service:
             )
         return array, [row.nbytes for row in array]
 
-    def _decode_image(self, text: str, index: int) -> Any:
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError) as error:
-            raise InvalidInputError(f"inputs[{index}] is not valid base64: {error}") from error
+    def _decode_image(self, data: str | bytes, what: str) -> Any:
+        """One image of a request as an RGB array, read as the library reads image files.
+
+        ``data`` is base64 text (a JSON body) or the bytes of an uploaded file; either way it
+        goes through :func:`~perennial.encoders.image_loading.load_image`: EXIF orientation
+        applied, transparency composited on white, 16-bit scaled, and the pixel limit checked
+        from the header, before any pixel is decoded.
+        """
+        from perennial.encoders.image_loading import load_image
+
+        if isinstance(data, str):
+            try:
+                data = base64.b64decode(data, validate=True)
+            except (binascii.Error, ValueError) as error:
+                raise InvalidInputError(f"{what} is not valid base64: {error}") from error
         if not data:
-            raise EmptyInputError(f"inputs[{index}] is empty; expected a base64-encoded image")
+            raise EmptyInputError(f"{what} is empty; expected an encoded image (PNG, JPEG, ...)")
+        limit = self.limits.max_image_pixels
         try:
-            from PIL import Image
-        except ImportError as error:  # pragma: no cover - depends on the installation
-            raise EncoderError(f"decoding images needs Pillow: {error}") from error
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                pixels = image.width * image.height
-                if pixels > self.limits.max_image_pixels:
-                    raise LimitExceededError(
-                        f"inputs[{index}] is a {image.width}x{image.height} image, over the "
-                        f"limit of {self.limits.max_image_pixels} pixels (max_image_pixels)"
-                    )
-                return np.asarray(image.convert("RGB"))
-        except LimitExceededError:
-            raise
-        except Exception as error:
-            raise InvalidInputError(
-                f"inputs[{index}] is not a decodable image (PNG, JPEG, ...): {error}"
-            ) from error
+            return load_image(data, max_pixels=limit)
+        except ImageTooLargeError as error:
+            raise ImageTooLargeError(
+                f"{what}: {error}".replace("(max_pixels)", "(max_image_pixels)")
+            ) from None
+        except UnreadableImageError as error:
+            raise UnreadableImageError(
+                f"{what} is not a readable image (PNG, JPEG, ...): {error}"
+            ) from None
 
     def check_labels(self, labels: list[str], n: int) -> list[str]:
         """The labels as the model keeps them (:func:`~perennial.heads.base.check_labels`)."""
@@ -805,15 +813,24 @@ def create_app(
             prepared, sizes = await run_in_threadpool(service.prepare, body.inputs)
         else:
             prepared, sizes = service.prepare(body.inputs)
-        if body.min_version is not None:  # on the event loop: a wait holds no thread
-            await service.waiters.wait(
-                body.min_version, limits.wait_seconds, service.client_of(request)
-            )
+        return await answer(request, body.inputs, prepared, sizes, body.top, body.min_version)
+
+    async def answer(
+        request: Request,
+        raw_inputs: list[Any],
+        prepared: Any,
+        sizes: list[int],
+        top: int,
+        min_version: int | None,
+    ) -> JSONResponse:
+        """Predict ``prepared`` (after waiting for ``min_version``); queue the unknown ones."""
+        if min_version is not None:  # on the event loop: a wait holds no thread
+            await service.waiters.wait(min_version, limits.wait_seconds, service.client_of(request))
         # Encoded and predicted with whatever other requests are waiting, on the newest version.
-        version, rows = await asyncio.wrap_future(batching.submit(prepared, top=body.top))
+        version, rows = await asyncio.wrap_future(batching.submit(prepared, top=top))
         predictions = []
         unknown = 0
-        for raw, size, row in zip(body.inputs, sizes, rows, strict=True):
+        for raw, size, row in zip(raw_inputs, sizes, rows, strict=True):
             prediction = {
                 "label": None if row["unknown"] else str(row["label"]),
                 "score": row["score"],
@@ -837,6 +854,63 @@ def create_app(
             service.metrics.increment("perennial_unknown_inputs_total", unknown)
         # Built here rather than through the response model: the answer is already exact.
         return JSONResponse({"version": version, "predictions": predictions})
+
+    if kind == "image":
+        upload_files = File(
+            description=f"1 to {limits.max_batch} image files (PNG, JPEG, or any format "
+            f"Pillow reads), at most {limits.max_image_pixels} pixels each, "
+            f"{limits.max_body_bytes} bytes in all"
+        )
+
+        async def read_uploads(files: list[UploadFile]) -> tuple[list[str], Any, list[int]]:
+            """The uploads as base64 (as a JSON body holds them), decoded images, sizes."""
+            contents = [await upload.read() for upload in files]
+            names = [f"files[{i}] ({upload.filename!r})" for i, upload in enumerate(files)]
+            prepared, sizes = await run_in_threadpool(service.prepare, contents, names)
+            # The review queue keeps an unknown image as a JSON body would have sent it.
+            raw = [base64.b64encode(data).decode("ascii") for data in contents]
+            return raw, prepared, sizes
+
+        @app.post(
+            "/v1/predict/upload",
+            response_model=PredictResponse,
+            responses=_ERRORS,
+            dependencies=[read],
+            summary="Label uploaded image files (multipart/form-data)",
+            description="As POST /v1/predict, with the images as files of a form: the field "
+            "`files`, once per image, and optionally `top` and `min_version`.",
+        )
+        async def predict_upload(
+            request: Request,
+            files: Annotated[list[UploadFile], upload_files],
+            top: Annotated[int, Form(ge=1, le=limits.max_top)] = 3,
+            min_version: Annotated[int | None, Form(ge=0)] = None,
+        ) -> JSONResponse:
+            raw, prepared, sizes = await read_uploads(files)
+            return await answer(request, raw, prepared, sizes, top, min_version)
+
+        @app.post(
+            "/v1/learn/upload",
+            response_model=LearnResponse,
+            responses=_ERRORS,
+            dependencies=[write],
+            summary="Learn uploaded image files (multipart/form-data); durable",
+            description="As POST /v1/learn, with the images as files of a form: the field "
+            "`files` once per image and the field `labels` once per image, in the same order.",
+        )
+        async def learn_upload(
+            files: Annotated[list[UploadFile], upload_files],
+            labels: Annotated[list[str], Form(description="One label per file, in order")],
+        ) -> dict[str, Any]:
+            checked = service.check_labels(labels, len(files))
+            _, prepared, _ = await read_uploads(files)
+
+            def learn_prepared() -> int:
+                return store_.learn(service.encode(prepared), checked)
+
+            version = await run_in_threadpool(learn_prepared)
+            service.metrics.increment("perennial_learned_examples_total", len(checked))
+            return {"version": version, "learned": len(checked)}
 
     # --- updates ------------------------------------------------------------------------------------------
     @app.post(

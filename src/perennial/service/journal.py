@@ -430,12 +430,7 @@ def _read_frame(data: bytes, offset: int, records: list[Record]) -> tuple[int, i
         raise _DamageError(offset, f"the frame declares an impossible length ({length})", records)
     end = offset + _FRAME.size + length
     if end <= len(data) and zlib.crc32(tail[_FRAME.size : _FRAME.size + length]) != checksum:
-        where = (
-            "the last frame is complete, so it was written in full: damaged, not torn"
-            if end == len(data)
-            else f"it is followed by {len(data) - end} more bytes"
-        )
-        raise _DamageError(offset, f"the record fails its CRC32 check ({where})", records)
+        raise _crc_failure(data, offset, end, records)
     return offset + _FRAME.size, end
 
 
@@ -460,13 +455,18 @@ def _read_frame_v1(data: bytes, offset: int, records: list[Record]) -> tuple[int
             )
         return offset, end
     if zlib.crc32(memoryview(data)[offset + _FRAME_V1.size : end]) != checksum:
-        where = (
-            "the last frame is complete, so it was written in full: damaged, not torn"
-            if end == len(data)
-            else f"it is followed by {len(data) - end} more bytes"
-        )
-        raise _DamageError(offset, f"the record fails its CRC32 check ({where})", records)
+        raise _crc_failure(data, offset, end, records)
     return offset + _FRAME_V1.size, end
+
+
+def _crc_failure(data: bytes, offset: int, end: int, records: list[Record]) -> _DamageError:
+    """The error for a frame at ``offset`` (ending at ``end``) whose record fails its CRC."""
+    where = (
+        "the last frame is complete, so it was written in full: damaged, not torn"
+        if end == len(data)
+        else f"it is followed by {len(data) - end} more bytes"
+    )
+    return _DamageError(offset, f"the record fails its CRC32 check ({where})", records)
 
 
 def _zeros_from(data: bytes, offset: int) -> bool:

@@ -30,6 +30,7 @@ pytest.importorskip("skimage")
 from perennial import LifelongClassifier
 from perennial.camera import FolderWatcher
 from perennial.cli import main
+from perennial.encoders.image import ImageEncoder
 
 TEXTURES = ("brick", "grass", "gravel")
 TRAIN, TEST, CROP = 4, 2, 96
@@ -93,13 +94,15 @@ def learned(tmp_path_factory: pytest.TempPathFactory, folders: Path) -> dict[str
 
 
 def test_learn_class_folders_matches_the_library(folders: Path, learned: dict) -> None:
-    reference = LifelongClassifier.from_pretrained()
+    # A new camera model encodes with int8 ONNX (the CLI's default for new image models).
+    reference = LifelongClassifier.from_pretrained(encoder=ImageEncoder(backend="onnx"))
     for name in TEXTURES:
         split = "more" if name == "gravel" else "train"
         files = sorted((folders / split / name).iterdir())
         reference.learn_many(files, [name] * len(files))
     model = LifelongClassifier.load(learned["model"])
     assert model.pretrained_ is not None and len(model.classes_) == 1003
+    assert model.encoder.backend == "onnx"
     assert model.classes_[-3:] == list(TEXTURES)
     tests = [
         (path, name) for name in TEXTURES for path in sorted((folders / "test" / name).iterdir())

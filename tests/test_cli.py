@@ -187,7 +187,8 @@ def test_the_backend_option_reaches_the_image_encoder(monkeypatch, tmp_path):
     )
     assert seen["encoder_params"] == {"backend": "onnx-fp32", "num_threads": 1}
     seen = captured_serve(monkeypatch, ["--model", str(tmp_path / "new"), "--encoder", "image"])
-    assert seen["encoder_params"] == {"num_threads": 1}  # a new image model keeps torch
+    # A new image model, like a new text one, encodes with int8 ONNX unless asked otherwise.
+    assert seen["encoder_params"] == {"backend": "onnx", "num_threads": 1}
     args = cli.build_parser().parse_args(["incremental", "--data", "mnist", "--backend", "onnx"])
     encoder = cli._encoder_for(args, "image")
     assert isinstance(encoder, ImageEncoder) and encoder.backend == "onnx"

@@ -173,9 +173,12 @@ def edit_meta(path: Path, change) -> None:
 
 def test_version_and_shape_mismatches_are_refused(tmp_path):
     path = saved(tmp_path)
-    edit_meta(path, lambda m: m.update(format_version=99))
-    with pytest.raises(FormatVersionError, match="99"):
-        LifelongClassifier.load(path)
+    for version in (99, 0, "1", True, None):
+        edit_meta(path, lambda m, v=version: m.update(format_version=v))
+        with pytest.raises(FormatVersionError, match="format version"):
+            LifelongClassifier.load(path)
+    edit_meta(path, lambda m: m.update(format_version=2))  # version 2 reads too
+    LifelongClassifier.load(path)
     edit_meta(path, lambda m: m.update(format_version=1))
     edit_meta(path, lambda m: m["arrays"]["sums"].update(shape=[4, 3]))
     with pytest.raises(ModelMismatchError, match="sums"):

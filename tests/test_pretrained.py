@@ -396,6 +396,14 @@ def test_save_and_load_reference_the_packaged_weights(
     assert record["weights_sha256"] == file_sha256(weights_file)
     assert record["hidden"] == [0]
     assert not any(1000 in spec["shape"] for spec in meta["arrays"].values())
+    # Format version 2, which a release that reads only version 1 refuses, rather than
+    # dropping the 1,000 classes; a model without the classifier stays at version 1.
+    assert meta["format_version"] == 2
+    learned_only = LifelongClassifier(Precomputed(data.encoder))
+    learned_only.learn_many(data.train["brick"], ["brick"] * len(data.train["brick"]))
+    learned_only.save(tmp_path / "plain")
+    plain = json.loads((tmp_path / "plain" / "meta.json").read_text())
+    assert plain["format_version"] == 1
 
 
 @pytest.mark.parametrize(

@@ -934,10 +934,12 @@ class LifelongClassifier:
             "head": {"name": head_name, "params": self.head.get_params(), "state": head_meta},
             "open_set": open_set,
         }
+        version = 1
         if self.pretrained_ is not None:
             # A reference by digest, not the 5 MB of weights: load() rebuilds and checks it.
             payload["pretrained"] = self.pretrained_.record()
-        return write_model_files(path, payload, arrays)
+            version = 2  # a reader of version 1 would drop the 1,000 classes without a word
+        return write_model_files(path, payload, arrays, format_version=version)
 
     @classmethod
     def load(cls, path: str | Path, encoder: Any = None) -> LifelongClassifier:

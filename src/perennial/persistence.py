@@ -29,7 +29,11 @@ from perennial.exceptions import (
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "read_model_files", "write_model_files"]
 
 FORMAT_NAME = "perennial-model"
-FORMAT_VERSION = 1
+#: The newest format version this perennial writes and reads. Version 2 is written only for
+#: what a reader of version 1 would misread (a model with a pretrained classifier, whose classes
+#: it would not know); everything else is still written as version 1, which every release reads.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 META_FILE = "meta.json"
 
 
@@ -65,10 +69,21 @@ def fsync_directory(directory: Path) -> None:
 
 
 def write_model_files(
-    path: str | Path, payload: dict[str, Any], arrays: dict[str, np.ndarray]
+    path: str | Path,
+    payload: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    *,
+    format_version: int = 1,
 ) -> Path:
-    """Write ``arrays`` and the JSON-able ``payload`` to the directory ``path``, atomically."""
+    """Write ``arrays`` and the JSON-able ``payload`` to the directory ``path``, atomically.
+
+    ``format_version``: the oldest version that reads ``payload`` right (see
+    :data:`FORMAT_VERSION`).
+    """
     from safetensors.numpy import save as save_arrays
+
+    if format_version not in READABLE_VERSIONS:
+        raise ValueError(f"format_version must be one of {READABLE_VERSIONS}, got {format_version}")
 
     directory = Path(path)
     if directory.exists() and not directory.is_dir():
@@ -84,7 +99,7 @@ def write_model_files(
     fsync_directory(directory)  # the arrays file's name is on disk before meta.json names it
     meta = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version,
         "arrays_file": arrays_file,
         "arrays_sha256": digest,
         "arrays": {
@@ -120,9 +135,10 @@ def read_model_files(path: str | Path) -> tuple[dict[str, Any], dict[str, np.nda
             f"{meta_path} is not a perennial model file (no format {FORMAT_NAME!r})"
         )
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise FormatVersionError(
-            f"{meta_path} has format version {version!r}; this perennial reads version {FORMAT_VERSION}"
+            f"{meta_path} has format version {version!r}; this perennial reads versions "
+            f"{' and '.join(map(str, READABLE_VERSIONS))}"
         )
     try:
         arrays_path = directory / str(meta["arrays_file"])

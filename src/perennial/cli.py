@@ -499,8 +499,11 @@ def _encoder_options(*, serving: bool = False) -> argparse.ArgumentParser:
         choices=BACKENDS,
         help="text or image encoder runtime: torch (reference) or ONNX Runtime with int8 (onnx) "
         "or float32 (onnx-fp32) weights (default "
-        + ("onnx for a new model: int8, 2.4x torch's throughput on text, 3-4x on images)"
-           if serving else "torch)"),
+        + (
+            "onnx for a new model: int8, 2.4x torch's throughput on text, 3-4x on images)"
+            if serving
+            else "torch)"
+        ),
     )
     return group
 

@@ -15,35 +15,46 @@ from perennial.exceptions import InvalidParameterError
 from perennial.strategies.agem import AGEM
 from perennial.strategies.base import GradientStrategy, Strategy
 from perennial.strategies.cumulative import Cumulative
+from perennial.strategies.derpp import DERpp
 from perennial.strategies.er import ER
 from perennial.strategies.ewc import EWC
 from perennial.strategies.gdumb import GDumb
+from perennial.strategies.gem import GEM
+from perennial.strategies.imm import IMMMean, IMMMode
 from perennial.strategies.joint import Joint
 from perennial.strategies.l2 import L2
 from perennial.strategies.lifelong import Lifelong
 from perennial.strategies.lwf import LwF
 from perennial.strategies.mas import MAS
+from perennial.strategies.mc_sgd import MCSGD
 from perennial.strategies.naive import Naive
 from perennial.strategies.online_ewc import OnlineEWC
 from perennial.strategies.si import SI
+from perennial.strategies.stable_sgd import StableSGD
 
 __all__ = [
     "AGEM",
     "ER",
     "EWC",
+    "GEM",
     "L2",
     "MAS",
+    "MCSGD",
     "SI",
     "STRATEGIES",
     "STRATEGY_NAMES",
     "Cumulative",
+    "DERpp",
     "GDumb",
     "GradientStrategy",
+    "IMMMean",
+    "IMMMode",
     "Joint",
     "Lifelong",
     "LwF",
     "Naive",
     "OnlineEWC",
+    "StableSGD",
     "Strategy",
     "make_strategy",
 ]
@@ -61,6 +72,12 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "lwf": LwF,
     "er": ER,
     "agem": AGEM,
+    "gem": GEM,
+    "derpp": DERpp,
+    "stable-sgd": StableSGD,
+    "mc-sgd": MCSGD,
+    "imm-mean": IMMMean,
+    "imm-mode": IMMMode,
     "gdumb": GDumb,
     "lifelong": Lifelong,
 }

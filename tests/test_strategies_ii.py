@@ -1,0 +1,299 @@
+"""Toolkit II strategies against independent references: QPs, hand-computed losses, numpy merges.
+
+Tiny scenarios (Gaussian blobs) built here; torch on one thread as in ``test_strategies.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import scipy.optimize
+import torch
+from torch import nn
+from torch.nn.functional import cross_entropy, mse_loss
+
+from perennial.scenarios.base import Experience, Scenario
+from perennial.strategies import GEM, MCSGD, DERpp, IMMMean, IMMMode, Naive, StableSGD
+from perennial.strategies.gem import project_to_cone
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_scenario(tasks=((0, 1), (2, 3)), *, n_features=4, per_class=20, seed=0) -> Scenario:
+    rng = np.random.default_rng(seed)
+    n_classes = max(max(t) for t in tasks) + 1
+    centres = rng.normal(0, 3.0, (n_classes, n_features))
+    experiences = []
+    for index, classes in enumerate(tasks):
+        parts = []
+        for _ in range(2):
+            x = np.vstack([centres[c] + rng.normal(0, 1, (per_class, n_features)) for c in classes])
+            y = np.repeat(np.asarray(classes, dtype=np.int64), per_class)
+            order = rng.permutation(len(y))
+            parts.append((x[order].astype(np.float32), y[order]))
+        experiences.append(Experience(index, *parts[0], *parts[1], tuple(classes)))
+    return Scenario("test", tuple(experiences), n_classes=n_classes, input_shape=(n_features,))
+
+
+def weights(model: nn.Module) -> list[np.ndarray]:
+    return [p.detach().numpy().astype(np.float64).copy() for p in model.parameters()]
+
+
+def fit_all(strategy, scenario) -> None:
+    for experience in scenario:
+        strategy.fit_experience(experience, scenario)
+
+
+# --- GEM -----------------------------------------------------------------------------------------
+def test_gem_projection_solves_the_quadratic_program():
+    """Against SLSQP on the primal: the closest vector with non-negative dot products."""
+    rng = np.random.default_rng(0)
+    for trial in range(8):
+        t, p = 1 + trial % 4, 12
+        G = rng.normal(size=(t, p))
+        g = rng.normal(size=p) - 2.0 * G.mean(axis=0)  # against the memories, mostly
+        projected = project_to_cone(g, G, margin=0.0, eps=1e-12)
+        primal = scipy.optimize.minimize(
+            lambda z, g=g: 0.5 * np.sum((z - g) ** 2),
+            g,
+            jac=lambda z, g=g: z - g,
+            constraints=[{"type": "ineq", "fun": lambda z, G=G: G @ z, "jac": lambda z, G=G: G}],
+            method="SLSQP",
+            options={"ftol": 1e-14, "maxiter": 500},
+        )
+        np.testing.assert_allclose(projected, primal.x, atol=1e-6)
+        assert np.all(G @ projected >= -1e-9)
+
+
+def test_gem_margin_is_the_dual_lower_bound():
+    """With a margin, the dual is min 1/2 v'(GG'+eps I)v + (Gg)'v over v >= margin (L-BFGS-B)."""
+    rng = np.random.default_rng(1)
+    G, g = rng.normal(size=(3, 10)), rng.normal(size=10)
+    gram = G @ G.T + 1e-3 * np.eye(3)
+    dual = scipy.optimize.minimize(
+        lambda v: 0.5 * v @ gram @ v + (G @ g) @ v,
+        np.ones(3),
+        jac=lambda v: gram @ v + G @ g,
+        bounds=[(0.5, None)] * 3,
+        method="L-BFGS-B",
+        options={"ftol": 1e-15, "gtol": 1e-12},
+    )
+    np.testing.assert_allclose(project_to_cone(g, G, margin=0.5), G.T @ dual.x + g, atol=1e-6)
+
+
+def test_gem_projects_only_when_a_past_task_would_suffer():
+    scenario = make_scenario(tasks=((0, 1), (2, 3), (0, 2)), per_class=15)
+    strategy = GEM(memory_per_class=3, margin=0.0, hidden=(8,), lr=0.1)
+    strategy.fit_experience(scenario[0], scenario)
+    strategy.fit_experience(scenario[1], scenario)
+    assert [len(y) for _, y in strategy.memories_] == [6, 6]
+    assert strategy.stored_bytes() == 12 * (4 * 4 + 8)
+    model, trainer = strategy.model_, strategy.trainer_
+    x, y = torch.from_numpy(scenario[2].train_x), torch.from_numpy(scenario[2].train_y)
+    outcomes = set()
+    for start in range(0, 30, 3):
+        model.zero_grad()
+        trainer.loss(model(x[start : start + 3]), y[start : start + 3]).backward()
+        g = torch.cat([q.grad.flatten() for q in model.parameters()]).double().numpy()
+        references = []
+        for mx, my in strategy.memories_:  # each past task's gradient, computed apart
+            model.zero_grad()
+            trainer.loss(model(mx), my).backward()
+            references.append(torch.cat([q.grad.flatten() for q in model.parameters()]).numpy())
+        model.zero_grad()
+        trainer.loss(model(x[start : start + 3]), y[start : start + 3]).backward()
+        strategy.after_backward(model)
+        after = torch.cat([q.grad.flatten() for q in model.parameters()]).double().numpy()
+        G = np.array(references, dtype=np.float64)
+        if np.all(G @ g >= 0):
+            np.testing.assert_array_equal(after, g.astype(np.float32))
+            outcomes.add(False)
+        else:
+            np.testing.assert_allclose(after, project_to_cone(g, G, 0.0), rtol=1e-4, atol=1e-6)
+            assert np.all(G @ after >= -1e-4 * np.linalg.norm(g) * np.linalg.norm(G, axis=1))
+            outcomes.add(True)
+    assert outcomes == {True, False}
+
+
+# --- DER++ ---------------------------------------------------------------------------------------
+def test_derpp_stores_the_logits_of_the_step_and_adds_both_replay_terms():
+    scenario = make_scenario(per_class=10)
+    strategy = DERpp(memory_per_class=5, alpha=0.3, beta=0.7, hidden=(8,), lr=0.1)
+    strategy.fit_experience(scenario[0], scenario)
+    buffer = strategy.buffer_
+    assert buffer.size == 10 and buffer.logits.shape == (10, 4)
+    assert strategy.stored_bytes() == 10 * (4 * 4 + 8 + 4 * 4)
+    # The stored logits are the network's at the step the example was seen, not today's.
+    today = strategy.model_(buffer.x).detach()
+    assert not torch.allclose(today, buffer.logits)
+    # The penalty of one step, recomputed by hand from the same draws.
+    model = strategy.model_
+    strategy.before_experience(model, scenario[1], None, torch.zeros(20))
+    x = torch.from_numpy(scenario[1].train_x[:5])
+    y = torch.from_numpy(scenario[1].train_y[:5])
+    state = buffer.generator.get_state()
+    strategy.batch(x, y)
+    term = strategy.penalty(model, x, model(x))
+    generator = torch.Generator()
+    generator.set_state(state)
+    first = torch.randperm(10, generator=generator)[:5]
+    second = torch.randperm(10, generator=generator)[:5]
+    stored_x, stored_y, stored_z = (t.clone() for t in (buffer.x, buffer.y, buffer.logits))
+    expected = 0.3 * mse_loss(model(stored_x[first]), stored_z[first]) + 0.7 * cross_entropy(
+        model(stored_x[second]), stored_y[second]
+    )
+    assert term is not None
+    torch.testing.assert_close(term, expected)
+
+
+def test_derpp_without_replay_weights_trains_like_naive():
+    scenario = make_scenario()
+    derpp = DERpp(memory_per_class=3, alpha=0.0, beta=0.0, hidden=(8,), lr=0.05, seed=3)
+    naive = Naive(hidden=(8,), lr=0.05, seed=3)
+    fit_all(derpp, scenario)
+    fit_all(naive, scenario)
+    for a, b in zip(weights(derpp.model_), weights(naive.model_), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+# --- Stable SGD ----------------------------------------------------------------------------------
+def test_stable_sgd_decays_the_rate_and_drops_units_only_in_training():
+    scenario = make_scenario(tasks=((0, 1), (2, 3), (0, 3)))
+    strategy = StableSGD(hidden=(16,), lr=0.2, decay=0.5, dropout=0.5)
+    fit_all(strategy, scenario)
+    assert strategy.learning_rates_ == [0.2, 0.1, 0.05]
+    assert [g["lr"] for g in strategy.trainer_.optimizer.param_groups] == [0.05]
+    model = strategy.model_
+    x = torch.from_numpy(scenario[0].test_x)
+    model.train()
+    assert not torch.equal(model(x), model(x))  # units dropped at random in training
+    first = strategy.predict(scenario[0].test_x)
+    np.testing.assert_array_equal(first, strategy.predict(scenario[0].test_x))  # not here
+
+
+def test_stable_sgd_without_dropout_or_decay_is_naive():
+    scenario = make_scenario()
+    stable = StableSGD(hidden=(8,), lr=0.05, decay=1.0, dropout=0.0, seed=2)
+    naive = Naive(hidden=(8,), lr=0.05, seed=2)
+    fit_all(stable, scenario)
+    fit_all(naive, scenario)
+    for a, b in zip(weights(stable.model_), weights(naive.model_), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+# --- MC-SGD --------------------------------------------------------------------------------------
+def test_mc_sgd_line_loss_gradient_is_the_weighted_sum_along_the_segment():
+    scenario = make_scenario()
+    strategy = MCSGD(memory_per_class=2, hidden=(6,), line_samples=4)
+    strategy.fit_experience(scenario[0], scenario)
+    model = strategy.model_
+    start = {n: p.detach().clone() + 0.3 for n, p in model.named_parameters()}
+    x, y = torch.from_numpy(scenario[0].train_x[:8]), torch.from_numpy(scenario[0].train_y[:8])
+    model.zero_grad()
+    strategy.line_loss(model, start, x, y).backward()
+    got = [p.grad.clone() for p in model.parameters()]
+    # By hand: a copy of the network at each point b, its gradient there, times b, averaged.
+    expected = [torch.zeros_like(p) for p in model.parameters()]
+    for b in (0.0, 0.25, 0.5, 0.75, 1.0):
+        point = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 4))
+        with torch.no_grad():
+            for q, (name, w) in zip(point.parameters(), model.named_parameters(), strict=True):
+                q.copy_(start[name] + b * (w - start[name]))
+        point.zero_grad()
+        cross_entropy(point(x), y).backward()
+        for e, q in zip(expected, point.parameters(), strict=True):
+            e += b * q.grad / 5
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7)
+
+
+def test_mc_sgd_search_starts_midway_and_lowers_the_line_losses():
+    scenario = make_scenario(per_class=30)
+    strategy = MCSGD(memory_per_class=10, hidden=(8,), lr=0.05, mc_epochs=20, alpha=0.5)
+    strategy.fit_experience(scenario[0], scenario)
+    previous = {n: p.detach().clone() for n, p in strategy.model_.named_parameters()}
+    found = {}
+
+    def line_losses(model, finetuned, new_x, new_y):
+        with torch.no_grad():
+            return float(
+                strategy.line_loss(model, previous, strategy.memory_x_, strategy.memory_y_)
+                + strategy.line_loss(model, finetuned, new_x, new_y)
+            )
+
+    original = strategy._connect
+
+    def spy(model, previous_weights, new_x, new_y):
+        finetuned = {n: p.detach().clone() for n, p in model.named_parameters()}
+        midway = {n: (previous_weights[n] + finetuned[n]) / 2 for n in finetuned}
+        original(model, previous_weights, new_x, new_y)
+        probe = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
+        with torch.no_grad():
+            for q, name in zip(probe.parameters(), finetuned, strict=True):
+                q.copy_(midway[name])
+        found["start"] = line_losses(probe, finetuned, new_x, new_y)
+        found["end"] = line_losses(model, finetuned, new_x, new_y)
+
+    strategy._connect = spy  # type: ignore[method-assign]
+    strategy.fit_experience(scenario[1], scenario)
+    assert strategy.searches_ == 1 and len(strategy.memory_y_) == 40
+    assert found["end"] < found["start"]
+
+
+# --- IMM -----------------------------------------------------------------------------------------
+def test_imm_mean_predicts_with_the_average_and_trains_on_like_naive():
+    scenario = make_scenario(tasks=((0, 1), (2, 3), (1, 2)))
+    imm = IMMMean(hidden=(8,), lr=0.05, seed=4)
+    naive = Naive(hidden=(8,), lr=0.05, seed=4)
+    solutions = []
+    for experience in scenario:
+        imm.fit_experience(experience, scenario)
+        naive.fit_experience(experience, scenario)
+        solutions.append(weights(naive.model_))
+    # Training goes on from each experience's own weights (weight-transfer): Naive's path.
+    for a, b in zip(weights(imm.model_), solutions[-1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert imm.merged_ is not None
+    for merged, *each in zip(weights(imm.merged_), *solutions, strict=True):
+        np.testing.assert_allclose(merged, np.mean(each, axis=0), rtol=1e-6, atol=1e-7)
+    x = scenario[0].test_x
+    expected = imm.merged_(torch.from_numpy(x)).argmax(dim=1).numpy()
+    np.testing.assert_array_equal(imm.predict(x), expected)
+
+
+def linear_fisher(W, b, x, y) -> list[np.ndarray]:
+    """Empirical Fisher of a linear softmax model, written out: g_z = e_y - p, g_W = g_z x^T."""
+    z = x.astype(np.float64) @ W.T + b
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    g_z = np.eye(W.shape[0])[y] - p
+    return [np.mean((g_z[:, :, None] * x[:, None, :]) ** 2, axis=0), np.mean(g_z**2, axis=0)]
+
+
+def test_imm_mode_is_the_fisher_weighted_merge():
+    scenario = make_scenario(tasks=((0, 1), (2, 3)))
+    imm = IMMMode(hidden=(), lr=0.1, seed=1)  # a linear model: the Fisher in closed form
+    solutions, fishers = [], []
+    for experience in scenario:
+        imm.fit_experience(experience, scenario)
+        W, b = weights(imm.model_)
+        solutions.append((W, b))
+        fishers.append(linear_fisher(W, b, experience.train_x, experience.train_y))
+    merged = weights(imm.merged_)
+    for i in range(2):
+        numerator = sum(f[i] * s[i] for f, s in zip(fishers, solutions, strict=True))
+        denominator = sum(f[i] for f in fishers)
+        mean = (solutions[0][i] + solutions[1][i]) / 2
+        expected = np.where(
+            denominator > 0, numerator / np.where(denominator > 0, denominator, 1), mean
+        )
+        np.testing.assert_allclose(merged[i], expected, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(merged[0], (solutions[0][0] + solutions[1][0]) / 2, atol=1e-3)

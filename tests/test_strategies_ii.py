@@ -297,3 +297,173 @@ def test_imm_mode_is_the_fisher_weighted_merge():
         )
         np.testing.assert_allclose(merged[i], expected, rtol=1e-4, atol=1e-6)
     assert not np.allclose(merged[0], (solutions[0][0] + solutions[1][0]) / 2, atol=1e-3)
+
+
+# --- iCaRL ---------------------------------------------------------------------------------------
+def numpy_herding(features: np.ndarray, count: int) -> list[int]:
+    """Rebuffi et al.'s algorithm 4, a plain loop over candidates."""
+    mu = features.mean(axis=0)
+    chosen: list[int] = []
+    for k in range(1, count + 1):
+        best, best_distance = -1, np.inf
+        for i in range(len(features)):
+            if i in chosen:
+                continue
+            distance = np.linalg.norm(mu - (features[i] + features[chosen].sum(axis=0)) / k)
+            if distance < best_distance:
+                best, best_distance = i, distance
+        chosen.append(best)
+    return chosen
+
+
+def test_herding_matches_the_loop_and_approaches_the_mean():
+    from perennial.strategies.icarl import herding
+
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(40, 5))
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    picks = herding(torch.from_numpy(rows), 10).tolist()
+    assert picks == numpy_herding(rows, 10)
+    mean = rows.mean(axis=0)
+    herded = np.linalg.norm(rows[picks].mean(axis=0) - mean)
+    random = np.mean(
+        [np.linalg.norm(rows[rng.permutation(40)[:10]].mean(axis=0) - mean) for _ in range(50)]
+    )
+    assert herded < random / 3
+
+
+def mlp_features(model, x: np.ndarray) -> np.ndarray:
+    """The last hidden layer of a one-hidden-layer ReLU MLP, in numpy, L2-normalised."""
+    W, b = (p.detach().numpy().astype(np.float64) for p in model[0].parameters())
+    h = np.maximum(x.astype(np.float64) @ W.T + b, 0.0)
+    return h / np.linalg.norm(h, axis=1, keepdims=True)
+
+
+def test_icarl_classifies_by_the_nearest_exemplar_mean_and_distils_old_classes(monkeypatch):
+    from perennial.strategies import ICaRL
+    from perennial.strategies import icarl as module
+
+    scenario = make_scenario(per_class=15)
+    strategy = ICaRL(memory_per_class=4, hidden=(8,), lr=0.1, epochs=2)
+    strategy.fit_experience(scenario[0], scenario)
+    old = [p.detach().clone() for p in strategy.model_.parameters()]
+    captured = []
+    real = module.binary_cross_entropy_with_logits
+
+    def spy(logits, targets):
+        captured.append(targets.clone())
+        return real(logits, targets)
+
+    monkeypatch.setattr(module, "binary_cross_entropy_with_logits", spy)
+    strategy.fit_experience(scenario[1], scenario)
+    # The targets: labels for the new classes, the previous network's sigmoids for the old ones.
+    x = torch.cat([torch.from_numpy(scenario[1].train_x), strategy.exemplar_x_[:8]])
+    y = torch.cat([torch.from_numpy(scenario[1].train_y), strategy.exemplar_y_[:8]])
+    previous = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
+    with torch.no_grad():
+        for q, value in zip(previous.parameters(), old, strict=True):
+            q.copy_(value)
+        expected_old = torch.sigmoid(previous(x)[:, :2])
+    assert captured[0].shape[1] == 4
+    everything = torch.cat(captured[: -(-len(y) // 10)])  # the first epoch's targets, shuffled
+    assert everything.shape[0] == len(y)
+    rows_old = {tuple(np.round(r.numpy(), 5)) for r in expected_old}
+    rows_seen = {tuple(np.round(r.numpy(), 5)) for r in everything[:, :2]}
+    assert rows_seen == rows_old
+    new_targets = everything[:, 2:]
+    assert set(new_targets.sum(dim=1).tolist()) == {0.0, 1.0}
+    # Exemplars: 4 per class, herded on today's features for the new classes.
+    assert [strategy.exemplar_y_.tolist().count(c) for c in range(4)] == [4, 4, 4, 4]
+    # Predictions: the nearest class mean of normalised exemplar features, in numpy.
+    features = mlp_features(strategy.model_, strategy.exemplar_x_.numpy())
+    labels = strategy.exemplar_y_.numpy()
+    means = np.array([features[labels == c].mean(axis=0) for c in range(4)])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    test_x = np.vstack([e.test_x for e in scenario])
+    distances = np.linalg.norm(mlp_features(strategy.model_, test_x)[:, None] - means, axis=2)
+    np.testing.assert_array_equal(strategy.predict(test_x), distances.argmin(axis=1))
+
+
+# --- PackNet and progressive networks: task-incremental, nothing forgotten -------------------------
+def task_scenario(**kwargs) -> Scenario:
+    plain = make_scenario(**kwargs)
+    return Scenario(
+        "test-task",
+        plain.experiences,
+        n_classes=plain.n_classes,
+        input_shape=plain.input_shape,
+        task_labels=True,
+    )
+
+
+def test_packnet_prunes_freezes_and_answers_old_tasks_exactly_as_before():
+    from perennial.strategies import PackNet
+
+    scenario = task_scenario(tasks=((0, 1), (2, 3), (4, 5)), per_class=15)
+    strategy = PackNet(hidden=(10,), prune=0.6, lr=0.1, epochs=2, post_epochs=1)
+    strategy.fit_experience(scenario[0], scenario)
+    first = [layer.weight.detach().clone() for layer in strategy._layers(strategy.model_)]
+    biases = [layer.bias.detach().clone() for layer in strategy._layers(strategy.model_)]
+    owners = [o.clone() for o in strategy.owners_]
+    # Task 1 keeps 40% of each layer's free weights (the output layer: its two rows only).
+    assert [int((o == 1).sum()) for o in owners] == [40 - int(0.6 * 40), 20 - int(0.6 * 20)]
+    assert torch.all(first[0][owners[0] == 0] == 0)  # released hidden weights are zero
+    answers = strategy.predict(scenario[0].test_x, scenario[0])
+    logits = strategy.logits_for_task(scenario[0].test_x, 1).clone()
+    for experience in scenario.experiences[1:]:
+        strategy.fit_experience(experience, scenario)
+    after = [layer.weight.detach() for layer in strategy._layers(strategy.model_)]
+    for weight, before, owner in zip(after, first, owners, strict=True):
+        assert torch.equal(weight[owner == 1], before[owner == 1])  # task 1's weights frozen
+    for layer, bias in zip(strategy._layers(strategy.model_), biases, strict=True):
+        assert torch.equal(layer.bias, bias)  # biases belong to the first task
+    assert {int(v) for o in strategy.owners_ for v in o.unique()} >= {1, 2, 3}
+    np.testing.assert_array_equal(strategy.predict(scenario[0].test_x, scenario[0]), answers)
+    torch.testing.assert_close(strategy.logits_for_task(scenario[0].test_x, 1), logits)
+
+
+def test_progressive_columns_compute_with_lateral_connections_and_never_change():
+    from perennial.strategies import PNN
+
+    scenario = task_scenario(tasks=((0, 1), (2, 3)), per_class=15)
+    strategy = PNN(hidden=(6, 5), lr=0.1, epochs=2)
+    strategy.fit_experience(scenario[0], scenario)
+    column0 = [p.detach().clone() for p in strategy.model_.columns[0].parameters()]
+    answers = strategy.predict(scenario[0].test_x, scenario[0])
+    strategy.fit_experience(scenario[1], scenario)
+    net = strategy.model_
+    for p, before in zip(net.columns[0].parameters(), column0, strict=True):
+        assert torch.equal(p, before)
+    np.testing.assert_array_equal(strategy.predict(scenario[0].test_x, scenario[0]), answers)
+
+    # Column 1 by hand, in numpy: its own layers plus the laterals from column 0's layers.
+    def layer(module, a):
+        w = module.weight.detach().numpy().astype(np.float64)
+        b = module.bias.detach().numpy() if module.bias is not None else 0.0
+        return a @ w.T + b
+
+    x = scenario[1].test_x.astype(np.float64)
+    h0 = [np.maximum(layer(net.columns[0][0], x), 0)]
+    h0.append(np.maximum(layer(net.columns[0][1], h0[0]), 0))
+    h1 = np.maximum(layer(net.columns[1][0], x), 0)
+    h1b = np.maximum(layer(net.columns[1][1], h1) + layer(net.laterals[1][0][0], h0[0]), 0)
+    out = layer(net.columns[1][2], h1b) + layer(net.laterals[1][1][0], h0[1])
+    scores = out[:, [2, 3]]
+    np.testing.assert_array_equal(
+        strategy.predict(scenario[1].test_x, scenario[1]), np.array([2, 3])[scores.argmax(axis=1)]
+    )
+
+
+def test_task_incremental_strategies_refuse_streams_without_task_labels():
+    from perennial.bench import check_supported
+    from perennial.exceptions import InvalidParameterError
+    from perennial.strategies import PNN, PackNet
+
+    plain = make_scenario()
+    for strategy in (PackNet(hidden=(4,)), PNN(hidden=(4,))):
+        with pytest.raises(InvalidParameterError, match="task labels"):
+            strategy.fit_experience(plain[0], plain)
+        assert getattr(strategy, "trainer_", None) is None
+    with pytest.raises(InvalidParameterError, match="packnet, pnn need the task"):
+        check_supported(["naive", "packnet", "pnn"], plain)
+    check_supported(["packnet", "pnn"], task_scenario())

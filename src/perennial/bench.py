@@ -124,6 +124,21 @@ def check_strategy_names(names: Sequence[str]) -> list[str]:
     return list(names)
 
 
+def check_supported(names: Sequence[str], scenario: Any) -> None:
+    """Refuse strategies that need task labels on a stream without them, before any work."""
+    from perennial.strategies import STRATEGIES
+
+    needing = [name for name in names if STRATEGIES[name].task_incremental_only]
+    if needing and not scenario.task_labels:
+        one = len(needing) == 1
+        raise InvalidParameterError(
+            f"{', '.join(needing)} need{'s' if one else ''} the task of each test input, and "
+            f"the scenario {scenario.name!r} gives none: run {'it' if one else 'them'} on a "
+            f"task-incremental scenario (split-mnist-task), or drop {'it' if one else 'them'} "
+            "from --strategies"
+        )
+
+
 def params_for(name: str, params: dict[str, Any] | None) -> dict[str, Any]:
     """The subset of the shared ``params`` that strategy ``name`` accepts.
 
@@ -309,13 +324,15 @@ def run_benchmark(
     for name in names:  # bad parameters fail here, before the first run
         make_strategy(name, **{**params_for(name, strategy_params), "seed": 0})
     options = dict(scenario_options or {})
+    first = make_scenario(scenario_name, seed=0, **options)
+    check_supported(names, first)
     if client is not None:
         return _run_on_cluster(
             client, scenario_name, names, seeds, options, strategy_params, progress, curves
         )
     runs: list[RunResult] = []
     for seed in range(seeds):
-        scenario = make_scenario(scenario_name, seed=seed, **options)
+        scenario = first if seed == 0 else make_scenario(scenario_name, seed=seed, **options)
         for name in names:
             try:
                 runs.append(run_one(scenario, name, seed, strategy_params, progress, curves))

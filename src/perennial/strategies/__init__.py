@@ -20,6 +20,7 @@ from perennial.strategies.er import ER
 from perennial.strategies.ewc import EWC
 from perennial.strategies.gdumb import GDumb
 from perennial.strategies.gem import GEM
+from perennial.strategies.icarl import ICaRL
 from perennial.strategies.imm import IMMMean, IMMMode
 from perennial.strategies.joint import Joint
 from perennial.strategies.l2 import L2
@@ -29,6 +30,8 @@ from perennial.strategies.mas import MAS
 from perennial.strategies.mc_sgd import MCSGD
 from perennial.strategies.naive import Naive
 from perennial.strategies.online_ewc import OnlineEWC
+from perennial.strategies.packnet import PackNet
+from perennial.strategies.pnn import PNN
 from perennial.strategies.si import SI
 from perennial.strategies.stable_sgd import StableSGD
 
@@ -40,6 +43,7 @@ __all__ = [
     "L2",
     "MAS",
     "MCSGD",
+    "PNN",
     "SI",
     "STRATEGIES",
     "STRATEGY_NAMES",
@@ -47,6 +51,7 @@ __all__ = [
     "DERpp",
     "GDumb",
     "GradientStrategy",
+    "ICaRL",
     "IMMMean",
     "IMMMode",
     "Joint",
@@ -54,6 +59,7 @@ __all__ = [
     "LwF",
     "Naive",
     "OnlineEWC",
+    "PackNet",
     "StableSGD",
     "Strategy",
     "make_strategy",
@@ -78,6 +84,9 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "mc-sgd": MCSGD,
     "imm-mean": IMMMean,
     "imm-mode": IMMMode,
+    "icarl": ICaRL,
+    "packnet": PackNet,
+    "pnn": PNN,
     "gdumb": GDumb,
     "lifelong": Lifelong,
 }

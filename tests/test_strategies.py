@@ -180,6 +180,7 @@ def test_registry_names_and_classes():
         "icarl",
         "packnet",
         "pnn",
+        "mbpa",
         "gdumb",
         "lifelong",
     )

@@ -467,3 +467,55 @@ def test_task_incremental_strategies_refuse_streams_without_task_labels():
     with pytest.raises(InvalidParameterError, match="packnet, pnn need the task"):
         check_supported(["naive", "packnet", "pnn"], plain)
     check_supported(["packnet", "pnn"], task_scenario())
+
+
+# --- MbPA ----------------------------------------------------------------------------------------
+def test_mbpa_adaptation_matches_a_per_query_loop():
+    from perennial.strategies.mbpa import adapted_logits
+
+    rng = np.random.default_rng(3)
+    keys = torch.from_numpy(rng.normal(size=(30, 5)))
+    labels = torch.from_numpy(rng.integers(0, 3, 30))
+    weight, bias = torch.from_numpy(rng.normal(size=(3, 5))), torch.from_numpy(rng.normal(size=3))
+    queries = torch.from_numpy(rng.normal(size=(4, 5)))
+    got = adapted_logits(
+        queries, keys, labels, weight, bias, neighbours=6, steps=3, lr=0.2, strength=0.5
+    )
+    for i in range(4):  # one query at a time, numpy nearest neighbours, hand-written gradients
+        q = queries[i].numpy()
+        d = ((keys.numpy() - q) ** 2).sum(axis=1)
+        near = np.argsort(d, kind="stable")[:6]
+        w = 1.0 / (1e-3 + d[near])
+        w /= w.sum()
+        h, y = keys.numpy()[near], labels.numpy()[near]
+        W, b = weight.numpy().copy(), bias.numpy().copy()
+        for _ in range(3):
+            z = h @ W.T + b
+            p = np.exp(z - z.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            delta = w[:, None] * (p - np.eye(3)[y])  # d loss / d z
+            gW = delta.T @ h + 0.5 * (W - weight.numpy())
+            gb = delta.sum(axis=0) + 0.5 * (b - bias.numpy())
+            W, b = W - 0.2 * gW, b - 0.2 * gb
+        np.testing.assert_allclose(got[i].numpy(), W @ q + b, rtol=1e-10, atol=1e-12)
+    # No steps: the trained layer itself.
+    unadapted = adapted_logits(
+        queries, keys, labels, weight, bias, neighbours=6, steps=0, lr=0.2, strength=0.5
+    )
+    torch.testing.assert_close(unadapted, queries @ weight.T + bias)
+
+
+def test_mbpa_memory_and_predictions_through_the_strategy():
+    from perennial.strategies import MbPA
+
+    scenario = make_scenario(per_class=20)
+    strategy = MbPA(memory_per_class=5, neighbours=4, adapt_steps=0, hidden=(8,), lr=0.1)
+    naive = Naive(hidden=(8,), lr=0.1)
+    fit_all(strategy, scenario)
+    fit_all(naive, scenario)
+    assert strategy.buffer_.size == 20 and strategy.stored_bytes() == 20 * (4 * 4 + 8)
+    x = np.vstack([e.test_x for e in scenario])
+    # Without adaptation steps MbPA is the network it trained, which is Naive's.
+    np.testing.assert_array_equal(strategy.predict(x), naive.predict(x))
+    strategy.adapt_steps = 10
+    assert not np.array_equal(strategy.predict(x), naive.predict(x))

@@ -27,6 +27,7 @@ from perennial.strategies.l2 import L2
 from perennial.strategies.lifelong import Lifelong
 from perennial.strategies.lwf import LwF
 from perennial.strategies.mas import MAS
+from perennial.strategies.mbpa import MbPA
 from perennial.strategies.mc_sgd import MCSGD
 from perennial.strategies.naive import Naive
 from perennial.strategies.online_ewc import OnlineEWC
@@ -57,6 +58,7 @@ __all__ = [
     "Joint",
     "Lifelong",
     "LwF",
+    "MbPA",
     "Naive",
     "OnlineEWC",
     "PackNet",
@@ -87,6 +89,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "icarl": ICaRL,
     "packnet": PackNet,
     "pnn": PNN,
+    "mbpa": MbPA,
     "gdumb": GDumb,
     "lifelong": Lifelong,
 }

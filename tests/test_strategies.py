@@ -151,6 +151,7 @@ def fit_all(strategy, scenario: Scenario) -> None:
 SMALL = {
     "lifelong": {"n_features": 64},
     "gdumb": {"hidden": (8,), "epochs": 5, "memory_per_class": 3},
+    "dgr": {"hidden": (8,), "epochs": 1, "gen_hidden": (8,), "latent": 2, "gen_epochs": 1},
 }
 
 
@@ -180,6 +181,8 @@ def test_registry_names_and_classes():
         "icarl",
         "packnet",
         "pnn",
+        "dgr",
+        "vcl",
         "mbpa",
         "gdumb",
         "lifelong",

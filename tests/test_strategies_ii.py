@@ -519,3 +519,143 @@ def test_mbpa_memory_and_predictions_through_the_strategy():
     np.testing.assert_array_equal(strategy.predict(x), naive.predict(x))
     strategy.adapt_steps = 10
     assert not np.array_equal(strategy.predict(x), naive.predict(x))
+
+
+# --- VCL -----------------------------------------------------------------------------------------
+def test_gaussian_kl_matches_numerical_integration():
+    import scipy.integrate
+    from scipy import stats
+
+    from perennial.strategies.vcl import gaussian_kl
+
+    for mu_q, var_q, mu_p, var_p in [(0.3, 0.5, -0.2, 2.0), (1.0, 1e-2, 0.0, 1.0), (0, 1, 0, 1)]:
+        q, p = stats.norm(mu_q, np.sqrt(var_q)), stats.norm(mu_p, np.sqrt(var_p))
+        expected, _ = scipy.integrate.quad(
+            lambda t, q=q, p=p: q.pdf(t) * (q.logpdf(t) - p.logpdf(t)), -30, 30, limit=200
+        )
+        got = gaussian_kl(
+            torch.tensor([mu_q], dtype=torch.float64),
+            torch.tensor([np.log(var_q)], dtype=torch.float64),
+            torch.tensor([mu_p], dtype=torch.float64),
+            torch.tensor([np.log(var_p)], dtype=torch.float64),
+        )
+        assert float(got) == pytest.approx(expected, abs=1e-7)
+
+
+def test_local_reparameterisation_has_the_moments_of_sampled_weights():
+    from perennial.strategies.vcl import BayesianLinear
+
+    layer = BayesianLinear(nn.Linear(3, 2), init_logvar=-1.0)
+    with torch.no_grad():
+        layer.weight_logvar.copy_(torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -3.0, -1.5]]))
+    layer.generator = torch.Generator().manual_seed(0)
+    x = torch.tensor([[0.5, -1.0, 2.0]])
+    draws = 20000
+    generator = torch.Generator().manual_seed(1)
+    sigma_w = (0.5 * layer.weight_logvar.detach()).exp()
+    sigma_b = (0.5 * layer.bias_logvar.detach()).exp()
+    W = layer.weight_mu.detach() + sigma_w * torch.randn(draws, 2, 3, generator=generator)
+    b = layer.bias_mu.detach() + sigma_b * torch.randn(draws, 2, generator=generator)
+    sampled = torch.einsum("dij,j->di", W, x[0]) + b  # weights drawn one by one
+    with torch.no_grad():
+        local = torch.cat([layer(x) for _ in range(draws)])
+    for a, c in ((sampled, local),):
+        torch.testing.assert_close(a.mean(dim=0), c.mean(dim=0), atol=0.06, rtol=0)
+        torch.testing.assert_close(a.var(dim=0), c.var(dim=0), atol=0, rtol=0.06)
+    _, variance = layer.moments(x)
+    torch.testing.assert_close(variance[0], sampled.var(dim=0), atol=0, rtol=0.06)
+
+
+def test_vcl_posterior_becomes_the_prior_and_the_loss_carries_the_kl():
+    from perennial.strategies import VCL
+    from perennial.strategies.vcl import BayesianLinear
+
+    scenario = make_scenario(per_class=10)
+    strategy = VCL(hidden=(6,), epochs=1, lr=0.05)
+    strategy.fit_experience(scenario[0], scenario)
+    layers = [m for m in strategy.model_.modules() if isinstance(m, BayesianLinear)]
+    for layer in layers:
+        assert torch.equal(layer.prior_weight_mu, layer.weight_mu.detach())
+        assert torch.equal(layer.prior_weight_logvar, layer.weight_logvar.detach())
+    assert float(strategy.kl().detach()) == pytest.approx(0.0, abs=1e-9)  # posterior == prior
+    # The loss: the minibatch cross-entropy under one draw of the weights plus KL / N, by hand.
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight_mu.add_(0.1)
+    x = torch.from_numpy(scenario[1].train_x[:5])
+    y = torch.from_numpy(scenario[1].train_y[:5])
+    state = strategy._noise.get_state()
+    loss = strategy.loss(x, y, 20)
+    draws = torch.Generator()
+    draws.set_state(state)
+    h = x
+    kl = torch.zeros((), dtype=torch.float64)
+    for i, layer in enumerate(layers):
+        w_mu, w_var = layer.weight_mu.detach(), layer.weight_logvar.detach().exp()
+        b_mu, b_var = layer.bias_mu.detach(), layer.bias_logvar.detach().exp()
+        mean = h @ w_mu.T + b_mu
+        sd = ((h * h) @ w_var.T + b_var).sqrt()
+        h = mean + sd * torch.randn(mean.shape, generator=draws)
+        if i < len(layers) - 1:
+            h = torch.relu(h)
+        for mu_q, var_q, mu_p, var_p in (
+            (w_mu, w_var, layer.prior_weight_mu, layer.prior_weight_logvar.exp()),
+            (b_mu, b_var, layer.prior_bias_mu, layer.prior_bias_logvar.exp()),
+        ):
+            kl += (
+                0.5 * (torch.log(var_p / var_q) + (var_q + (mu_q - mu_p) ** 2) / var_p - 1)
+            ).sum()
+    expected = cross_entropy(h, y) + kl.float() / 20
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert float(kl) > 0
+    strategy.fit_experience(scenario[1], scenario)
+    # The prior moved to the new posterior; predictions average seeded draws (reproducible).
+    probs = strategy.probabilities(scenario[0].test_x)
+    torch.testing.assert_close(probs, strategy.probabilities(scenario[0].test_x))
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(len(probs)))
+
+
+# --- DGR -----------------------------------------------------------------------------------------
+def test_dgr_replays_generated_inputs_labelled_by_the_previous_solver():
+    from perennial.strategies import DGR
+
+    scenario = make_scenario(per_class=15)
+    strategy = DGR(hidden=(8,), gen_hidden=(8,), latent=2, gen_epochs=2, lr=0.1, epochs=2)
+    strategy.fit_experience(scenario[0], scenario)
+    assert strategy.replayed_ == 0
+    solver, generator, classes = strategy._previous
+    assert classes.tolist() == [0, 1]
+    with torch.no_grad():  # outputs of classes not yet seen are never a replayed label
+        solver[-1].bias[2:] += 100.0
+    state = strategy._draws.get_state()
+    x = torch.from_numpy(scenario[1].train_x[:5])
+    y = torch.from_numpy(scenario[1].train_y[:5])
+    bx, by = strategy.batch(x, y)
+    # The same draws by hand: decode N(0, I) codes, label with the old solver among 0 and 1.
+    draws = torch.Generator()
+    draws.set_state(state)
+    fake = generator.decoder(torch.randn(5, 2, generator=draws)).detach()
+    torch.testing.assert_close(bx[5:], fake)
+    torch.testing.assert_close(bx[:5], x)
+    expected = solver(fake)[:, :2].argmax(dim=1)
+    assert torch.equal(by[5:], expected) and torch.equal(by[:5], y)
+    strategy.fit_experience(scenario[1], scenario)
+    assert strategy.replayed_ == 2 * 30 and strategy.stored_bytes() == 0  # 2 epochs of 30
+
+
+def test_vae_loss_is_the_negative_elbo_written_out():
+    from perennial.strategies.dgr import VAE
+
+    vae = VAE(3, (4,), 2, seed=0)
+    x = torch.tensor([[0.1, -0.2, 0.3], [1.0, 0.0, -1.0]])
+    state = torch.Generator().manual_seed(5)
+    loss = vae.loss(x, state)
+    h = torch.relu(vae.encoder[0](x))
+    mu, logvar = vae.to_latent(h).chunk(2, dim=1)
+    eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(5))
+    z = mu + torch.exp(logvar / 2) * eps
+    rec = vae.decoder(z)
+    expected = (
+        0.5 * ((rec - x) ** 2).sum(dim=1) - 0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(dim=1)
+    ).mean()
+    torch.testing.assert_close(loss, expected)

@@ -16,6 +16,7 @@ from perennial.strategies.agem import AGEM
 from perennial.strategies.base import GradientStrategy, Strategy
 from perennial.strategies.cumulative import Cumulative
 from perennial.strategies.derpp import DERpp
+from perennial.strategies.dgr import DGR
 from perennial.strategies.er import ER
 from perennial.strategies.ewc import EWC
 from perennial.strategies.gdumb import GDumb
@@ -35,9 +36,11 @@ from perennial.strategies.packnet import PackNet
 from perennial.strategies.pnn import PNN
 from perennial.strategies.si import SI
 from perennial.strategies.stable_sgd import StableSGD
+from perennial.strategies.vcl import VCL
 
 __all__ = [
     "AGEM",
+    "DGR",
     "ER",
     "EWC",
     "GEM",
@@ -48,6 +51,7 @@ __all__ = [
     "SI",
     "STRATEGIES",
     "STRATEGY_NAMES",
+    "VCL",
     "Cumulative",
     "DERpp",
     "GDumb",
@@ -89,6 +93,8 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "icarl": ICaRL,
     "packnet": PackNet,
     "pnn": PNN,
+    "dgr": DGR,
+    "vcl": VCL,
     "mbpa": MbPA,
     "gdumb": GDumb,
     "lifelong": Lifelong,

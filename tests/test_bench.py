@@ -18,6 +18,7 @@ from perennial.exceptions import InvalidParameterError
 from perennial.metrics import backward_transfer, forgetting, mean_ci90
 from perennial.report import format_table, seen_average_curve, write_report
 from perennial.scenarios import from_arrays
+from perennial.tuning import tune_strategies
 
 
 def _scenario(seed: int = 0):
@@ -217,6 +218,16 @@ def test_runs_spread_over_a_local_dask_cluster_equal_the_serial_runs():
             strategy_params=params,
             client=client,
         )
+        # The tuning grid too: every point one task on the cluster, the same choices and scores.
+        tuned = tune_strategies(
+            "split-mnist", ["naive"], scenario_options=options, strategy_params=params,
+            tasks=2, client=client,
+        )  # fmt: skip
+    here = tune_strategies(
+        "split-mnist", ["naive"], scenario_options=options, strategy_params=params, tasks=2
+    )
+    assert tuned["naive"].scores == here["naive"].scores
+    assert tuned["naive"].chosen == here["naive"].chosen
     assert [(r.strategy, r.seed) for r in spread] == [(r.strategy, r.seed) for r in serial]
     for mine, theirs in zip(spread, serial, strict=True):
         np.testing.assert_array_equal(mine.matrix, theirs.matrix)

@@ -307,8 +307,13 @@ def run_benchmark(
     progress: Progress | None = None,
     curves: bool = False,
     client: Any = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> list[RunResult]:
     """Run every strategy with seeds ``0 .. seeds-1``; the scenario is rebuilt for each seed.
+
+    ``strategy_params`` are shared (each strategy takes the ones it accepts); ``overrides``
+    holds values per strategy name (the choices of :func:`perennial.tuning.tune_strategies`),
+    which win over the shared ones.
 
     Every name and option is checked, and the scenario for seed 0 is built, before any training.
     With a Dask ``client`` (see :func:`perennial.distributed.dask_client`) each (strategy, seed)
@@ -321,21 +326,20 @@ def run_benchmark(
     names = check_strategy_names(strategies)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise InvalidParameterError(f"seeds must be a positive integer, got {seeds!r}")
+    own = {name: {**(strategy_params or {}), **(overrides or {}).get(name, {})} for name in names}
     for name in names:  # bad parameters fail here, before the first run
-        make_strategy(name, **{**params_for(name, strategy_params), "seed": 0})
+        make_strategy(name, **{**params_for(name, own[name]), "seed": 0})
     options = dict(scenario_options or {})
     first = make_scenario(scenario_name, seed=0, **options)
     check_supported(names, first)
     if client is not None:
-        return _run_on_cluster(
-            client, scenario_name, names, seeds, options, strategy_params, progress, curves
-        )
+        return _run_on_cluster(client, scenario_name, names, seeds, options, own, progress, curves)
     runs: list[RunResult] = []
     for seed in range(seeds):
         scenario = first if seed == 0 else make_scenario(scenario_name, seed=seed, **options)
         for name in names:
             try:
-                runs.append(run_one(scenario, name, seed, strategy_params, progress, curves))
+                runs.append(run_one(scenario, name, seed, own[name], progress, curves))
             except TrainingDivergedError as error:
                 # A diverged run is a result, not a crash: keep it, flagged, and go on.
                 if progress is not None:
@@ -368,7 +372,7 @@ def _run_on_cluster(
     names: list[str],
     seeds: int,
     options: dict[str, Any],
-    params: dict[str, Any] | None,
+    params: dict[str, dict[str, Any]],
     progress: Progress | None,
     curves: bool,
 ) -> list[RunResult]:
@@ -379,7 +383,9 @@ def _run_on_cluster(
     make_scenario(scenario_name, seed=0, **options)  # bad options fail here, not on a worker
     jobs = [(name, seed) for seed in range(seeds) for name in names]
     futures = [
-        client.submit(_run_task, scenario_name, options, name, seed, params, curves, pure=False)
+        client.submit(
+            _run_task, scenario_name, options, name, seed, params[name], curves, pure=False
+        )
         for name, seed in jobs
     ]
     started = time.perf_counter()

@@ -211,7 +211,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    tuned: dict[str, Any] = {}
+
     def run(client: Any = None) -> list[Any]:
+        if args.tune:
+            from perennial.tuning import tune_strategies
+
+            tuned.update(
+                tune_strategies(
+                    args.scenario,
+                    strategies,
+                    scenario_options=scenario_options,
+                    strategy_params=strategy_params,
+                    tasks=args.tune_tasks,
+                    fraction=args.tune_fraction,
+                    progress=progress,
+                    client=client,
+                )
+            )
+            for name, result in tuned.items():
+                chosen = ", ".join(f"{k}={v}" for k, v in result.chosen.items())
+                progress(f"tuned {name}: {chosen}")
         return run_benchmark(
             args.scenario,
             strategies,
@@ -221,6 +241,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             progress=progress,
             curves=args.curves,
             client=client,
+            overrides={name: result.chosen for name, result in tuned.items()},
         )
 
     if args.scheduler is not None or args.workers is not None:
@@ -232,6 +253,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         runs = run()
     results = aggregate(runs)
     config = {"scenario": args.scenario, "seeds": args.seeds, **scenario_options, **strategy_params}
+    if args.tune:
+        config["tune"] = f"first {args.tune_tasks} tasks, {args.tune_fraction:.0%} held out"
     print(f"{args.scenario}: mean [90% CI] over {args.seeds} seed(s); accuracies in percent")
     print(format_table(results))
     for name, failed in failures(runs).items():
@@ -244,12 +267,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "failures": failures(runs),
             "runs": [run.to_json() for run in runs],
         }
+        if tuned:
+            document["tuning"] = {name: result.to_json() for name, result in tuned.items()}
         _write_text(args.json, json.dumps(document, indent=2))
         print(f"JSON written to {args.json}")
     if args.report:
         path = write_report(
             runs, results, args.report, title=f"perennial bench: {args.scenario}", config=config
         )
+        if tuned:
+            from perennial.tuning import add_to_report
+
+            add_to_report(args.report, list(tuned.values()))
         print(f"report written to {path}")
     return 0
 
@@ -755,6 +784,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-per-class", type=int, default=None, help="replay examples per class"
     )
     bench.add_argument("--threads", type=int, default=None, help="torch threads")
+    bench.add_argument(
+        "--tune",
+        action="store_true",
+        help="choose each strategy's hyperparameters first, from its grid "
+        "(perennial.tuning.GRIDS), on a validation split of the first tasks' training data; "
+        "options given on the command line are kept, not searched",
+    )
+    bench.add_argument(
+        "--tune-tasks", type=int, default=3, help="tasks of the validation stream (default 3)"
+    )
+    bench.add_argument(
+        "--tune-fraction",
+        type=float,
+        default=0.1,
+        help="share of each task's training data held out for validation (default 0.1)",
+    )
     bench.add_argument(
         "--curves",
         action="store_true",

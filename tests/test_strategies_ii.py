@@ -646,7 +646,7 @@ def test_dgr_replays_generated_inputs_labelled_by_the_previous_solver():
 def test_vae_loss_is_the_negative_elbo_written_out():
     from perennial.strategies.dgr import VAE
 
-    vae = VAE(3, (4,), 2, seed=0)
+    vae = VAE(3, (4,), 2, seed=0, variance=0.5)
     x = torch.tensor([[0.1, -0.2, 0.3], [1.0, 0.0, -1.0]])
     state = torch.Generator().manual_seed(5)
     loss = vae.loss(x, state)
@@ -655,7 +655,18 @@ def test_vae_loss_is_the_negative_elbo_written_out():
     eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(5))
     z = mu + torch.exp(logvar / 2) * eps
     rec = vae.decoder(z)
-    expected = (
-        0.5 * ((rec - x) ** 2).sum(dim=1) - 0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(dim=1)
-    ).mean()
+    kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(dim=1)
+    expected = (((rec - x) ** 2).sum(dim=1) / (2 * 0.5) + kl).mean()
     torch.testing.assert_close(loss, expected)
+    # Pixels: the Bernoulli likelihood, -sum(x log p + (1 - x) log(1 - p)), p = sigmoid(logits).
+    pixels = VAE(3, (4,), 2, seed=0, bernoulli=True)
+    x = torch.tensor([[0.1, 0.9, 0.3], [1.0, 0.0, 0.5]])
+    loss = pixels.loss(x, torch.Generator().manual_seed(5))
+    mu, logvar = pixels.to_latent(torch.relu(pixels.encoder[0](x))).chunk(2, dim=1)
+    eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(5))
+    p = torch.sigmoid(pixels.decoder(mu + torch.exp(logvar / 2) * eps))
+    nll = -(x * torch.log(p) + (1 - x) * torch.log(1 - p)).sum(dim=1)
+    kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(dim=1)
+    torch.testing.assert_close(loss, (nll + kl).mean())
+    samples = pixels.sample(50, torch.Generator().manual_seed(0))
+    assert float(samples.min()) >= 0.0 and float(samples.max()) <= 1.0

@@ -9,6 +9,7 @@ from typing import Unpack
 
 import torch
 from torch import Tensor, nn
+from torch.nn.functional import binary_cross_entropy_with_logits
 
 from perennial.scenarios.base import Experience, Scenario
 from perennial.strategies.base import CommonParams, GradientStrategy, check_int, check_number
@@ -20,12 +21,24 @@ __all__ = ["DGR", "VAE"]
 class VAE(nn.Module):
     """A variational autoencoder on feature rows: MLP encoder and decoder, Gaussian latent.
 
-    The reconstruction term is the squared error (a unit-variance Gaussian likelihood), so it
-    suits any real-valued inputs; :meth:`loss` is the negative evidence lower bound per example
-    (Kingma & Welling, 2014).
+    :meth:`loss` is the negative evidence lower bound per example (Kingma & Welling, 2014) with
+    a Bernoulli likelihood (``bernoulli=True``: inputs in [0, 1], such as pixels; the decoder
+    gives logits) or a Gaussian one of variance ``variance`` (the squared error over
+    ``2 variance``). A unit variance on [0, 1] pixels makes the reconstruction term so weak
+    against the KL term that the decoder learns the mean image whatever the code (posterior
+    collapse), which is why pixels get the Bernoulli likelihood.
     """
 
-    def __init__(self, n_features: int, hidden: Sequence[int], latent: int, seed: int) -> None:
+    def __init__(
+        self,
+        n_features: int,
+        hidden: Sequence[int],
+        latent: int,
+        seed: int,
+        *,
+        bernoulli: bool = False,
+        variance: float = 1.0,
+    ) -> None:
         super().__init__()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -42,21 +55,29 @@ class VAE(nn.Module):
             decoder.append(nn.Linear(back[-1], n_features))
             self.decoder = nn.Sequential(*decoder)
         self.latent = latent
+        self.bernoulli = bernoulli
+        self.variance = variance
 
     def loss(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        """Mean over rows of ``||x - decode(z)||^2 / 2 + KL(q(z|x) || N(0, I))``."""
+        """Mean over rows of ``-log p(x | z) + KL(q(z|x) || N(0, I))`` (one draw of ``z``)."""
         mu, logvar = self.to_latent(self.encoder(x)).chunk(2, dim=1)
         z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=generator)
-        reconstruction = 0.5 * ((self.decoder(z) - x) ** 2).sum(dim=1)
+        decoded = self.decoder(z)
+        if self.bernoulli:
+            reconstruction = binary_cross_entropy_with_logits(decoded, x, reduction="none").sum(
+                dim=1
+            )
+        else:
+            reconstruction = ((decoded - x) ** 2).sum(dim=1) / (2.0 * self.variance)
         kl = 0.5 * (mu**2 + logvar.exp() - 1.0 - logvar).sum(dim=1)
         loss: Tensor = (reconstruction + kl).mean()
         return loss
 
     def sample(self, count: int, generator: torch.Generator) -> Tensor:
-        """``count`` rows decoded from latent codes drawn from ``N(0, I)``."""
+        """``count`` rows decoded from latent codes drawn from ``N(0, I)`` (their means)."""
         with torch.no_grad():
             rows: Tensor = self.decoder(torch.randn(count, self.latent, generator=generator))
-        return rows
+        return torch.sigmoid(rows) if self.bernoulli else rows
 
 
 class DGR(GradientStrategy):
@@ -68,7 +89,9 @@ class DGR(GradientStrategy):
     Deep Generative Replay" (Shin, Lee, Kim & Kim, 2017, NeurIPS), with real and replayed data
     mixed one to one. The generator, a :class:`VAE` (Shin et al. used a GAN; van de Ven,
     Siegelmann & Tolias, 2020, showed a VAE works for the same scheme), is trained the same way
-    on real and replayed inputs, for ``gen_epochs`` passes with Adam.
+    on real and replayed inputs, for ``gen_epochs`` passes with Adam. Its likelihood is chosen
+    from the first experience's data: Bernoulli for inputs in [0, 1] (pixels), else Gaussian
+    with the data's mean per-feature variance.
 
     Parameters
     ----------
@@ -121,9 +144,7 @@ class DGR(GradientStrategy):
         first = getattr(self, "trainer_", None) is None
         super().prepare(scenario)
         if first:
-            self.generator_ = VAE(
-                self.n_features_, tuple(self.gen_hidden), int(self.latent), self.seed
-            )
+            self.generator_: VAE | None = None  # built on the first data: its likelihood
             self._draws = torch.Generator().manual_seed(self.seed + 1)
             self._previous: tuple[nn.Module, VAE, Tensor] | None = None
             self.seen_classes_: list[int] = []
@@ -153,10 +174,24 @@ class DGR(GradientStrategy):
         model = copy.deepcopy(self.trainer_.model).eval()
         for parameter in model.parameters():
             parameter.requires_grad_(False)
+        assert self.generator_ is not None  # built by _train_generator
         frozen = copy.deepcopy(self.generator_).eval()
         self._previous = (model, frozen, torch.tensor(self.seen_classes_, dtype=torch.int64))
 
     def _train_generator(self, x: Tensor) -> None:
+        if self.generator_ is None:
+            # Pixels in [0, 1]: Bernoulli likelihood; anything else: Gaussian with the data's
+            # mean variance per feature (so the reconstruction term is on the data's scale).
+            pixels = bool(x.min() >= 0.0) and bool(x.max() <= 1.0)
+            variance = max(float(x.var(dim=0).mean()), 1e-6)
+            self.generator_ = VAE(
+                self.n_features_,
+                tuple(self.gen_hidden),
+                int(self.latent),
+                self.seed,
+                bernoulli=pixels,
+                variance=variance,
+            )
         vae = self.generator_
         optimizer = torch.optim.Adam(vae.parameters(), lr=float(self.gen_lr))
         n, size = int(x.shape[0]), int(self.batch_size)

@@ -4,7 +4,8 @@ One *run* is one strategy with one seed on the scenario built with that seed: it
 experiences in order and, after each, measures the accuracy on every experience's test set, which
 fills one row of the accuracy matrix. Runs are independent of each other, so they can be spread
 over processes or a cluster; :func:`run_benchmark` runs them in turn and :func:`aggregate` turns
-them into the mean and 90% confidence interval of each metric per strategy.
+them into the mean and 90% confidence interval (percentile bootstrap over seeds) of each metric
+per strategy.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import numpy as np
 from perennial.exceptions import InvalidParameterError, TrainingDivergedError
 from perennial.metrics import (
     ResourceMeter,
+    bootstrap_ci90,
     continual_world_forgetting,
     forward_transfer_auc,
-    mean_ci90,
     summarize,
 )
 
@@ -36,6 +37,9 @@ __all__ = [
     "run_benchmark",
     "run_one",
 ]
+
+#: How :func:`aggregate` computes its intervals, as the report and the JSON name it.
+INTERVAL_METHOD = "90% percentile bootstrap of the mean over seeds (10,000 resamples)"
 
 #: Metrics reported per strategy, in table order. Accuracies are fractions.
 METRICS = (
@@ -61,6 +65,7 @@ class RunResult:
     ``baseline[j]`` the accuracy of the untrained model on experience ``j`` (for forward
     transfer). A strategy that trains on the whole stream at once (joint training) has only its
     last row measured; the other rows are NaN, and so are the metrics that need them.
+    ``params`` are the strategy's parameters as it ran (defaults included, seed left out).
     """
 
     strategy: str
@@ -72,6 +77,7 @@ class RunResult:
     stored_bytes: int
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> RunResult:
@@ -95,6 +101,7 @@ class RunResult:
             else 0,
             metrics=metrics,
             error=record.get("error"),
+            params=dict(record.get("params") or {}),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -102,6 +109,7 @@ class RunResult:
             "strategy": self.strategy,
             "seed": self.seed,
             "error": self.error,
+            "params": _jsonable(self.params),
             "accuracy_matrix": _nan_to_none(self.matrix.tolist()),
             "baseline": _nan_to_none(self.baseline.tolist()),
             "metrics": _nan_to_none(self.metrics),
@@ -247,7 +255,31 @@ def run_one(
     metrics["peak_memory_mb"] = peak / 2**20
     stored = int(strategy.stored_bytes())
     metrics["stored_mb"] = stored / 2**20
-    return RunResult(strategy_name, seed, matrix, baseline, seconds, peak, stored, metrics)
+    return RunResult(
+        strategy_name,
+        seed,
+        matrix,
+        baseline,
+        seconds,
+        peak,
+        stored,
+        metrics,
+        params=_run_params(strategy),
+    )
+
+
+def _run_params(strategy: Any) -> dict[str, Any]:
+    return {key: value for key, value in strategy.get_params().items() if key != "seed"}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
 
 
 class _CurveSampler:
@@ -323,7 +355,7 @@ def run_benchmark(
                 # A diverged run is a result, not a crash: keep it, flagged, and go on.
                 if progress is not None:
                     progress(f"{name} seed {seed}: FAILED: {error}")
-                runs.append(_failed_run(scenario, name, seed, str(error)))
+                runs.append(_failed_run(scenario, name, seed, str(error), strategy_params))
     return runs
 
 
@@ -342,7 +374,7 @@ def _run_task(
     try:
         return run_one(scenario, name, seed, params, None, curves)
     except TrainingDivergedError as error:
-        return _failed_run(scenario, name, seed, str(error))
+        return _failed_run(scenario, name, seed, str(error), params)
 
 
 def _run_on_cluster(
@@ -382,11 +414,25 @@ def _run_on_cluster(
     return [future.result() for future in futures]
 
 
-def _failed_run(scenario: Any, name: str, seed: int, error: str) -> RunResult:
+def _failed_run(
+    scenario: Any, name: str, seed: int, error: str, params: dict[str, Any] | None = None
+) -> RunResult:
+    from perennial.strategies import make_strategy
+
     n = len(scenario)
     metrics = dict.fromkeys(METRICS, math.nan)
+    strategy = make_strategy(name, **{**params_for(name, params), "seed": seed})
     return RunResult(
-        name, seed, np.full((n, n), np.nan), np.full(n, np.nan), math.nan, 0, 0, metrics, error
+        name,
+        seed,
+        np.full((n, n), np.nan),
+        np.full(n, np.nan),
+        math.nan,
+        0,
+        0,
+        metrics,
+        error,
+        params=_run_params(strategy),
     )
 
 
@@ -402,6 +448,10 @@ def failures(runs: Sequence[RunResult]) -> dict[str, list[dict[str, Any]]]:
 def aggregate(runs: Sequence[RunResult]) -> dict[str, dict[str, dict[str, Any]]]:
     """Mean and 90% confidence interval over seeds of each metric, per strategy.
 
+    The interval is a percentile bootstrap (:func:`perennial.metrics.bootstrap_ci90`): it stays
+    within the values' range, so seconds and MiB never get a negative lower bound and accuracies
+    and forgetting never pass 100%.
+
     Undefined values (forgetting of a joint model, a single task's transfer) are ``None``. Failed
     runs (see :func:`failures`) are left out of the means, and ``runs`` / ``failed_runs`` give
     the counts, so a strategy that diverged on some seeds is never shown as if it had not.
@@ -412,7 +462,7 @@ def aggregate(runs: Sequence[RunResult]) -> dict[str, dict[str, dict[str, Any]]]
         results[name] = {}
         for metric in METRICS:
             values = np.array([run.metrics.get(metric, math.nan) for run in mine], dtype=float)
-            mean, (low, high) = mean_ci90(values)
+            mean, (low, high) = bootstrap_ci90(values)
             results[name][metric] = _nan_to_none({"mean": mean, "ci90": [low, high]})
         failed = sum(run.error is not None for run in mine)
         results[name]["runs"] = {"mean": float(len(mine) - failed), "ci90": None}

@@ -15,7 +15,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from perennial.metrics import (
     forward_transfer_auc,
     summarize,
 )
+from perennial.progress import ProgressBar
 
 __all__ = [
     "METRICS",
@@ -321,14 +322,16 @@ def run_benchmark(
     *,
     scenario_options: dict[str, Any] | None = None,
     strategy_params: dict[str, Any] | None = None,
-    progress: Progress | None = None,
+    progress: Progress | TextIO | None = None,
     curves: bool = False,
     client: Any = None,
 ) -> list[RunResult]:
     """Run every strategy with seeds ``0 .. seeds-1``; the scenario is rebuilt for each seed.
 
     Every name and option is checked, and the scenario for seed 0 is built, before any training.
-    With a Dask ``client`` (see :func:`perennial.distributed.dask_client`) each (strategy, seed)
+    ``progress`` (a text stream, drawn in place on a terminal, or a callable taking one line)
+    gets the experiences trained out of all, their rate and the time left, with the last run's
+    news (see :class:`perennial.progress.ProgressBar`). With a Dask ``client`` (see :func:`perennial.distributed.dask_client`) each (strategy, seed)
     run is one task on the cluster; the worker builds the scenario itself, so no data is
     shipped, and the results come back in the same order as a serial run gives them.
     """
@@ -341,22 +344,54 @@ def run_benchmark(
     for name in names:  # bad parameters fail here, before the first run
         make_strategy(name, **{**params_for(name, strategy_params), "seed": 0})
     options = dict(scenario_options or {})
-    if client is not None:
-        return _run_on_cluster(
-            client, scenario_name, names, seeds, options, strategy_params, progress, curves
-        )
-    runs: list[RunResult] = []
-    for seed in range(seeds):
-        scenario = make_scenario(scenario_name, seed=seed, **options)
-        for name in names:
-            try:
-                runs.append(run_one(scenario, name, seed, strategy_params, progress, curves))
-            except TrainingDivergedError as error:
-                # A diverged run is a result, not a crash: keep it, flagged, and go on.
-                if progress is not None:
-                    progress(f"{name} seed {seed}: FAILED: {error}")
-                runs.append(_failed_run(scenario, name, seed, str(error), strategy_params))
+    first = make_scenario(scenario_name, seed=0, **options)  # bad options fail here
+    total = seeds * len(names) * len(first)
+    with ProgressBar(total, "bench", unit="experiences", output=progress) as bar:
+        if client is not None:
+            return _run_on_cluster(
+                client,
+                scenario_name,
+                names,
+                seeds,
+                options,
+                strategy_params,
+                bar,
+                curves,
+                len(first),
+            )
+        runs: list[RunResult] = []
+        for seed in range(seeds):
+            scenario = first if seed == 0 else make_scenario(scenario_name, seed=seed, **options)
+            for name in names:
+                counted = bar.done
+                report = None if progress is None else _RunProgress(bar, len(scenario), name)
+                try:
+                    runs.append(run_one(scenario, name, seed, strategy_params, report, curves))
+                except TrainingDivergedError as error:
+                    # A diverged run is a result, not a crash: keep it, flagged, and go on.
+                    bar.update(
+                        counted + len(scenario) - bar.done,
+                        note=f"{name} seed {seed}: FAILED: {error}",
+                    )
+                    runs.append(_failed_run(scenario, name, seed, str(error), strategy_params))
     return runs
+
+
+class _RunProgress:
+    """``run_one``'s messages as steps of the benchmark's progress bar.
+
+    ``run_one`` reports after each experience, or once for a strategy trained on the whole
+    stream: that message counts for every experience of the stream.
+    """
+
+    def __init__(self, bar: ProgressBar, n_tasks: int, strategy: str) -> None:
+        from perennial.strategies import STRATEGIES
+
+        self.bar = bar
+        self.step = n_tasks if STRATEGIES[strategy].whole_stream else 1
+
+    def __call__(self, message: str) -> None:
+        self.bar.update(self.step, note=message)
 
 
 def _run_task(
@@ -384,33 +419,29 @@ def _run_on_cluster(
     seeds: int,
     options: dict[str, Any],
     params: dict[str, Any] | None,
-    progress: Progress | None,
+    bar: ProgressBar,
     curves: bool,
+    n_tasks: int,
 ) -> list[RunResult]:
     from distributed import as_completed
 
-    from perennial.scenarios import make_scenario
-
-    make_scenario(scenario_name, seed=0, **options)  # bad options fail here, not on a worker
     jobs = [(name, seed) for seed in range(seeds) for name in names]
     futures = [
         client.submit(_run_task, scenario_name, options, name, seed, params, curves, pure=False)
         for name, seed in jobs
     ]
-    started = time.perf_counter()
     finished = as_completed(futures, loop=client.loop)  # type: ignore[no-untyped-call]
     for done, future in enumerate(finished, start=1):
         run = future.result()
-        if progress is not None:
-            status = (
-                "FAILED: " + run.error
-                if run.error
-                else (f"average accuracy {run.metrics['average_accuracy']:.4f}")
-            )
-            progress(
-                f"{run.strategy} seed {run.seed}: done on the cluster ({done}/{len(jobs)}, "
-                f"{time.perf_counter() - started:.1f}s) {status}"
-            )
+        status = (
+            "FAILED: " + run.error
+            if run.error
+            else (f"average accuracy {run.metrics['average_accuracy']:.4f}")
+        )
+        bar.update(
+            n_tasks,
+            note=f"{run.strategy} seed {run.seed}: done on the cluster ({done}/{len(jobs)}) {status}",
+        )
     return [future.result() for future in futures]
 
 

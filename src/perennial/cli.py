@@ -121,9 +121,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     train = dataset.train
     encoder = _encoder_for(args, str(dataset.metadata.get("kind", "text")))
 
-    def progress(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
     started = time.perf_counter()
     with dask_client(args.scheduler, workers=args.workers, timeout=args.timeout) as client:
         n_workers = len(client.nthreads())  # type: ignore[no-untyped-call]
@@ -135,7 +132,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             head=head,
             client=client,
             partitions=args.partitions,
-            progress=progress,
+            progress=sys.stderr,  # drawn in place on a terminal
             timeout=args.timeout,
         )
         seconds = time.perf_counter() - ready
@@ -208,9 +205,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.hidden is not None:
         strategy_params["hidden"] = _int_tuple(args.hidden, "--hidden")
 
-    def progress(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
     def run(client: Any = None) -> list[Any]:
         return run_benchmark(
             args.scenario,
@@ -218,7 +212,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             args.seeds,
             scenario_options=scenario_options,
             strategy_params=strategy_params,
-            progress=progress,
+            progress=sys.stderr,  # drawn in place on a terminal
             curves=args.curves,
             client=client,
         )

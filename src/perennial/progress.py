@@ -134,11 +134,13 @@ class ProgressBar:
         return f"{text} {self.note}".rstrip()
 
     def update(self, advance: int = 1, *, cached: int = 0, note: str | None = None) -> None:
-        """Count ``advance`` more units, ``cached`` of them read from a cache; show ``note``."""
+        """Count ``advance`` more units, ``cached`` of them read from a cache; show ``note``.
+
+        The note is the news of this update (the line shows it until the next update).
+        """
         self.done += int(advance)
         self.cached += int(cached)
-        if note is not None:
-            self.note = note
+        self.note = note or ""
         if self.done >= self.total and self.total and not self.note:
             return  # the final line says it
         if self.interactive:
@@ -152,8 +154,8 @@ class ProgressBar:
     def write(self, message: str) -> None:
         """Print ``message`` on its own line, above the bar."""
         if self.interactive:
-            self._draw("")
-            self._say(message)
+            self._clear()
+            self._write(message + "\n")
             self._draw(self.line())
         else:
             self._say(message)
@@ -176,10 +178,15 @@ class ProgressBar:
         if failed:
             text += " (stopped by an error)"
         if self.interactive:
-            self._draw(text)
-            self._write("\n")
+            self._clear()
+            self._write(text + "\n")
         else:
             self._say(text)
+
+    def _clear(self) -> None:
+        if self._width:
+            self._write("\r" + " " * self._width + "\r")
+            self._width = 0
 
     def _draw(self, text: str) -> None:
         pad = max(0, self._width - len(text))
@@ -195,12 +202,7 @@ class ProgressBar:
         if self.output is None:
             return
         if hasattr(self.output, "write"):
-            if self.interactive:
-                self._write("\n" if self._width else "")
-                self._width = 0
-                self._write(text + "\n")
-            else:
-                print(text, file=self.output, flush=True)  # type: ignore[arg-type]
+            print(text, file=self.output, flush=True)  # type: ignore[arg-type]
         else:
             self.output(text)
 

@@ -16,12 +16,20 @@ import numpy as np
 import pytest
 
 from perennial.bench import METRICS, RunResult, aggregate, run_benchmark
-from perennial.metrics import bootstrap_ci90
-from perennial.report import METRIC_EXPLANATIONS, settings_line, strategy_styles, write_report
+from perennial.metrics import bootstrap_ci90, mean_ci90
+from perennial.report import (
+    METRIC_EXPLANATIONS,
+    report_from_json,
+    settings_line,
+    strategy_styles,
+    write_report,
+)
 from perennial.strategies import STRATEGY_NAMES, make_strategy
 
 STRATEGIES = ["naive", "er", "joint", "lifelong"]
 POSITIVE = ("train_seconds", "peak_memory_mb", "stored_mb")
+PARAMS = {"hidden": (8,), "n_features": 64, "memory_per_class": 2}
+CONFIG = {"scenario": "split-mnist", "seeds": 3, "n_tasks": 2, "examples_per_task": 100}
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +40,17 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
         STRATEGIES,
         3,
         scenario_options={"examples_per_task": 100, "n_tasks": 2},
-        strategy_params={"hidden": (8,), "n_features": 64, "memory_per_class": 2},
+        strategy_params=PARAMS,
     )
     document = {
+        "config": {**CONFIG, **PARAMS},
         "results": aggregate(runs),
         "runs": [run.to_json() for run in runs],
     }
     (directory / "results.json").write_text(json.dumps(document))
     document = json.loads((directory / "results.json").read_text())
     again = [RunResult.from_json(record) for record in document["runs"]]
-    config = {"scenario": "split-mnist", "seeds": 3, "n_tasks": 2, "examples_per_task": 100}
+    config = dict(CONFIG)
     write_report(again, document["results"], directory, title="small", config=config)
     return directory, document
 
@@ -89,6 +98,17 @@ def test_aggregate_keeps_a_skewed_positive_quantity_above_zero():
     entry = aggregate(runs)["naive"]["peak_memory_mb"]
     assert entry["mean"] == pytest.approx(1.55)
     assert 0.0 <= entry["ci90"][0] <= 1.55 <= entry["ci90"][1] <= 6.2
+
+
+def test_forgetting_interval_stays_at_or_below_100_percent():
+    # Nearly total forgetting on two seeds, less on a third: the t interval's upper bound is 1.23.
+    runs = [
+        RunResult("naive", seed, np.eye(2), np.zeros(2), 1.0, 0, 0, {"forgetting": value})
+        for seed, value in enumerate([0.99, 0.98, 0.60])
+    ]
+    assert mean_ci90([0.99, 0.98, 0.60])[1][1] > 1.0
+    low, high = aggregate(runs)["naive"]["forgetting"]["ci90"]
+    assert 0.60 <= low <= high <= 0.99
 
 
 def test_bootstrap_interval_approaches_the_normal_one_for_many_seeds():
@@ -199,6 +219,21 @@ def test_settings_line_lists_every_setting_of_the_run(report):
         assert f"{key}={getattr(naive, key)}" in line
     assert "hidden=(8,)" in line and "memory_per_class=2" in line and "n_features=64" in line
     assert "scenario=split-mnist" in line and "seeds=3" in line
+
+
+def test_a_saved_json_without_parameters_gets_its_report_again(report, tmp_path):
+    directory, document = report
+    old = dict(
+        document, runs=[{k: v for k, v in r.items() if k != "params"} for r in document["runs"]]
+    )
+    old["config"] = {**old["config"], "hidden": [8]}  # as the JSON stores a tuple
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    results = report_from_json(tmp_path / "old.json", tmp_path / "again")
+    assert results == document["results"]
+    again = (tmp_path / "again" / "report.md").read_text()
+    line = next(line for line in again.splitlines() if line.startswith("Settings: "))
+    first = (directory / "report.md").read_text()
+    assert line == next(line for line in first.splitlines() if line.startswith("Settings: "))
 
 
 def test_settings_line_names_the_strategies_where_values_differ():

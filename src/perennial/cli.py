@@ -226,7 +226,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         runs = run()
     results = aggregate(runs)
     config = {"scenario": args.scenario, "seeds": args.seeds, **scenario_options, **strategy_params}
-    print(f"{args.scenario}: mean [90% CI] over {args.seeds} seed(s); accuracies in percent")
+    print(
+        f"{args.scenario}: mean [90% bootstrap interval] over {args.seeds} seed(s); "
+        "accuracies in percent"
+    )
     print(format_table(results))
     for name, failed in failures(runs).items():
         seeds = ", ".join(str(entry["seed"]) for entry in failed)

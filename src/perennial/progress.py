@@ -15,6 +15,7 @@ cluster shuts down.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -189,6 +190,8 @@ class ProgressBar:
             self._width = 0
 
     def _draw(self, text: str) -> None:
+        # A line longer than the terminal would wrap, and "\r" returns only to the last part.
+        text = text[: max(20, shutil.get_terminal_size().columns - 1)]
         pad = max(0, self._width - len(text))
         self._width = len(text)
         self._write("\r" + text + " " * pad)

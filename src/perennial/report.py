@@ -36,6 +36,7 @@ from perennial.metrics import bootstrap_ci90
 __all__ = [
     "METRIC_EXPLANATIONS",
     "format_table",
+    "report_from_json",
     "seen_average_curve",
     "settings_line",
     "strategy_styles",
@@ -54,9 +55,10 @@ METRIC_EXPLANATIONS: dict[str, str] = {
         "for each experience but the last, its best accuracy after any earlier training step "
         "minus its accuracy at the end, averaged (Chaudhry et al. 2018, Riemannian Walk; "
         "`perennial.metrics.forgetting`). A difference of two accuracies, so it lies between "
-        "-100 and 100 points; lower is better. Values above 100% in earlier reports came from "
-        "the Student-t interval, whose upper bound passes 100 when a strategy forgets almost "
-        "everything on some seeds; the bootstrap interval stays within the values."
+        "-100 and 100 points; lower is better. A figure above 100% can only be an interval's "
+        "bound: the Student-t interval of earlier reports passed 100 when a strategy forgot "
+        "almost everything on most seeds and less on one; the bootstrap interval stays within "
+        "the values."
     ),
     "bwt": (
         "backward transfer: final accuracy on each earlier experience minus its accuracy right "
@@ -557,3 +559,38 @@ def write_report(
     path = directory / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def report_from_json(
+    path: str | Path, directory: str | Path, *, title: str | None = None
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Write the report of a ``perennial bench --json`` file again, with this version's report.
+
+    The runs are read back and aggregated again (so the intervals are this version's); runs
+    saved before they recorded their parameters get those the file's settings give them. The
+    JSON file is not changed. Returns the new aggregate.
+    """
+    import json
+
+    from perennial.bench import aggregate, params_for
+    from perennial.strategies import STRATEGIES, make_strategy
+
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        config = dict(document["config"])
+        runs = [RunResult.from_json(record) for record in document["runs"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise PersistenceError(f"cannot read benchmark results {str(path)!r}: {error}") from error
+    known = {key for cls in STRATEGIES.values() for key in cls.param_names()}
+    shared = {key: value for key, value in config.items() if key in known}
+    if "hidden" in shared and isinstance(shared["hidden"], list):
+        shared["hidden"] = tuple(shared["hidden"])
+    for run in runs:
+        if not run.params:
+            strategy = make_strategy(run.strategy, **params_for(run.strategy, shared))
+            run.params = {k: v for k, v in strategy.get_params().items() if k != "seed"}
+    results = aggregate(runs)
+    settings = {key: value for key, value in config.items() if key not in known}
+    name = title or f"perennial bench: {config.get('scenario', Path(path).stem)}"
+    write_report(runs, results, directory, title=name, config=settings)
+    return results

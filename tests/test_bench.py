@@ -15,7 +15,7 @@ from perennial import LifelongClassifier, RidgeHead
 from perennial.bench import aggregate, failures, params_for, run_benchmark, run_one
 from perennial.encoders import IdentityEncoder
 from perennial.exceptions import InvalidParameterError
-from perennial.metrics import backward_transfer, forgetting, mean_ci90
+from perennial.metrics import backward_transfer, bootstrap_ci90, forgetting
 from perennial.report import format_table, seen_average_curve, write_report
 from perennial.scenarios import from_arrays
 from perennial.tuning import tune_strategies
@@ -56,7 +56,7 @@ def test_joint_has_only_its_final_row():
     assert np.isnan(run.metrics["forgetting"]) and np.isnan(run.metrics["bwt"])
 
 
-def test_aggregate_is_the_mean_and_t_interval_over_seeds():
+def test_aggregate_is_the_mean_and_bootstrap_interval_over_seeds():
     runs = [
         run_one(_scenario(seed), name, seed, {"hidden": (16,), "n_features": 64})
         for seed in range(3)
@@ -65,7 +65,7 @@ def test_aggregate_is_the_mean_and_t_interval_over_seeds():
     results = aggregate(runs)
     for name in ("naive", "lifelong"):
         values = [r.metrics["average_accuracy"] for r in runs if r.strategy == name]
-        _, (low, high) = mean_ci90(values)
+        _, (low, high) = bootstrap_ci90(values)
         entry = results[name]["average_accuracy"]
         assert entry["mean"] == pytest.approx(float(np.mean(values)))
         assert entry["ci90"] == pytest.approx([low, high])

@@ -121,9 +121,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     train = dataset.train
     encoder = _encoder_for(args, str(dataset.metadata.get("kind", "text")))
 
-    def progress(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
     started = time.perf_counter()
     with dask_client(args.scheduler, workers=args.workers, timeout=args.timeout) as client:
         n_workers = len(client.nthreads())  # type: ignore[no-untyped-call]
@@ -135,7 +132,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             head=head,
             client=client,
             partitions=args.partitions,
-            progress=progress,
+            progress=sys.stderr,  # drawn in place on a terminal
             timeout=args.timeout,
         )
         seconds = time.perf_counter() - ready
@@ -208,7 +205,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.hidden is not None:
         strategy_params["hidden"] = _int_tuple(args.hidden, "--hidden")
 
-    def progress(message: str) -> None:
+    def note(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
     tuned: dict[str, Any] = {}
@@ -225,20 +222,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     strategy_params=strategy_params,
                     tasks=args.tune_tasks,
                     fraction=args.tune_fraction,
-                    progress=progress,
+                    progress=note,
                     client=client,
                 )
             )
             for name, result in tuned.items():
                 chosen = ", ".join(f"{k}={v}" for k, v in result.chosen.items())
-                progress(f"tuned {name}: {chosen}")
+                note(f"tuned {name}: {chosen}")
         return run_benchmark(
             args.scenario,
             strategies,
             args.seeds,
             scenario_options=scenario_options,
             strategy_params=strategy_params,
-            progress=progress,
+            progress=sys.stderr,  # drawn in place on a terminal
             curves=args.curves,
             client=client,
             overrides={name: result.chosen for name, result in tuned.items()},
@@ -255,7 +252,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = {"scenario": args.scenario, "seeds": args.seeds, **scenario_options, **strategy_params}
     if args.tune:
         config["tune"] = f"first {args.tune_tasks} tasks, {args.tune_fraction:.0%} held out"
-    print(f"{args.scenario}: mean [90% CI] over {args.seeds} seed(s); accuracies in percent")
+    print(
+        f"{args.scenario}: mean [90% bootstrap interval] over {args.seeds} seed(s); "
+        "accuracies in percent"
+    )
     print(format_table(results))
     for name, failed in failures(runs).items():
         seeds = ", ".join(str(entry["seed"]) for entry in failed)

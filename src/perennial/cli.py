@@ -271,7 +271,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         encoder_params["backend"] = "onnx"
     if args.encoder_threads is not None:
         encoder_params["num_threads"] = args.encoder_threads
-    elif _served_kind(args.model, args.encoder) in ("text", "image"):
+    elif _served_kind(args.model, args.encoder or ("image" if args.pretrained else None)) in (
+        "text",
+        "image",
+    ):
         # One thread per forward pass leaves the other core to the background solver.
         encoder_params["num_threads"] = 1
     head_params = _head_params(args)
@@ -290,6 +293,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         head=args.head,
         head_params=head_params,
         unknown_rate=args.unknown_rate,
+        pretrained=args.pretrained,
         host=args.host,
         port=args.port,
         keys_file=args.keys,
@@ -766,6 +770,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_camera_parser(commands)
 
+    from perennial.pretrained import PRETRAINED
+
     serve = commands.add_parser(
         "serve",
         parents=[
@@ -783,6 +789,14 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument("--model", required=True, help="model directory (created if missing)")
+    serve.add_argument(
+        "--pretrained",
+        default=None,
+        choices=PRETRAINED,
+        help="for a new image model: keep this pretrained classifier's classes (ImageNet's "
+        "1,000) beside the learned ones; --encoder image is then the default. A model saved "
+        "with one (perennial camera learn) is served with it without this option",
+    )
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default loopback)"
     )

@@ -657,7 +657,8 @@ def restore_projections(served: ServedModel, kept: dict[int, Any]) -> ServedMode
         return served
     for index, head in enumerate(_ridge_heads(served.model.head)):
         if head.projection_ is None:
-            head.projection_ = kept[index]
+            if head.dim_ is not None:  # else it has none yet (a pretrained model learned nothing)
+                head.projection_ = kept[index]
         else:
             kept[index] = head.projection_
     return served

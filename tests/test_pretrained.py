@@ -32,7 +32,6 @@ from perennial.exceptions import (  # noqa: E402
     InvalidParameterError,
     ModelMismatchError,
     NotFittedError,
-    PersistenceError,
     UnknownLabelError,
 )
 from perennial.openset import SPREAD_FACTOR  # noqa: E402

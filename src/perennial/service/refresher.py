@@ -140,7 +140,8 @@ class Backoff:
 class ServedModel:
     """A published, read-only model and the version it holds.
 
-    ``model`` is None while nothing is learned. ``open_set`` is ``"on"`` (unknown inputs are
+    ``model`` is None while nothing is learned, except with a pretrained classifier, which
+    answers from the start. ``open_set`` is ``"on"`` (unknown inputs are
     flagged), ``"calibrating"`` (open-set is asked for but the threshold needs more examples:
     nothing is flagged yet), ``"unavailable"`` (open set is asked for, but the model was
     adopted without open-set statistics) or ``"off"``. A ``forget`` keeps open set on.

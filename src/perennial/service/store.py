@@ -366,6 +366,7 @@ class ModelStore:
         path.mkdir(parents=True, exist_ok=True)
         lock = hold_lock(path / SERVICE_LOCK, wait=0.0)
         journal: Journal | None = None
+        wrote_record = False
         try:
             # A refresher left by a crashed service dies with it; wait until it has.
             refresher_lock = hold_lock(path / REFRESHER_LOCK, wait=30.0)
@@ -391,10 +392,13 @@ class ModelStore:
                 )
             built_encoder = _check_encoder(path, record, encoder, encoder_params)
             snapshot_version = int(record["snapshot_version"])
-            record.pop("adopted", None)
-            remove_leftovers(path, record)
             journal_path = path / JOURNAL_FILE
             journal_existed = journal_path.exists()
+            if created:
+                record.pop("adopted", None)
+                atomic_write_bytes(path / SERVICE_FILE, dump_record(record))
+                wrote_record = True
+            remove_leftovers(path, record)
             may_create = created or (record["snapshot"] is None and snapshot_version == 0)
             if not journal_path.exists() and not may_create:
                 raise CorruptedJournalError(
@@ -426,15 +430,15 @@ class ModelStore:
             if kind != "published":  # pragma: no cover - the refresher sends it right after
                 link.join()
                 raise ServiceUnavailableError(f"the refresher failed to publish ({kind})")
-            if created:
-                # Only once the model is known to load: a refused new or adopted model leaves
-                # the directory as it was. No snapshot can be due before this (nothing new).
-                atomic_write_bytes(path / SERVICE_FILE, dump_record(record))
         except BaseException:
             if journal is not None:
                 journal.close()
-                if created and not journal_existed and not (path / SERVICE_FILE).exists():
-                    journal.path.unlink(missing_ok=True)  # made by this failed attempt
+            if wrote_record:
+                # A new or adopted model that failed to load (other weights, say): leave the
+                # directory as it was, without the record and the empty journal made for it.
+                (path / SERVICE_FILE).unlink(missing_ok=True)
+                if not journal_existed:
+                    journal_path.unlink(missing_ok=True)
             if lock is not None:
                 os.close(lock)
             raise

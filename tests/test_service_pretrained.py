@@ -300,5 +300,8 @@ def test_bad_records_and_options_are_refused_and_change_nothing(
         assert plain.pretrained() is None and plain.version == 1
     finally:
         plain.close()
-    with pytest.raises(ModelMismatchError, match="pretrained classifier None"):
+    with pytest.raises(
+        ModelMismatchError,
+        match="holds a model with no pretrained classifier, not 'efficientnet-lite0'",
+    ):
         ModelStore.open(tmp_path / "plain", pretrained="efficientnet-lite0", isolate=False)

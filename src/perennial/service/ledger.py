@@ -133,7 +133,7 @@ class Ledger:
                 f"cannot restore {label!r}: this model has no pretrained classifier (only a "
                 "forgotten class of one can be restored)"
             )
-        self.pretrained.__deepcopy__({}).restore(label)  # the same checks, on a copy of the mask
+        copy.deepcopy(self.pretrained).restore(label)  # the same checks, on a copy of the mask
 
     def check_unlearn(self, features: NDArray[np.float64], labels: list[str]) -> None:
         """Refuse an unlearn before it is acknowledged; changes nothing.

@@ -380,9 +380,10 @@ class ModelStore:
                 )
             recorded = dict(record["model"]).get("pretrained")
             if pretrained is not None and pretrained != recorded:
+                has = "no pretrained classifier" if recorded is None else repr(recorded)
                 raise ModelMismatchError(
-                    f"{path} holds a model with the pretrained classifier {recorded!r}, not "
-                    f"{pretrained!r}; choose another directory for a new model"
+                    f"{path} holds a model with {has}, not {pretrained!r}; a model's pretrained "
+                    "classifier is chosen when it is created: choose another directory"
                 )
             if recorded is not None and unknown_rate == 0:
                 raise InvalidParameterError(

@@ -168,6 +168,9 @@ def test_a_new_model_with_a_pretrained_classifier_is_an_image_model(monkeypatch,
     assert seen["pretrained"] == "efficientnet-lite0"
     assert seen["encoder_params"] == {"backend": "onnx", "num_threads": 1}
     assert captured_serve(monkeypatch, ["--model", str(tmp_path / "new")])["pretrained"] is None
+    # Feature vectors have no backend to choose, and no encoder threads.
+    seen = captured_serve(monkeypatch, ["--model", str(tmp_path / "new"), "--encoder", "identity"])
+    assert seen["encoder_params"] == {}
     with pytest.raises(SystemExit) as exited:
         main(["serve", "--model", str(tmp_path / "new"), "--pretrained", "resnet50"])
     assert exited.value.code == 2

@@ -80,6 +80,7 @@
     // what was said stays on the screen; the next message starts a new conversation.
     sessionStorage.removeItem(CONVERSATION);
     sessionStorage.setItem(SEEN, "0");
+    delete statusBox.dataset.offline; // the service answers again: this notice stays
     show(statusBox, conversationGone);
   }
 

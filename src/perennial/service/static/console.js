@@ -108,10 +108,11 @@
     const teach = el("button", { type: "button", className: "primary teach", textContent: "Answer & teach" });
     const discard = el("button", { type: "button", className: "discard", textContent: "Discard" });
     teach.addEventListener("click", function () {
-      act(teach, function () {
+      act(teach, async function () {
         const body = { label: label.value };
         if (answer.value !== "") body.answer = answer.value;
-        return api("POST", "/v1/desk/review/" + encodeURIComponent(item.id), body);
+        await api("POST", "/v1/desk/review/" + encodeURIComponent(item.id), body);
+        label.value = answer.value = "";
       });
     });
     discard.addEventListener("click", function () {
@@ -156,7 +157,15 @@
     return card;
   }
 
+  // A card the operator has typed into stays when its item leaves the queue (another tab or
+  // operator handled it, or it expired), marked as such: what was typed is not wiped, and sending
+  // it anyway gets the API's refusal.
+  function edited(card) {
+    return Array.from(card.querySelectorAll("input")).some((input) => input.value !== "");
+  }
+
   function syncItems(box, items) {
+    const ids = new Set(items.map((item) => item.id));
     const wanted = items.map(function (item) {
       let card = cards.get("i:" + item.id);
       if (!card) {
@@ -166,6 +175,14 @@
       }
       return card;
     });
+    for (const card of Array.from(box.children)) {
+      if (!ids.has(card.dataset.id) && edited(card)) {
+        if (!card.querySelector(".gone")) {
+          card.append(el("p", { className: "gone", textContent: "No longer in the queue: labelled or discarded elsewhere, or expired." }));
+        }
+        wanted.push(card);
+      }
+    }
     box.replaceChildren(...wanted);
   }
 

@@ -144,7 +144,7 @@ def test_the_desk_loop_over_the_api(server: Server) -> None:
     assert second["messages"][-1]["text"] == answer
     # The reply is saved in the model's directory.
     saved = json.loads((server.model / "desk-replies.json").read_text(encoding="utf-8"))
-    assert saved == {"age_limit": answer}
+    assert saved["age_limit"] == answer
     # Forgetting the intent hands its questions over again and drops its reply.
     ok(operator.delete("/v1/desk/intents/age_limit"))
     third = ok(customer.post("/v1/chat", json={"text": NEW_TOPIC_AGAIN}))
@@ -166,25 +166,23 @@ def test_try_predicts_without_queueing(server: Server) -> None:
     assert float(line.split()[-1]) == stats["predicted"]
 
 
-def test_replies_are_saved_atomically_and_survive_a_restart(tmp_path: Path) -> None:
-    server = start_desk(tmp_path)
-    try:
-        operator = server.client(OPERATOR)
-        ok(operator.put("/v1/desk/replies/card_arrival", json={"text": "Cards take 5 days."}))
-        # Only the file itself is left: no temporary file of the write.
-        assert sorted(p.name for p in server.model.glob("*desk*")) == ["desk-replies.json"]
-        talk = ok(server.client(READER).post("/v1/chat", json={"text": "hello there"}))
-        server.stop()
-        server.start()
-        intents = ok(server.client(OPERATOR).get("/v1/desk/intents"))["intents"]
-        reply = {i["label"]: i["reply"] for i in intents}
-        assert reply["card_arrival"] == "Cards take 5 days."
-        assert reply["exchange_rate"] == "I can help with that: exchange rate."
-        # The conversation did not survive (conversations are kept in memory): a clear 404.
-        error = refused(server.client(READER).get(f"/v1/chat/{talk['conversation']}"), 404)
-        assert "the service restarted" in error
-    finally:
-        server.stop()
+def test_replies_are_saved_atomically(server: Server) -> None:
+    operator = server.client(OPERATOR)
+    ok(operator.put("/v1/desk/replies/top_up_failed", json={"text": "Try the top-up again."}))
+    saved = json.loads((server.model / "desk-replies.json").read_text(encoding="utf-8"))
+    assert saved["top_up_failed"] == "Try the top-up again."
+    # Only the file itself is left: no temporary file of the write.
+    assert sorted(p.name for p in server.model.glob("*desk*")) == ["desk-replies.json"]
+    intents = {i["label"]: i for i in ok(operator.get("/v1/desk/intents"))["intents"]}
+    assert intents["top_up_failed"]["reply"] == "Try the top-up again."
+    assert intents["top_up_failed"]["custom"] is True
+    assert intents["exchange_rate"] == {
+        "label": "exchange_rate",
+        "count": 20,
+        "reply": "I can help with that: exchange rate.",
+        "custom": False,
+    }
+    # (That replies survive a restart is checked in test_desk_browser.py, which restarts.)
 
 
 def test_a_corrupted_replies_file_is_named_at_start(tmp_path: Path) -> None:

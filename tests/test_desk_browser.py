@@ -21,7 +21,16 @@ from typing import Any
 import pytest
 
 import test_service_support
-from test_desk_api import KNOWN, NEW_TOPIC, NEW_TOPIC_AGAIN, OPERATOR, READER, ok, start_desk
+from test_desk_api import (
+    KNOWN,
+    NEW_TOPIC,
+    NEW_TOPIC_AGAIN,
+    OPERATOR,
+    READER,
+    banking,
+    ok,
+    start_desk,
+)
 from test_service_support import Server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -294,6 +303,12 @@ def test_the_chat_survives_a_lost_connection_and_a_restart(
     new_tab(browser, f"{server.url}/chat#key={READER}")
     first = next(iter(KNOWN))
     assert chat(browser, first)[-1] == "I can help with that: exchange rate."
+    operator = server.client(OPERATOR)
+    reply = "Cards arrive within five working days."
+    ok(operator.put("/v1/desk/replies/card_arrival", json={"text": reply}))
+    texts_, labels = banking(20)
+    card_question = texts_[labels.index("card_arrival")]  # a text it learned: known for sure
+    talk = ok(server.client(READER).post("/v1/chat", json={"text": "hello"}))["conversation"]
     server.stop()
     status = browser.find_element(By.ID, "status")
     wait_for(browser, lambda: "Connection lost" in status.text, "the lost connection shown")
@@ -306,6 +321,9 @@ def test_the_chat_survives_a_lost_connection_and_a_restart(
     monkeypatch.setattr(test_service_support, "free_port", lambda: port)
     server.start()
     # The conversation is gone with the restart: the page says so and starts a new one.
-    said = chat(browser, "When will my new card arrive?", count=4)
+    said = chat(browser, card_question, count=4)
     assert said[:2] == [first, "I can help with that: exchange rate."]  # nothing lost
     assert "restarted" in status.text
+    assert said[2:] == [card_question, reply]  # the reply was saved with the model
+    gone = server.client(READER).get(f"/v1/chat/{talk}")
+    assert gone.status_code == 404 and "the service restarted" in gone.json()["error"]

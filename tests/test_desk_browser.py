@@ -189,8 +189,16 @@ def test_a_new_topic_is_handed_over_taught_and_answered(
     assert chat(browser, NEW_TOPIC_AGAIN)[-1] == answer
     assert texts(browser, "#messages .msg.bot .text") == [answer]
     browser.switch_to.window(operator)
-    browser.save_screenshot(str(shots / "console-after-teaching.png"))
     assert intent_count(server, "age_limit") == 1
+    # The figures beside the chart are the service's counters (120 taught at the start + 1).
+    learned = ok(server.client(OPERATOR).get("/v1/desk/stats"))["learned"]
+    wait_for(
+        browser,
+        lambda: texts(browser, "#figures dd.examples-learned") == [f"{learned:.0f}"],
+        "the examples learned among the figures",
+    )
+    assert learned == 121
+    browser.save_screenshot(str(shots / "console-after-teaching.png"))
 
 
 def test_forget_an_intent_and_its_questions_are_handed_over_again(
@@ -227,12 +235,23 @@ def test_a_wrong_key_is_refused_and_a_read_key_cannot_teach(browser: Any, server
     assert error_text(browser) == "this key has the 'read' role; this needs 'write'"
     intents = ok(server.client(OPERATOR).get("/v1/desk/intents"))["intents"]
     assert next(i for i in intents if i["label"] == "card_arrival")["custom"] is False
+    # A read key may still try a message: the prediction, its novelty and the alternatives.
+    question, intent = next(iter(KNOWN.items()))
+    fill(browser, browser.find_element(By.ID, "try-text"), question)
+    browser.find_element(By.CSS_SELECTOR, "#try button").click()
+    verdict = wait_for(browser, lambda: texts(browser, "#try-result .verdict"), "the verdict")
+    assert verdict[0].startswith(f"intent {intent} (score ")
+    assert len(texts(browser, "#try-result .alternatives li")) == 5
+    assert texts(browser, "#try-result .novelty")[0].startswith("novelty 0.")
 
 
 # --- bad input -----------------------------------------------------------------------------------------
 def test_html_is_shown_as_text_and_never_run(browser: Any, server: Server) -> None:
     message = '<img src=x onerror="window.pwned=1"><b>bold?</b> <script>window.pwned=2</script>'
     new_tab(browser, f"{server.url}/chat#key={READER}")
+    fill(browser, browser.find_element(By.ID, "text"), "   ")
+    browser.find_element(By.ID, "send-button").click()
+    assert error_text(browser) == "Please type a message first."
     said = chat(browser, message)
     assert said[-2] == message
     assert (

@@ -1194,6 +1194,13 @@ def create_app(
             media_type="text/plain; version=0.0.4; charset=utf-8",
         )
 
+    if kind == "text":  # the support desk: /chat and /console (perennial.service.desk)
+        from perennial.service.desk import add_desk_routes
+
+        add_desk_routes(
+            app, service, read=service.role_needed("read"), write=service.role_needed("write")
+        )
+
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     app.state.service = service

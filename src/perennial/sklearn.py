@@ -1,0 +1,250 @@
+"""scikit-learn estimators over perennial's heads: ``fit``, ``partial_fit``, pipelines, searches.
+
+:class:`PerennialClassifier` is a thin adapter: it validates inputs the way scikit-learn
+expects, maps the labels to codes, and lets one of :mod:`perennial.heads` do all the learning.
+Its learned state is that head's closed-form statistics, so ``partial_fit`` over batches, in
+any order of classes, gives the model ``fit`` gives on all the data at once (to rounding).
+
+It takes numeric features. Texts and images become features through
+:class:`~perennial.encoders.sklearn.EncoderTransformer` (a transformer that fits a ``Pipeline``
+or a ``ColumnTransformer``).
+
+Importing this module imports scikit-learn (the ``sklearn`` extra); ``import perennial`` does
+not.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+
+from perennial.exceptions import (
+    InputTypeError,
+    InvalidInputError,
+    InvalidParameterError,
+    PerennialError,
+    UnknownLabelError,
+)
+from perennial.heads import HEADS, Head, make_head
+
+__all__ = ["EXPECTED_FAILED_CHECKS", "PerennialClassifier"]
+
+#: Checks of ``sklearn.utils.estimator_checks.check_estimator`` that a head is known to fail on
+#: scikit-learn's synthetic data, by head name, with the reason. Pass
+#: ``EXPECTED_FAILED_CHECKS[head]`` as ``expected_failed_checks``.
+EXPECTED_FAILED_CHECKS: dict[str, dict[str, str]] = {name: {} for name in HEADS}
+
+
+@contextmanager
+def _sklearn_errors() -> Iterator[None]:
+    """scikit-learn's validation errors as perennial's, with the same message.
+
+    ``InvalidInputError`` is a ``ValueError`` and ``InputTypeError`` a ``TypeError``, so code
+    (and scikit-learn's own checks) that expects those still catches them.
+    """
+    try:
+        yield
+    except PerennialError:
+        raise
+    except TypeError as error:
+        raise InputTypeError(str(error)) from error
+    except ValueError as error:
+        raise InvalidInputError(str(error)) from error
+
+
+@contextmanager
+def _all_or_nothing(estimator: Any) -> Iterator[None]:
+    """Undo every attribute change of ``estimator`` if the block raises."""
+    before = copy.copy(estimator.__dict__)
+    try:
+        yield
+    except BaseException:
+        estimator.__dict__.clear()
+        estimator.__dict__.update(before)
+        raise
+
+
+class PerennialClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+    """A scikit-learn classifier whose learned state is a perennial head's exact statistics.
+
+    ``fit`` learns from scratch, ``partial_fit`` adds a batch (new classes may come in any
+    batch), and either gives the same model for the same examples, however they are split.
+    Labels may be of any type ``numpy.unique`` sorts (int, float, bool, str, object);
+    ``classes_`` is always sorted, and ``predict`` answers labels of their own dtype.
+
+    Parameters
+    ----------
+    head
+        The name of a head in :data:`perennial.heads.HEADS`: ``"ridge"`` (default),
+        ``"ridge-ensemble"``, ``"slda"`` or ``"ncm"``.
+    head_params
+        Constructor arguments of the head (for example ``{"ridge": 1.0}``); None for its
+        defaults. Checked by ``fit``, as scikit-learn does.
+
+    Attributes
+    ----------
+    classes_
+        The labels seen (or announced by ``partial_fit(classes=...)``), sorted.
+    head_
+        The head that learned; its labels are the codes of ``classes_`` (see ``codes_``).
+    codes_
+        The head's label for each class of ``classes_``: classes are coded in the order they
+        first came, so that a new class never renames an old one.
+    n_features_in_, feature_names_in_
+        As scikit-learn defines them. Columns of a DataFrame are matched by name: reordered or
+        renamed columns are refused with :class:`~perennial.exceptions.InvalidInputError`.
+
+    Notes
+    -----
+    A class announced by ``partial_fit(classes=...)`` but not seen yet has no statistics: its
+    probability is 0 and its ``decision_function`` column is ``-inf``, so it is never
+    predicted. Before any fit, every method but ``fit`` and ``partial_fit`` raises
+    scikit-learn's ``NotFittedError``. Errors of validation are perennial's
+    (:mod:`perennial.exceptions`) and subclass the ``ValueError`` or ``TypeError``
+    scikit-learn raises, with its message.
+
+    Examples
+    --------
+    >>> model = PerennialClassifier(head="ncm").fit([[1.0, 0.0], [0.0, 1.0]], [True, False])
+    >>> model.predict([[0.9, 0.2], [0.1, 0.8]])
+    array([ True, False])
+    >>> model.partial_fit([[-1.0, -1.0]], [False]).classes_
+    array([False,  True])
+    """
+
+    def __init__(self, head: str = "ridge", head_params: Mapping[str, Any] | None = None) -> None:
+        self.head = head
+        self.head_params = head_params
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = True
+        return tags
+
+    # --- learning ---------------------------------------------------------------------------------
+    def _new_head(self) -> Head:
+        params = {} if self.head_params is None else self.head_params
+        if not isinstance(params, Mapping):
+            raise InvalidParameterError(
+                f"head_params must be a dict of the head's parameters or None, got "
+                f"{type(params).__name__} ({params!r})"
+            )
+        if not isinstance(self.head, str):
+            raise InvalidParameterError(
+                f"head must be the name of a head ({', '.join(sorted(HEADS))}), got "
+                f"{type(self.head).__name__} ({self.head!r})"
+            )
+        return make_head(self.head, **params)
+
+    def fit(self, X: Any, y: Any) -> PerennialClassifier:
+        """Learn ``X`` and ``y`` from scratch; returns the estimator.
+
+        On any error the estimator is unchanged (fitted or not).
+        """
+        with _all_or_nothing(self):
+            head = self._new_head()
+            with _sklearn_errors():
+                features, labels = validate_data(self, X, y, dtype=np.float64)
+                check_classification_targets(labels)
+            classes, codes = np.unique(labels, return_inverse=True)
+            head.learn_many(features, codes.tolist())
+            self.head_ = head
+            self.classes_ = classes
+            self.codes_ = np.arange(len(classes))
+        return self
+
+    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> PerennialClassifier:
+        """Add a batch to what was learned; returns the estimator.
+
+        Parameters
+        ----------
+        classes
+            Optional, on any call: every label the stream may hold. Labels outside it are then
+            refused. Without it, a new label is simply a new class.
+
+        On any error the estimator is unchanged.
+        """
+        fitted = hasattr(self, "head_")
+        with _all_or_nothing(self):
+            head = self.head_ if fitted else self._new_head()
+            with _sklearn_errors():
+                features, labels = validate_data(self, X, y, dtype=np.float64, reset=not fitted)
+                check_classification_targets(labels)
+                announced = None if classes is None else np.unique(column_or_1d(classes))
+            known = self.classes_ if fitted else labels[:0]
+            codes = self.codes_ if fitted else np.zeros(0, dtype=np.intp)
+            if announced is not None:
+                unknown = np.setdiff1d(known, announced)
+                if unknown.size:
+                    raise InvalidInputError(
+                        f"classes={announced.tolist()} leaves out {unknown.tolist()}, which "
+                        "this estimator knows already"
+                    )
+            pool = known if announced is None else announced
+            outside = np.setdiff1d(labels, pool) if announced is not None else labels[:0]
+            if outside.size:
+                raise UnknownLabelError(
+                    f"labels {outside.tolist()} are not among classes={pool.tolist()}"
+                )
+            new = np.setdiff1d(np.union1d(labels, pool), known)
+            # New classes take the next codes, in their sorted order; codes never change.
+            all_classes = np.concatenate([known, new])
+            all_codes = np.concatenate([codes, len(known) + np.arange(len(new))])
+            order = np.argsort(all_classes, kind="stable")
+            sorted_classes, sorted_codes = all_classes[order], all_codes[order]
+            positions = np.searchsorted(sorted_classes, labels)
+            head.learn_many(features, sorted_codes[positions].tolist())
+            self.head_ = head
+            self.classes_ = sorted_classes
+            self.codes_ = sorted_codes
+        return self
+
+    # --- prediction -------------------------------------------------------------------------------
+    def _scores(self, X: Any) -> NDArray[np.float64]:
+        """Head scores, one column per class of ``classes_`` (``-inf`` for a class not seen)."""
+        check_is_fitted(self)
+        with _sklearn_errors():
+            features = validate_data(self, X, dtype=np.float64, reset=False)
+        head_scores = self.head_.decision_scores(features)
+        scores = np.full((features.shape[0], len(self.classes_)), -np.inf)
+        learned = set(self.head_.classes_)
+        for column, code in enumerate(self.codes_.tolist()):
+            if code in learned:
+                scores[:, column] = head_scores[:, self.head_.column_of(code)]
+        return scores
+
+    def decision_function(self, X: Any) -> NDArray[np.float64]:
+        """The head's scores, of shape (n, n_classes), columns like ``classes_``.
+
+        For two classes, as scikit-learn expects: the score of ``classes_[1]`` minus that of
+        ``classes_[0]``, of shape (n,).
+        """
+        scores = self._scores(X)
+        if len(self.classes_) == 2:
+            return scores[:, 1] - scores[:, 0]
+        return scores
+
+    def predict(self, X: Any) -> NDArray[Any]:
+        """The class of highest score for each row, of the labels' own dtype."""
+        scores = self._scores(X)  # checks that the estimator is fitted, before classes_ is read
+        return self.classes_[np.argmax(scores, axis=1)]  # type: ignore[no-any-return]
+
+    def predict_proba(self, X: Any) -> NDArray[np.float64]:
+        """The head's probabilities (a softmax of its scores), columns like ``classes_``."""
+        scores = self._scores(X) / self.head_.proba_temperature
+        scores -= scores.max(axis=1, keepdims=True)
+        weights = np.exp(scores)
+        return weights / weights.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+
+    def predict_log_proba(self, X: Any) -> NDArray[np.float64]:
+        """The logarithm of :meth:`predict_proba`."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))

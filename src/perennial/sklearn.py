@@ -9,6 +9,9 @@ It takes numeric features. Texts and images become features through
 :class:`~perennial.encoders.sklearn.EncoderTransformer` (a transformer that fits a ``Pipeline``
 or a ``ColumnTransformer``).
 
+Every head passes ``sklearn.utils.estimator_checks.check_estimator`` with no check marked as an
+expected failure (scikit-learn 1.9; ``tests/test_sklearn.py`` runs it for each head).
+
 Importing this module imports scikit-learn (the ``sklearn`` extra); ``import perennial`` does
 not.
 """
@@ -35,12 +38,7 @@ from perennial.exceptions import (
 )
 from perennial.heads import HEADS, Head, make_head
 
-__all__ = ["EXPECTED_FAILED_CHECKS", "PerennialClassifier"]
-
-#: Checks of ``sklearn.utils.estimator_checks.check_estimator`` that a head is known to fail on
-#: scikit-learn's synthetic data, by head name, with the reason. Pass
-#: ``EXPECTED_FAILED_CHECKS[head]`` as ``expected_failed_checks``.
-EXPECTED_FAILED_CHECKS: dict[str, dict[str, str]] = {name: {} for name in HEADS}
+__all__ = ["PerennialClassifier"]
 
 
 @contextmanager
@@ -98,6 +96,8 @@ class PerennialClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     codes_
         The head's label for each class of ``classes_``: classes are coded in the order they
         first came, so that a new class never renames an old one.
+    classes_closed_
+        Whether ``partial_fit(classes=...)`` closed the set of classes (see ``partial_fit``).
     n_features_in_, feature_names_in_
         As scikit-learn defines them. Columns of a DataFrame are matched by name: reordered or
         renamed columns are refused with :class:`~perennial.exceptions.InvalidInputError`.
@@ -159,6 +159,7 @@ class PerennialClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             self.head_ = head
             self.classes_ = classes
             self.codes_ = np.arange(len(classes))
+            self.classes_closed_ = False
         return self
 
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> PerennialClassifier:
@@ -167,8 +168,10 @@ class PerennialClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         Parameters
         ----------
         classes
-            Optional, on any call: every label the stream may hold. Labels outside it are then
-            refused. Without it, a new label is simply a new class.
+            Optional, on any call: every label the stream may hold, as scikit-learn's
+            incremental estimators take it. From then on the classes are closed: a label
+            outside ``classes_`` is refused, until a later ``classes=`` (which must include
+            every class known) widens them. Never given: a new label is simply a new class.
 
         On any error the estimator is unchanged.
         """
@@ -181,6 +184,8 @@ class PerennialClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
                 announced = None if classes is None else np.unique(column_or_1d(classes))
             known = self.classes_ if fitted else labels[:0]
             codes = self.codes_ if fitted else np.zeros(0, dtype=np.intp)
+            closed = announced is not None or (fitted and self.classes_closed_)
+            pool = known if announced is None else announced
             if announced is not None:
                 unknown = np.setdiff1d(known, announced)
                 if unknown.size:
@@ -188,11 +193,11 @@ class PerennialClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
                         f"classes={announced.tolist()} leaves out {unknown.tolist()}, which "
                         "this estimator knows already"
                     )
-            pool = known if announced is None else announced
-            outside = np.setdiff1d(labels, pool) if announced is not None else labels[:0]
+            outside = np.setdiff1d(labels, pool) if closed else labels[:0]
             if outside.size:
                 raise UnknownLabelError(
-                    f"labels {outside.tolist()} are not among classes={pool.tolist()}"
+                    f"labels {outside.tolist()} are not among classes={pool.tolist()}, which "
+                    "partial_fit(classes=...) announced; announce them to add them"
                 )
             new = np.setdiff1d(np.union1d(labels, pool), known)
             # New classes take the next codes, in their sorted order; codes never change.
@@ -205,6 +210,7 @@ class PerennialClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             self.head_ = head
             self.classes_ = sorted_classes
             self.codes_ = sorted_codes
+            self.classes_closed_ = closed
         return self
 
     # --- prediction -------------------------------------------------------------------------------

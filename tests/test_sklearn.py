@@ -164,6 +164,10 @@ def test_failed_calls_change_nothing(digits):
         model.partial_fit(np.where(X[:2] > 3, np.nan, X[:2]), [1, 2])
     with pytest.raises(InvalidInputError, match="continuous"):
         model.fit(X[:4], [0.5, 1.5, 2.5, 0.25])
+    with pytest.raises(InputTypeError, match="labels must be of one type that sorts"):
+        model.fit(X[:2], np.array(["a", None], dtype=object))
+    with pytest.raises(InvalidInputError, match=r"classes must be a 1-D list of labels"):
+        model.partial_fit(X[:2], [1, 2], classes=np.arange(10).reshape(2, 5))
     with pytest.raises(InvalidParameterError, match="unknown head 'nope'"):
         clone(model).set_params(head="nope").fit(X, y)
     assert model.head_.n_seen_ == 200 and model.n_features_in_ == 64

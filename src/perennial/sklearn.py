@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from perennial.exceptions import (
     InputTypeError,
@@ -56,6 +56,19 @@ def _sklearn_errors() -> Iterator[None]:
         raise InputTypeError(str(error)) from error
     except ValueError as error:
         raise InvalidInputError(str(error)) from error
+
+
+def _sorted_unique(values: Any, name: str, *, inverse: bool = False) -> Any:
+    """``numpy.unique`` of a 1-D batch of labels, or a typed error naming ``name``."""
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise InvalidInputError(f"{name} must be a 1-D list of labels, got shape {array.shape}")
+    try:
+        return np.unique(array, return_inverse=True) if inverse else np.unique(array)
+    except TypeError as error:
+        raise InputTypeError(
+            f"{name} must be of one type that sorts (numbers, or strings), got {error}"
+        ) from None
 
 
 @contextmanager
@@ -153,8 +166,9 @@ class PerennialClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             head = self._new_head()
             with _sklearn_errors():
                 features, labels = validate_data(self, X, y, dtype=np.float64)
+            classes, codes = _sorted_unique(labels, "labels", inverse=True)
+            with _sklearn_errors():
                 check_classification_targets(labels)
-            classes, codes = np.unique(labels, return_inverse=True)
             head.learn_many(features, codes.tolist())
             self.head_ = head
             self.classes_ = classes
@@ -180,8 +194,10 @@ class PerennialClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             head = self.head_ if fitted else self._new_head()
             with _sklearn_errors():
                 features, labels = validate_data(self, X, y, dtype=np.float64, reset=not fitted)
+            _sorted_unique(labels, "labels")  # labels that do not sort: a clear message first
+            with _sklearn_errors():
                 check_classification_targets(labels)
-                announced = None if classes is None else np.unique(column_or_1d(classes))
+            announced = None if classes is None else _sorted_unique(classes, "classes")
             known = self.classes_ if fitted else labels[:0]
             codes = self.codes_ if fitted else np.zeros(0, dtype=np.intp)
             closed = announced is not None or (fitted and self.classes_closed_)
@@ -214,18 +230,27 @@ class PerennialClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         return self
 
     # --- prediction -------------------------------------------------------------------------------
-    def _scores(self, X: Any) -> NDArray[np.float64]:
-        """Head scores, one column per class of ``classes_`` (``-inf`` for a class not seen)."""
+    def _features(self, X: Any) -> NDArray[np.float64]:
+        """``X`` validated against what ``fit`` saw (width, column names), as float64."""
         check_is_fitted(self)
         with _sklearn_errors():
-            features = validate_data(self, X, dtype=np.float64, reset=False)
-        head_scores = self.head_.decision_scores(features)
-        scores = np.full((features.shape[0], len(self.classes_)), -np.inf)
+            return validate_data(self, X, dtype=np.float64, reset=False)  # type: ignore[no-any-return]
+
+    def _in_class_order(
+        self, head_columns: NDArray[np.float64], fill: float
+    ) -> NDArray[np.float64]:
+        """The head's columns rearranged like ``classes_``; ``fill`` for a class not seen."""
+        result = np.full((head_columns.shape[0], len(self.classes_)), fill)
         learned = set(self.head_.classes_)
         for column, code in enumerate(self.codes_.tolist()):
             if code in learned:
-                scores[:, column] = head_scores[:, self.head_.column_of(code)]
-        return scores
+                result[:, column] = head_columns[:, self.head_.column_of(code)]
+        return result
+
+    def _scores(self, X: Any) -> NDArray[np.float64]:
+        """Head scores, one column per class of ``classes_`` (``-inf`` for a class not seen)."""
+        features = self._features(X)  # checks that the estimator is fitted, before head_ is read
+        return self._in_class_order(self.head_.decision_scores(features), -np.inf)
 
     def decision_function(self, X: Any) -> NDArray[np.float64]:
         """The head's scores, of shape (n, n_classes), columns like ``classes_``.
@@ -245,10 +270,8 @@ class PerennialClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
 
     def predict_proba(self, X: Any) -> NDArray[np.float64]:
         """The head's probabilities (a softmax of its scores), columns like ``classes_``."""
-        scores = self._scores(X) / self.head_.proba_temperature
-        scores -= scores.max(axis=1, keepdims=True)
-        weights = np.exp(scores)
-        return weights / weights.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+        features = self._features(X)  # checks that the estimator is fitted, before head_ is read
+        return self._in_class_order(self.head_.predict_proba_many(features), 0.0)
 
     def predict_log_proba(self, X: Any) -> NDArray[np.float64]:
         """The logarithm of :meth:`predict_proba`."""

@@ -168,6 +168,8 @@ def test_failed_calls_change_nothing(digits):
         model.fit(X[:2], np.array(["a", None], dtype=object))
     with pytest.raises(InvalidInputError, match=r"classes must be a 1-D list of labels"):
         model.partial_fit(X[:2], [1, 2], classes=np.arange(10).reshape(2, 5))
+    with pytest.raises(InputTypeError, match=r"labels of dtype <U1 \(text or objects\) cannot"):
+        model.partial_fit(X[:2], ["a", "b"])
     with pytest.raises(InvalidParameterError, match="unknown head 'nope'"):
         clone(model).set_params(head="nope").fit(X, y)
     assert model.head_.n_seen_ == 200 and model.n_features_in_ == 64

@@ -71,6 +71,12 @@ def _sorted_unique(values: Any, name: str, *, inverse: bool = False) -> Any:
         ) from None
 
 
+def _label_family(labels: NDArray[Any]) -> str:
+    """What numpy makes of a label array when mixed with another: booleans, numbers, or text."""
+    kind = labels.dtype.kind
+    return "booleans" if kind == "b" else "numbers" if kind in "iuf" else "text or objects"
+
+
 @contextmanager
 def _all_or_nothing(estimator: Any) -> Iterator[None]:
     """Undo every attribute change of ``estimator`` if the block raises."""
@@ -198,6 +204,11 @@ class PerennialClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             with _sklearn_errors():
                 check_classification_targets(labels)
             announced = None if classes is None else _sorted_unique(classes, "classes")
+            if fitted and _label_family(labels) != _label_family(self.classes_):
+                raise InputTypeError(
+                    f"labels of dtype {labels.dtype} ({_label_family(labels)}) cannot join "
+                    f"classes of dtype {self.classes_.dtype} ({_label_family(self.classes_)})"
+                )
             known = self.classes_ if fitted else labels[:0]
             codes = self.codes_ if fitted else np.zeros(0, dtype=np.intp)
             closed = announced is not None or (fitted and self.classes_closed_)

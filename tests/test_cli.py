@@ -189,6 +189,9 @@ def test_the_backend_option_reaches_the_image_encoder(monkeypatch, tmp_path):
     seen = captured_serve(monkeypatch, ["--model", str(tmp_path / "new"), "--encoder", "image"])
     # A new image model, like a new text one, encodes with int8 ONNX unless asked otherwise.
     assert seen["encoder_params"] == {"backend": "onnx", "num_threads": 1}
+    # Feature vectors have no encoder backend (a TypeError from IdentityEncoder before).
+    seen = captured_serve(monkeypatch, ["--model", str(tmp_path / "new"), "--encoder", "identity"])
+    assert seen["encoder_params"] == {}
     args = cli.build_parser().parse_args(["incremental", "--data", "mnist", "--backend", "onnx"])
     encoder = cli._encoder_for(args, "image")
     assert isinstance(encoder, ImageEncoder) and encoder.backend == "onnx"

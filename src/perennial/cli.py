@@ -121,9 +121,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     train = dataset.train
     encoder = _encoder_for(args, str(dataset.metadata.get("kind", "text")))
 
-    def progress(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
     started = time.perf_counter()
     with dask_client(args.scheduler, workers=args.workers, timeout=args.timeout) as client:
         n_workers = len(client.nthreads())  # type: ignore[no-untyped-call]
@@ -135,7 +132,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             head=head,
             client=client,
             partitions=args.partitions,
-            progress=progress,
+            progress=sys.stderr,  # drawn in place on a terminal
             timeout=args.timeout,
         )
         seconds = time.perf_counter() - ready
@@ -208,19 +205,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.hidden is not None:
         strategy_params["hidden"] = _int_tuple(args.hidden, "--hidden")
 
-    def progress(message: str) -> None:
+    def note(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    tuned: dict[str, Any] = {}
+
     def run(client: Any = None) -> list[Any]:
+        if args.tune:
+            from perennial.tuning import tune_strategies
+
+            tuned.update(
+                tune_strategies(
+                    args.scenario,
+                    strategies,
+                    scenario_options=scenario_options,
+                    strategy_params=strategy_params,
+                    tasks=args.tune_tasks,
+                    fraction=args.tune_fraction,
+                    progress=note,
+                    client=client,
+                )
+            )
+            for name, result in tuned.items():
+                chosen = ", ".join(f"{k}={v}" for k, v in result.chosen.items())
+                note(f"tuned {name}: {chosen}")
         return run_benchmark(
             args.scenario,
             strategies,
             args.seeds,
             scenario_options=scenario_options,
             strategy_params=strategy_params,
-            progress=progress,
+            progress=sys.stderr,  # drawn in place on a terminal
             curves=args.curves,
             client=client,
+            overrides={name: result.chosen for name, result in tuned.items()},
         )
 
     if args.scheduler is not None or args.workers is not None:
@@ -232,7 +250,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         runs = run()
     results = aggregate(runs)
     config = {"scenario": args.scenario, "seeds": args.seeds, **scenario_options, **strategy_params}
-    print(f"{args.scenario}: mean [90% CI] over {args.seeds} seed(s); accuracies in percent")
+    if args.tune:
+        config["tune"] = f"first {args.tune_tasks} tasks, {args.tune_fraction:.0%} held out"
+    print(
+        f"{args.scenario}: mean [90% bootstrap interval] over {args.seeds} seed(s); "
+        "accuracies in percent"
+    )
     print(format_table(results))
     for name, failed in failures(runs).items():
         seeds = ", ".join(str(entry["seed"]) for entry in failed)
@@ -244,12 +267,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "failures": failures(runs),
             "runs": [run.to_json() for run in runs],
         }
+        if tuned:
+            document["tuning"] = {name: result.to_json() for name, result in tuned.items()}
         _write_text(args.json, json.dumps(document, indent=2))
         print(f"JSON written to {args.json}")
     if args.report:
         path = write_report(
             runs, results, args.report, title=f"perennial bench: {args.scenario}", config=config
         )
+        if tuned:
+            from perennial.tuning import add_to_report
+
+            add_to_report(args.report, list(tuned.values()))
         print(f"report written to {path}")
     return 0
 
@@ -264,14 +293,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             value = getattr(args, option)
             if value is not None:
                 encoder_params[option] = value
-    if args.backend is None and _is_new_model(args.model):
+    kind = _served_kind(args.model, args.encoder)
+    if args.backend is None and _is_new_model(args.model) and kind in ("text", "image"):
         # A new model serves through the int8 ONNX backend: for text 2.4 times the texts per
         # second of torch for under 0.15 points of accuracy; for images 3 to 4 times the images
-        # per second, every figure of bench_camera.py unchanged (benchmarks/RESULTS.md).
+        # per second, every figure of bench_camera.py unchanged (benchmarks/RESULTS.md). Feature
+        # vectors (identity) have no backend.
         encoder_params["backend"] = "onnx"
     if args.encoder_threads is not None:
         encoder_params["num_threads"] = args.encoder_threads
-    elif _served_kind(args.model, args.encoder) in ("text", "image"):
+    elif kind in ("text", "image"):
         # One thread per forward pass leaves the other core to the background solver.
         encoder_params["num_threads"] = 1
     head_params = _head_params(args)
@@ -755,6 +786,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-per-class", type=int, default=None, help="replay examples per class"
     )
     bench.add_argument("--threads", type=int, default=None, help="torch threads")
+    bench.add_argument(
+        "--tune",
+        action="store_true",
+        help="choose each strategy's hyperparameters first, from its grid "
+        "(perennial.tuning.GRIDS), on a validation split of the first tasks' training data; "
+        "options given on the command line are kept, not searched",
+    )
+    bench.add_argument(
+        "--tune-tasks", type=int, default=3, help="tasks of the validation stream (default 3)"
+    )
+    bench.add_argument(
+        "--tune-fraction",
+        type=float,
+        default=0.1,
+        help="share of each task's training data held out for validation (default 0.1)",
+    )
     bench.add_argument(
         "--curves",
         action="store_true",

@@ -409,6 +409,355 @@ def cmd_camera_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- saved models: learn, predict, info ------------------------------------------------------------
+def _model_kind(directory: Path) -> str:
+    """``"service"``, ``"saved"``, ``"new"`` (missing or empty), or an error for anything else.
+
+    Checked before any input is read or any model built.
+    """
+    from perennial.persistence import META_FILE
+    from perennial.service.refresher import SERVICE_FILE
+
+    if directory.exists() and not directory.is_dir():
+        raise PersistenceError(f"--model {directory} is a file, expected a model directory")
+    if (directory / SERVICE_FILE).is_file():
+        return "service"
+    if (directory / META_FILE).is_file():
+        return "saved"
+    if not directory.exists():
+        return "new"
+    visible = sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
+    if visible:
+        raise PersistenceError(
+            f"--model {directory} is not a model directory (no {META_FILE} or {SERVICE_FILE}) "
+            f"and not empty (it holds {', '.join(visible[:5])}); choose an empty or new directory"
+        )
+    return "new"
+
+
+def _read_lines(source: str) -> list[str]:
+    """Non-blank lines of ``source`` (a file, or ``-`` for standard input), without newlines."""
+    try:
+        stream = sys.stdin if source == "-" else None
+        text = stream.read() if stream else Path(source).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidParameterError(f"cannot read --file {source!r}: {error}") from error
+    return [line.rstrip("\r\n") for line in text.splitlines() if line.strip()]
+
+
+def _cli_inputs(args: argparse.Namespace, *, command: str) -> list[str]:
+    """The unlabelled inputs of ``learn --label`` or ``predict``: arguments, --file or stdin."""
+    if args.inputs and args.file is not None:
+        raise InvalidParameterError(
+            f"give inputs as arguments or with --file, not both (perennial {command} --help)"
+        )
+    if args.inputs:
+        return list(args.inputs)
+    if args.file is not None:
+        inputs = _read_lines(args.file)
+        where = "standard input" if args.file == "-" else repr(args.file)
+    elif not sys.stdin.isatty():
+        inputs, where = _read_lines("-"), "standard input"
+    else:
+        raise InvalidParameterError(
+            f"nothing to {command}: give inputs as arguments, --file FILE (one per line), or "
+            "pipe them on standard input"
+        )
+    if not inputs:
+        raise InvalidParameterError(f"nothing to {command}: {where} holds no non-blank line")
+    return inputs
+
+
+def _labelled_csv(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Inputs and labels of ``learn --csv``; an image column's relative paths from its folder."""
+    import csv
+
+    path = Path(args.csv)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as stream:
+            rows = list(csv.DictReader(stream))
+            header = list(rows[0]) if rows else []
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise InvalidParameterError(f"cannot read --csv {str(path)!r}: {error}") from error
+    missing = [c for c in (args.input_column, args.label_column) if c not in header]
+    if not rows or missing:
+        raise InvalidParameterError(
+            f"--csv {str(path)!r} must have a header row and at least one row with the columns "
+            f"{args.input_column!r} (--input-column) and {args.label_column!r} (--label-column); "
+            f"it has {header or 'no rows'}"
+        )
+    inputs, labels = [], []
+    for number, row in enumerate(rows, start=2):
+        value, label = row.get(args.input_column), row.get(args.label_column)
+        if value is None or label is None:
+            raise InvalidParameterError(f"--csv {str(path)!r}: line {number} has too few fields")
+        inputs.append(value)
+        labels.append(label)
+    return inputs, labels
+
+
+def _as_inputs(model: Any, inputs: list[str], base: Path | None = None) -> list[Any]:
+    """Command-line strings as the model's inputs: texts, image paths, or comma-separated numbers."""
+    kind = getattr(model._encoder, "kind", None)
+    if kind == "image" and base is not None:
+        return [str(p if Path(p).is_absolute() else base / p) for p in inputs]
+    if kind == "identity":
+        rows = []
+        for text in inputs:
+            try:
+                rows.append([float(part) for part in text.split(",")])
+            except ValueError:
+                raise InvalidParameterError(
+                    f"a feature model's input is comma-separated numbers, got {text!r}"
+                ) from None
+        return rows
+    return inputs
+
+
+#: The options of ``perennial learn`` that describe a new model, by their ``args`` attribute.
+_NEW_MODEL_OPTIONS = {
+    "encoder": "--encoder",
+    "head": "--head",
+    "n_members": "--members",
+    "n_features": "--n-features",
+    "ridge": "--ridge",
+    "pooling": "--pooling",
+    "backend": "--backend",
+    "image_size": "--image-size",
+    "resize": "--resize",
+    "unknown_rate": "--unknown-rate",
+    "seed": "--seed",
+}
+
+
+def _new_model(args: argparse.Namespace) -> Any:
+    from perennial import LifelongClassifier
+    from perennial.heads import make_head
+
+    head = make_head(args.head or "ridge", **_head_params(args))
+    name = args.encoder or "text"
+    encoder_params = {
+        option: getattr(args, option)
+        for option in _ENCODER_OPTIONS[name]
+        if getattr(args, option) is not None
+    }
+    from perennial.encoders import make_encoder
+
+    rate = 0.02 if args.unknown_rate is None else args.unknown_rate
+    return LifelongClassifier(make_encoder(name, **encoder_params), head, unknown_rate=rate or None)
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from perennial import LifelongClassifier
+
+    directory = Path(args.model)
+    kind = _model_kind(directory)
+    # Every option is checked before the model or the inputs are read.
+    given = [flag for attr, flag in _NEW_MODEL_OPTIONS.items() if getattr(args, attr) is not None]
+    if kind != "new" and given:
+        raise InvalidParameterError(
+            f"{', '.join(given)} {'describes' if len(given) == 1 else 'describe'} a new model; "
+            f"{directory} already holds one "
+            "(perennial info --model DIR shows how it was made)"
+        )
+    if args.unknown_rate is not None and not 0 <= args.unknown_rate < 1:
+        raise InvalidParameterError(
+            f"--unknown-rate must be in [0, 1) (0: open set off), got {args.unknown_rate!r}"
+        )
+    if args.csv is not None and (args.inputs or args.file is not None or args.label is not None):
+        raise InvalidParameterError(
+            "--csv brings its own inputs and labels: give no inputs, --file or --label with it"
+        )
+    if args.csv is None and args.label is None:
+        raise InvalidParameterError(
+            "say what the inputs are: --label LABEL (the label of every input), or --csv FILE "
+            "(a column of inputs and a column of labels)"
+        )
+    if kind == "service":
+        from perennial.service.directory import service_running
+
+        if service_running(directory):
+            raise PersistenceError(
+                f"{directory} is served by a running 'perennial serve' now: send the examples "
+                "to its POST /v1/learn, or stop it first"
+            )
+    if kind == "new":
+        _head_params(args)  # a head option the head does not take is refused now
+        model = _new_model(args)
+    else:
+        model = LifelongClassifier.load(directory)
+    if args.csv is not None:
+        texts, labels = _labelled_csv(args)
+        inputs = _as_inputs(model, texts, base=Path(args.csv).parent)
+    else:
+        texts = _cli_inputs(args, command="learn")
+        inputs, labels = _as_inputs(model, texts), [args.label] * len(texts)
+    before = set(model.classes_)
+    if kind == "service":
+        from perennial.service.directory import append_learned
+
+        version = append_learned(directory, model.encode(inputs), labels)
+        where = f"journaled as version {version} of the service in {directory}"
+    else:
+        model.learn_many(inputs, labels)
+        model.save(directory)
+        where = f"saved to {directory}"
+        version = None
+    new = sorted({str(label) for label in labels} - {str(label) for label in before})
+    print(
+        f"learned {_count(len(labels), 'example')} of {_count(len(set(labels)), 'class')}"
+        + (
+            f" ({len(new)} new: {', '.join(new[:5])}{', ...' if len(new) > 5 else ''})"
+            if new
+            else ""
+        )
+        + f"; {where}"
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from perennial import LifelongClassifier
+
+    if args.top < 1:
+        raise InvalidParameterError(f"--top must be at least 1, got {args.top!r}")
+    directory = Path(args.model)
+    if _model_kind(directory) == "new":
+        raise PersistenceError(f"no model at {directory}: 'perennial learn' makes one")
+    texts = _cli_inputs(args, command="predict")
+    model = LifelongClassifier.load(directory)
+    rows = model.predict_detailed(_as_inputs(model, texts), top=args.top)
+    for text, row in zip(texts, rows, strict=True):
+        if args.json:
+            print(json.dumps({"input": text, **row}, default=_json_value))
+        else:
+            label = "unknown" if row.get("unknown") else row["label"]
+            source = f"{row['source']}, " if "source" in row else ""
+            print(f"{text}\t{label}\t({source}{row['score']:.3f})")
+    return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
+
+
+def _json_value(value: Any) -> Any:
+    """numpy scalars and the like, for ``json.dumps``."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) else str(value)
+
+
+def model_info(directory: str | Path) -> dict[str, Any]:
+    """What ``perennial info`` prints: a model's classes, counts, parts and size, as JSON values."""
+    from perennial import LifelongClassifier
+    from perennial.encoders.base import encoder_spec
+    from perennial.heads import registered_name
+    from perennial.persistence import META_FILE
+
+    path = Path(directory)
+    kind = _model_kind(path)
+    if kind == "new":
+        raise PersistenceError(f"no model at {path}: 'perennial learn' makes one")
+    model = LifelongClassifier.load(path)
+    head = model.head
+    counts = head._class_counts().tolist() if head.is_fitted else []
+    disk = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    info: dict[str, Any] = {
+        "model": str(path),
+        "kind": "service directory" if kind == "service" else "saved model",
+        "encoder": encoder_spec(model._encoder),
+        "head": {"name": registered_name(head), "params": head.get_params()},
+        "classes": len(model.classes_),
+        "examples": int(model.n_seen_),
+        "class_counts": dict(zip(map(str, head.classes_), counts, strict=True)),
+        "open_set": model.open_set_status_,
+        "unknown_rate": model.unknown_rate,
+        "state_bytes": int(model.state_bytes),
+        "disk_bytes": disk,
+        "pretrained": None,
+    }
+    if model.pretrained_ is not None:
+        pretrained = model.pretrained_.record()
+        info["pretrained"] = {
+            "name": pretrained.get("name"),
+            "classes": len(model.pretrained_.names),
+            "forgotten": len(model.pretrained_.names) - len(model.pretrained_.visible),
+        }
+    if kind == "service":
+        from perennial.service.directory import read_service_directory
+
+        state = read_service_directory(path)
+        snapshot = path / str(state.snapshot) if state.snapshot is not None else None
+        meta = None if snapshot is None else snapshot / META_FILE
+        info.update(
+            format_version=_format_version(meta),
+            service={
+                "version": state.version,
+                "snapshot": state.snapshot,
+                "snapshot_version": state.snapshot_version,
+                "journal_records_replayed": state.version - state.snapshot_version,
+                "running": state.running,
+            },
+        )
+    else:
+        info["format_version"] = _format_version(path / META_FILE)
+    return info
+
+
+def _format_version(meta: Path | None) -> int | None:
+    if meta is None:
+        return None
+    try:
+        return int(json.loads(meta.read_text(encoding="utf-8"))["format_version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = model_info(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2, default=_json_value))
+        return 0
+    encoder, head = info["encoder"], info["head"]
+    print(f"{info['model']}: {info['kind']}, format version {info['format_version']}")
+    print(f"  encoder    {encoder['name']} ({encoder['kind']}, {_params(encoder.get('params'))})")
+    print(f"  head       {head['name']} ({_params(head['params'])})")
+    print(f"  learned    {info['examples']} examples of {len(info['class_counts'])} classes")
+    if info["pretrained"] is not None:
+        p = info["pretrained"]
+        print(
+            f"  pretrained {p['name']}: {p['classes'] - p['forgotten']} of {p['classes']} classes "
+            f"answerable; {info['classes']} classes in all"
+        )
+    print(f"  open set   {info['open_set']} (unknown rate {info['unknown_rate']})")
+    print(
+        f"  size       {_size(info['state_bytes'])} in memory, {_size(info['disk_bytes'])} on disk"
+    )
+    if "service" in info:
+        s = info["service"]
+        print(
+            f"  service    version {s['version']}: the snapshot of version "
+            f"{s['snapshot_version']} plus {s['journal_records_replayed']} journal records"
+            + ("; a service is running on it now" if s["running"] else "")
+        )
+    width = max((len(label) for label in info["class_counts"]), default=0)
+    for label, count in info["class_counts"].items():
+        print(f"    {label:<{width}}  {count}")
+    return 0
+
+
+def _params(params: Any) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in sorted(dict(params or {}).items())) or "no parameters"
+
+
 def _is_new_model(directory: str) -> bool:
     """Whether ``perennial serve`` would create the model in ``directory`` (missing or empty)."""
     path = Path(directory)
@@ -634,6 +983,12 @@ def _strategy_names(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _version() -> str:
+    from perennial import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``perennial`` parser; choices come from the registries of heads, encoders, ..."""
     from perennial.novelty import SCORES
@@ -642,6 +997,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="perennial", description="Lifelong learning with frozen encoders and exact heads."
     )
+    parser.add_argument("--version", action="version", version=f"perennial {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     inc = commands.add_parser(
@@ -765,6 +1121,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=cmd_bench)
 
     _add_camera_parser(commands)
+    _add_model_parsers(commands)
 
     serve = commands.add_parser(
         "serve",
@@ -853,6 +1210,131 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=cmd_serve)
     return parser
+
+
+def _add_model_parsers(commands: Any) -> None:
+    """``perennial learn``, ``predict`` and ``info``: work with a saved model or a service's."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    where = (
+        "--model is a directory written by 'perennial learn', LifelongClassifier.save, "
+        "'perennial fit' or\n'perennial camera', or a directory 'perennial serve' serves "
+        "(its latest snapshot plus its journal)."
+    )
+
+    def model_option(help_text: str) -> argparse.ArgumentParser:
+        group = argparse.ArgumentParser(add_help=False)
+        group.add_argument("--model", required=True, metavar="DIR", help=help_text)
+        return group
+
+    def input_options(verb: str) -> argparse.ArgumentParser:
+        group = argparse.ArgumentParser(add_help=False)
+        group.add_argument(
+            "inputs",
+            nargs="*",
+            metavar="INPUT",
+            help=f"inputs to {verb}: texts, image files (image models) or comma-separated "
+            "numbers (feature models); none: read --file, or standard input",
+        )
+        group.add_argument(
+            "--file",
+            default=None,
+            metavar="FILE",
+            help="read the inputs from FILE, one per line ('-': standard input) (default: none)",
+        )
+        return group
+
+    learn = commands.add_parser(
+        "learn",
+        parents=[
+            model_option("model directory; a missing or empty one gets a new model"),
+            input_options("learn, all with --label"),
+            _head_options(serving=True),
+            _encoder_options(serving=True),
+        ],
+        formatter_class=formatter,
+        help="teach a saved (or new) model labelled inputs, and save it",
+        description=(
+            "Learns labelled inputs into the model in --model and saves it (atomically).\n"
+            + where
+            + "\nA service directory gets the examples as journal records, which the service "
+            "replays when it\nstarts; learning into one is refused while a service runs on it "
+            "(use its POST /v1/learn).\nThe encoder and head options describe a new model and "
+            "are refused for an existing one.\n\n"
+            "examples:\n"
+            "  perennial learn --model models/support --label lost_card 'I lost my card' "
+            "'my card is gone'\n"
+            "  perennial learn --model models/support --csv more.csv     # columns text,category\n"
+            "  cut -d, -f1 refunds.csv | perennial learn --model models/support --label refund\n"
+            "  perennial learn --model models/cats --encoder image --label tabby tom.jpg felix.png"
+        ),
+    )
+    learn.add_argument(
+        "--label", default=None, help="the label of every input given (default: none; use --csv)"
+    )
+    learn.add_argument(
+        "--csv",
+        default=None,
+        metavar="FILE",
+        help="learn a CSV file with a header row: inputs in --input-column, labels in "
+        "--label-column; image paths are relative to the file's folder (default: none)",
+    )
+    learn.add_argument(
+        "--input-column", default="text", help="the inputs' column of --csv (default: %(default)s)"
+    )
+    learn.add_argument(
+        "--label-column",
+        default="category",
+        help="the labels' column of --csv (default: %(default)s)",
+    )
+    learn.add_argument(
+        "--unknown-rate",
+        type=float,
+        default=None,
+        help="for a new model: open set, the share of in-scope inputs to call unknown "
+        "(default 0.02; 0: off)",
+    )
+    learn.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="for a new model: seed of the ridge heads' random projection (default 0)",
+    )
+    learn.set_defaults(handler=cmd_learn)
+
+    predict = commands.add_parser(
+        "predict",
+        parents=[model_option("model directory"), input_options("label")],
+        formatter_class=formatter,
+        help="label inputs with a saved model",
+        description=(
+            "Prints one line per input: the input, its label ('unknown' for an input the open-set "
+            "gate\nrejects) and the score of that label; --json prints one JSON object per line "
+            "instead, with the\nnovelty and the --top best labels. " + where + "\n\nexamples:\n"
+            "  perennial predict --model models/support 'someone stole my card'\n"
+            "  perennial predict --model models/support --json < questions.txt"
+        ),
+    )
+    predict.add_argument(
+        "--json", action="store_true", help="print JSON lines: {input, label, score, ...}"
+    )
+    predict.add_argument(
+        "--top", type=int, default=3, help="best labels listed with --json (default: %(default)s)"
+    )
+    predict.set_defaults(handler=cmd_predict)
+
+    info = commands.add_parser(
+        "info",
+        parents=[model_option("model directory")],
+        formatter_class=formatter,
+        help="what a saved model holds: classes and counts, encoder, head, size, format version",
+        description=(
+            "Prints the model's classes with their example counts, its encoder and head with "
+            "their parameters,\nits open-set state, its size in memory and on disk, the format "
+            "version and its pretrained\nclassifier, if any. " + where
+        ),
+    )
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(handler=cmd_info)
 
 
 def _add_camera_parser(commands: Any) -> None:

@@ -124,8 +124,9 @@ def test_incremental_table_output(small_banking_csv, tmp_path):
     ("args", "message"),
     [
         (["--data", "imagenet"], "unknown data set 'imagenet'"),
-        (["--data", "clinc150", "--step", "0"], "step must be a positive int"),
-        (["--data", "clinc150", "--n-features", "0"], "n_features"),
+        (["--data", "clinc150", "--step", "0"], "--step: expected a positive integer"),
+        (["--data", "clinc150", "--test-fraction", "2"], "--test-fraction: expected a number"),
+        (["--data", "clinc150", "--n-features", "0"], "--n-features"),
     ],
 )
 def test_bad_options_exit_2_with_a_message(args, message, tmp_path):

@@ -83,6 +83,9 @@ def cmd_incremental(args: argparse.Namespace) -> int:
     from perennial.protocols.incremental import format_summary, run_incremental
 
     head = make_head(args.head, **_head_params(args))  # checked before any data is read
+    _check_fraction(args.test_fraction)
+    if args.step < 1:
+        raise InvalidParameterError(f"--step must be at least 1, got {args.step!r}")
     dataset = load_dataset(
         args.data, test=args.test, test_fraction=args.test_fraction, seed=args.seed
     )
@@ -117,6 +120,20 @@ def cmd_fit(args: argparse.Namespace) -> int:
     # data set contributes its training split.
     is_csv = str(args.data).strip().lower().endswith(".csv")
     head = make_head(args.head, **_head_params(args))
+    # The model directory is checked before the cluster starts or any data is read: a fit of
+    # an hour must not end in "cannot save there".
+    if _model_kind(Path(args.model)) == "service":
+        raise PersistenceError(
+            f"--model {args.model} is a service's directory; fit into a new directory and serve "
+            "that, or send the examples to the service"
+        )
+    for option in ("workers", "partitions"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            flag = "--" + option
+            raise InvalidParameterError(f"{flag} must be at least 1, got {value!r}")
+    if args.timeout <= 0:
+        raise InvalidParameterError(f"--timeout must be positive, got {args.timeout!r}")
     dataset = load_dataset(args.data, test=args.data if is_csv else None)
     train = dataset.train
     encoder = _encoder_for(args, str(dataset.metadata.get("kind", "text")))
@@ -158,6 +175,12 @@ def cmd_openset(args: argparse.Namespace) -> int:
     from perennial.protocols.openset import run_open_set
 
     head = make_head(args.head, **_head_params(args))
+    if not 0 < args.unknown_rate < 1:
+        raise InvalidParameterError(
+            f"--unknown-rate must be strictly between 0 and 1, got {args.unknown_rate!r}"
+        )
+    if args.step < 1:
+        raise InvalidParameterError(f"--step must be at least 1, got {args.step!r}")
     dataset = load_dataset(args.data)
     encoder = _encoder_for(args, str(dataset.metadata.get("kind", "text")))
     result = run_open_set(
@@ -258,6 +281,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from perennial.service.app import Limits
     from perennial.service.server import serve
 
+    encoder = None if args.encoder == "auto" else args.encoder  # the store's "as recorded"
+
     encoder_params: dict[str, Any] = {}
     for options in _ENCODER_OPTIONS.values():
         for option in options:
@@ -271,7 +296,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         encoder_params["backend"] = "onnx"
     if args.encoder_threads is not None:
         encoder_params["num_threads"] = args.encoder_threads
-    elif _served_kind(args.model, args.encoder) in ("text", "image"):
+    elif _served_kind(args.model, encoder) in ("text", "image"):
         # One thread per forward pass leaves the other core to the background solver.
         encoder_params["num_threads"] = 1
     head_params = _head_params(args)
@@ -285,7 +310,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     return serve(
         args.model,
-        encoder=args.encoder,
+        encoder=encoder,
         encoder_params=encoder_params,
         head=args.head,
         head_params=head_params,
@@ -535,7 +560,7 @@ def _new_model(args: argparse.Namespace) -> Any:
     from perennial.heads import make_head
 
     head = make_head(args.head or "ridge", **_head_params(args))
-    name = args.encoder or "text"
+    name = "text" if args.encoder == "auto" else args.encoder
     encoder_params = {
         option: getattr(args, option)
         for option in _ENCODER_OPTIONS[name]
@@ -553,7 +578,11 @@ def cmd_learn(args: argparse.Namespace) -> int:
     directory = Path(args.model)
     kind = _model_kind(directory)
     # Every option is checked before the model or the inputs are read.
-    given = [flag for attr, flag in _NEW_MODEL_OPTIONS.items() if getattr(args, attr) is not None]
+    given = [
+        flag
+        for attr, flag in _NEW_MODEL_OPTIONS.items()
+        if getattr(args, attr) not in (None, "auto")
+    ]
     if kind != "new" and given:
         raise InvalidParameterError(
             f"{', '.join(given)} {'describes' if len(given) == 1 else 'describe'} a new model; "
@@ -619,8 +648,6 @@ def cmd_learn(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from perennial import LifelongClassifier
 
-    if args.top < 1:
-        raise InvalidParameterError(f"--top must be at least 1, got {args.top!r}")
     directory = Path(args.model)
     if _model_kind(directory) == "new":
         raise PersistenceError(f"no model at {directory}: 'perennial learn' makes one")
@@ -779,6 +806,47 @@ def _served_kind(directory: str, asked: str | None) -> str | None:
         return None  # the store reports what is wrong with the directory
 
 
+def _check_fraction(value: float) -> None:
+    if not 0 < value < 1:
+        raise InvalidParameterError(
+            f"--test-fraction must be strictly between 0 and 1 (the share of each class held "
+            f"out), got {value!r}"
+        )
+
+
+#: Python parameter names in library messages, and the options that set them on the command line.
+_CLI_SPELLINGS = {
+    "n_tasks": "--tasks",
+    "classes_per_task": "--classes-per-task",
+    "examples_per_task": "--examples-per-task",
+    "memory_per_class": "--memory-per-class",
+    "batch_size": "--batch-size",
+    "test_fraction": "--test-fraction",
+    "unknown_rate": "--unknown-rate",
+    "n_features": "--n-features",
+    "n_members": "--members",
+    "image_size": "--image-size",
+}
+
+
+def cli_spelling(message: str) -> str:
+    """``message`` with the library's parameter names written as the options that set them.
+
+    Examples
+    --------
+    >>> cli_spelling("classes_per_task=3 is more than the 2 classes; pass n_tasks=1 as well")
+    '--classes-per-task 3 is more than the 2 classes; pass --tasks 1 as well'
+    """
+    import re
+
+    pattern = r"(?<![\w-])(" + "|".join(_CLI_SPELLINGS) + r")\b(=?)"
+
+    def option(match: re.Match[str]) -> str:
+        return _CLI_SPELLINGS[match.group(1)] + (" " if match.group(2) else "")
+
+    return re.sub(pattern, option, message)
+
+
 def _int_tuple(text: str, option: str) -> tuple[int, ...]:
     try:
         values = tuple(int(part) for part in text.split(",") if part.strip())
@@ -824,9 +892,11 @@ def _encoder_options(*, serving: bool = False) -> argparse.ArgumentParser:
     if serving:
         group.add_argument(
             "--encoder",
-            default=None,
-            choices=ENCODERS,
-            help="for a new model (default text); an existing model must have been written with it",
+            default="auto",
+            choices=("auto", *ENCODERS),
+            help="auto (the default): the model's own encoder, text for a new model; another "
+            "name chooses a new model's encoder, and an existing model must have been written "
+            "with it",
         )
     else:
         group.add_argument(
@@ -846,8 +916,10 @@ def _encoder_options(*, serving: bool = False) -> argparse.ArgumentParser:
         "--backend",
         default=None if serving else "torch",
         choices=BACKENDS,
-        help="text or image encoder runtime: torch (reference) or ONNX Runtime with int8 (onnx) "
-        "or float32 (onnx-fp32) weights (default "
+        help="text or image encoder runtime: torch, the reference; onnx, ONNX Runtime with "
+        "int8 weights (fastest; features within about 0.98 cosine of torch's); or onnx-fp32, "
+        "ONNX Runtime with float32 weights (torch's features to about 1e-5, faster than torch) "
+        "(default "
         + (
             "onnx for a new model: int8, 2.4x torch's throughput on text, 3-4x on images)"
             if serving
@@ -911,14 +983,15 @@ def _head_options(*, serving: bool = False) -> argparse.ArgumentParser:
     return group
 
 
-def _seed_option() -> argparse.ArgumentParser:
+def _seed_option(seeds: str = "the class order, a CSV's test split and") -> argparse.ArgumentParser:
+    """``--seed``: the one seed of a run, of everything random in it; ``seeds`` lists what."""
     group = argparse.ArgumentParser(add_help=False)
     group.add_argument(
         "--seed",
         type=int,
         default=0,
-        help="seed of the class order, of a CSV's split and of the ridge heads' projections "
-        "(default 0)",
+        help=f"seed of the run, of everything random in it: {seeds} the ridge heads' random "
+        "projection",
     )
     return group
 
@@ -926,7 +999,7 @@ def _seed_option() -> argparse.ArgumentParser:
 def _stream_options() -> argparse.ArgumentParser:
     """Options of the commands that learn a data set class by class and print a summary."""
     group = argparse.ArgumentParser(add_help=False)
-    group.add_argument("--step", type=int, default=10, help="classes per step (default 10)")
+    group.add_argument("--step", type=_positive_int, default=10, help="classes per step")
     group.add_argument(
         "--json", action="store_true", help="print one JSON object (progress to stderr)"
     )
@@ -957,13 +1030,14 @@ def _cluster_options() -> argparse.ArgumentParser:
     where.add_argument(
         "--scheduler",
         default=None,
-        help="run on the Dask scheduler at this address (tcp://host:port)",
+        help="run on the Dask scheduler at this address (tcp://host:port) (default: none)",
     )
     where.add_argument(
         "--workers",
-        type=int,
+        type=_positive_int,
         default=None,
-        help="run on a local Dask cluster of this many processes",
+        help="run on a local Dask cluster of this many processes (default: fit starts 2 "
+        "processes; bench runs in this process)",
     )
     return group
 
@@ -981,6 +1055,49 @@ def _strategy_names(text: str) -> list[str]:
         return check_strategy_names([name.strip() for name in text.split(",") if name.strip()])
     except InvalidParameterError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (examples keep their lines); each option's help ends with its
+    default, unless the help already states it or there is none to state (an option left out
+    is then off, or its help says what happens)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _positive_int(text: str) -> int:
+    """An option's value that counts something: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """A share strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a number strictly between 0 and 1, got {text!r}"
+        )
+    return value
 
 
 def _version() -> str:
@@ -1012,9 +1129,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inc.add_argument("--data", required=True, help=_data_help())
     inc.add_argument(
-        "--test", default=None, help="test CSV for a CSV --data (else a stratified split)"
+        "--test",
+        default=None,
+        help="test CSV for a CSV --data (default: none, a stratified split of --data)",
     )
-    inc.add_argument("--test-fraction", type=float, default=0.2, help="for a CSV without --test")
+    inc.add_argument(
+        "--test-fraction",
+        type=_fraction,
+        default=0.2,
+        help="share of each class of a CSV --data held out for testing, without --test",
+    )
     inc.add_argument(
         "--no-baselines", action="store_true", help="skip joint LR and SGD fine-tuning"
     )
@@ -1022,7 +1146,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser(
         "fit",
-        parents=[_cluster_options(), _seed_option(), _head_options(), _encoder_options()],
+        parents=[
+            _cluster_options(),
+            _seed_option(seeds="a CSV's test split (none: a CSV is learned whole) and"),
+            _head_options(),
+            _encoder_options(),
+        ],
         help="learn a data set on a Dask cluster (local or remote) and save the model",
         description=(
             "Cuts the training data into partitions; Dask workers encode and learn one each, and "
@@ -1034,10 +1163,14 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--data", required=True, help=f"{_data_help()} (named sets: their train split)"
     )
-    fit.add_argument("--model", required=True, help="directory to save the model to")
+    fit.add_argument(
+        "--model",
+        required=True,
+        help="directory to save the model to: new, empty, or a saved model to replace",
+    )
     fit.add_argument(
         "--partitions",
-        type=int,
+        type=_positive_int,
         default=None,
         help="data partitions (default: two per worker thread, at most 10,000 examples each)",
     )
@@ -1062,7 +1195,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Learns the in-scope classes step by step, calibrating the unknown threshold from "
             "the training stream alone (no out-of-scope example), then reports in-scope "
-            "accuracy, out-of-scope recall, AUROC and FPR at 95%% TPR on the test splits."
+            "accuracy, out-of-scope recall, AUROC and FPR at 95% TPR on the test splits."
         ),
     )
     openset.add_argument("--data", default="clinc150", help="a data set with an oos split")
@@ -1084,40 +1217,98 @@ def build_parser() -> argparse.ArgumentParser:
         help="continual-learning strategies side by side on a scenario, over seeds",
         description=(
             "Trains each strategy on the scenario's experiences in order, measures the accuracy "
-            "matrix, and prints the mean and 90%% confidence interval over seeds of average "
+            "matrix, and prints the mean and 90% confidence interval over seeds of average "
             "accuracy, forgetting, backward and forward transfer, training time and memory. "
             "With --scheduler or --workers the runs are spread over a Dask cluster."
         ),
+        epilog=_bench_epilog(),
     )
-    bench.add_argument("--scenario", required=True, type=_registry_name, choices=SCENARIO_NAMES)
+    bench.add_argument(
+        "--scenario",
+        required=True,
+        type=_registry_name,
+        choices=SCENARIO_NAMES,
+        metavar="SCENARIO",
+        help="the stream of experiences, one of the scenarios listed below",
+    )
     bench.add_argument(
         "--strategies",
         required=True,
         type=_strategy_names,
-        help="comma-separated strategy names, e.g. naive,ewc,er",
+        help="comma-separated strategy names (listed below), e.g. naive,ewc,er",
     )
-    bench.add_argument("--seeds", type=int, default=1, help="seeds 0..K-1 (default 1)")
-    bench.add_argument("--tasks", type=int, default=None, help="number of experiences")
-    bench.add_argument("--classes-per-task", type=int, default=None)
-    bench.add_argument("--examples-per-task", type=int, default=None)
     bench.add_argument(
-        "--data", default=None, help=f"for class-/domain-incremental: {_data_help()}"
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        help="how many runs: one per seed 0, 1, ..., K-1, the seed of each run's class "
+        "order, data subsets and network initialisation",
     )
-    bench.add_argument("--epochs", type=int, default=None, help="epochs per experience")
-    bench.add_argument("--batch-size", type=int, default=None)
-    bench.add_argument("--lr", type=float, default=None, help="SGD learning rate")
-    bench.add_argument("--hidden", default=None, help="hidden layer sizes, e.g. 256,256")
     bench.add_argument(
-        "--memory-per-class", type=int, default=None, help="replay examples per class"
+        "--tasks",
+        type=_positive_int,
+        default=None,
+        help="number of experiences (default: the scenario's own, e.g. 10 for permuted-mnist, "
+        "5 for split-mnist)",
     )
-    bench.add_argument("--threads", type=int, default=None, help="torch threads")
+    bench.add_argument(
+        "--classes-per-task",
+        type=_positive_int,
+        default=None,
+        help="classes in each experience of a class-split scenario (default: the scenario's "
+        "own, e.g. 2 for split-mnist)",
+    )
+    bench.add_argument(
+        "--examples-per-task",
+        type=_positive_int,
+        default=None,
+        help="training examples drawn for each experience (default: all of them)",
+    )
+    bench.add_argument(
+        "--data",
+        default=None,
+        help=f"for class-/domain-incremental: {_data_help()} (default: none)",
+    )
+    bench.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help="epochs per experience (default: 1; gdumb: 256 on its memory)",
+    )
+    bench.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="SGD minibatch size (default: 10)"
+    )
+    bench.add_argument("--lr", type=float, default=None, help="SGD learning rate (default: 0.01)")
+    bench.add_argument(
+        "--hidden",
+        default=None,
+        help="hidden layer sizes of the network, e.g. 256,256 (default: 256,256)",
+    )
+    bench.add_argument(
+        "--memory-per-class",
+        type=_positive_int,
+        default=None,
+        help="examples per class kept in memory by er, agem and gdumb (default: 1)",
+    )
+    bench.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch threads per run (default: torch's own setting)",
+    )
     bench.add_argument(
         "--curves",
         action="store_true",
         help="also sample learning curves for Continual World's forward transfer (ft_auc)",
     )
-    bench.add_argument("--json", default=None, help="write results as JSON to this path")
-    bench.add_argument("--report", default=None, help="write report.html/.md and plots here")
+    bench.add_argument(
+        "--json", default=None, help="write results as JSON to this path (default: none)"
+    )
+    bench.add_argument(
+        "--report",
+        default=None,
+        help="write report.html, report.md and plots to this folder (default: none)",
+    )
     bench.set_defaults(handler=cmd_bench)
 
     _add_camera_parser(commands)
@@ -1141,21 +1332,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--model", required=True, help="model directory (created if missing)")
     serve.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default loopback)"
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, loopback)"
     )
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     serve.add_argument(
-        "--keys", default=None, help="file of 'KEY ROLE' lines; roles: read (predict, list), write"
+        "--keys",
+        default=None,
+        help="file of 'KEY ROLE' lines; roles: read (predict, list), write (default: none, no "
+        "key asked, loopback only)",
     )
     serve.add_argument(
         "--encoder-threads",
-        type=int,
+        type=_positive_int,
         default=None,
         help="threads of one forward pass of the encoder (default 1: the other core solves)",
     )
-    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="default 1 MiB")
-    serve.add_argument("--max-batch", type=int, default=64, help="inputs per request")
-    serve.add_argument("--max-text-chars", type=int, default=2000, help="characters per text")
+    serve.add_argument(
+        "--max-body-bytes",
+        type=_positive_int,
+        default=1 << 20,
+        help="largest request body, uploads included (default: 1048576, 1 MiB; 413 beyond)",
+    )
+    serve.add_argument(
+        "--max-batch", type=_positive_int, default=64, help="most inputs in one request"
+    )
+    serve.add_argument(
+        "--max-text-chars", type=_positive_int, default=2000, help="longest text, in characters"
+    )
     serve.add_argument(
         "--wait-seconds",
         type=float,
@@ -1181,7 +1384,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds an unknown input waits for review (0: no queue)",
     )
     serve.add_argument(
-        "--snapshot-every", type=int, default=256, help="journal records between snapshots"
+        "--snapshot-every",
+        type=_positive_int,
+        default=256,
+        help="journal records between snapshots",
     )
     serve.add_argument(
         "--background-nice",
@@ -1206,9 +1412,13 @@ def build_parser() -> argparse.ArgumentParser:
         "time stays in the journal, replayed at the next start",
     )
     serve.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="least important log messages shown",
     )
     serve.set_defaults(handler=cmd_serve)
+    _use_formatter(parser)
     return parser
 
 
@@ -1233,7 +1443,8 @@ def _add_model_parsers(commands: Any) -> None:
             nargs="*",
             metavar="INPUT",
             help=f"inputs to {verb}: texts, image files (image models) or comma-separated "
-            "numbers (feature models); none: read --file, or standard input",
+            "numbers (feature models); none: read --file, or standard input; put -- before "
+            "inputs that begin with -",
         )
         group.add_argument(
             "--file",
@@ -1318,7 +1529,10 @@ def _add_model_parsers(commands: Any) -> None:
         "--json", action="store_true", help="print JSON lines: {input, label, score, ...}"
     )
     predict.add_argument(
-        "--top", type=int, default=3, help="best labels listed with --json (default: %(default)s)"
+        "--top",
+        type=_positive_int,
+        default=3,
+        help="best labels listed with --json (default: %(default)s)",
     )
     predict.set_defaults(handler=cmd_predict)
 
@@ -1335,6 +1549,34 @@ def _add_model_parsers(commands: Any) -> None:
     )
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(handler=cmd_info)
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0].replace("``", "") if text else ""
+
+
+def _bench_epilog() -> str:
+    """The scenarios and strategies, one line each, from their registries' docstrings."""
+    from perennial.scenarios.registry import _BUILDERS
+    from perennial.strategies import STRATEGIES
+
+    width = max(map(len, [*_BUILDERS, *STRATEGIES]))
+    lines = ["scenarios (--scenario):"]
+    lines += [
+        f"  {name:<{width}}  {_first_line(_BUILDERS[name].__doc__)}" for name in sorted(_BUILDERS)
+    ]
+    lines += ["", "strategies (--strategies):"]
+    lines += [f"  {name:<{width}}  {_first_line(cls.__doc__)}" for name, cls in STRATEGIES.items()]
+    return "\n".join(lines)
+
+
+def _use_formatter(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` and every sub-command's parser :class:`_HelpFormatter`."""
+    parser.formatter_class = _HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                _use_formatter(child)
 
 
 def _add_camera_parser(commands: Any) -> None:
@@ -1406,7 +1648,10 @@ def _add_camera_parser(commands: Any) -> None:
     )
     learn.add_argument("folder", metavar="FOLDER", help="one sub-folder of images per class")
     learn.add_argument(
-        "--test", default=None, metavar="FOLDER", help="held-out images, in the same layout"
+        "--test",
+        default=None,
+        metavar="FOLDER",
+        help="held-out images, in the same layout (default: none, no test)",
     )
     learn.set_defaults(handler=cmd_camera_learn)
 
@@ -1463,7 +1708,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except PerennialError as error:
-        print(f"perennial: error: {error}", file=sys.stderr)
+        print(f"perennial: error: {cli_spelling(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("perennial: interrupted", file=sys.stderr)

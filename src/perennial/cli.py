@@ -936,7 +936,7 @@ def _image_encoder_options(*, serving: bool = False) -> argparse.ArgumentParser:
     group = argparse.ArgumentParser(add_help=False)
     group.add_argument(
         "--image-size",
-        type=int,
+        type=_positive_int,
         default=None if serving else 224,
         help="image encoder input size (default 224)",
     )

@@ -83,9 +83,6 @@ def cmd_incremental(args: argparse.Namespace) -> int:
     from perennial.protocols.incremental import format_summary, run_incremental
 
     head = make_head(args.head, **_head_params(args))  # checked before any data is read
-    _check_fraction(args.test_fraction)
-    if args.step < 1:
-        raise InvalidParameterError(f"--step must be at least 1, got {args.step!r}")
     dataset = load_dataset(
         args.data, test=args.test, test_fraction=args.test_fraction, seed=args.seed
     )
@@ -127,11 +124,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
             f"--model {args.model} is a service's directory; fit into a new directory and serve "
             "that, or send the examples to the service"
         )
-    for option in ("workers", "partitions"):
-        value = getattr(args, option)
-        if value is not None and value < 1:
-            flag = "--" + option
-            raise InvalidParameterError(f"{flag} must be at least 1, got {value!r}")
     if args.timeout <= 0:
         raise InvalidParameterError(f"--timeout must be positive, got {args.timeout!r}")
     dataset = load_dataset(args.data, test=args.data if is_csv else None)
@@ -179,8 +171,6 @@ def cmd_openset(args: argparse.Namespace) -> int:
         raise InvalidParameterError(
             f"--unknown-rate must be strictly between 0 and 1, got {args.unknown_rate!r}"
         )
-    if args.step < 1:
-        raise InvalidParameterError(f"--step must be at least 1, got {args.step!r}")
     dataset = load_dataset(args.data)
     encoder = _encoder_for(args, str(dataset.metadata.get("kind", "text")))
     result = run_open_set(
@@ -612,15 +602,15 @@ def cmd_learn(args: argparse.Namespace) -> int:
             )
     if kind == "new":
         _head_params(args)  # a head option the head does not take is refused now
-        model = _new_model(args)
-    else:
-        model = LifelongClassifier.load(directory)
+    # The inputs are read (cheap) before the model is built or loaded (seconds).
     if args.csv is not None:
         texts, labels = _labelled_csv(args)
-        inputs = _as_inputs(model, texts, base=Path(args.csv).parent)
     else:
         texts = _cli_inputs(args, command="learn")
-        inputs, labels = _as_inputs(model, texts), [args.label] * len(texts)
+        labels = [args.label] * len(texts)
+    model = _new_model(args) if kind == "new" else LifelongClassifier.load(directory)
+    base = None if args.csv is None else Path(args.csv).parent
+    inputs = _as_inputs(model, texts, base=base)
     before = set(model.classes_)
     if kind == "service":
         from perennial.service.directory import append_learned
@@ -804,14 +794,6 @@ def _served_kind(directory: str, asked: str | None) -> str | None:
         return str(record["encoder"]["kind"])
     except (OSError, ValueError, KeyError, TypeError):
         return None  # the store reports what is wrong with the directory
-
-
-def _check_fraction(value: float) -> None:
-    if not 0 < value < 1:
-        raise InvalidParameterError(
-            f"--test-fraction must be strictly between 0 and 1 (the share of each class held "
-            f"out), got {value!r}"
-        )
 
 
 #: Python parameter names in library messages, and the options that set them on the command line.

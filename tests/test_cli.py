@@ -218,7 +218,17 @@ def test_every_command_offers_exactly_the_registered_heads_and_encoders(capsys):
     listed = re.search(r"\{([^}]*)\}", help_text(capsys))  # usage: perennial [-h] {...}
     assert listed is not None
     commands = listed.group(1).split(",")
-    assert commands == ["incremental", "fit", "openset", "bench", "camera", "serve"]
+    assert commands == [
+        "incremental",
+        "fit",
+        "openset",
+        "bench",
+        "camera",
+        "learn",
+        "predict",
+        "info",
+        "serve",
+    ]
     heads = {command: offered("--head", help_text(capsys, command)) for command in commands}
     assert heads == {
         "incremental": list(HEADS),
@@ -226,6 +236,9 @@ def test_every_command_offers_exactly_the_registered_heads_and_encoders(capsys):
         "openset": list(HEADS),
         "bench": None,
         "camera": None,  # its sub-commands learn and watch take --head for a new model
+        "learn": list(HEADS),  # for a new model
+        "predict": None,
+        "info": None,
         "serve": list(HEADS),
     }
     for action in ("learn", "watch"):
@@ -237,7 +250,10 @@ def test_every_command_offers_exactly_the_registered_heads_and_encoders(capsys):
         "openset": ["auto", *ENCODERS],
         "bench": None,
         "camera": None,  # always the image encoder
-        "serve": list(ENCODERS),
+        "learn": ["auto", *ENCODERS],
+        "predict": None,
+        "info": None,
+        "serve": ["auto", *ENCODERS],
     }
 
 

@@ -168,7 +168,9 @@ def test_info_and_predict_on_a_service_directory(service_dir, capsys):
         "snapshot_version": len(batches) - 3,
         "journal_records_replayed": 3,
         "running": False,
+        "format_version": 1,
     }
+    assert info["format_version"] == 1  # the snapshot's model format
     assert info["class_counts"] == dict(
         zip(expected.classes_, expected.head._class_counts().tolist(), strict=True)
     )

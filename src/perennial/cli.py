@@ -714,6 +714,7 @@ def model_info(directory: str | Path) -> dict[str, Any]:
                 "snapshot_version": state.snapshot_version,
                 "journal_records_replayed": state.version - state.snapshot_version,
                 "running": state.running,
+                "format_version": state.record.get("format_version"),
             },
         )
     else:
@@ -744,7 +745,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2, default=_json_value))
         return 0
     encoder, head = info["encoder"], info["head"]
-    print(f"{info['model']}: {info['kind']}, format version {info['format_version']}")
+    if "service" in info:
+        snapshot = info["format_version"]
+        print(
+            f"{info['model']}: {info['kind']} (service format {info['service']['format_version']}"
+            + (f", snapshot in model format {snapshot})" if snapshot else ", no snapshot yet)")
+        )
+    else:
+        print(f"{info['model']}: {info['kind']}, format version {info['format_version']}")
     print(f"  encoder    {encoder['name']} ({encoder['kind']}, {_params(encoder.get('params'))})")
     print(f"  head       {head['name']} ({_params(head['params'])})")
     print(f"  learned    {info['examples']} examples of {len(info['class_counts'])} classes")

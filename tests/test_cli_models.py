@@ -416,3 +416,47 @@ def test_version(capsys):
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"perennial {__version__}"
+
+
+# --- an image model: image files as arguments and in a CSV ----------------------------------------------
+def test_an_image_model_learns_files_and_a_csv_of_relative_paths(tmp_path, capsys):
+    import skimage.data
+    from PIL import Image
+
+    from perennial.encoders import make_encoder
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    names = {"chelsea": "cat", "astronaut": "person", "coffee": "cup", "rocket": "rocket"}
+    for name in names:
+        Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(photos / f"{name}.png")
+    (photos / "more.csv").write_text(
+        "text,category\n"
+        + "".join(f"{n}.png,{names[n]}\n" for n in ("astronaut", "coffee", "rocket"))
+    )
+    model_dir = tmp_path / "things"
+    options = ["--encoder", "image", "--image-size", "64", "--backend", "torch"]
+    cat = str(photos / "chelsea.png")
+    status, _, err = run(
+        capsys, "learn", "--model", str(model_dir), *options, "--label", "cat", cat
+    )
+    assert status == 0, err
+    assert (
+        run(capsys, "learn", "--model", str(model_dir), "--csv", str(photos / "more.csv"))[0] == 0
+    )
+
+    expected = LifelongClassifier(make_encoder("image", image_size=64, backend="torch"))
+    expected.learn_many([cat], ["cat"])
+    expected.learn_many(
+        [str(photos / f"{n}.png") for n in ("astronaut", "coffee", "rocket")],
+        ["person", "cup", "rocket"],
+    )
+    files = [str(photos / f"{name}.png") for name in names]
+    status, out, _ = run(capsys, "predict", "--model", str(model_dir), "--json", *files)
+    rows = [json.loads(line) for line in out.splitlines()]
+    reference_rows = expected.predict_detailed(files)
+    assert [row["label"] for row in rows] == [row["label"] for row in reference_rows]
+    np.testing.assert_allclose(
+        [row["score"] for row in rows], [row["score"] for row in reference_rows], rtol=1e-5
+    )
+    assert [row["label"] for row in rows] == list(names.values())

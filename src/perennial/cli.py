@@ -871,8 +871,12 @@ def _data_help() -> str:
     return f"{', '.join(DATASET_NAMES)}, or a text,category CSV"
 
 
-def _encoder_options(*, serving: bool = False) -> argparse.ArgumentParser:
-    """--encoder and the encoders' own options; ``serving``: only for a new model, no defaults."""
+def _encoder_options(*, serving: bool = False, new_onnx: bool = True) -> argparse.ArgumentParser:
+    """--encoder and the encoders' own options; ``serving``: only for a new model, no defaults.
+
+    ``new_onnx``: with ``serving``, whether a new model takes the int8 ONNX backend (``serve``)
+    or torch, the library's default (``learn``).
+    """
     from perennial.encoders import ENCODERS
     from perennial.encoders.text import BACKENDS, POOLINGS
 
@@ -912,7 +916,7 @@ def _encoder_options(*, serving: bool = False) -> argparse.ArgumentParser:
         "(default "
         + (
             "onnx for a new model: int8, 2.4x torch's throughput on text, 3-4x on images)"
-            if serving
+            if serving and new_onnx
             else "torch)"
         ),
     )
@@ -1450,7 +1454,7 @@ def _add_model_parsers(commands: Any) -> None:
             model_option("model directory; a missing or empty one gets a new model"),
             input_options("learn, all with --label"),
             _head_options(serving=True),
-            _encoder_options(serving=True),
+            _encoder_options(serving=True, new_onnx=False),
         ],
         formatter_class=formatter,
         help="teach a saved (or new) model labelled inputs, and save it",

@@ -155,6 +155,16 @@ def test_load_reads_a_service_directory_snapshot_and_journal_without_writing(ser
     assert record["snapshot_version"] == len(batches) - 3
 
 
+def test_a_saved_model_a_service_adopted_loads_with_its_journal(tmp_path):
+    first, more = service_updates(2)[:3], service_updates(3)[:2]
+    reference(first, N_FEATURES).save(tmp_path / "model")
+    store = ModelStore.open(tmp_path / "model", isolate=False)  # the snapshot is the directory
+    apply(store, more)
+    store.close(snapshot=False)
+    assert json.loads((tmp_path / "model" / "service.json").read_text())["snapshot"] == "."
+    assert_like(LifelongClassifier.load(tmp_path / "model"), reference(first + more, N_FEATURES))
+
+
 def test_info_and_predict_on_a_service_directory(service_dir, capsys):
     path, batches = service_dir
     before = tree(path)

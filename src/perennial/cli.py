@@ -323,6 +323,11 @@ def _camera_model(args: argparse.Namespace) -> tuple[Any, bool]:
     from perennial.camera import open_model
     from perennial.heads import make_head
 
+    if _model_kind(Path(args.model)) == "service":
+        raise PersistenceError(
+            f"--model {args.model} is a service's directory: send the images to the service "
+            "(POST /v1/learn/upload), or give the camera a directory of its own"
+        )
     encoder_params = {
         option: getattr(args, option)
         for option in _ENCODER_OPTIONS["image"]

@@ -966,6 +966,15 @@ class LifelongClassifier:
 
         if is_service_directory(path):
             return cls._load_service_directory(path, encoder)
+        return cls._load_saved(path, encoder)
+
+    @classmethod
+    def _load_saved(cls, path: str | Path, encoder: Any = None) -> LifelongClassifier:
+        """:meth:`load` of a directory written by :meth:`save` only.
+
+        The service reads its snapshots with it: a snapshot may be the service's directory
+        itself (a saved model it adopted), which :meth:`load` would read as a service's.
+        """
         payload, arrays = read_model_files(path)
         pretrained: PretrainedHead | None = None
         if payload.get("pretrained") is not None:

@@ -1272,22 +1272,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs",
         type=_positive_int,
         default=None,
-        help="epochs per experience (default: 1; gdumb: 256 on its memory)",
+        help=f"epochs per experience ({_strategy_default('epochs')})",
     )
     bench.add_argument(
-        "--batch-size", type=_positive_int, default=None, help="SGD minibatch size (default: 10)"
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help=f"SGD minibatch size ({_strategy_default('batch_size')})",
     )
-    bench.add_argument("--lr", type=float, default=None, help="SGD learning rate (default: 0.01)")
+    bench.add_argument(
+        "--lr", type=float, default=None, help=f"SGD learning rate ({_strategy_default('lr')})"
+    )
     bench.add_argument(
         "--hidden",
         default=None,
-        help="hidden layer sizes of the network, e.g. 256,256 (default: 256,256)",
+        help=f"hidden layer sizes of the network, e.g. 256,256 ({_strategy_default('hidden')})",
     )
     bench.add_argument(
         "--memory-per-class",
         type=_positive_int,
         default=None,
-        help="examples per class kept in memory by er, agem and gdumb (default: 1)",
+        help="examples per class a replay strategy keeps in memory "
+        f"({_strategy_default('memory_per_class')})",
     )
     bench.add_argument(
         "--threads",
@@ -1548,6 +1554,29 @@ def _add_model_parsers(commands: Any) -> None:
     )
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(handler=cmd_info)
+
+
+def _strategy_default(param: str) -> str:
+    """``default: X`` for a strategy parameter, naming the strategies whose default differs."""
+    from collections import Counter
+
+    from perennial.strategies import STRATEGIES
+
+    values: dict[str, str] = {}
+    for name, cls in STRATEGIES.items():
+        if param not in cls.param_names():
+            continue
+        for klass in cls.__mro__:  # the first constructor that states a default for it
+            found = inspect.signature(vars(klass).get("__init__", object)).parameters.get(param)
+            if found is not None and found.default is not inspect.Parameter.empty:
+                value = found.default
+                values[name] = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+                break
+    if not values:
+        return "default: none"
+    common = Counter(values.values()).most_common(1)[0][0]
+    others = [f"{name} {value}" for name, value in values.items() if value != common]
+    return f"default: {common}" + (f"; {', '.join(others)}" if others else "")
 
 
 def _first_line(text: str | None) -> str:

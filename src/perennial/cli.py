@@ -279,14 +279,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             value = getattr(args, option)
             if value is not None:
                 encoder_params[option] = value
-    if args.backend is None and _is_new_model(args.model):
+    kind = _served_kind(args.model, encoder)
+    if args.backend is None and _is_new_model(args.model) and kind in ("text", "image"):
         # A new model serves through the int8 ONNX backend: for text 2.4 times the texts per
         # second of torch for under 0.15 points of accuracy; for images 3 to 4 times the images
         # per second, every figure of bench_camera.py unchanged (benchmarks/RESULTS.md).
         encoder_params["backend"] = "onnx"
     if args.encoder_threads is not None:
         encoder_params["num_threads"] = args.encoder_threads
-    elif _served_kind(args.model, encoder) in ("text", "image"):
+    elif kind in ("text", "image"):
         # One thread per forward pass leaves the other core to the background solver.
         encoder_params["num_threads"] = 1
     head_params = _head_params(args)

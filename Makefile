@@ -9,8 +9,10 @@ TORCH := torch==2.13.0
 export PERENNIAL_DATA ?= $(abspath ../shared/data)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# Where the browser tests (tests/test_desk_browser.py) write their screenshots of /chat and /console.
+export PERENNIAL_SCREENSHOTS ?= $(abspath build/screenshots)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install browser demo test lint bench clean
 
 install: $(STAMP)
 
@@ -25,8 +27,23 @@ $(STAMP): pyproject.toml | $(PY)
 demo: $(STAMP)
 	$(VENV)/bin/perennial incremental --data clinc150 --step 10 --seed 0
 
-test: $(STAMP)
+# The browser tests drive Debian's chromium through its chromedriver (never a browser or driver
+# downloaded at run time): installed with apt when missing and apt can be run (as root); where
+# it cannot, or the install fails, those tests skip and say why.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium and chromium-driver with apt for the browser tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver >/dev/null) \
+		|| echo "apt could not install chromium: the browser tests will skip"; \
+	else \
+		echo "chromium or chromium-driver is missing and apt cannot be run here: the browser tests will skip"; \
+	fi
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+	@echo "screenshots of /chat and /console (tests/test_desk_browser.py): $(PERENNIAL_SCREENSHOTS)"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

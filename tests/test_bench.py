@@ -15,9 +15,10 @@ from perennial import LifelongClassifier, RidgeHead
 from perennial.bench import aggregate, failures, params_for, run_benchmark, run_one
 from perennial.encoders import IdentityEncoder
 from perennial.exceptions import InvalidParameterError
-from perennial.metrics import backward_transfer, forgetting, mean_ci90
+from perennial.metrics import backward_transfer, bootstrap_ci90, forgetting
 from perennial.report import format_table, seen_average_curve, write_report
 from perennial.scenarios import from_arrays
+from perennial.tuning import tune_strategies
 
 
 def _scenario(seed: int = 0):
@@ -55,7 +56,7 @@ def test_joint_has_only_its_final_row():
     assert np.isnan(run.metrics["forgetting"]) and np.isnan(run.metrics["bwt"])
 
 
-def test_aggregate_is_the_mean_and_t_interval_over_seeds():
+def test_aggregate_is_the_mean_and_bootstrap_interval_over_seeds():
     runs = [
         run_one(_scenario(seed), name, seed, {"hidden": (16,), "n_features": 64})
         for seed in range(3)
@@ -64,7 +65,7 @@ def test_aggregate_is_the_mean_and_t_interval_over_seeds():
     results = aggregate(runs)
     for name in ("naive", "lifelong"):
         values = [r.metrics["average_accuracy"] for r in runs if r.strategy == name]
-        _, (low, high) = mean_ci90(values)
+        _, (low, high) = bootstrap_ci90(values)
         entry = results[name]["average_accuracy"]
         assert entry["mean"] == pytest.approx(float(np.mean(values)))
         assert entry["ci90"] == pytest.approx([low, high])
@@ -217,6 +218,16 @@ def test_runs_spread_over_a_local_dask_cluster_equal_the_serial_runs():
             strategy_params=params,
             client=client,
         )
+        # The tuning grid too: every point one task on the cluster, the same choices and scores.
+        tuned = tune_strategies(
+            "split-mnist", ["naive"], scenario_options=options, strategy_params=params,
+            tasks=2, client=client,
+        )  # fmt: skip
+    here = tune_strategies(
+        "split-mnist", ["naive"], scenario_options=options, strategy_params=params, tasks=2
+    )
+    assert tuned["naive"].scores == here["naive"].scores
+    assert tuned["naive"].chosen == here["naive"].chosen
     assert [(r.strategy, r.seed) for r in spread] == [(r.strategy, r.seed) for r in serial]
     for mine, theirs in zip(spread, serial, strict=True):
         np.testing.assert_array_equal(mine.matrix, theirs.matrix)

@@ -163,6 +163,20 @@ def test_a_new_text_model_is_served_through_onnx_with_one_encoder_thread(monkeyp
     assert seen["encoder_params"] == {"backend": "torch", "num_threads": 2}
 
 
+def test_a_new_model_with_a_pretrained_classifier_is_an_image_model(monkeypatch, tmp_path):
+    argv = ["--model", str(tmp_path / "new"), "--pretrained", "efficientnet-lite0"]
+    seen = captured_serve(monkeypatch, argv)
+    assert seen["pretrained"] == "efficientnet-lite0"
+    assert seen["encoder_params"] == {"backend": "onnx", "num_threads": 1}
+    assert captured_serve(monkeypatch, ["--model", str(tmp_path / "new")])["pretrained"] is None
+    # Feature vectors have no backend to choose, and no encoder threads.
+    seen = captured_serve(monkeypatch, ["--model", str(tmp_path / "new"), "--encoder", "identity"])
+    assert seen["encoder_params"] == {}
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--model", str(tmp_path / "new"), "--pretrained", "resnet50"])
+    assert exited.value.code == 2
+
+
 def test_an_existing_model_keeps_its_recorded_backend(monkeypatch, tmp_path):
     import json
 

@@ -220,9 +220,12 @@ def test_distributed_fit_equals_the_single_process_fit(
     reference.learn_many(IdentityEncoder().encode(X), y)
     assert_same_model(model.head, reference, X_test)
     expected_partitions = partitions or 4  # default: two per worker thread, 2 x 1 here
-    assert [m.split(" (")[0] for m in messages] == [
-        f"partitions learned: {i}/{expected_partitions}" for i in range(1, expected_partitions + 1)
+    # One line per partition (examples learned, rate, time left), then the summary line.
+    assert [m.rsplit(" partitions learned: ", 1)[-1] for m in messages[:-1]] == [
+        f"{i}/{expected_partitions}" for i in range(1, expected_partitions + 1)
     ]
+    assert messages[-2].startswith(f"fit: {len(y)}/{len(y)} examples (")
+    assert messages[-1].startswith(f"fit: {len(y)}/{len(y)} examples in ")
     assert client.status == "running"  # a client passed in is left open
 
 
@@ -276,6 +279,9 @@ def test_cli_fit_on_two_local_workers_saves_the_single_process_model(small_csv, 
     assert done.returncode == 0, done.stderr
     assert "learned 200 examples of 4 classes" in done.stdout
     assert "partitions learned: 4/4" in done.stderr
+    # transformers' "Loading weights" bar (drawn by each worker) and Dask's shutdown warnings
+    # are silenced.
+    assert "Loading weights" not in done.stderr and "still alive" not in done.stderr
     saved = LifelongClassifier.load(model_dir)
     texts = load_intent_csv(small_csv, small_csv).train
     encoder = TextEncoder()

@@ -32,7 +32,6 @@ from perennial.exceptions import (  # noqa: E402
     InvalidParameterError,
     ModelMismatchError,
     NotFittedError,
-    PersistenceError,
     UnknownLabelError,
 )
 from perennial.openset import SPREAD_FACTOR  # noqa: E402
@@ -421,18 +420,6 @@ def test_a_load_refuses_other_weights_or_names(
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ModelMismatchError, match=message):
         LifelongClassifier.load(tmp_path / "model", encoder=Precomputed(data.encoder))
-
-
-def test_the_service_refuses_a_model_with_a_pretrained_classifier(
-    data: Encoded, tmp_path: Path
-) -> None:
-    from perennial.service.store import ModelStore
-
-    model = new_model(data)
-    model.learn_many(data.train["brick"], ["brick"] * N_TRAIN)
-    model.save(tmp_path / "model")
-    with pytest.raises(PersistenceError, match="cannot serve one yet"):
-        ModelStore.open(tmp_path / "model", isolate=False)
 
 
 # -- parameters and errors --------------------------------------------------------------------------

@@ -161,6 +161,8 @@ def test_image_service_end_to_end(tmp_path: Path) -> None:
         tmp_path / "model",
         "--encoder",
         "image",
+        "--backend",  # the reference below encodes with torch (a new model's default is ONNX)
+        "torch",
         "--image-size",
         "64",
         "--backend",

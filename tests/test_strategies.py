@@ -151,6 +151,7 @@ def fit_all(strategy, scenario: Scenario) -> None:
 SMALL = {
     "lifelong": {"n_features": 64},
     "gdumb": {"hidden": (8,), "epochs": 5, "memory_per_class": 3},
+    "dgr": {"hidden": (8,), "epochs": 1, "gen_hidden": (8,), "latent": 2, "gen_epochs": 1},
 }
 
 
@@ -171,6 +172,18 @@ def test_registry_names_and_classes():
         "lwf",
         "er",
         "agem",
+        "gem",
+        "derpp",
+        "stable-sgd",
+        "mc-sgd",
+        "imm-mean",
+        "imm-mode",
+        "icarl",
+        "packnet",
+        "pnn",
+        "dgr",
+        "vcl",
+        "mbpa",
         "gdumb",
         "lifelong",
     )
@@ -216,6 +229,17 @@ def test_unknown_parameter_is_named_with_the_accepted_ones():
         ("agem", {"reference_size": 0}, "reference_size"),
         ("gdumb", {"memory_per_class": 1.5}, "memory_per_class"),
         ("lifelong", {"n_features": 0}, "n_features"),
+        ("gem", {"memory_per_class": 0}, "memory_per_class"),
+        ("gem", {"margin": -0.5}, "margin"),
+        ("derpp", {"alpha": -1.0}, "alpha"),
+        ("derpp", {"beta": float("nan")}, "beta"),
+        ("stable-sgd", {"dropout": 1.0}, "dropout"),
+        ("stable-sgd", {"decay": 0.0}, "decay"),
+        ("mc-sgd", {"alpha": 1.5}, "alpha"),
+        ("mc-sgd", {"line_samples": 0}, "line_samples"),
+        ("mc-sgd", {"mc_lr": 0.0}, "mc_lr"),
+        ("imm-mean", {"l2_transfer": -1.0}, "l2_transfer"),
+        ("imm-mode", {"l2_transfer": "x"}, "l2_transfer"),
     ],
 )
 def test_invalid_values_are_named(name, params, named):
@@ -259,7 +283,7 @@ def test_bad_inputs_are_typed_errors():
 # --- conformance over every registered strategy -------------------------------------------------------
 @pytest.mark.parametrize("name", STRATEGY_NAMES)
 def test_every_strategy_learns_reproducibly(name):
-    scenario = make_scenario()
+    scenario = make_scenario(task_labels=STRATEGIES[name].task_incremental_only)
     runs = []
     for _ in range(2):
         strategy = make_strategy(name, **small_params(name))

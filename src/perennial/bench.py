@@ -4,7 +4,8 @@ One *run* is one strategy with one seed on the scenario built with that seed: it
 experiences in order and, after each, measures the accuracy on every experience's test set, which
 fills one row of the accuracy matrix. Runs are independent of each other, so they can be spread
 over processes or a cluster; :func:`run_benchmark` runs them in turn and :func:`aggregate` turns
-them into the mean and 90% confidence interval of each metric per strategy.
+them into the mean and 90% confidence interval (percentile bootstrap over seeds) of each metric
+per strategy.
 """
 
 from __future__ import annotations
@@ -14,18 +15,19 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
 from perennial.exceptions import InvalidParameterError, TrainingDivergedError
 from perennial.metrics import (
     ResourceMeter,
+    bootstrap_ci90,
     continual_world_forgetting,
     forward_transfer_auc,
-    mean_ci90,
     summarize,
 )
+from perennial.progress import ProgressBar
 
 __all__ = [
     "METRICS",
@@ -36,6 +38,9 @@ __all__ = [
     "run_benchmark",
     "run_one",
 ]
+
+#: How :func:`aggregate` computes its intervals, as the report and the JSON name it.
+INTERVAL_METHOD = "90% percentile bootstrap of the mean over seeds (10,000 resamples)"
 
 #: Metrics reported per strategy, in table order. Accuracies are fractions.
 METRICS = (
@@ -61,6 +66,7 @@ class RunResult:
     ``baseline[j]`` the accuracy of the untrained model on experience ``j`` (for forward
     transfer). A strategy that trains on the whole stream at once (joint training) has only its
     last row measured; the other rows are NaN, and so are the metrics that need them.
+    ``params`` are the strategy's parameters as it ran (defaults included, seed left out).
     """
 
     strategy: str
@@ -72,6 +78,7 @@ class RunResult:
     stored_bytes: int
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> RunResult:
@@ -95,6 +102,7 @@ class RunResult:
             else 0,
             metrics=metrics,
             error=record.get("error"),
+            params=dict(record.get("params") or {}),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -102,6 +110,7 @@ class RunResult:
             "strategy": self.strategy,
             "seed": self.seed,
             "error": self.error,
+            "params": _jsonable(self.params),
             "accuracy_matrix": _nan_to_none(self.matrix.tolist()),
             "baseline": _nan_to_none(self.baseline.tolist()),
             "metrics": _nan_to_none(self.metrics),
@@ -122,6 +131,21 @@ def check_strategy_names(names: Sequence[str]) -> list[str]:
     if len(set(names)) != len(names):
         raise InvalidParameterError(f"strategies must not repeat, got {', '.join(names)}")
     return list(names)
+
+
+def check_supported(names: Sequence[str], scenario: Any) -> None:
+    """Refuse strategies that need task labels on a stream without them, before any work."""
+    from perennial.strategies import STRATEGIES
+
+    needing = [name for name in names if STRATEGIES[name].task_incremental_only]
+    if needing and not scenario.task_labels:
+        one = len(needing) == 1
+        raise InvalidParameterError(
+            f"{', '.join(needing)} need{'s' if one else ''} the task of each test input, and "
+            f"the scenario {scenario.name!r} gives none: run {'it' if one else 'them'} on a "
+            f"task-incremental scenario (split-mnist-task), or drop {'it' if one else 'them'} "
+            "from --strategies"
+        )
 
 
 def params_for(name: str, params: dict[str, Any] | None) -> dict[str, Any]:
@@ -247,7 +271,31 @@ def run_one(
     metrics["peak_memory_mb"] = peak / 2**20
     stored = int(strategy.stored_bytes())
     metrics["stored_mb"] = stored / 2**20
-    return RunResult(strategy_name, seed, matrix, baseline, seconds, peak, stored, metrics)
+    return RunResult(
+        strategy_name,
+        seed,
+        matrix,
+        baseline,
+        seconds,
+        peak,
+        stored,
+        metrics,
+        params=_run_params(strategy),
+    )
+
+
+def _run_params(strategy: Any) -> dict[str, Any]:
+    return {key: value for key, value in strategy.get_params().items() if key != "seed"}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
 
 
 class _CurveSampler:
@@ -289,14 +337,21 @@ def run_benchmark(
     *,
     scenario_options: dict[str, Any] | None = None,
     strategy_params: dict[str, Any] | None = None,
-    progress: Progress | None = None,
+    progress: Progress | TextIO | None = None,
     curves: bool = False,
     client: Any = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> list[RunResult]:
     """Run every strategy with seeds ``0 .. seeds-1``; the scenario is rebuilt for each seed.
 
+    ``strategy_params`` are shared (each strategy takes the ones it accepts); ``overrides``
+    holds values per strategy name (the choices of :func:`perennial.tuning.tune_strategies`),
+    which win over the shared ones.
+
     Every name and option is checked, and the scenario for seed 0 is built, before any training.
-    With a Dask ``client`` (see :func:`perennial.distributed.dask_client`) each (strategy, seed)
+    ``progress`` (a text stream, drawn in place on a terminal, or a callable taking one line)
+    gets the experiences trained out of all, their rate and the time left, with the last run's
+    news (see :class:`perennial.progress.ProgressBar`). With a Dask ``client`` (see :func:`perennial.distributed.dask_client`) each (strategy, seed)
     run is one task on the cluster; the worker builds the scenario itself, so no data is
     shipped, and the results come back in the same order as a serial run gives them.
     """
@@ -306,25 +361,51 @@ def run_benchmark(
     names = check_strategy_names(strategies)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise InvalidParameterError(f"seeds must be a positive integer, got {seeds!r}")
+    own = {name: {**(strategy_params or {}), **(overrides or {}).get(name, {})} for name in names}
     for name in names:  # bad parameters fail here, before the first run
-        make_strategy(name, **{**params_for(name, strategy_params), "seed": 0})
+        make_strategy(name, **{**params_for(name, own[name]), "seed": 0})
     options = dict(scenario_options or {})
-    if client is not None:
-        return _run_on_cluster(
-            client, scenario_name, names, seeds, options, strategy_params, progress, curves
-        )
-    runs: list[RunResult] = []
-    for seed in range(seeds):
-        scenario = make_scenario(scenario_name, seed=seed, **options)
-        for name in names:
-            try:
-                runs.append(run_one(scenario, name, seed, strategy_params, progress, curves))
-            except TrainingDivergedError as error:
-                # A diverged run is a result, not a crash: keep it, flagged, and go on.
-                if progress is not None:
-                    progress(f"{name} seed {seed}: FAILED: {error}")
-                runs.append(_failed_run(scenario, name, seed, str(error)))
+    first = make_scenario(scenario_name, seed=0, **options)  # bad options fail here
+    check_supported(names, first)
+    total = seeds * len(names) * len(first)
+    with ProgressBar(total, "bench", unit="experiences", output=progress) as bar:
+        if client is not None:
+            return _run_on_cluster(
+                client, scenario_name, names, seeds, options, own, bar, curves, len(first)
+            )
+        runs: list[RunResult] = []
+        for seed in range(seeds):
+            scenario = first if seed == 0 else make_scenario(scenario_name, seed=seed, **options)
+            for name in names:
+                counted = bar.done
+                report = None if progress is None else _RunProgress(bar, len(scenario), name)
+                try:
+                    runs.append(run_one(scenario, name, seed, own[name], report, curves))
+                except TrainingDivergedError as error:
+                    # A diverged run is a result, not a crash: keep it, flagged, and go on.
+                    bar.update(
+                        counted + len(scenario) - bar.done,
+                        note=f"{name} seed {seed}: FAILED: {error}",
+                    )
+                    runs.append(_failed_run(scenario, name, seed, str(error), own[name]))
     return runs
+
+
+class _RunProgress:
+    """``run_one``'s messages as steps of the benchmark's progress bar.
+
+    ``run_one`` reports after each experience, or once for a strategy trained on the whole
+    stream: that message counts for every experience of the stream.
+    """
+
+    def __init__(self, bar: ProgressBar, n_tasks: int, strategy: str) -> None:
+        from perennial.strategies import STRATEGIES
+
+        self.bar = bar
+        self.step = n_tasks if STRATEGIES[strategy].whole_stream else 1
+
+    def __call__(self, message: str) -> None:
+        self.bar.update(self.step, note=message)
 
 
 def _run_task(
@@ -342,7 +423,7 @@ def _run_task(
     try:
         return run_one(scenario, name, seed, params, None, curves)
     except TrainingDivergedError as error:
-        return _failed_run(scenario, name, seed, str(error))
+        return _failed_run(scenario, name, seed, str(error), params)
 
 
 def _run_on_cluster(
@@ -351,42 +432,54 @@ def _run_on_cluster(
     names: list[str],
     seeds: int,
     options: dict[str, Any],
-    params: dict[str, Any] | None,
-    progress: Progress | None,
+    params: dict[str, dict[str, Any]],
+    bar: ProgressBar,
     curves: bool,
+    n_tasks: int,
 ) -> list[RunResult]:
     from distributed import as_completed
 
-    from perennial.scenarios import make_scenario
-
-    make_scenario(scenario_name, seed=0, **options)  # bad options fail here, not on a worker
     jobs = [(name, seed) for seed in range(seeds) for name in names]
     futures = [
-        client.submit(_run_task, scenario_name, options, name, seed, params, curves, pure=False)
+        client.submit(
+            _run_task, scenario_name, options, name, seed, params[name], curves, pure=False
+        )
         for name, seed in jobs
     ]
-    started = time.perf_counter()
     finished = as_completed(futures, loop=client.loop)  # type: ignore[no-untyped-call]
     for done, future in enumerate(finished, start=1):
         run = future.result()
-        if progress is not None:
-            status = (
-                "FAILED: " + run.error
-                if run.error
-                else (f"average accuracy {run.metrics['average_accuracy']:.4f}")
-            )
-            progress(
-                f"{run.strategy} seed {run.seed}: done on the cluster ({done}/{len(jobs)}, "
-                f"{time.perf_counter() - started:.1f}s) {status}"
-            )
+        status = (
+            "FAILED: " + run.error
+            if run.error
+            else (f"average accuracy {run.metrics['average_accuracy']:.4f}")
+        )
+        bar.update(
+            n_tasks,
+            note=f"{run.strategy} seed {run.seed}: done on the cluster ({done}/{len(jobs)}) {status}",
+        )
     return [future.result() for future in futures]
 
 
-def _failed_run(scenario: Any, name: str, seed: int, error: str) -> RunResult:
+def _failed_run(
+    scenario: Any, name: str, seed: int, error: str, params: dict[str, Any] | None = None
+) -> RunResult:
+    from perennial.strategies import make_strategy
+
     n = len(scenario)
     metrics = dict.fromkeys(METRICS, math.nan)
+    strategy = make_strategy(name, **{**params_for(name, params), "seed": seed})
     return RunResult(
-        name, seed, np.full((n, n), np.nan), np.full(n, np.nan), math.nan, 0, 0, metrics, error
+        name,
+        seed,
+        np.full((n, n), np.nan),
+        np.full(n, np.nan),
+        math.nan,
+        0,
+        0,
+        metrics,
+        error,
+        params=_run_params(strategy),
     )
 
 
@@ -402,6 +495,10 @@ def failures(runs: Sequence[RunResult]) -> dict[str, list[dict[str, Any]]]:
 def aggregate(runs: Sequence[RunResult]) -> dict[str, dict[str, dict[str, Any]]]:
     """Mean and 90% confidence interval over seeds of each metric, per strategy.
 
+    The interval is a percentile bootstrap (:func:`perennial.metrics.bootstrap_ci90`): it stays
+    within the values' range, so seconds and MiB never get a negative lower bound and accuracies
+    and forgetting never pass 100%.
+
     Undefined values (forgetting of a joint model, a single task's transfer) are ``None``. Failed
     runs (see :func:`failures`) are left out of the means, and ``runs`` / ``failed_runs`` give
     the counts, so a strategy that diverged on some seeds is never shown as if it had not.
@@ -412,7 +509,7 @@ def aggregate(runs: Sequence[RunResult]) -> dict[str, dict[str, dict[str, Any]]]
         results[name] = {}
         for metric in METRICS:
             values = np.array([run.metrics.get(metric, math.nan) for run in mine], dtype=float)
-            mean, (low, high) = mean_ci90(values)
+            mean, (low, high) = bootstrap_ci90(values)
             results[name][metric] = _nan_to_none({"mean": mean, "ci90": [low, high]})
         failed = sum(run.error is not None for run in mine)
         results[name]["runs"] = {"mean": float(len(mine) - failed), "ci90": None}

@@ -130,9 +130,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     train = dataset.train
     encoder = _encoder_for(args, str(dataset.metadata.get("kind", "text")))
 
-    def progress(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
     started = time.perf_counter()
     with dask_client(args.scheduler, workers=args.workers, timeout=args.timeout) as client:
         n_workers = len(client.nthreads())  # type: ignore[no-untyped-call]
@@ -144,7 +141,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             head=head,
             client=client,
             partitions=args.partitions,
-            progress=progress,
+            progress=sys.stderr,  # drawn in place on a terminal
             timeout=args.timeout,
         )
         seconds = time.perf_counter() - ready
@@ -221,19 +218,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.hidden is not None:
         strategy_params["hidden"] = _int_tuple(args.hidden, "--hidden")
 
-    def progress(message: str) -> None:
+    def note(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    tuned: dict[str, Any] = {}
+
     def run(client: Any = None) -> list[Any]:
+        if args.tune:
+            from perennial.tuning import tune_strategies
+
+            tuned.update(
+                tune_strategies(
+                    args.scenario,
+                    strategies,
+                    scenario_options=scenario_options,
+                    strategy_params=strategy_params,
+                    tasks=args.tune_tasks,
+                    fraction=args.tune_fraction,
+                    progress=note,
+                    client=client,
+                )
+            )
+            for name, result in tuned.items():
+                chosen = ", ".join(f"{k}={v}" for k, v in result.chosen.items())
+                note(f"tuned {name}: {chosen}")
         return run_benchmark(
             args.scenario,
             strategies,
             args.seeds,
             scenario_options=scenario_options,
             strategy_params=strategy_params,
-            progress=progress,
+            progress=sys.stderr,  # drawn in place on a terminal
             curves=args.curves,
             client=client,
+            overrides={name: result.chosen for name, result in tuned.items()},
         )
 
     if args.scheduler is not None or args.workers is not None:
@@ -245,7 +263,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         runs = run()
     results = aggregate(runs)
     config = {"scenario": args.scenario, "seeds": args.seeds, **scenario_options, **strategy_params}
-    print(f"{args.scenario}: mean [90% CI] over {args.seeds} seed(s); accuracies in percent")
+    if args.tune:
+        config["tune"] = f"first {args.tune_tasks} tasks, {args.tune_fraction:.0%} held out"
+    print(
+        f"{args.scenario}: mean [90% bootstrap interval] over {args.seeds} seed(s); "
+        "accuracies in percent"
+    )
     print(format_table(results))
     for name, failed in failures(runs).items():
         seeds = ", ".join(str(entry["seed"]) for entry in failed)
@@ -257,12 +280,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "failures": failures(runs),
             "runs": [run.to_json() for run in runs],
         }
+        if tuned:
+            document["tuning"] = {name: result.to_json() for name, result in tuned.items()}
         _write_text(args.json, json.dumps(document, indent=2))
         print(f"JSON written to {args.json}")
     if args.report:
         path = write_report(
             runs, results, args.report, title=f"perennial bench: {args.scenario}", config=config
         )
+        if tuned:
+            from perennial.tuning import add_to_report
+
+            add_to_report(args.report, list(tuned.values()))
         print(f"report written to {path}")
     return 0
 
@@ -279,11 +308,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             value = getattr(args, option)
             if value is not None:
                 encoder_params[option] = value
-    kind = _served_kind(args.model, encoder)
+    kind = _served_kind(args.model, encoder or ("image" if args.pretrained else None))
     if args.backend is None and _is_new_model(args.model) and kind in ("text", "image"):
         # A new model serves through the int8 ONNX backend: for text 2.4 times the texts per
         # second of torch for under 0.15 points of accuracy; for images 3 to 4 times the images
-        # per second, every figure of bench_camera.py unchanged (benchmarks/RESULTS.md).
+        # per second, every figure of bench_camera.py unchanged (benchmarks/RESULTS.md). Feature
+        # vectors (identity) have no backend.
         encoder_params["backend"] = "onnx"
     if args.encoder_threads is not None:
         encoder_params["num_threads"] = args.encoder_threads
@@ -306,6 +336,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         head=args.head,
         head_params=head_params,
         unknown_rate=args.unknown_rate,
+        pretrained=args.pretrained,
         host=args.host,
         port=args.port,
         keys_file=args.keys,
@@ -1303,6 +1334,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch threads per run (default: torch's own setting)",
     )
     bench.add_argument(
+        "--tune",
+        action="store_true",
+        help="choose each strategy's hyperparameters first, from its grid "
+        "(perennial.tuning.GRIDS), on a validation split of the first tasks' training data; "
+        "options given on the command line are kept, not searched",
+    )
+    bench.add_argument(
+        "--tune-tasks", type=int, default=3, help="tasks of the validation stream (default 3)"
+    )
+    bench.add_argument(
+        "--tune-fraction",
+        type=float,
+        default=0.1,
+        help="share of each task's training data held out for validation (default 0.1)",
+    )
+    bench.add_argument(
         "--curves",
         action="store_true",
         help="also sample learning curves for Continual World's forward transfer (ft_auc)",
@@ -1319,6 +1366,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_camera_parser(commands)
     _add_model_parsers(commands)
+
+    from perennial.pretrained import PRETRAINED
 
     serve = commands.add_parser(
         "serve",
@@ -1337,6 +1386,14 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument("--model", required=True, help="model directory (created if missing)")
+    serve.add_argument(
+        "--pretrained",
+        default=None,
+        choices=PRETRAINED,
+        help="for a new image model: keep this pretrained classifier's classes (ImageNet's "
+        "1,000) beside the learned ones; --encoder image is then the default. A model saved "
+        "with one (perennial camera learn) is served with it without this option (default: none)",
+    )
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, loopback)"
     )

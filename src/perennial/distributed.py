@@ -21,11 +21,10 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from perennial.encoders.base import Encoder, as_encoder
 from perennial.exceptions import (
@@ -37,6 +36,7 @@ from perennial.exceptions import (
 from perennial.heads import Head, RidgeHead
 from perennial.heads.base import Label, check_labels
 from perennial.learner import LifelongClassifier
+from perennial.progress import ProgressBar
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -237,7 +237,7 @@ def dask_client(
                 raise ClusterError(
                     f"could not start a local Dask cluster of {n_workers} workers: {error}"
                 ) from error
-            stack.callback(cluster.close)
+            stack.callback(_close_quietly, cluster)
             client = Client(cluster, set_as_default=False)  # type: ignore[no-untyped-call]
         else:
             address = _check_address(scheduler)
@@ -252,6 +252,14 @@ def dask_client(
         stack.callback(client.close)
         _wait_for_a_worker(client, timeout)
         yield client
+
+
+def _close_quietly(cluster: Any) -> None:
+    """Close a local cluster without the nannies' "still alive, killing" warnings."""
+    from perennial.progress import quiet_dask_shutdown
+
+    with quiet_dask_shutdown():
+        cluster.close()
 
 
 def _wait_for_a_worker(client: Client, timeout: float) -> None:
@@ -279,7 +287,7 @@ def fit_distributed(
     workers: int | None = None,
     partitions: int | None = None,
     retries: int = 0,
-    progress: Progress | None = None,
+    progress: Progress | TextIO | None = None,
     timeout: float = 30.0,
 ) -> LifelongClassifier:
     """Learn ``inputs`` on a Dask cluster: the model one process would learn, up to rounding.
@@ -312,7 +320,9 @@ def fit_distributed(
         Extra attempts for a task that raises an exception (a task whose worker dies is run
         again by Dask itself, see the module documentation).
     progress
-        Called with a line of text as partitions finish ("partitions learned: 3/8").
+        Where to report examples learned, rate and time left as partitions finish (a
+        :class:`perennial.progress.ProgressBar`): a text stream (drawn in place on a
+        terminal) or a callable taking one line of text.
     timeout
         Seconds to wait for the scheduler to answer and for a first worker to join.
 
@@ -344,8 +354,10 @@ def fit_distributed(
         _check_positive_int(partitions, "partitions")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise InvalidParameterError(f"retries must be a non-negative int, got {retries!r}")
-    if progress is not None and not callable(progress):
-        raise InvalidParameterError(f"progress must be callable or None, got {progress!r}")
+    if progress is not None and not callable(progress) and not hasattr(progress, "write"):
+        raise InvalidParameterError(
+            f"progress must be a callable, a text stream or None, got {progress!r}"
+        )
     if isinstance(inputs, (str, bytes)) or not hasattr(inputs, "__len__"):
         raise InputTypeError(
             f"expected a batch (a list or array of inputs), got {type(inputs).__name__}"
@@ -380,7 +392,7 @@ def _fit_on(
     head: Head,
     partitions: int | None,
     retries: int,
-    progress: Progress | None,
+    progress: Progress | TextIO | None,
 ) -> LifelongClassifier:
     from distributed import CancelledError, as_completed
     from distributed.comm.core import CommClosedError
@@ -439,19 +451,16 @@ def _fit_on(
             pure=False,
         )
 
-    started = time.perf_counter()
     final = reduce(0, count)
     try:
         if progress is not None:
             finished = as_completed(leaves, loop=client.loop)  # type: ignore[no-untyped-call]
             leaves.clear()  # as_completed holds them until they finish; then they can go
-            examples = 0
-            for done, future in enumerate(finished, start=1):
-                if future.status != "finished":
-                    break  # an error or a cancellation: final.result() below raises it
-                examples += sizes[str(future.key)]
-                rate = examples / max(time.perf_counter() - started, 1e-9)
-                progress(f"partitions learned: {done}/{count} ({rate:.0f} examples/s so far)")
+            with ProgressBar(n, "fit", unit="examples", output=progress) as bar:
+                for done, future in enumerate(finished, start=1):
+                    if future.status != "finished":
+                        break  # an error or a cancellation: final.result() below raises it
+                    bar.update(sizes[str(future.key)], note=f"partitions learned: {done}/{count}")
         else:
             leaves.clear()
         result = final.result()

@@ -20,7 +20,9 @@ parentheses: ``"crane (n02012849)"``, ``"crane (n03126707)"``, ``"maillot (n0371
 
 **Saving.** A saved model references the classifier instead of copying its 5 MB: it records the
 SHA-256 of the weight file and of the class names, and a load refuses an installation whose
-weights or names differ (:class:`~perennial.exceptions.ModelMismatchError`).
+weights or names differ (:class:`~perennial.exceptions.ModelMismatchError`). A pickle does the
+same (the service sends its models between processes so): it holds the record, and unpickling
+rebuilds the classifier from the installed packages, checking both digests.
 """
 
 from __future__ import annotations
@@ -237,6 +239,11 @@ class PretrainedHead:
         copy.hidden_ = self.hidden_.copy()
         return copy
 
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        # Pickled as its record, like a save: the weights stay in the installed package, and
+        # the receiving process checks their digests when it rebuilds the classifier.
+        return (_unpickle, (self.record(),))
+
     def __repr__(self) -> str:
         return f"PretrainedHead({self.name!r}, hidden={int(self.hidden_.sum())})"
 
@@ -339,3 +346,7 @@ class PretrainedHead:
             raise ModelMismatchError(f"{where}: hidden pretrained classes out of range: {hidden}")
         head.hidden_[hidden] = True
         return head
+
+
+def _unpickle(record: dict[str, Any]) -> PretrainedHead:
+    return PretrainedHead.from_record(record, "a pickled pretrained classifier")

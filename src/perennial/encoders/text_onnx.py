@@ -188,7 +188,10 @@ def _build_export(work: Path, variant: str) -> tuple[Path, int]:
         ) from error
 
     model_dir = _package_model_dir()
-    st = SentenceTransformer(str(model_dir), device="cpu")
+    from perennial.progress import quiet_transformers
+
+    with quiet_transformers():
+        st = SentenceTransformer(str(model_dir), device="cpu")
     max_length = int(st.max_seq_length or 256)
     transformer: Any = st[0].auto_model
     transformer.eval()

@@ -62,15 +62,24 @@ def encode_split(
     progress: TextIO | None = None,
     what: str = "inputs",
 ) -> np.ndarray:
-    """Encode ``inputs`` in chunks (through ``cache`` when given), reporting progress."""
+    """Encode ``inputs`` in chunks (through ``cache`` when given), reporting progress.
+
+    The progress (a :class:`perennial.progress.ProgressBar` on ``progress``) counts the chunks
+    read from the cache apart from those encoded, so its rate is that of the encoder.
+    """
+    from perennial.progress import ProgressBar
+
     chunks = []
-    started = time.perf_counter()
-    for start in range(0, len(inputs), batch_size):
-        chunk = inputs[start : start + batch_size]
-        chunks.append(cache.encode(encoder, chunk) if cache is not None else encoder.encode(chunk))
-        done = min(start + batch_size, len(inputs))
-        rate = done / max(time.perf_counter() - started, 1e-9)
-        _say(progress, f"  encoded {done}/{len(inputs)} {what} ({rate:.0f}/s)")
+    with ProgressBar(len(inputs), f"  encoding {what}", unit="inputs", output=progress) as bar:
+        for start in range(0, len(inputs), batch_size):
+            chunk = inputs[start : start + batch_size]
+            read = False
+            if cache is not None:
+                features, read = cache.read_or_encode(encoder, chunk)
+            else:
+                features = encoder.encode(chunk)
+            chunks.append(features)
+            bar.update(len(chunk), cached=len(chunk) if read else 0)
     return np.vstack(chunks)
 
 

@@ -23,6 +23,9 @@ route                                   role    what
 ``GET /metrics``                        read    Prometheus text format
 ======================================  ======  =================================================
 
+A text model also serves the support desk (:mod:`~perennial.service.desk`): ``/chat`` for
+customers and ``/console`` for operators, over ``/v1/chat`` and ``/v1/desk/...`` routes.
+
 Inputs are texts (``text``), base64-encoded images (``image``) or lists of numbers
 (``identity``). Keys are sent as ``Authorization: Bearer KEY``; the keys file holds ``KEY ROLE``
 lines (roles ``read`` and ``write``; write implies read). Without a keys file no key is asked

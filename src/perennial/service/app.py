@@ -132,6 +132,14 @@ class Prediction(BaseModel):
         ),
     )
     review_id: str | None = Field(None, description="Review queue item of an unknown input")
+    source: str | None = Field(
+        None,
+        description=(
+            'With a pretrained classifier only: the head that answered, "instant" (the learned '
+            'classes, when the open-set gate takes the input for one of them) or "pretrained" '
+            "(the pretrained classifier, otherwise: such a model calls nothing unknown)"
+        ),
+    )
 
 
 class PredictResponse(BaseModel):
@@ -152,6 +160,11 @@ class UnlearnResponse(BaseModel):
 class ForgetResponse(BaseModel):
     version: int
     forgotten: str
+
+
+class RestoreResponse(BaseModel):
+    version: int
+    restored: str
 
 
 class ClassCount(BaseModel):
@@ -233,6 +246,12 @@ class ModelInfo(BaseModel):
     journal: dict[str, Any]
     review_queue: int
     limits: dict[str, Any]
+    pretrained: dict[str, Any] | None = Field(
+        None,
+        description="The pretrained classifier kept beside the head, if any: its name, the "
+        "SHA-256 of its weights and of its class names, its number of classes, and those "
+        "forgotten",
+    )
 
 
 class Health(BaseModel):
@@ -839,6 +858,8 @@ def create_app(
                 "novelty": row["novelty"],
                 "review_id": None,
             }
+            if "source" in row:  # a model with a pretrained classifier
+                prediction["source"] = row["source"]
             if row["unknown"]:
                 unknown += 1
                 best = row["top"][0]
@@ -968,13 +989,31 @@ def create_app(
         responses=_ERRORS,
         dependencies=[write],
         summary="Forget a class; durable",
-        description="The label is matched in NFC, as classes are kept.",
+        description="The label is matched in NFC, as classes are kept. With a pretrained "
+        "classifier, a class of it is hidden (never answered; its weights stay, and POST "
+        "/v1/classes/{label}/restore brings it back), and a learned class of that name, if "
+        "any, is forgotten.",
     )
     def forget(label: str) -> dict[str, Any]:
         label = str(check_label(label))  # in NFC, as the model keeps it
         version = store_.forget(label)
         service.metrics.increment("perennial_forgotten_classes_total")
         return {"version": version, "forgotten": label}
+
+    @app.post(
+        "/v1/classes/{label:label}/restore",
+        response_model=RestoreResponse,
+        responses=_ERRORS,
+        dependencies=[write],
+        summary="Answer again a forgotten class of the pretrained classifier; durable",
+        description="Only for a model with a pretrained classifier (409 otherwise); 404 for a "
+        "label that is not one of its classes, 400 for one not forgotten. A learned class of "
+        "that name forgotten with it stays forgotten.",
+    )
+    def restore(label: str) -> dict[str, Any]:
+        label = str(check_label(label))
+        version = store_.restore(label)
+        return {"version": version, "restored": label}
 
     # --- the review queue -------------------------------------------------------------------------------
     @app.get(
@@ -983,6 +1022,9 @@ def create_app(
         responses=_ERRORS,
         dependencies=[write],
         summary="Inputs predicted unknown, waiting for a label (oldest first)",
+        description="A model with a pretrained classifier calls nothing unknown (the "
+        "pretrained classifier answers what the learned classes do not), so its queue stays "
+        "empty; teach it through POST /v1/learn.",
     )
     def review_list() -> dict[str, Any]:
         items = []
@@ -1068,6 +1110,7 @@ def create_app(
             },
             "review_queue": len(service.review),
             "limits": asdict(limits),
+            "pretrained": store_.pretrained(),
         }
 
     @app.get(
@@ -1149,6 +1192,13 @@ def create_app(
         return PlainTextResponse(
             service.metrics.render(gauges, labelled),
             media_type="text/plain; version=0.0.4; charset=utf-8",
+        )
+
+    if kind == "text":  # the support desk: /chat and /console (perennial.service.desk)
+        from perennial.service.desk import add_desk_routes
+
+        add_desk_routes(
+            app, service, read=service.role_needed("read"), write=service.role_needed("write")
         )
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)

@@ -12,7 +12,7 @@ from perennial.exceptions import InvalidParameterError
 
 __all__ = ["ROLES", "KeyRing"]
 
-#: ``read``: predict and list; ``write``: also learn, unlearn, forget and review.
+#: ``read``: predict and list; ``write``: also learn, unlearn, forget, restore and review.
 ROLES = ("read", "write")
 
 logger = logging.getLogger("perennial.service")

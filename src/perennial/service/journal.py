@@ -1,6 +1,7 @@
 """The service journal: an append-only file of framed, checksummed model updates.
 
-Every acknowledged update (learn, unlearn, forget) is one record, written, flushed and synced to
+Every acknowledged update (learn, unlearn, forget, and restore: a forgotten class of a pretrained
+classifier answered again) is one record, written, flushed and synced to
 disk before the service answers. A record holds the *encoded features* (float32) and the labels,
 never the raw inputs. The file (format 2) is::
 
@@ -11,7 +12,8 @@ never the raw inputs. The file (format 2) is::
     payload = header length (uint32 LE) | header (UTF-8 JSON) | features (float32 LE, row-major)
 
 The JSON header names the version the update produced, the operation, the labels and the shape
-of the features.
+of the features. The ``restore`` operation came with serving models that keep a pretrained
+classifier; a journal holding one is refused (as damage) by a release without it.
 
 **What a crash can leave.** An append is synced (fdatasync) before the next one starts, and a
 failed one is cut off before the next, so a crash can only tear the *last* frame, leaving a
@@ -68,7 +70,7 @@ _SIGNATURE = b"PRNLJNL"
 MAGIC = _SIGNATURE + bytes([FORMAT_VERSION])
 MAGIC_V1 = _SIGNATURE + b"\x01"
 FRAME_MAGIC = b"\xa5REC"
-OPERATIONS = ("learn", "unlearn", "forget")
+OPERATIONS = ("learn", "unlearn", "forget", "restore")
 _FRAME = struct.Struct("<4sIII")  # frame magic, payload length, payload CRC32, header CRC32
 _FRAME_V1 = struct.Struct("<II")  # payload length, payload CRC32
 _HEADER = struct.Struct("<I")  # length of the JSON header inside the payload
@@ -90,11 +92,12 @@ class Record:
     version
         The model version this update produced (the first update makes version 1).
     operation
-        ``"learn"``, ``"unlearn"`` or ``"forget"``.
+        ``"learn"``, ``"unlearn"``, ``"forget"`` or ``"restore"`` (a forgotten class of the
+        model's pretrained classifier answered again).
     labels
-        One label per row of ``features``; for ``forget``, the one class forgotten.
+        One label per row of ``features``; for ``forget`` and ``restore``, the one class.
     features
-        Encoded inputs, float32 of shape (n, d); None for ``forget``.
+        Encoded inputs, float32 of shape (n, d); None for ``forget`` and ``restore``.
 
     Examples
     --------

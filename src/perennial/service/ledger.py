@@ -18,10 +18,18 @@ earlier version, or a model adopted from ``LifelongClassifier.save``) gives a le
 counts come from the head and whose sums and squares come from the open-set gate where it keeps
 them; a class whose sums or squares are unknown (stored as NaN) is checked by its count alone
 until it is forgotten or emptied.
+
+A model with a pretrained classifier (:mod:`perennial.pretrained`) also has classes that no
+example taught: the ledger keeps a copy of that classifier's mask of forgotten classes
+(:attr:`Ledger.pretrained`), taken from the model it was rebuilt with and changed by the same
+``forget`` and ``restore`` records as the model's, so that the store can check a forget or a
+restore and list the classes in the model's order without asking the model. It is not saved
+with the ledger: the snapshot's model records it.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from perennial.exceptions import ModelMismatchError, PersistenceError
+from perennial.exceptions import ModelMismatchError, PersistenceError, UnknownLabelError
 from perennial.heads.base import check_unlearnable
 from perennial.heads.statistics import ClassStatistics
 from perennial.persistence import read_model_files, write_model_files
@@ -37,6 +45,7 @@ from perennial.service.journal import Record
 
 if TYPE_CHECKING:
     from perennial.learner import LifelongClassifier
+    from perennial.pretrained import PretrainedHead
 
 __all__ = ["LEDGER_DIRECTORY", "Ledger"]
 
@@ -67,6 +76,8 @@ class Ledger:
         self.labels: list[str] = []
         self._index: dict[str, int] = {}
         self.statistics: ClassStatistics | None = None  # made with the first learned example
+        #: The model's pretrained classifier (its mask of forgotten classes is what changes).
+        self.pretrained: PretrainedHead | None = None
 
     # --- reading ---------------------------------------------------------------------------------
     def counts(self) -> list[tuple[str, int]]:
@@ -75,11 +86,54 @@ class Ledger:
             return []
         return list(zip(self.labels, self.statistics.counts.tolist(), strict=True))
 
+    def layout(self) -> list[tuple[str, int]]:
+        """Every class the model answers, in its ``classes_`` order, with example counts.
+
+        Without a pretrained classifier, :meth:`counts`. With one, its classes not forgotten
+        first (in its output order, counting the examples of a learned class of the same name),
+        then the other learned classes, as :attr:`LifelongClassifier.classes_` lists them.
+        """
+        counts = self.counts()
+        pretrained = self.pretrained
+        if pretrained is None:
+            return counts
+        learned = dict(counts)
+        visible = [pretrained.names[i] for i in pretrained.visible]
+        shown = set(visible)
+        listed = [(name, learned.get(name, 0)) for name in visible]
+        return listed + [(label, count) for label, count in counts if label not in shown]
+
     def __len__(self) -> int:
         return len(self.labels)
 
     def __contains__(self, label: object) -> bool:
+        """Whether ``label`` is a learned class (see :meth:`check_forget` for the others)."""
         return label in self._index
+
+    def check_forget(self, label: str) -> None:
+        """Refuse to forget a class the model does not answer; changes nothing."""
+        pretrained = self.pretrained
+        if label in self._index or (pretrained is not None and pretrained.is_visible(label)):
+            return
+        known = f"{len(self.labels)} learned classes"
+        if pretrained is not None:
+            known += f" and the classes of {pretrained.name!r} not forgotten"
+        raise UnknownLabelError(f"cannot forget {label!r}: the model has no such class ({known})")
+
+    def check_restore(self, label: str) -> None:
+        """Refuse to restore what is not a forgotten pretrained class; changes nothing.
+
+        Raises :class:`~perennial.exceptions.NotFittedError` without a pretrained classifier,
+        and what :meth:`PretrainedHead.restore` raises otherwise.
+        """
+        from perennial.exceptions import NotFittedError
+
+        if self.pretrained is None:
+            raise NotFittedError(
+                f"cannot restore {label!r}: this model has no pretrained classifier (only a "
+                "forgotten class of one can be restored)"
+            )
+        copy.deepcopy(self.pretrained).restore(label)  # the same checks, on a copy of the mask
 
     def check_unlearn(self, features: NDArray[np.float64], labels: list[str]) -> None:
         """Refuse an unlearn before it is acknowledged; changes nothing.
@@ -89,6 +143,15 @@ class Ledger:
         class counted or examples whose removal would leave impossible statistics (the
         message names the class).
         """
+        pretrained = self.pretrained
+        if pretrained is not None:
+            for label in labels:
+                if label not in self._index and pretrained.index_of(label) is not None:
+                    raise UnknownLabelError(
+                        f"cannot unlearn examples of {label!r}: it is a class of the pretrained "
+                        f"classifier {pretrained.name!r}, which learns nothing, and no example "
+                        "of it was learned"
+                    )
         check_unlearnable(labels, dict(self.counts()))
         assert self.statistics is not None  # known labels: something was learned
         columns = np.array([self._index[label] for label in labels], dtype=np.intp)
@@ -99,11 +162,21 @@ class Ledger:
         """Take an acknowledged update into account (the store has checked it)."""
         labels = list(record.labels)
         if record.operation == "forget":
-            index = self._index[labels[0]]
-            assert self.statistics is not None
-            self.statistics.drop(index)
-            del self.labels[index]
-            self._reindex()
+            # As LifelongClassifier.forget: the learned class of that name, if any, and the
+            # pretrained class of that name, if it is answered.
+            pretrained = self.pretrained
+            if pretrained is not None and pretrained.is_visible(labels[0]):
+                pretrained.hide(labels[0])
+            index = self._index.get(labels[0])
+            if index is not None:
+                assert self.statistics is not None
+                self.statistics.drop(index)
+                del self.labels[index]
+                self._reindex()
+            return
+        if record.operation == "restore":
+            assert self.pretrained is not None
+            self.pretrained.restore(labels[0])
             return
         assert record.features is not None
         X = record.features.astype(np.float64)
@@ -204,7 +277,14 @@ class Ledger:
     @classmethod
     def for_snapshot(cls, snapshot: Path | None, model: LifelongClassifier) -> Ledger:
         """The ledger saved in ``snapshot`` if it is there and agrees with ``model``; else
-        :meth:`from_model` (logged)."""
+        :meth:`from_model` (logged). Either way with a copy of the model's pretrained classifier.
+        """
+        ledger = cls._for_snapshot(snapshot, model)
+        ledger.pretrained = None if model.pretrained_ is None else copy.deepcopy(model.pretrained_)
+        return ledger
+
+    @classmethod
+    def _for_snapshot(cls, snapshot: Path | None, model: LifelongClassifier) -> Ledger:
         if snapshot is not None and (snapshot / LEDGER_DIRECTORY).is_dir():
             try:
                 ledger = cls.load(snapshot / LEDGER_DIRECTORY)

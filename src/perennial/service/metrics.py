@@ -92,6 +92,13 @@ class Metrics:
                 raise KeyError(f"unknown counter {name!r}")
             self._counters[name] += amount
 
+    def counter(self, name: str) -> float:
+        """The value of one of the counters :meth:`increment` adds to."""
+        with self._lock:
+            if name not in self._counters:
+                raise KeyError(f"unknown counter {name!r}")
+            return self._counters[name]
+
     def render(
         self,
         gauges: dict[str, tuple[str, float]],

@@ -140,7 +140,8 @@ class Backoff:
 class ServedModel:
     """A published, read-only model and the version it holds.
 
-    ``model`` is None while nothing is learned. ``open_set`` is ``"on"`` (unknown inputs are
+    ``model`` is None while nothing is learned, except with a pretrained classifier, which
+    answers from the start. ``open_set`` is ``"on"`` (unknown inputs are
     flagged), ``"calibrating"`` (open-set is asked for but the threshold needs more examples:
     nothing is flagged yet), ``"unavailable"`` (open set is asked for, but the model was
     adopted without open-set statistics) or ``"off"``. A ``forget`` keeps open set on.
@@ -390,10 +391,23 @@ class Refresher:
                 f"{path} holds classes with non-string labels (such as {odd[0]!r}); the service "
                 "speaks JSON strings only"
             )
+        recorded = dict(record["model"]).get("pretrained")
+        has = None if model.pretrained_ is None else model.pretrained_.name
+        if recorded != has:
+            raise ModelMismatchError(
+                f"{path / SERVICE_FILE} names the pretrained classifier {recorded!r}, but its "
+                f"snapshot holds a model with {has!r}; the directory is left as it is"
+            )
         self.open_set_missing: str | None = None
         wanted = model.unknown_rate
         if config.unknown_rate is not None:
             wanted = None if config.unknown_rate == 0 else float(config.unknown_rate)
+        if wanted is None and model.pretrained_ is not None:
+            raise InvalidParameterError(
+                f"{path} holds a model with the pretrained classifier {model.pretrained_.name!r}, "
+                "which needs open set (its gate decides which inputs the learned classes "
+                "answer); serve it without --unknown-rate 0"
+            )
         try:
             model.unknown_rate = wanted
         except InvalidParameterError as error:
@@ -440,7 +454,7 @@ class Refresher:
         """Solve the working model and make a read-only copy of it for predictions."""
         model = self.model
         version = self.applied
-        if not model.head.is_fitted:
+        if not model.head.is_fitted and model.pretrained_ is None:
             return ServedModel(version, None, n_seen=model.n_seen_, unknown_rate=model.unknown_rate)
         started = time.perf_counter()
         warm(model)
@@ -455,7 +469,9 @@ class Refresher:
             calibrated = threshold is not None and gate is not None and gate.can_score()
             state = "on" if calibrated else "calibrating"
         served = prediction_copy(model)
-        if state == "calibrating":
+        # A model with a pretrained classifier flags nothing unknown: while calibrating, its
+        # gate's rule for young models (perennial.openset) picks the head that answers.
+        if state == "calibrating" and served.pretrained_ is None:
             served.unknown_rate = None  # nothing is flagged without a threshold
             if served.gate_ is not None:
                 served.gate_.threshold_override_ = None
@@ -642,7 +658,8 @@ def restore_projections(served: ServedModel, kept: dict[int, Any]) -> ServedMode
         return served
     for index, head in enumerate(_ridge_heads(served.model.head)):
         if head.projection_ is None:
-            head.projection_ = kept[index]
+            if head.dim_ is not None:  # else it has none yet (a pretrained model learned nothing)
+                head.projection_ = kept[index]
         else:
             kept[index] = head.projection_
     return served
@@ -844,6 +861,8 @@ def _apply(model: LifelongClassifier, record: Record) -> None:
         model.unlearn_many(record.features, list(record.labels), verify=False)
     elif record.operation == "forget":
         model.forget(record.labels[0])
+    elif record.operation == "restore":
+        model.restore_pretrained(record.labels[0])
     else:  # pragma: no cover - Record.decode refuses other operations
         raise ValueError(f"unknown operation {record.operation!r}")
 
@@ -919,6 +938,13 @@ def _load_model(path: Path, record: dict[str, Any], adapter: Precomputed) -> Lif
             raise CorruptedModelError(
                 f"{path / SERVICE_FILE}: bad model record: {error}"
             ) from error
+        pretrained = spec.get("pretrained")
+        if pretrained is not None:
+            # It keeps open set on: the gate picks the head that answers (checked by the store).
+            rate = spec.get("unknown_rate") or DEFAULT_UNKNOWN_RATE
+            return LifelongClassifier(
+                encoder=adapter, head=head, unknown_rate=rate, pretrained=str(pretrained)
+            )
         # The gate learns from the start even with open set off, so it can be turned on later.
         model = LifelongClassifier(encoder=adapter, head=head, unknown_rate=DEFAULT_UNKNOWN_RATE)
         model.unknown_rate = spec.get("unknown_rate")

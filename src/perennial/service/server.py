@@ -43,6 +43,7 @@ def serve(
     head: str | None = None,
     head_params: dict[str, Any] | None = None,
     unknown_rate: float | None = None,
+    pretrained: str | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
     keys_file: str | os.PathLike[str] | None = None,
@@ -61,7 +62,8 @@ def serve(
     and waits for a ``min_version`` end at once (503), requests under way get a third of the
     time to finish, and the refresher the rest to write a last snapshot (see
     :meth:`ModelStore.close`). Whatever is not in a snapshot then, or after a crash, is in the
-    journal, which the next start replays.
+    journal, which the next start replays. ``pretrained`` keeps a pretrained classifier
+    beside a new model's head (see :meth:`ModelStore.open`).
     """
     import uvicorn
 
@@ -82,7 +84,7 @@ def serve(
     for name, value in [*vars(limits).items(), ("shutdown_seconds", shutdown_seconds)]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise InvalidParameterError(f"{name} must be a positive number, got {value!r}")
-    if encoder == "image":
+    if encoder == "image" or pretrained is not None:
         try:
             import PIL  # noqa: F401 - decodes the base64 images of requests
         except ImportError as error:
@@ -97,6 +99,7 @@ def serve(
         head=head,
         head_params=head_params,
         unknown_rate=unknown_rate,
+        pretrained=pretrained,
         snapshot_every=snapshot_every,
         background_nice=background_nice,
         background_idle=background_idle,

@@ -37,6 +37,17 @@ nothing, since the journal keeps every record: it is logged, counted, reported b
 A refresher that fails to apply a record stops updating: the store then refuses updates (the
 journal holds the record; a restart replays it).
 
+**A pretrained classifier.** A model built with one (``pretrained="efficientnet-lite0"``, or
+saved so by :meth:`LifelongClassifier.save <perennial.LifelongClassifier.save>`) is served like
+any other: the journal, the ledger and the snapshots hold its instant head as always, the
+snapshots record the classifier by digest as ``save`` does (a restart, or a replay after a crash,
+refuses installed weights or names that differ), and the classifier's mask of forgotten classes
+changes only through ``forget`` and ``restore`` records. The ledger keeps a copy of that mask
+(:attr:`Ledger.pretrained <perennial.service.ledger.Ledger.pretrained>`), so both are checked
+and the classes listed without the model. Published copies carry the classifier by reference
+too (a pickle of it is its record). Such a model needs open set (its gate picks the head that
+answers) and flags nothing unknown.
+
 **Closing** takes a bounded time: updates are refused, the refresher gets a deadline to apply
 what is waiting and snapshot, and one that misses it is stopped (killed, in a child process).
 Nothing acknowledged is lost either way: the journal holds it, and the next start replays it.
@@ -70,7 +81,6 @@ from perennial.exceptions import (
     ModelMismatchError,
     PersistenceError,
     ServiceUnavailableError,
-    UnknownLabelError,
 )
 from perennial.heads import make_head
 from perennial.heads.base import check_features, check_label, check_labels
@@ -279,6 +289,7 @@ class ModelStore:
         head: str | None = None,
         head_params: dict[str, Any] | None = None,
         unknown_rate: float | None = None,
+        pretrained: str | None = None,
         snapshot_every: int = 256,
         isolate: bool = True,
         background_nice: int = 0,
@@ -297,7 +308,12 @@ class ModelStore:
             The head of a new model (default ``ridge``); checked like the encoder otherwise.
         unknown_rate
             Open-set target rejection rate; None keeps the recorded one (0.02 for a new model),
-            0 turns open-set recognition off.
+            0 turns open-set recognition off (refused for a model with a pretrained classifier).
+        pretrained
+            For a new directory, a pretrained classifier to keep beside the head
+            (``"efficientnet-lite0"``, with the image encoder, the default then; see
+            :meth:`LifelongClassifier.from_pretrained <perennial.LifelongClassifier.from_pretrained>`);
+            for an existing one it must be the one the model has, or None.
         snapshot_every
             Journal records between snapshots.
         isolate
@@ -325,7 +341,8 @@ class ModelStore:
             :class:`CorruptedJournalError`); nothing is changed (a damaged journal is only
             copied aside, for inspection).
         ModelMismatchError
-            The directory was written with another encoder or head.
+            The directory was written with another encoder, head or pretrained classifier,
+            or its model's pretrained classifier is not the one installed here (other weights).
         """
         if (
             isinstance(snapshot_every, bool)
@@ -349,6 +366,7 @@ class ModelStore:
         path.mkdir(parents=True, exist_ok=True)
         lock = hold_lock(path / SERVICE_LOCK, wait=0.0)
         journal: Journal | None = None
+        wrote_record = False
         try:
             # A refresher left by a crashed service dies with it; wait until it has.
             refresher_lock = hold_lock(path / REFRESHER_LOCK, wait=30.0)
@@ -357,14 +375,31 @@ class ModelStore:
             record = _read_service_record(path)
             created = record is None or bool(record.get("adopted", False))
             if record is None:
-                record = _new_record(encoder, encoder_params, head, head_params, unknown_rate)
+                record = _new_record(
+                    encoder, encoder_params, head, head_params, unknown_rate, pretrained
+                )
+            recorded = dict(record["model"]).get("pretrained")
+            if pretrained is not None and pretrained != recorded:
+                has = "no pretrained classifier" if recorded is None else repr(recorded)
+                raise ModelMismatchError(
+                    f"{path} holds a model with {has}, not {pretrained!r}; a model's pretrained "
+                    "classifier is chosen when it is created: choose another directory"
+                )
+            if recorded is not None and unknown_rate == 0:
+                raise InvalidParameterError(
+                    f"{path} holds a model with the pretrained classifier {recorded!r}, which "
+                    "needs open set (its gate decides which inputs the learned classes "
+                    "answer); unknown_rate=0 cannot turn it off"
+                )
             built_encoder = _check_encoder(path, record, encoder, encoder_params)
             snapshot_version = int(record["snapshot_version"])
+            journal_path = path / JOURNAL_FILE
+            journal_existed = journal_path.exists()
             if created:
                 record.pop("adopted", None)
                 atomic_write_bytes(path / SERVICE_FILE, dump_record(record))
+                wrote_record = True
             remove_leftovers(path, record)
-            journal_path = path / JOURNAL_FILE
             may_create = created or (record["snapshot"] is None and snapshot_version == 0)
             if not journal_path.exists() and not may_create:
                 raise CorruptedJournalError(
@@ -399,6 +434,12 @@ class ModelStore:
         except BaseException:
             if journal is not None:
                 journal.close()
+            if wrote_record:
+                # A new or adopted model that failed to load (other weights, say): leave the
+                # directory as it was, without the record and the empty journal made for it.
+                (path / SERVICE_FILE).unlink(missing_ok=True)
+                if not journal_existed:
+                    journal_path.unlink(missing_ok=True)
             if lock is not None:
                 os.close(lock)
             raise
@@ -497,9 +538,32 @@ class ModelStore:
                 logger.exception("a listener of published versions failed")
 
     def classes(self) -> tuple[int, list[tuple[str, int]]]:
-        """The acknowledged version and its classes with their example counts."""
+        """The acknowledged version and its classes with their example counts.
+
+        With a pretrained classifier, its classes not forgotten come first (in the order of
+        :attr:`LifelongClassifier.classes_ <perennial.LifelongClassifier.classes_>`), counting
+        the examples learned under their name (usually 0).
+        """
         with self._write_lock:
-            return self._version, self._ledger.counts()
+            return self._version, self._ledger.layout()
+
+    def pretrained(self) -> dict[str, Any] | None:
+        """The pretrained classifier at the acknowledged version, as JSON-able values, or None.
+
+        Its name, the SHA-256 of its weights file and of its class names, how many classes it
+        has, and those forgotten (by name).
+        """
+        with self._write_lock:
+            head = self._ledger.pretrained
+            if head is None:
+                return None
+            return {
+                "name": head.name,
+                "weights_sha256": head.weights_sha256,
+                "classes_sha256": head.classes.sha256,
+                "classes": len(head.names),
+                "forgotten": [head.names[i] for i in np.flatnonzero(head.hidden_)],
+            }
 
     def status(self) -> dict[str, Any]:
         """Versions, journal and snapshot figures, and background failures, as JSON-able values.
@@ -511,7 +575,8 @@ class ModelStore:
         """
         served = self._served
         with self._write_lock:
-            version, n_classes, records = self._version, len(self._ledger), len(self._journal)
+            version, records = self._version, len(self._journal)
+            n_classes = len(self._ledger.layout())
             journal_bytes = self._journal.size
         with self._health_lock:
             problems, failures = dict(self._problems), dict(self._failures)
@@ -551,19 +616,43 @@ class ModelStore:
         return self._update("unlearn", features, labels)
 
     def forget(self, label: str) -> int:
-        """Remove a class (named in any Unicode normal form); returns the new version."""
+        """Remove a class (named in any Unicode normal form); returns the new version.
+
+        With a pretrained classifier, as :meth:`LifelongClassifier.forget
+        <perennial.LifelongClassifier.forget>`: a class of that classifier is hidden (never
+        answered, until :meth:`restore`), and a learned class of the name is forgotten too.
+        """
+        return self._class_update("forget", label)
+
+    def restore(self, label: str) -> int:
+        """Answer again a class of the pretrained classifier that :meth:`forget` hid.
+
+        As :meth:`LifelongClassifier.restore_pretrained
+        <perennial.LifelongClassifier.restore_pretrained>`; returns the new version.
+
+        Raises
+        ------
+        NotFittedError
+            The model has no pretrained classifier.
+        UnknownLabelError
+            Not one of its classes.
+        InvalidParameterError
+            The class is not forgotten.
+        """
+        return self._class_update("restore", label)
+
+    def _class_update(self, operation: str, label: str) -> int:
         checked = check_label(label)
         if not isinstance(checked, str):
             raise InputTypeError(f"labels must be strings, got {label!r}")
         label = checked
         with self._write_lock:
             self._check_healthy()
-            if label not in self._ledger:
-                raise UnknownLabelError(
-                    f"cannot forget {label!r}: the model has no such class (it has "
-                    f"{len(self._ledger)} classes)"
-                )
-            record = Record(self._version + 1, "forget", (label,))
+            if operation == "forget":
+                self._ledger.check_forget(label)
+            else:
+                self._ledger.check_restore(label)
+            record = Record(self._version + 1, operation, (label,))
             self._commit(record)
             self._ledger.apply(record)
             return record.version
@@ -785,19 +874,19 @@ def _read_service_record(path: Path) -> dict[str, Any] | None:
             head = dict(payload["head"])
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise CorruptedModelError(f"{meta} is not a readable model record: {error}") from error
+        model: dict[str, Any] = {"head": head.get("name"), "head_params": head.get("params")}
         pretrained = payload.get("pretrained")
         if pretrained is not None:
-            # The service's journal, ledger and served copies know the instant head only.
-            name = pretrained.get("name") if isinstance(pretrained, dict) else pretrained
-            raise PersistenceError(
-                f"{path} holds a model with a pretrained classifier ({name!r}); the service "
-                "cannot serve one yet: serve a model without it"
-            )
+            # Loading the snapshot checks the rest of the record (the digests, the mask).
+            name = pretrained.get("name") if isinstance(pretrained, dict) else None
+            if not isinstance(name, str):
+                raise CorruptedModelError(f"{meta}: the pretrained record names no classifier")
+            model["pretrained"] = name
         return {
             "format": SERVICE_FORMAT,
             "format_version": SERVICE_FORMAT_VERSION,
             "encoder": spec,
-            "model": {"head": head.get("name"), "head_params": head.get("params")},
+            "model": model,
             "snapshot": ".",
             "snapshot_version": 0,
             "adopted": True,
@@ -817,20 +906,32 @@ def _new_record(
     head: str | None,
     head_params: dict[str, Any] | None,
     unknown_rate: float | None,
+    pretrained: str | None = None,
 ) -> dict[str, Any]:
-    built = make_encoder(encoder or "text", **(encoder_params or {}))
+    default = "text" if pretrained is None else "image"
+    built = make_encoder(encoder or default, **(encoder_params or {}))
     head_name = head or "ridge"
     made = make_head(head_name, **(head_params or {}))
     rate = DEFAULT_UNKNOWN_RATE if unknown_rate is None else unknown_rate
+    model: dict[str, Any] = {
+        "head": head_name,
+        "head_params": made.get_params(),
+        "unknown_rate": None if rate == 0 else float(rate),
+    }
+    if pretrained is not None:
+        from perennial.learner import LifelongClassifier
+
+        # Checks the name, the encoder (the image encoder of the same weights) and the rate
+        # before anything is written.
+        LifelongClassifier(
+            encoder=built, head=made, unknown_rate=model["unknown_rate"], pretrained=pretrained
+        )
+        model["pretrained"] = pretrained
     return {
         "format": SERVICE_FORMAT,
         "format_version": SERVICE_FORMAT_VERSION,
         "encoder": encoder_spec(built),
-        "model": {
-            "head": head_name,
-            "head_params": made.get_params(),
-            "unknown_rate": None if rate == 0 else float(rate),
-        },
+        "model": model,
         "snapshot": None,
         "snapshot_version": 0,
     }

@@ -15,35 +15,58 @@ from perennial.exceptions import InvalidParameterError
 from perennial.strategies.agem import AGEM
 from perennial.strategies.base import GradientStrategy, Strategy
 from perennial.strategies.cumulative import Cumulative
+from perennial.strategies.derpp import DERpp
+from perennial.strategies.dgr import DGR
 from perennial.strategies.er import ER
 from perennial.strategies.ewc import EWC
 from perennial.strategies.gdumb import GDumb
+from perennial.strategies.gem import GEM
+from perennial.strategies.icarl import ICaRL
+from perennial.strategies.imm import IMMMean, IMMMode
 from perennial.strategies.joint import Joint
 from perennial.strategies.l2 import L2
 from perennial.strategies.lifelong import Lifelong
 from perennial.strategies.lwf import LwF
 from perennial.strategies.mas import MAS
+from perennial.strategies.mbpa import MbPA
+from perennial.strategies.mc_sgd import MCSGD
 from perennial.strategies.naive import Naive
 from perennial.strategies.online_ewc import OnlineEWC
+from perennial.strategies.packnet import PackNet
+from perennial.strategies.pnn import PNN
 from perennial.strategies.si import SI
+from perennial.strategies.stable_sgd import StableSGD
+from perennial.strategies.vcl import VCL
 
 __all__ = [
     "AGEM",
+    "DGR",
     "ER",
     "EWC",
+    "GEM",
     "L2",
     "MAS",
+    "MCSGD",
+    "PNN",
     "SI",
     "STRATEGIES",
     "STRATEGY_NAMES",
+    "VCL",
     "Cumulative",
+    "DERpp",
     "GDumb",
     "GradientStrategy",
+    "ICaRL",
+    "IMMMean",
+    "IMMMode",
     "Joint",
     "Lifelong",
     "LwF",
+    "MbPA",
     "Naive",
     "OnlineEWC",
+    "PackNet",
+    "StableSGD",
     "Strategy",
     "make_strategy",
 ]
@@ -61,6 +84,18 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "lwf": LwF,
     "er": ER,
     "agem": AGEM,
+    "gem": GEM,
+    "derpp": DERpp,
+    "stable-sgd": StableSGD,
+    "mc-sgd": MCSGD,
+    "imm-mean": IMMMean,
+    "imm-mode": IMMMode,
+    "icarl": ICaRL,
+    "packnet": PackNet,
+    "pnn": PNN,
+    "dgr": DGR,
+    "vcl": VCL,
+    "mbpa": MbPA,
     "gdumb": GDumb,
     "lifelong": Lifelong,
 }

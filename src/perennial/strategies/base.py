@@ -94,6 +94,8 @@ class Strategy(ABC):
 
     #: True for strategies that must see the whole stream at once (:meth:`fit_stream`).
     whole_stream: ClassVar[bool] = False
+    #: True for strategies that need the task of each test input (task-incremental streams).
+    task_incremental_only: ClassVar[bool] = False
 
     # --- parameters ----------------------------------------------------------------------------------
     @classmethod

@@ -143,7 +143,7 @@ def test_cli_on_split_mnist(tmp_path: Path):
     [
         (["--scenario", "split-mnist", "--strategies", "naive,sgd"], "valid strategies"),
         (["--scenario", "split-mnst", "--strategies", "naive"], "split-mnist"),
-        (["--scenario", "split-mnist", "--strategies", "naive", "--tasks", "0"], "n_tasks"),
+        (["--scenario", "split-mnist", "--strategies", "naive", "--tasks", "0"], "--tasks"),
         (["--scenario", "split-mnist", "--strategies", "er", "--memory-per-class", "-1"], "memory"),
         (["--scenario", "split-mnist", "--strategies", "naive", "--seeds", "0"], "seeds"),
     ],

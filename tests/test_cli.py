@@ -124,8 +124,9 @@ def test_incremental_table_output(small_banking_csv, tmp_path):
     ("args", "message"),
     [
         (["--data", "imagenet"], "unknown data set 'imagenet'"),
-        (["--data", "clinc150", "--step", "0"], "step must be a positive int"),
-        (["--data", "clinc150", "--n-features", "0"], "n_features"),
+        (["--data", "clinc150", "--step", "0"], "--step: expected a positive integer"),
+        (["--data", "clinc150", "--test-fraction", "2"], "--test-fraction: expected a number"),
+        (["--data", "clinc150", "--n-features", "0"], "--n-features"),
     ],
 )
 def test_bad_options_exit_2_with_a_message(args, message, tmp_path):
@@ -231,7 +232,17 @@ def test_every_command_offers_exactly_the_registered_heads_and_encoders(capsys):
     listed = re.search(r"\{([^}]*)\}", help_text(capsys))  # usage: perennial [-h] {...}
     assert listed is not None
     commands = listed.group(1).split(",")
-    assert commands == ["incremental", "fit", "openset", "bench", "camera", "serve"]
+    assert commands == [
+        "incremental",
+        "fit",
+        "openset",
+        "bench",
+        "camera",
+        "learn",
+        "predict",
+        "info",
+        "serve",
+    ]
     heads = {command: offered("--head", help_text(capsys, command)) for command in commands}
     assert heads == {
         "incremental": list(HEADS),
@@ -239,6 +250,9 @@ def test_every_command_offers_exactly_the_registered_heads_and_encoders(capsys):
         "openset": list(HEADS),
         "bench": None,
         "camera": None,  # its sub-commands learn and watch take --head for a new model
+        "learn": list(HEADS),  # for a new model
+        "predict": None,
+        "info": None,
         "serve": list(HEADS),
     }
     for action in ("learn", "watch"):
@@ -250,7 +264,10 @@ def test_every_command_offers_exactly_the_registered_heads_and_encoders(capsys):
         "openset": ["auto", *ENCODERS],
         "bench": None,
         "camera": None,  # always the image encoder
-        "serve": list(ENCODERS),
+        "learn": ["auto", *ENCODERS],
+        "predict": None,
+        "info": None,
+        "serve": ["auto", *ENCODERS],
     }
 
 

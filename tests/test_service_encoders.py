@@ -165,6 +165,8 @@ def test_image_service_end_to_end(tmp_path: Path) -> None:
         "torch",
         "--image-size",
         "64",
+        "--backend",
+        "torch",  # the reference below encodes with torch; a new model's default is int8 ONNX
         "--n-features",
         "256",
         "--ridge",

@@ -117,6 +117,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     # data set contributes its training split.
     is_csv = str(args.data).strip().lower().endswith(".csv")
     head = make_head(args.head, **_head_params(args))
+    # The model directory is checked before the cluster starts or any data is read: a fit of
+    # an hour must not end in "cannot save there".
+    if _model_kind(Path(args.model)) == "service":
+        raise PersistenceError(
+            f"--model {args.model} is a service's directory; fit into a new directory and serve "
+            "that, or send the examples to the service"
+        )
+    if args.timeout <= 0:
+        raise InvalidParameterError(f"--timeout must be positive, got {args.timeout!r}")
     dataset = load_dataset(args.data, test=args.data if is_csv else None)
     train = dataset.train
     encoder = _encoder_for(args, str(dataset.metadata.get("kind", "text")))
@@ -155,6 +164,10 @@ def cmd_openset(args: argparse.Namespace) -> int:
     from perennial.protocols.openset import run_open_set
 
     head = make_head(args.head, **_head_params(args))
+    if not 0 < args.unknown_rate < 1:
+        raise InvalidParameterError(
+            f"--unknown-rate must be strictly between 0 and 1, got {args.unknown_rate!r}"
+        )
     dataset = load_dataset(args.data)
     encoder = _encoder_for(args, str(dataset.metadata.get("kind", "text")))
     result = run_open_set(
@@ -287,13 +300,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from perennial.service.app import Limits
     from perennial.service.server import serve
 
+    encoder = None if args.encoder == "auto" else args.encoder  # the store's "as recorded"
+
     encoder_params: dict[str, Any] = {}
     for options in _ENCODER_OPTIONS.values():
         for option in options:
             value = getattr(args, option)
             if value is not None:
                 encoder_params[option] = value
-    kind = _served_kind(args.model, args.encoder or ("image" if args.pretrained else None))
+    kind = _served_kind(args.model, encoder or ("image" if args.pretrained else None))
     if args.backend is None and _is_new_model(args.model) and kind in ("text", "image"):
         # A new model serves through the int8 ONNX backend: for text 2.4 times the texts per
         # second of torch for under 0.15 points of accuracy; for images 3 to 4 times the images
@@ -316,7 +331,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     return serve(
         args.model,
-        encoder=args.encoder,
+        encoder=encoder,
         encoder_params=encoder_params,
         head=args.head,
         head_params=head_params,
@@ -340,6 +355,11 @@ def _camera_model(args: argparse.Namespace) -> tuple[Any, bool]:
     from perennial.camera import open_model
     from perennial.heads import make_head
 
+    if _model_kind(Path(args.model)) == "service":
+        raise PersistenceError(
+            f"--model {args.model} is a service's directory: send the images to the service "
+            "(POST /v1/learn/upload), or give the camera a directory of its own"
+        )
     encoder_params = {
         option: getattr(args, option)
         for option in _ENCODER_OPTIONS["image"]
@@ -441,6 +461,365 @@ def cmd_camera_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- saved models: learn, predict, info ------------------------------------------------------------
+def _model_kind(directory: Path) -> str:
+    """``"service"``, ``"saved"``, ``"new"`` (missing or empty), or an error for anything else.
+
+    Checked before any input is read or any model built.
+    """
+    from perennial.persistence import META_FILE
+    from perennial.service.refresher import SERVICE_FILE
+
+    if directory.exists() and not directory.is_dir():
+        raise PersistenceError(f"--model {directory} is a file, expected a model directory")
+    if (directory / SERVICE_FILE).is_file():
+        return "service"
+    if (directory / META_FILE).is_file():
+        return "saved"
+    if not directory.exists():
+        return "new"
+    visible = sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
+    if visible:
+        raise PersistenceError(
+            f"--model {directory} is not a model directory (no {META_FILE} or {SERVICE_FILE}) "
+            f"and not empty (it holds {', '.join(visible[:5])}); choose an empty or new directory"
+        )
+    return "new"
+
+
+def _read_lines(source: str) -> list[str]:
+    """Non-blank lines of ``source`` (a file, or ``-`` for standard input), without newlines."""
+    try:
+        stream = sys.stdin if source == "-" else None
+        text = stream.read() if stream else Path(source).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidParameterError(f"cannot read --file {source!r}: {error}") from error
+    return [line.rstrip("\r\n") for line in text.splitlines() if line.strip()]
+
+
+def _cli_inputs(args: argparse.Namespace, *, command: str) -> list[str]:
+    """The unlabelled inputs of ``learn --label`` or ``predict``: arguments, --file or stdin."""
+    if args.inputs and args.file is not None:
+        raise InvalidParameterError(
+            f"give inputs as arguments or with --file, not both (perennial {command} --help)"
+        )
+    if args.inputs:
+        return list(args.inputs)
+    if args.file is not None:
+        inputs = _read_lines(args.file)
+        where = "standard input" if args.file == "-" else repr(args.file)
+    elif not sys.stdin.isatty():
+        inputs, where = _read_lines("-"), "standard input"
+    else:
+        raise InvalidParameterError(
+            f"nothing to {command}: give inputs as arguments, --file FILE (one per line), or "
+            "pipe them on standard input"
+        )
+    if not inputs:
+        raise InvalidParameterError(f"nothing to {command}: {where} holds no non-blank line")
+    return inputs
+
+
+def _labelled_csv(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Inputs and labels of ``learn --csv``; an image column's relative paths from its folder."""
+    import csv
+
+    path = Path(args.csv)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as stream:
+            rows = list(csv.DictReader(stream))
+            header = list(rows[0]) if rows else []
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise InvalidParameterError(f"cannot read --csv {str(path)!r}: {error}") from error
+    missing = [c for c in (args.input_column, args.label_column) if c not in header]
+    if not rows or missing:
+        raise InvalidParameterError(
+            f"--csv {str(path)!r} must have a header row and at least one row with the columns "
+            f"{args.input_column!r} (--input-column) and {args.label_column!r} (--label-column); "
+            f"it has {header or 'no rows'}"
+        )
+    inputs, labels = [], []
+    for number, row in enumerate(rows, start=2):
+        value, label = row.get(args.input_column), row.get(args.label_column)
+        if value is None or label is None:
+            raise InvalidParameterError(f"--csv {str(path)!r}: line {number} has too few fields")
+        inputs.append(value)
+        labels.append(label)
+    return inputs, labels
+
+
+def _as_inputs(model: Any, inputs: list[str], base: Path | None = None) -> list[Any]:
+    """Command-line strings as the model's inputs: texts, image paths, or comma-separated numbers."""
+    kind = getattr(model._encoder, "kind", None)
+    if kind == "image" and base is not None:
+        return [str(p if Path(p).is_absolute() else base / p) for p in inputs]
+    if kind == "identity":
+        rows = []
+        for text in inputs:
+            try:
+                rows.append([float(part) for part in text.split(",")])
+            except ValueError:
+                raise InvalidParameterError(
+                    f"a feature model's input is comma-separated numbers, got {text!r}"
+                ) from None
+        return rows
+    return inputs
+
+
+#: The options of ``perennial learn`` that describe a new model, by their ``args`` attribute.
+_NEW_MODEL_OPTIONS = {
+    "encoder": "--encoder",
+    "head": "--head",
+    "n_members": "--members",
+    "n_features": "--n-features",
+    "ridge": "--ridge",
+    "pooling": "--pooling",
+    "backend": "--backend",
+    "image_size": "--image-size",
+    "resize": "--resize",
+    "unknown_rate": "--unknown-rate",
+    "seed": "--seed",
+}
+
+
+def _new_model(args: argparse.Namespace) -> Any:
+    from perennial import LifelongClassifier
+    from perennial.heads import make_head
+
+    head = make_head(args.head or "ridge", **_head_params(args))
+    name = "text" if args.encoder == "auto" else args.encoder
+    encoder_params = {
+        option: getattr(args, option)
+        for option in _ENCODER_OPTIONS[name]
+        if getattr(args, option) is not None
+    }
+    from perennial.encoders import make_encoder
+
+    rate = 0.02 if args.unknown_rate is None else args.unknown_rate
+    return LifelongClassifier(make_encoder(name, **encoder_params), head, unknown_rate=rate or None)
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from perennial import LifelongClassifier
+
+    directory = Path(args.model)
+    kind = _model_kind(directory)
+    # Every option is checked before the model or the inputs are read.
+    given = [
+        flag
+        for attr, flag in _NEW_MODEL_OPTIONS.items()
+        if getattr(args, attr) not in (None, "auto")
+    ]
+    if kind != "new" and given:
+        raise InvalidParameterError(
+            f"{', '.join(given)} {'describes' if len(given) == 1 else 'describe'} a new model; "
+            f"{directory} already holds one "
+            "(perennial info --model DIR shows how it was made)"
+        )
+    if args.unknown_rate is not None and not 0 <= args.unknown_rate < 1:
+        raise InvalidParameterError(
+            f"--unknown-rate must be in [0, 1) (0: open set off), got {args.unknown_rate!r}"
+        )
+    if args.csv is not None and (args.inputs or args.file is not None or args.label is not None):
+        raise InvalidParameterError(
+            "--csv brings its own inputs and labels: give no inputs, --file or --label with it"
+        )
+    if args.csv is None and args.label is None:
+        raise InvalidParameterError(
+            "say what the inputs are: --label LABEL (the label of every input), or --csv FILE "
+            "(a column of inputs and a column of labels)"
+        )
+    if kind == "service":
+        from perennial.service.directory import service_running
+
+        if service_running(directory):
+            raise PersistenceError(
+                f"{directory} is served by a running 'perennial serve' now: send the examples "
+                "to its POST /v1/learn, or stop it first"
+            )
+    if kind == "new":
+        _head_params(args)  # a head option the head does not take is refused now
+    # The inputs are read (cheap) before the model is built or loaded (seconds).
+    if args.csv is not None:
+        texts, labels = _labelled_csv(args)
+    else:
+        texts = _cli_inputs(args, command="learn")
+        labels = [args.label] * len(texts)
+    model = _new_model(args) if kind == "new" else LifelongClassifier.load(directory)
+    base = None if args.csv is None else Path(args.csv).parent
+    inputs = _as_inputs(model, texts, base=base)
+    before = set(model.classes_)
+    if kind == "service":
+        from perennial.service.directory import append_learned
+
+        version = append_learned(directory, model.encode(inputs), labels)
+        where = f"journaled as version {version} of the service in {directory}"
+    else:
+        model.learn_many(inputs, labels)
+        model.save(directory)
+        where = f"saved to {directory}"
+        version = None
+    new = sorted({str(label) for label in labels} - {str(label) for label in before})
+    print(
+        f"learned {_count(len(labels), 'example')} of {_count(len(set(labels)), 'class')}"
+        + (
+            f" ({len(new)} new: {', '.join(new[:5])}{', ...' if len(new) > 5 else ''})"
+            if new
+            else ""
+        )
+        + f"; {where}"
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from perennial import LifelongClassifier
+
+    directory = Path(args.model)
+    if _model_kind(directory) == "new":
+        raise PersistenceError(f"no model at {directory}: 'perennial learn' makes one")
+    texts = _cli_inputs(args, command="predict")
+    model = LifelongClassifier.load(directory)
+    rows = model.predict_detailed(_as_inputs(model, texts), top=args.top)
+    for text, row in zip(texts, rows, strict=True):
+        if args.json:
+            print(json.dumps({"input": text, **row}, default=_json_value))
+        else:
+            label = "unknown" if row.get("unknown") else row["label"]
+            source = f"{row['source']}, " if "source" in row else ""
+            print(f"{text}\t{label}\t({source}{row['score']:.3f})")
+    return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
+
+
+def _json_value(value: Any) -> Any:
+    """numpy scalars and the like, for ``json.dumps``."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) else str(value)
+
+
+def model_info(directory: str | Path) -> dict[str, Any]:
+    """What ``perennial info`` prints: a model's classes, counts, parts and size, as JSON values."""
+    from perennial import LifelongClassifier
+    from perennial.encoders.base import encoder_spec
+    from perennial.heads import registered_name
+    from perennial.persistence import META_FILE
+
+    path = Path(directory)
+    kind = _model_kind(path)
+    if kind == "new":
+        raise PersistenceError(f"no model at {path}: 'perennial learn' makes one")
+    model = LifelongClassifier.load(path)
+    head = model.head
+    counts = head._class_counts().tolist() if head.is_fitted else []
+    disk = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    info: dict[str, Any] = {
+        "model": str(path),
+        "kind": "service directory" if kind == "service" else "saved model",
+        "encoder": encoder_spec(model._encoder),
+        "head": {"name": registered_name(head), "params": head.get_params()},
+        "classes": len(model.classes_),
+        "examples": int(model.n_seen_),
+        "class_counts": dict(zip(map(str, head.classes_), counts, strict=True)),
+        "open_set": model.open_set_status_,
+        "unknown_rate": model.unknown_rate,
+        "state_bytes": int(model.state_bytes),
+        "disk_bytes": disk,
+        "pretrained": None,
+    }
+    if model.pretrained_ is not None:
+        pretrained = model.pretrained_.record()
+        info["pretrained"] = {
+            "name": pretrained.get("name"),
+            "classes": len(model.pretrained_.names),
+            "forgotten": len(model.pretrained_.names) - len(model.pretrained_.visible),
+        }
+    if kind == "service":
+        from perennial.service.directory import read_service_directory
+
+        state = read_service_directory(path)
+        snapshot = path / str(state.snapshot) if state.snapshot is not None else None
+        meta = None if snapshot is None else snapshot / META_FILE
+        info.update(
+            format_version=_format_version(meta),
+            service={
+                "version": state.version,
+                "snapshot": state.snapshot,
+                "snapshot_version": state.snapshot_version,
+                "journal_records_replayed": state.version - state.snapshot_version,
+                "running": state.running,
+                "format_version": state.record.get("format_version"),
+            },
+        )
+    else:
+        info["format_version"] = _format_version(path / META_FILE)
+    return info
+
+
+def _format_version(meta: Path | None) -> int | None:
+    if meta is None:
+        return None
+    try:
+        return int(json.loads(meta.read_text(encoding="utf-8"))["format_version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = model_info(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2, default=_json_value))
+        return 0
+    encoder, head = info["encoder"], info["head"]
+    if "service" in info:
+        snapshot = info["format_version"]
+        print(
+            f"{info['model']}: {info['kind']} (service format {info['service']['format_version']}"
+            + (f", snapshot in model format {snapshot})" if snapshot else ", no snapshot yet)")
+        )
+    else:
+        print(f"{info['model']}: {info['kind']}, format version {info['format_version']}")
+    print(f"  encoder    {encoder['name']} ({encoder['kind']}, {_params(encoder.get('params'))})")
+    print(f"  head       {head['name']} ({_params(head['params'])})")
+    print(f"  learned    {info['examples']} examples of {len(info['class_counts'])} classes")
+    if info["pretrained"] is not None:
+        p = info["pretrained"]
+        print(
+            f"  pretrained {p['name']}: {p['classes'] - p['forgotten']} of {p['classes']} classes "
+            f"answerable; {info['classes']} classes in all"
+        )
+    print(f"  open set   {info['open_set']} (unknown rate {info['unknown_rate']})")
+    print(
+        f"  size       {_size(info['state_bytes'])} in memory, {_size(info['disk_bytes'])} on disk"
+    )
+    if "service" in info:
+        s = info["service"]
+        print(
+            f"  service    version {s['version']}: the snapshot of version "
+            f"{s['snapshot_version']} plus {s['journal_records_replayed']} journal records"
+            + ("; a service is running on it now" if s["running"] else "")
+        )
+    width = max((len(label) for label in info["class_counts"]), default=0)
+    for label, count in info["class_counts"].items():
+        print(f"    {label:<{width}}  {count}")
+    return 0
+
+
+def _params(params: Any) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in sorted(dict(params or {}).items())) or "no parameters"
+
+
 def _is_new_model(directory: str) -> bool:
     """Whether ``perennial serve`` would create the model in ``directory`` (missing or empty)."""
     path = Path(directory)
@@ -460,6 +839,39 @@ def _served_kind(directory: str, asked: str | None) -> str | None:
         return str(record["encoder"]["kind"])
     except (OSError, ValueError, KeyError, TypeError):
         return None  # the store reports what is wrong with the directory
+
+
+#: Python parameter names in library messages, and the options that set them on the command line.
+_CLI_SPELLINGS = {
+    "n_tasks": "--tasks",
+    "classes_per_task": "--classes-per-task",
+    "examples_per_task": "--examples-per-task",
+    "memory_per_class": "--memory-per-class",
+    "batch_size": "--batch-size",
+    "test_fraction": "--test-fraction",
+    "unknown_rate": "--unknown-rate",
+    "n_features": "--n-features",
+    "n_members": "--members",
+    "image_size": "--image-size",
+}
+
+
+def cli_spelling(message: str) -> str:
+    """``message`` with the library's parameter names written as the options that set them.
+
+    Examples
+    --------
+    >>> cli_spelling("classes_per_task=3 is more than the 2 classes; pass n_tasks=1 as well")
+    '--classes-per-task 3 is more than the 2 classes; pass --tasks 1 as well'
+    """
+    import re
+
+    pattern = r"(?<![\w-])(" + "|".join(_CLI_SPELLINGS) + r")\b(=?)"
+
+    def option(match: re.Match[str]) -> str:
+        return _CLI_SPELLINGS[match.group(1)] + (" " if match.group(2) else "")
+
+    return re.sub(pattern, option, message)
 
 
 def _int_tuple(text: str, option: str) -> tuple[int, ...]:
@@ -496,8 +908,12 @@ def _data_help() -> str:
     return f"{', '.join(DATASET_NAMES)}, or a text,category CSV"
 
 
-def _encoder_options(*, serving: bool = False) -> argparse.ArgumentParser:
-    """--encoder and the encoders' own options; ``serving``: only for a new model, no defaults."""
+def _encoder_options(*, serving: bool = False, new_onnx: bool = True) -> argparse.ArgumentParser:
+    """--encoder and the encoders' own options; ``serving``: only for a new model, no defaults.
+
+    ``new_onnx``: with ``serving``, whether a new model takes the int8 ONNX backend (``serve``)
+    or torch, the library's default (``learn``).
+    """
     from perennial.encoders import ENCODERS
     from perennial.encoders.text import BACKENDS, POOLINGS
 
@@ -507,9 +923,11 @@ def _encoder_options(*, serving: bool = False) -> argparse.ArgumentParser:
     if serving:
         group.add_argument(
             "--encoder",
-            default=None,
-            choices=ENCODERS,
-            help="for a new model (default text); an existing model must have been written with it",
+            default="auto",
+            choices=("auto", *ENCODERS),
+            help="auto (the default): the model's own encoder, text for a new model; another "
+            "name chooses a new model's encoder, and an existing model must have been written "
+            "with it",
         )
     else:
         group.add_argument(
@@ -529,11 +947,13 @@ def _encoder_options(*, serving: bool = False) -> argparse.ArgumentParser:
         "--backend",
         default=None if serving else "torch",
         choices=BACKENDS,
-        help="text or image encoder runtime: torch (reference) or ONNX Runtime with int8 (onnx) "
-        "or float32 (onnx-fp32) weights (default "
+        help="text or image encoder runtime: torch, the reference; onnx, ONNX Runtime with "
+        "int8 weights (fastest; features within about 0.98 cosine of torch's); or onnx-fp32, "
+        "ONNX Runtime with float32 weights (torch's features to about 1e-5, faster than torch) "
+        "(default "
         + (
             "onnx for a new model: int8, 2.4x torch's throughput on text, 3-4x on images)"
-            if serving
+            if serving and new_onnx
             else "torch)"
         ),
     )
@@ -547,7 +967,7 @@ def _image_encoder_options(*, serving: bool = False) -> argparse.ArgumentParser:
     group = argparse.ArgumentParser(add_help=False)
     group.add_argument(
         "--image-size",
-        type=int,
+        type=_positive_int,
         default=None if serving else 224,
         help="image encoder input size (default 224)",
     )
@@ -594,14 +1014,15 @@ def _head_options(*, serving: bool = False) -> argparse.ArgumentParser:
     return group
 
 
-def _seed_option() -> argparse.ArgumentParser:
+def _seed_option(seeds: str = "the class order, a CSV's test split and") -> argparse.ArgumentParser:
+    """``--seed``: the one seed of a run, of everything random in it; ``seeds`` lists what."""
     group = argparse.ArgumentParser(add_help=False)
     group.add_argument(
         "--seed",
         type=int,
         default=0,
-        help="seed of the class order, of a CSV's split and of the ridge heads' projections "
-        "(default 0)",
+        help=f"seed of the run, of everything random in it: {seeds} the ridge heads' random "
+        "projection",
     )
     return group
 
@@ -609,7 +1030,7 @@ def _seed_option() -> argparse.ArgumentParser:
 def _stream_options() -> argparse.ArgumentParser:
     """Options of the commands that learn a data set class by class and print a summary."""
     group = argparse.ArgumentParser(add_help=False)
-    group.add_argument("--step", type=int, default=10, help="classes per step (default 10)")
+    group.add_argument("--step", type=_positive_int, default=10, help="classes per step")
     group.add_argument(
         "--json", action="store_true", help="print one JSON object (progress to stderr)"
     )
@@ -640,13 +1061,14 @@ def _cluster_options() -> argparse.ArgumentParser:
     where.add_argument(
         "--scheduler",
         default=None,
-        help="run on the Dask scheduler at this address (tcp://host:port)",
+        help="run on the Dask scheduler at this address (tcp://host:port) (default: none)",
     )
     where.add_argument(
         "--workers",
-        type=int,
+        type=_positive_int,
         default=None,
-        help="run on a local Dask cluster of this many processes",
+        help="run on a local Dask cluster of this many processes (default: fit starts 2 "
+        "processes; bench runs in this process)",
     )
     return group
 
@@ -666,6 +1088,55 @@ def _strategy_names(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (examples keep their lines); each option's help ends with its
+    default, unless the help already states it or there is none to state (an option left out
+    is then off, or its help says what happens)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _positive_int(text: str) -> int:
+    """An option's value that counts something: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """A share strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a number strictly between 0 and 1, got {text!r}"
+        )
+    return value
+
+
+def _version() -> str:
+    from perennial import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``perennial`` parser; choices come from the registries of heads, encoders, ..."""
     from perennial.novelty import SCORES
@@ -674,6 +1145,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="perennial", description="Lifelong learning with frozen encoders and exact heads."
     )
+    parser.add_argument("--version", action="version", version=f"perennial {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     inc = commands.add_parser(
@@ -688,9 +1160,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inc.add_argument("--data", required=True, help=_data_help())
     inc.add_argument(
-        "--test", default=None, help="test CSV for a CSV --data (else a stratified split)"
+        "--test",
+        default=None,
+        help="test CSV for a CSV --data (default: none, a stratified split of --data)",
     )
-    inc.add_argument("--test-fraction", type=float, default=0.2, help="for a CSV without --test")
+    inc.add_argument(
+        "--test-fraction",
+        type=_fraction,
+        default=0.2,
+        help="share of each class of a CSV --data held out for testing, without --test",
+    )
     inc.add_argument(
         "--no-baselines", action="store_true", help="skip joint LR and SGD fine-tuning"
     )
@@ -698,7 +1177,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser(
         "fit",
-        parents=[_cluster_options(), _seed_option(), _head_options(), _encoder_options()],
+        parents=[
+            _cluster_options(),
+            _seed_option(seeds="a CSV's test split (none: a CSV is learned whole) and"),
+            _head_options(),
+            _encoder_options(),
+        ],
         help="learn a data set on a Dask cluster (local or remote) and save the model",
         description=(
             "Cuts the training data into partitions; Dask workers encode and learn one each, and "
@@ -710,10 +1194,14 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--data", required=True, help=f"{_data_help()} (named sets: their train split)"
     )
-    fit.add_argument("--model", required=True, help="directory to save the model to")
+    fit.add_argument(
+        "--model",
+        required=True,
+        help="directory to save the model to: new, empty, or a saved model to replace",
+    )
     fit.add_argument(
         "--partitions",
-        type=int,
+        type=_positive_int,
         default=None,
         help="data partitions (default: two per worker thread, at most 10,000 examples each)",
     )
@@ -738,7 +1226,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Learns the in-scope classes step by step, calibrating the unknown threshold from "
             "the training stream alone (no out-of-scope example), then reports in-scope "
-            "accuracy, out-of-scope recall, AUROC and FPR at 95%% TPR on the test splits."
+            "accuracy, out-of-scope recall, AUROC and FPR at 95% TPR on the test splits."
         ),
     )
     openset.add_argument("--data", default="clinc150", help="a data set with an oos split")
@@ -760,33 +1248,91 @@ def build_parser() -> argparse.ArgumentParser:
         help="continual-learning strategies side by side on a scenario, over seeds",
         description=(
             "Trains each strategy on the scenario's experiences in order, measures the accuracy "
-            "matrix, and prints the mean and 90%% confidence interval over seeds of average "
+            "matrix, and prints the mean and 90% confidence interval over seeds of average "
             "accuracy, forgetting, backward and forward transfer, training time and memory. "
             "With --scheduler or --workers the runs are spread over a Dask cluster."
         ),
+        epilog=_bench_epilog(),
     )
-    bench.add_argument("--scenario", required=True, type=_registry_name, choices=SCENARIO_NAMES)
+    bench.add_argument(
+        "--scenario",
+        required=True,
+        type=_registry_name,
+        choices=SCENARIO_NAMES,
+        metavar="SCENARIO",
+        help="the stream of experiences, one of the scenarios listed below",
+    )
     bench.add_argument(
         "--strategies",
         required=True,
         type=_strategy_names,
-        help="comma-separated strategy names, e.g. naive,ewc,er",
+        help="comma-separated strategy names (listed below), e.g. naive,ewc,er",
     )
-    bench.add_argument("--seeds", type=int, default=1, help="seeds 0..K-1 (default 1)")
-    bench.add_argument("--tasks", type=int, default=None, help="number of experiences")
-    bench.add_argument("--classes-per-task", type=int, default=None)
-    bench.add_argument("--examples-per-task", type=int, default=None)
     bench.add_argument(
-        "--data", default=None, help=f"for class-/domain-incremental: {_data_help()}"
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        help="how many runs: one per seed 0, 1, ..., K-1, the seed of each run's class "
+        "order, data subsets and network initialisation",
     )
-    bench.add_argument("--epochs", type=int, default=None, help="epochs per experience")
-    bench.add_argument("--batch-size", type=int, default=None)
-    bench.add_argument("--lr", type=float, default=None, help="SGD learning rate")
-    bench.add_argument("--hidden", default=None, help="hidden layer sizes, e.g. 256,256")
     bench.add_argument(
-        "--memory-per-class", type=int, default=None, help="replay examples per class"
+        "--tasks",
+        type=_positive_int,
+        default=None,
+        help="number of experiences (default: the scenario's own, e.g. 10 for permuted-mnist, "
+        "5 for split-mnist)",
     )
-    bench.add_argument("--threads", type=int, default=None, help="torch threads")
+    bench.add_argument(
+        "--classes-per-task",
+        type=_positive_int,
+        default=None,
+        help="classes in each experience of a class-split scenario (default: the scenario's "
+        "own, e.g. 2 for split-mnist)",
+    )
+    bench.add_argument(
+        "--examples-per-task",
+        type=_positive_int,
+        default=None,
+        help="training examples drawn for each experience (default: all of them)",
+    )
+    bench.add_argument(
+        "--data",
+        default=None,
+        help=f"for class-/domain-incremental: {_data_help()} (default: none)",
+    )
+    bench.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help=f"epochs per experience ({_strategy_default('epochs')})",
+    )
+    bench.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help=f"SGD minibatch size ({_strategy_default('batch_size')})",
+    )
+    bench.add_argument(
+        "--lr", type=float, default=None, help=f"SGD learning rate ({_strategy_default('lr')})"
+    )
+    bench.add_argument(
+        "--hidden",
+        default=None,
+        help=f"hidden layer sizes of the network, e.g. 256,256 ({_strategy_default('hidden')})",
+    )
+    bench.add_argument(
+        "--memory-per-class",
+        type=_positive_int,
+        default=None,
+        help="examples per class a replay strategy keeps in memory "
+        f"({_strategy_default('memory_per_class')})",
+    )
+    bench.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch threads per run (default: torch's own setting)",
+    )
     bench.add_argument(
         "--tune",
         action="store_true",
@@ -808,11 +1354,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also sample learning curves for Continual World's forward transfer (ft_auc)",
     )
-    bench.add_argument("--json", default=None, help="write results as JSON to this path")
-    bench.add_argument("--report", default=None, help="write report.html/.md and plots here")
+    bench.add_argument(
+        "--json", default=None, help="write results as JSON to this path (default: none)"
+    )
+    bench.add_argument(
+        "--report",
+        default=None,
+        help="write report.html, report.md and plots to this folder (default: none)",
+    )
     bench.set_defaults(handler=cmd_bench)
 
     _add_camera_parser(commands)
+    _add_model_parsers(commands)
 
     from perennial.pretrained import PRETRAINED
 
@@ -839,24 +1392,36 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PRETRAINED,
         help="for a new image model: keep this pretrained classifier's classes (ImageNet's "
         "1,000) beside the learned ones; --encoder image is then the default. A model saved "
-        "with one (perennial camera learn) is served with it without this option",
+        "with one (perennial camera learn) is served with it without this option (default: none)",
     )
     serve.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default loopback)"
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, loopback)"
     )
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     serve.add_argument(
-        "--keys", default=None, help="file of 'KEY ROLE' lines; roles: read (predict, list), write"
+        "--keys",
+        default=None,
+        help="file of 'KEY ROLE' lines; roles: read (predict, list), write (default: none, no "
+        "key asked, loopback only)",
     )
     serve.add_argument(
         "--encoder-threads",
-        type=int,
+        type=_positive_int,
         default=None,
         help="threads of one forward pass of the encoder (default 1: the other core solves)",
     )
-    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="default 1 MiB")
-    serve.add_argument("--max-batch", type=int, default=64, help="inputs per request")
-    serve.add_argument("--max-text-chars", type=int, default=2000, help="characters per text")
+    serve.add_argument(
+        "--max-body-bytes",
+        type=_positive_int,
+        default=1 << 20,
+        help="largest request body, uploads included (default: 1048576, 1 MiB; 413 beyond)",
+    )
+    serve.add_argument(
+        "--max-batch", type=_positive_int, default=64, help="most inputs in one request"
+    )
+    serve.add_argument(
+        "--max-text-chars", type=_positive_int, default=2000, help="longest text, in characters"
+    )
     serve.add_argument(
         "--wait-seconds",
         type=float,
@@ -882,7 +1447,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds an unknown input waits for review (0: no queue)",
     )
     serve.add_argument(
-        "--snapshot-every", type=int, default=256, help="journal records between snapshots"
+        "--snapshot-every",
+        type=_positive_int,
+        default=256,
+        help="journal records between snapshots",
     )
     serve.add_argument(
         "--background-nice",
@@ -907,10 +1475,194 @@ def build_parser() -> argparse.ArgumentParser:
         "time stays in the journal, replayed at the next start",
     )
     serve.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="least important log messages shown",
     )
     serve.set_defaults(handler=cmd_serve)
+    _use_formatter(parser)
     return parser
+
+
+def _add_model_parsers(commands: Any) -> None:
+    """``perennial learn``, ``predict`` and ``info``: work with a saved model or a service's."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    where = (
+        "--model is a directory written by 'perennial learn', LifelongClassifier.save, "
+        "'perennial fit' or\n'perennial camera', or a directory 'perennial serve' serves "
+        "(its latest snapshot plus its journal)."
+    )
+
+    def model_option(help_text: str) -> argparse.ArgumentParser:
+        group = argparse.ArgumentParser(add_help=False)
+        group.add_argument("--model", required=True, metavar="DIR", help=help_text)
+        return group
+
+    def input_options(verb: str) -> argparse.ArgumentParser:
+        group = argparse.ArgumentParser(add_help=False)
+        group.add_argument(
+            "inputs",
+            nargs="*",
+            metavar="INPUT",
+            help=f"inputs to {verb}: texts, image files (image models) or comma-separated "
+            "numbers (feature models); none: read --file, or standard input; put -- before "
+            "inputs that begin with -",
+        )
+        group.add_argument(
+            "--file",
+            default=None,
+            metavar="FILE",
+            help="read the inputs from FILE, one per line ('-': standard input) (default: none)",
+        )
+        return group
+
+    learn = commands.add_parser(
+        "learn",
+        parents=[
+            model_option("model directory; a missing or empty one gets a new model"),
+            input_options("learn, all with --label"),
+            _head_options(serving=True),
+            _encoder_options(serving=True, new_onnx=False),
+        ],
+        formatter_class=formatter,
+        help="teach a saved (or new) model labelled inputs, and save it",
+        description=(
+            "Learns labelled inputs into the model in --model and saves it (atomically).\n"
+            + where
+            + "\nA service directory gets the examples as journal records, which the service "
+            "replays when it\nstarts; learning into one is refused while a service runs on it "
+            "(use its POST /v1/learn).\nThe encoder and head options describe a new model and "
+            "are refused for an existing one.\n\n"
+            "examples:\n"
+            "  perennial learn --model models/support --label lost_card 'I lost my card' "
+            "'my card is gone'\n"
+            "  perennial learn --model models/support --csv more.csv     # columns text,category\n"
+            "  cut -d, -f1 refunds.csv | perennial learn --model models/support --label refund\n"
+            "  perennial learn --model models/cats --encoder image --label tabby tom.jpg felix.png"
+        ),
+    )
+    learn.add_argument(
+        "--label", default=None, help="the label of every input given (default: none; use --csv)"
+    )
+    learn.add_argument(
+        "--csv",
+        default=None,
+        metavar="FILE",
+        help="learn a CSV file with a header row: inputs in --input-column, labels in "
+        "--label-column; image paths are relative to the file's folder (default: none)",
+    )
+    learn.add_argument(
+        "--input-column", default="text", help="the inputs' column of --csv (default: %(default)s)"
+    )
+    learn.add_argument(
+        "--label-column",
+        default="category",
+        help="the labels' column of --csv (default: %(default)s)",
+    )
+    learn.add_argument(
+        "--unknown-rate",
+        type=float,
+        default=None,
+        help="for a new model: open set, the share of in-scope inputs to call unknown "
+        "(default 0.02; 0: off)",
+    )
+    learn.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="for a new model: seed of the ridge heads' random projection (default 0)",
+    )
+    learn.set_defaults(handler=cmd_learn)
+
+    predict = commands.add_parser(
+        "predict",
+        parents=[model_option("model directory"), input_options("label")],
+        formatter_class=formatter,
+        help="label inputs with a saved model",
+        description=(
+            "Prints one line per input: the input, its label ('unknown' for an input the open-set "
+            "gate\nrejects) and the score of that label; --json prints one JSON object per line "
+            "instead, with the\nnovelty and the --top best labels. " + where + "\n\nexamples:\n"
+            "  perennial predict --model models/support 'someone stole my card'\n"
+            "  perennial predict --model models/support --json < questions.txt"
+        ),
+    )
+    predict.add_argument(
+        "--json", action="store_true", help="print JSON lines: {input, label, score, ...}"
+    )
+    predict.add_argument(
+        "--top",
+        type=_positive_int,
+        default=3,
+        help="best labels listed with --json (default: %(default)s)",
+    )
+    predict.set_defaults(handler=cmd_predict)
+
+    info = commands.add_parser(
+        "info",
+        parents=[model_option("model directory")],
+        formatter_class=formatter,
+        help="what a saved model holds: classes and counts, encoder, head, size, format version",
+        description=(
+            "Prints the model's classes with their example counts, its encoder and head with "
+            "their parameters,\nits open-set state, its size in memory and on disk, the format "
+            "version and its pretrained\nclassifier, if any. " + where
+        ),
+    )
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(handler=cmd_info)
+
+
+def _strategy_default(param: str) -> str:
+    """``default: X`` for a strategy parameter, naming the strategies whose default differs."""
+    from collections import Counter
+
+    from perennial.strategies import STRATEGIES
+
+    values: dict[str, str] = {}
+    for name, cls in STRATEGIES.items():
+        if param not in cls.param_names():
+            continue
+        for klass in cls.__mro__:  # the first constructor that states a default for it
+            found = inspect.signature(vars(klass).get("__init__", object)).parameters.get(param)
+            if found is not None and found.default is not inspect.Parameter.empty:
+                value = found.default
+                values[name] = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+                break
+    if not values:
+        return "default: none"
+    common = Counter(values.values()).most_common(1)[0][0]
+    others = [f"{name} {value}" for name, value in values.items() if value != common]
+    return f"default: {common}" + (f"; {', '.join(others)}" if others else "")
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0].replace("``", "") if text else ""
+
+
+def _bench_epilog() -> str:
+    """The scenarios and strategies, one line each, from their registries' docstrings."""
+    from perennial.scenarios.registry import _BUILDERS
+    from perennial.strategies import STRATEGIES
+
+    width = max(map(len, [*_BUILDERS, *STRATEGIES]))
+    lines = ["scenarios (--scenario):"]
+    lines += [
+        f"  {name:<{width}}  {_first_line(_BUILDERS[name].__doc__)}" for name in sorted(_BUILDERS)
+    ]
+    lines += ["", "strategies (--strategies):"]
+    lines += [f"  {name:<{width}}  {_first_line(cls.__doc__)}" for name, cls in STRATEGIES.items()]
+    return "\n".join(lines)
+
+
+def _use_formatter(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` and every sub-command's parser :class:`_HelpFormatter`."""
+    parser.formatter_class = _HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                _use_formatter(child)
 
 
 def _add_camera_parser(commands: Any) -> None:
@@ -982,7 +1734,10 @@ def _add_camera_parser(commands: Any) -> None:
     )
     learn.add_argument("folder", metavar="FOLDER", help="one sub-folder of images per class")
     learn.add_argument(
-        "--test", default=None, metavar="FOLDER", help="held-out images, in the same layout"
+        "--test",
+        default=None,
+        metavar="FOLDER",
+        help="held-out images, in the same layout (default: none, no test)",
     )
     learn.set_defaults(handler=cmd_camera_learn)
 
@@ -1039,7 +1794,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except PerennialError as error:
-        print(f"perennial: error: {error}", file=sys.stderr)
+        print(f"perennial: error: {cli_spelling(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("perennial: interrupted", file=sys.stderr)

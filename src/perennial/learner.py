@@ -945,6 +945,11 @@ class LifelongClassifier:
     def load(cls, path: str | Path, encoder: Any = None) -> LifelongClassifier:
         """Read a model written by :meth:`save` (this version's format or the previous one's).
 
+        ``path`` may also be a directory served by ``perennial serve`` (it holds
+        ``service.json``): the model is then the one a restarted service would serve, its latest
+        snapshot plus the updates its journal holds beyond it, read without writing anything
+        (see :mod:`perennial.service.directory`).
+
         Parameters
         ----------
         encoder
@@ -956,6 +961,19 @@ class LifelongClassifier:
         ModelMismatchError
             Among others: a model saved with a pretrained classifier whose weights or class names
             are not those installed here.
+        """
+        from perennial.service.directory import is_service_directory
+
+        if is_service_directory(path):
+            return cls._load_service_directory(path, encoder)
+        return cls._load_saved(path, encoder)
+
+    @classmethod
+    def _load_saved(cls, path: str | Path, encoder: Any = None) -> LifelongClassifier:
+        """:meth:`load` of a directory written by :meth:`save` only.
+
+        The service reads its snapshots with it: a snapshot may be the service's directory
+        itself (a saved model it adopted), which :meth:`load` would read as a service's.
         """
         payload, arrays = read_model_files(path)
         pretrained: PretrainedHead | None = None
@@ -1038,4 +1056,19 @@ class LifelongClassifier:
             raise ModelMismatchError(
                 f"{path}: the open-set record is incomplete: {error}"
             ) from error
+        return model
+
+    @classmethod
+    def _load_service_directory(cls, path: str | Path, encoder: Any) -> LifelongClassifier:
+        """The model of a service directory, with the encoder the service encodes with."""
+        from perennial.service.directory import read_service_directory
+
+        state = read_service_directory(path, None if encoder is None else as_encoder(encoder))
+        model = state.model
+        adapter = model._encoder
+        assert isinstance(adapter, Precomputed)  # what read_service_directory builds on
+        # The service journals features, so its model learned through a Precomputed encoder;
+        # the same encoder, reading raw inputs again, takes its place.
+        model.encoder = adapter.encoder if encoder is None else encoder
+        model._encoder = adapter.encoder
         return model

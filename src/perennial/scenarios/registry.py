@@ -33,6 +33,7 @@ def _split_mnist_task(
     encoder: EncoderLike = None,
     cache: FeatureCache | str | os.PathLike[str] | None = None,
 ) -> Scenario:
+    """Split MNIST, task-incremental: each experience comes with its task id (task labels)."""
     return split_mnist(
         n_tasks,
         classes_per_task,

@@ -951,7 +951,8 @@ def _load_model(path: Path, record: dict[str, Any], adapter: Precomputed) -> Lif
         return model
     location = path / str(snapshot)
     try:
-        return LifelongClassifier.load(location, encoder=adapter)
+        # Not load(): an adopted model's snapshot is the service's directory itself (".").
+        return LifelongClassifier._load_saved(location, encoder=adapter)
     except PersistenceError as error:
         raise type(error)(
             f"refusing to start: the snapshot {location} of version {record['snapshot_version']} "

@@ -229,6 +229,7 @@ def test_bad_input_refused_and_nothing_learned(x, y, error, match):
         ({"new_features": "drop"}, "new_features"),
         ({"features": ()}, "at least one"),
         ({"features": ("a", "a")}, "twice"),
+        ({"blas_threads": 0}, "blas_threads"),
     ],
 )
 def test_bad_parameters(params, match):
@@ -244,3 +245,26 @@ def test_clone_keeps_parameters_and_drops_learning(phishing):
     assert repr(clone) == repr(model)
     assert clone.model_ is None and clone.labels_ == []
     assert clone._get_params()["head"].seed == 5
+
+
+def test_blas_threads_limited_during_calls_and_restored(phishing):
+    from threadpoolctl import ThreadpoolController
+
+    blas = ThreadpoolController().select(user_api="blas")
+    seen: list[list[int]] = []
+
+    class Watching(RidgeHead):  # records the BLAS threads while the head works
+        def _learn(self, X, columns, n_new):
+            seen.append([lib.num_threads for lib in blas.lib_controllers])
+            super()._learn(X, columns, n_new)
+
+    with blas.limit(limits=2):
+        model = RiverClassifier(Watching(n_features=32))
+        for x, y in phishing[:3]:
+            model.learn_one(x, y)
+            model.predict_one(x)
+        assert [lib.num_threads for lib in blas.lib_controllers] == [2] * len(blas.lib_controllers)
+        assert seen == [[1] * len(blas.lib_controllers)] * 3
+        seen.clear()
+        RiverClassifier(Watching(n_features=32), blas_threads=None).learn_one(*phishing[0])
+        assert seen == [[2] * len(blas.lib_controllers)]

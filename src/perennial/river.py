@@ -17,7 +17,7 @@ import numpy as np
 from perennial.exceptions import InputTypeError, InvalidInputError, InvalidParameterError
 from perennial.heads import HEADS, Head, make_head
 from perennial.learner import LifelongClassifier
-from perennial.params import check_choice
+from perennial.params import check_choice, check_int
 
 try:
     from river import base as river_base
@@ -29,6 +29,40 @@ except ImportError as error:  # pragma: no cover - the extra is installed for th
 __all__ = ["RiverClassifier"]
 
 NEW_FEATURES = ("raise", "ignore")
+
+
+class _BlasThreads:
+    """Run a block with BLAS limited to ``n`` threads (a no-op for None).
+
+    One example is a few small BLAS calls. With several OpenBLAS threads each call wakes
+    them and waits for them, and on a busy machine a thread that lost its core holds up the
+    call for a scheduler tick: predict-then-learn over river's Phishing with the default ridge
+    head took 440 s on two threads against 110 s on one, on a loaded 2-core machine. The
+    libraries are found once, at the first use (after numpy and SciPy have loaded theirs).
+    """
+
+    _libraries: list[Any] | None = None
+
+    def __init__(self, n: int | None) -> None:
+        self.n = n
+        self._saved: list[int] = []
+
+    def __enter__(self) -> None:
+        if self.n is None:
+            return
+        if _BlasThreads._libraries is None:
+            from threadpoolctl import ThreadpoolController
+
+            _BlasThreads._libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+        self._saved = [library.num_threads for library in _BlasThreads._libraries]
+        for library in _BlasThreads._libraries:
+            library.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.n is None:
+            return
+        for library, n in zip(_BlasThreads._libraries or [], self._saved, strict=True):
+            library.set_num_threads(n)
 
 
 def _feature_order(names: Iterable[Hashable]) -> tuple[Hashable, ...]:
@@ -68,6 +102,10 @@ class RiverClassifier(river_base.Classifier):
         The feature names, or None to take them from the first example learned.
     new_features
         What to do with a key outside the features: ``"raise"`` or ``"ignore"``.
+    blas_threads
+        BLAS threads while learning or predicting one example (restored after each call), or
+        None to leave BLAS as it is. One by default: a single example's BLAS calls are too
+        small to share, and extra threads stall on a busy machine (see ``benchmarks/RESULTS.md``).
 
     Attributes
     ----------
@@ -98,6 +136,7 @@ class RiverClassifier(river_base.Classifier):
         head: str | Head = "ridge",
         features: tuple[Hashable, ...] | None = None,
         new_features: str = "raise",
+        blas_threads: int | None = 1,
     ) -> None:
         if not isinstance(head, (str, Head)):
             raise InvalidParameterError(
@@ -115,6 +154,9 @@ class RiverClassifier(river_base.Classifier):
         self.head = head
         self.features = features
         self.new_features = check_choice("new_features", new_features, NEW_FEATURES)
+        if blas_threads is not None:
+            check_int("blas_threads", blas_threads, minimum=1)
+        self.blas_threads = blas_threads
         self.model_: LifelongClassifier | None = None
         self.features_: tuple[Hashable, ...] | None = None
         self.labels_: list[Any] = []  # any hashable value
@@ -131,7 +173,7 @@ class RiverClassifier(river_base.Classifier):
         # wants the statistics' size reached early (a default ridge head's G is 128 MB).
         from perennial.heads import RidgeHead
 
-        yield {"head": RidgeHead(n_features=256), "new_features": "ignore"}
+        yield {"head": RidgeHead(n_features=64), "new_features": "ignore"}
         yield {"head": "slda", "new_features": "ignore"}
         yield {"head": "ncm"}
 
@@ -195,7 +237,8 @@ class RiverClassifier(river_base.Classifier):
         if model is None:
             head = make_head(self.head) if isinstance(self.head, str) else self.head.clone()
             model = LifelongClassifier(head=head)
-        model.learn_one(row[0], code)
+        with _BlasThreads(self.blas_threads):
+            model.learn_one(row[0], code)
         # Commit: the model learned the row.
         if columns is not None:
             self.model_, self._columns = model, columns
@@ -209,7 +252,8 @@ class RiverClassifier(river_base.Classifier):
         if self.model_ is None:
             return {}
         row = self._vector(x, self._columns)
-        proba = self.model_.predict_proba_many(row)[0]
+        with _BlasThreads(self.blas_threads):
+            proba = self.model_.predict_proba_many(row)[0]
         return {
             self.labels_[int(code)]: float(p)
             for code, p in zip(self.model_.classes_, proba, strict=True)
@@ -219,7 +263,9 @@ class RiverClassifier(river_base.Classifier):
         """The most likely label; None before anything is learned."""
         if self.model_ is None:
             return None
-        code = self.model_.predict_one(self._vector(x, self._columns)[0])
+        row = self._vector(x, self._columns)
+        with _BlasThreads(self.blas_threads):
+            code = self.model_.predict_one(row[0])
         return self.labels_[int(code)]
 
 

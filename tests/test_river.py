@@ -268,3 +268,14 @@ def test_blas_threads_limited_during_calls_and_restored(phishing):
         seen.clear()
         RiverClassifier(Watching(n_features=32), blas_threads=None).learn_one(*phishing[0])
         assert seen == [[2] * len(blas.lib_controllers)]
+
+
+@pytest.mark.parametrize("head", ["slda", "ncm"])
+def test_no_open_set_work_unless_asked(phishing, head):
+    # Progressive validation asks for no "unknown": the learner keeps no open-set gate, so no
+    # novelty statistics are updated or scored on the way.
+    model = RiverClassifier(head)
+    for x, y in phishing[:30]:
+        model.predict_one(x)
+        model.learn_one(x, y)
+    assert model.model_.gate_ is None and model.model_.unknown_rate is None

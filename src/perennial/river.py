@@ -29,6 +29,7 @@ except ImportError as error:  # pragma: no cover - the extra is installed for th
 __all__ = ["RiverClassifier"]
 
 NEW_FEATURES = ("raise", "ignore")
+_PLAIN_NUMBERS = frozenset({float, int, bool})  # checked by type first: isinstance is slower
 
 
 class _BlasThreads:
@@ -54,15 +55,17 @@ class _BlasThreads:
             from threadpoolctl import ThreadpoolController
 
             _BlasThreads._libraries = ThreadpoolController().select(user_api="blas").lib_controllers
-        self._saved = [library.num_threads for library in _BlasThreads._libraries]
-        for library in _BlasThreads._libraries:
-            library.set_num_threads(self.n)
+        self._saved = [library.get_num_threads() for library in _BlasThreads._libraries]
+        for library, n in zip(_BlasThreads._libraries, self._saved, strict=True):
+            if n != self.n:
+                library.set_num_threads(self.n)
 
     def __exit__(self, *exc: object) -> None:
         if self.n is None:
             return
         for library, n in zip(_BlasThreads._libraries or [], self._saved, strict=True):
-            library.set_num_threads(n)
+            if n != self.n:
+                library.set_num_threads(n)
 
 
 def _feature_order(names: Iterable[Hashable]) -> tuple[Hashable, ...]:
@@ -188,7 +191,7 @@ class RiverClassifier(river_base.Classifier):
             raise InputTypeError(
                 f"expected a dict of features {{name: number}}, got {type(x).__name__}"
             )
-        row = np.zeros((1, len(columns)))
+        values = [0.0] * len(columns)
         for name, value in x.items():
             position = columns.get(name)
             if position is None:
@@ -199,13 +202,15 @@ class RiverClassifier(river_base.Classifier):
                         "new_features='ignore' to leave such keys out"
                     )
                 continue
-            if isinstance(value, (str, bytes)) or not isinstance(
-                value, (int, float, np.number, np.bool_)
+            if type(value) not in _PLAIN_NUMBERS and (
+                isinstance(value, (str, bytes))
+                or not isinstance(value, (int, float, np.number, np.bool_))
             ):
                 raise InputTypeError(
                     f"feature {name!r} is {value!r} ({type(value).__name__}); expected a number"
                 )
-            row[0, position] = value
+            values[position] = value
+        row = np.array([values], dtype=np.float64)
         return row
 
     def _prepare(self, x: dict[Hashable, Any]) -> tuple[np.ndarray, dict[Hashable, int] | None]:

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from perennial.scenarios.base import Experience, Scenario
 from perennial.strategies.base import CommonParams, GradientStrategy, check_int, tensor_bytes
+from perennial.strategies.buffers import per_class_sample
 
 __all__ = ["AGEM"]
 
@@ -103,12 +104,7 @@ class AGEM(GradientStrategy):
     def after_experience(
         self, model: nn.Module, experience: Experience, x: Tensor, y: Tensor
     ) -> None:
-        chosen = []
-        for label in experience.classes:
-            rows = torch.nonzero(y == int(label)).flatten()
-            order = torch.randperm(int(rows.shape[0]), generator=self._generator)
-            chosen.append(rows[order[: self.memory_per_class]])
-        index = torch.cat(chosen)
+        index = per_class_sample(y, experience.classes, int(self.memory_per_class), self._generator)
         self.memory_x_ = torch.cat([self.memory_x_, x[index]])
         self.memory_y_ = torch.cat([self.memory_y_, y[index]])
 

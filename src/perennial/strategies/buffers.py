@@ -7,7 +7,7 @@ from torch import Tensor
 
 from perennial.exceptions import InvalidParameterError
 
-__all__ = ["ClassBalancedBuffer", "ReservoirBuffer"]
+__all__ = ["ClassBalancedBuffer", "ReservoirBuffer", "per_class_sample"]
 
 
 class _TensorBuffer:
@@ -148,3 +148,19 @@ class ClassBalancedBuffer(_TensorBuffer):
             held.append(slot)
             writes[slot] = i
         self._write(writes, x, y)
+
+
+def per_class_sample(
+    y: Tensor, classes: tuple[int, ...], count: int, generator: torch.Generator
+) -> Tensor:
+    """Row indices of up to ``count`` examples of each label of ``classes``, drawn at random.
+
+    The episodic memory of A-GEM, GEM and MC-SGD: one random permutation per class, in the order
+    of ``classes``, from ``generator``.
+    """
+    chosen = []
+    for label in classes:
+        rows = torch.nonzero(y == int(label)).flatten()
+        order = torch.randperm(int(rows.shape[0]), generator=generator)
+        chosen.append(rows[order[:count]])
+    return torch.cat(chosen)

@@ -19,6 +19,7 @@ from perennial.strategies.base import (
     check_number,
     tensor_bytes,
 )
+from perennial.strategies.buffers import per_class_sample
 
 __all__ = ["GEM", "project_to_cone"]
 
@@ -143,12 +144,7 @@ class GEM(GradientStrategy):
     def after_experience(
         self, model: nn.Module, experience: Experience, x: Tensor, y: Tensor
     ) -> None:
-        chosen = []
-        for label in experience.classes:
-            rows = torch.nonzero(y == int(label)).flatten()
-            order = torch.randperm(int(rows.shape[0]), generator=self._generator)
-            chosen.append(rows[order[: self.memory_per_class]])
-        index = torch.cat(chosen)
+        index = per_class_sample(y, experience.classes, int(self.memory_per_class), self._generator)
         self.memories_.append((x[index].clone(), y[index].clone()))
 
     def stored_bytes(self) -> int:

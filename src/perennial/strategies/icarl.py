@@ -20,7 +20,7 @@ from perennial.strategies.base import (
     tensor_bytes,
     to_tensor,
 )
-from perennial.strategies.trainer import Progress, progress_marks
+from perennial.strategies.trainer import Progress
 
 __all__ = ["ICaRL", "herding"]
 
@@ -126,27 +126,20 @@ class ICaRL(GradientStrategy):
         if old:
             model.eval()
             with torch.no_grad():
-                previous = torch.sigmoid(model(data_x)[:, columns[old_columns]])
+                previous = torch.sigmoid(model(data_x)[:, torch.tensor(old)])
             targets[:, old_columns] = previous
-        n, size = int(data_y.shape[0]), int(self.batch_size)
-        steps = int(self.epochs) * -(-n // size)
-        marks = progress_marks(steps) if progress is not None else []
-        step = 0
-        model.train()
-        for _ in range(int(self.epochs)):
-            order = torch.randperm(n, generator=trainer.generator)
-            for start in range(0, n, size):
-                index = order[start : start + size]
-                logits = model(data_x[index])[:, columns]
-                loss = binary_cross_entropy_with_logits(logits, targets[index])
-                trainer.optimizer.zero_grad()
-                torch.autograd.backward(loss)
-                trainer.optimizer.step()
-                step += 1
-                while progress is not None and marks and marks[0][0] <= step:
-                    progress(marks.pop(0)[1])
-        while progress is not None and marks:
-            progress(marks.pop(0)[1])
+
+        def loss(index: Tensor) -> Tensor:
+            logits = model(data_x[index])[:, columns]
+            return binary_cross_entropy_with_logits(logits, targets[index])
+
+        trainer.fit_loss(
+            int(data_y.shape[0]),
+            loss,
+            epochs=int(self.epochs),
+            batch_size=int(self.batch_size),
+            progress=progress,
+        )
         self.seen_classes_ = known
         self._update_exemplars(experience, x, y)
 

@@ -16,6 +16,7 @@ from perennial.strategies.base import (
     check_number,
     tensor_bytes,
 )
+from perennial.strategies.buffers import per_class_sample
 
 __all__ = ["MCSGD"]
 
@@ -103,12 +104,7 @@ class MCSGD(GradientStrategy):
             self.searches_ = 0
 
     def _choose(self, experience: Experience, y: Tensor) -> Tensor:
-        chosen = []
-        for label in experience.classes:
-            rows = torch.nonzero(y == int(label)).flatten()
-            order = torch.randperm(int(rows.shape[0]), generator=self._generator)
-            chosen.append(rows[order[: self.memory_per_class]])
-        return torch.cat(chosen)
+        return per_class_sample(y, experience.classes, int(self.memory_per_class), self._generator)
 
     def line_loss(
         self,

@@ -29,6 +29,9 @@ from perennial.scenarios.base import Experience
 
 __all__ = ["Progress", "Trainer", "TrainingHooks"]
 
+#: ``loss(index)``: the loss of the minibatch made of the rows ``index`` of the data.
+BatchLoss = Callable[[Tensor], Tensor]
+
 #: ``progress(fraction_done)``, called at 11 evenly spaced points of a training run.
 Progress = Callable[[float], None]
 
@@ -192,3 +195,35 @@ class Trainer:
                     while marks and marks[0][0] == step:
                         report(marks.pop(0)[1])
                     next_mark = marks[0][0] if marks else -1
+
+    def fit_loss(
+        self,
+        n: int,
+        loss: BatchLoss,
+        *,
+        epochs: int,
+        batch_size: int,
+        progress: Progress | None = None,
+    ) -> None:
+        """Minibatch SGD on a loss of the strategy's own (iCaRL's sigmoid loss, VCL's ELBO).
+
+        The same shuffling, steps and progress points as :meth:`fit`, over ``n`` rows; each
+        step minimises ``loss(index)`` for the minibatch's row indices. No hook is called.
+        """
+        steps = epochs * math.ceil(n / batch_size)
+        report = progress if progress is not None else _ignore_progress
+        marks = progress_marks(steps) if progress is not None else []
+        self.model.train()
+        step = 0
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=self.generator)
+            for start in range(0, n, batch_size):
+                value = loss(order[start : start + batch_size])
+                self.optimizer.zero_grad()
+                torch.autograd.backward(value)
+                self.optimizer.step()
+                step += 1
+                while marks and marks[0][0] <= step:
+                    report(marks.pop(0)[1])
+        while marks:
+            report(marks.pop(0)[1])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Any, Unpack
 
 import numpy as np
@@ -20,7 +19,7 @@ from perennial.strategies.base import (
     check_number,
     to_tensor,
 )
-from perennial.strategies.trainer import Progress, Trainer, progress_marks
+from perennial.strategies.trainer import Progress, Trainer
 
 __all__ = ["VCL", "BayesianLinear", "gaussian_kl"]
 
@@ -164,25 +163,15 @@ class VCL(GradientStrategy):
         return self.trainer_.loss(self.trainer_.model(x), y) + self.kl() / n
 
     def _fit(self, experience: Experience, x: Tensor, y: Tensor, progress: Progress | None) -> None:
-        model, trainer = self.trainer_.model, self.trainer_
-        n, size = int(y.shape[0]), int(self.batch_size)
-        steps = int(self.epochs) * math.ceil(n / size)
-        marks = progress_marks(steps) if progress is not None else []
-        step = 0
-        model.train()
-        for _ in range(int(self.epochs)):
-            order = torch.randperm(n, generator=trainer.generator)
-            for start in range(0, n, size):
-                index = order[start : start + size]
-                loss = self.loss(x[index], y[index], n)
-                trainer.optimizer.zero_grad()
-                torch.autograd.backward(loss)
-                trainer.optimizer.step()
-                step += 1
-                while progress is not None and marks and marks[0][0] <= step:
-                    progress(marks.pop(0)[1])
-        while progress is not None and marks:
-            progress(marks.pop(0)[1])
+        n = int(y.shape[0])
+        self.trainer_.fit_loss(
+            n,
+            lambda index: self.loss(x[index], y[index], n),
+            epochs=int(self.epochs),
+            batch_size=int(self.batch_size),
+            progress=progress,
+        )
+        model = self.trainer_.model
         for layer in self._bayesian(model):
             layer.posterior_to_prior()
 

@@ -319,6 +319,12 @@ class GradientStrategy(Strategy, TrainingHooks):
 
     def prepare(self, scenario: Scenario) -> None:
         self.check_params()
+        if self.task_incremental_only and not scenario.task_labels:
+            raise InvalidParameterError(
+                f"{type(self).__name__} needs task labels at test time; scenario "
+                f"{scenario.name!r} has none (use a task-incremental scenario, e.g. --scenario "
+                "split-mnist-task)"
+            )
         if self.threads is not None:
             torch.set_num_threads(int(self.threads))
         if getattr(self, "trainer_", None) is None:

@@ -105,11 +105,6 @@ class PNN(GradientStrategy):
         super().__init__(**common)
 
     def prepare(self, scenario: Scenario) -> None:
-        if not scenario.task_labels:
-            raise InvalidParameterError(
-                f"pnn needs task labels at test time; scenario {scenario.name!r} has none "
-                "(use a task-incremental scenario, e.g. --scenario split-mnist-task)"
-            )
         first = getattr(self, "trainer_", None) is None
         super().prepare(scenario)
         if first:

@@ -14,6 +14,7 @@ import shutil
 import struct
 import sys
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -1189,3 +1190,23 @@ def test_an_acknowledged_unlearn_the_dual_ridge_head_cannot_match_is_still_appli
         rtol=1e-6,
     )
     again.close(snapshot=False)
+
+
+def test_a_refresher_process_that_dies_is_reported_with_how_it_ended(tmp_path: Path) -> None:
+    # Its pipe closes a moment before the process can be reaped: the report waits for the
+    # status instead of saying "exited (None)", and the store refuses updates from then on.
+    store = open_store(tmp_path / "model", isolate=True)
+    try:
+        apply(store, updates()[:1])
+        store.wait_served(1, timeout=60)
+        store._link._process.kill()
+        deadline = time.monotonic() + 60
+        while store.failure is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "killed by SIGKILL" in str(store.failure)
+        assert "killed by SIGKILL" in store.status()["problems"]["refresher"]
+        with pytest.raises(ServiceUnavailableError, match="the model stopped updating"):
+            apply(store, updates()[1:2])
+        assert store.version == 1
+    finally:
+        store.close()

@@ -728,3 +728,36 @@ def test_unverified_unlearning_of_rows_a_dual_head_does_not_hold_subtracts_them_
     targets = H.T @ Y - H_off.T @ np.eye(3)[[1, 1, 1]]
     np.testing.assert_allclose(head.targets_, targets, atol=1e-9 * np.abs(targets).max())
     assert np.isfinite(head.decision_scores(PROBES)).all()
+
+
+@pytest.mark.parametrize("name", sorted(NEVER_LEARNED))
+def test_rows_given_back_with_an_encoders_rounding_are_unlearned(name):
+    # An encoder's float32 features of a text change with its batch-mates by ~1e-7: the README's
+    # model (9 unit vectors in 384-d, 3 per class, so the scatter is far from full rank) learns a
+    # batch and unlearns one text encoded alone. That must be accepted, and still match the model
+    # retrained without it; another unit vector must still be refused.
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(9, 384))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    X = X.astype(np.float32).astype(np.float64)
+    y = ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    model = open_set_model(name, open_set=True)
+    model.learn_many(X, y)
+    stranger = rng.normal(size=(1, 384))
+    stranger /= np.linalg.norm(stranger)
+    probes = rng.normal(size=(5, 384))
+    before = model.decision_scores(probes)
+    with pytest.raises(InvalidInputError, match=r"cannot unlearn .*'a'"):
+        model.unlearn_many(stranger, ["a"])
+    np.testing.assert_array_equal(model.decision_scores(probes), before)
+    again = (X[:1] + rng.normal(0.0, 1e-7 / np.sqrt(384), (1, 384))).astype(np.float32)
+    assert 0 < np.abs(again - X[:1]).max() < 1e-6
+    model.unlearn_many(again.astype(np.float64), ["a"])
+    retrained = open_set_model(name, open_set=True)
+    retrained.learn_many(X[1:], y[1:])
+    # Loosely: SLDA's covariance of 6 examples in 384-d is nearly singular and magnifies the
+    # 1e-7 difference to ~1e-3 of its scores; the answers are the same.
+    assert model.predict_many(probes) == retrained.predict_many(probes)
+    np.testing.assert_allclose(
+        model.decision_scores(probes), retrained.decision_scores(probes), rtol=1e-2, atol=1e-5
+    )

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import faulthandler
 import json
 import logging
 import os
@@ -600,7 +601,9 @@ class Refresher:
                     self._try_snapshot(send)
                 continue
             if message[0] == "records" and time.monotonic() < resume:
-                time.sleep(resume - time.monotonic())  # meanwhile more records queue up
+                # meanwhile more records queue up (never a negative sleep: the clock moved on
+                # since the test above, and a ValueError here once killed the refresher)
+                time.sleep(max(0.0, resume - time.monotonic()))
             records: list[Record] = []
             stop: tuple[bool, float | None] | None = None
             while True:  # take everything already waiting: one solve for all of it
@@ -706,6 +709,7 @@ def run_thread(
 def process_main(config: RefresherConfig, inbox: Any, outbox: Any, parent: int) -> None:
     """Entry point of the refresher's child process (``multiprocessing`` spawn)."""
     _die_with_parent(parent)
+    faulthandler.enable()  # a crash in native code leaves its Python traceback in the log
     if config.log_level:
         logging.basicConfig(
             level=config.log_level.upper(),
@@ -736,6 +740,12 @@ def process_main(config: RefresherConfig, inbox: Any, outbox: Any, parent: int) 
 
     try:
         Refresher(config).run(receive, send)
+    except BaseException as error:
+        # Whatever ends the refresher reaches the store as its cause, not only as a closed pipe.
+        logger.exception("the refresher stopped on an unexpected error")
+        with contextlib.suppress(Exception):
+            outbox.send(("failed", error))
+        raise
     finally:
         if lock is not None:
             os.close(lock)

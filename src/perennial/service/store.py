@@ -61,6 +61,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -187,9 +188,21 @@ class _Link:
                 return None
             message: Message = self._reader.recv()
         except (EOFError, OSError):
-            code = self._process.exitcode if self._process is not None else None
-            return ("gone", code)
+            return ("gone", self._exit_status())
         return message
+
+    def _exit_status(self) -> str:
+        """How the refresher's process ended, once it has (its pipe closes a moment before)."""
+        if self._process is None:
+            return "unknown"
+        self._process.join(5.0)
+        code = self._process.exitcode
+        if code is None:
+            return "its pipe closed, the process still runs"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"killed by {signal.Signals(-code).name}"
+        return f"exit status {code}"
 
     def abandon(self) -> None:
         """Stop waiting for the refresher: kill its process, or leave its thread to finish.

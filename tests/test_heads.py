@@ -412,7 +412,7 @@ def test_clone_and_params_round_trip():
     assert clone.get_params() == head.get_params()
     assert repr(clone) == (
         "RidgeHead(n_features=12, ridge=0.1, seed=3, exact_forget=False, max_pending=1024, "
-        "max_dual_examples='auto')"
+        "max_dual_examples='auto', balance_classes=False)"
     )
 
 
@@ -688,3 +688,88 @@ def test_ridge_dual_unlearning_takes_a_row_rounded_otherwise_for_the_stored_one(
     assert head.form_ == "dual" and head.features_.shape[0] == len(keep)
     expected = closed_form_scores(head, X[keep], [y[i] for i in keep], X, 0.5)
     assert relative_gap(aligned_scores(head, X, head.classes_), expected) < 1e-9
+
+
+# --- ridge: balanced class scores --------------------------------------------------------------
+def balanced_closed_form(head: RidgeHead, X, y, X_eval, lam):
+    """W = (G + lam I)^-1 C with class c's targets mean(n) / n_c instead of 1."""
+    R = np.random.default_rng(head.seed).standard_normal((X.shape[1], head.n_features))
+    H = np.maximum(X @ R, 0)
+    counts = np.array([sum(label == c for label in y) for c in head.classes_], dtype=float)
+    Y = np.array([[1.0 if label == c else 0.0 for c in head.classes_] for label in y])
+    Y *= counts.mean() / counts
+    G, C = H.T @ H, H.T @ Y
+    return np.maximum(X_eval @ R, 0) @ np.linalg.solve(G + lam * np.eye(head.n_features), C)
+
+
+def unequal_blobs(seed: int):
+    """Four classes of 40, 20, 6 and 2 examples: where balancing changes the answers."""
+    X, y = blobs(seed, n_classes=4, per_class=40)
+    keep = {"c0": 40, "c1": 20, "c2": 6, "c3": 2}
+    rows = [
+        i for i, label in enumerate(y) if sum(y[j] == label for j in range(i + 1)) <= keep[label]
+    ]
+    return X[rows], [y[i] for i in rows]
+
+
+@pytest.mark.parametrize("form", ["dual", "primal"])
+def test_balanced_ridge_is_the_closed_form_with_class_weighted_targets(form):
+    X, y = unequal_blobs(21)
+    limit = 200 if form == "dual" else 0
+    head = RidgeHead(
+        n_features=256, ridge=0.5, max_pending=8, max_dual_examples=limit, balance_classes=True
+    )
+    plain = RidgeHead(n_features=256, ridge=0.5, max_dual_examples=limit)
+    for start in range(0, len(y), 9):  # predicting in between: pending updates on top
+        head.learn_many(X[start : start + 9], y[start : start + 9])
+        plain.learn_many(X[start : start + 9], y[start : start + 9])
+        head.decision_scores(X[:2])
+        seen = y[: start + 9]
+        expected = balanced_closed_form(head, X[: len(seen)], seen, X, 0.5)
+        assert relative_gap(head.decision_scores(X), expected) < 1e-9
+    assert head.form_ == form
+    # The statistics are those of the plain head: only the scores differ, and they differ.
+    assert np.array_equal(head.counts_, plain.counts_)
+    assert relative_gap(head.decision_scores(X), plain.decision_scores(X)) > 1e-3
+    # One example of the rarest class: its score now counts for as much as the common ones'.
+    labels = head.predict_many(X)
+    assert sum(a == b for a, b in zip(labels, y, strict=True)) >= sum(
+        a == b for a, b in zip(plain.predict_many(X), y, strict=True)
+    )
+
+
+@pytest.mark.parametrize("form", ["dual", "primal"])
+def test_balanced_ridge_after_unlearn_forget_merge_and_a_save(form):
+    X, y = unequal_blobs(22)
+    limit = 200 if form == "dual" else 0
+    params = dict(n_features=128, ridge=0.5, max_dual_examples=limit, balance_classes=True)
+    head = RidgeHead(**params)
+    head.learn_many(X, y)
+    assert head.form_ == form
+    head.unlearn_many(X[:10], y[:10])  # counts change: so do the balancing factors
+    kept_X, kept_y = X[10:], y[10:]
+    assert (
+        relative_gap(head.decision_scores(X), balanced_closed_form(head, kept_X, kept_y, X, 0.5))
+        < 1e-8
+    )
+    other = RidgeHead(**params)
+    other.learn_many(X[:10], y[:10])
+    head.merge(other)  # back to every example
+    assert relative_gap(head.decision_scores(X), balanced_closed_form(head, X, y, X, 0.5)) < 1e-8
+    meta, arrays = head.get_state()
+    restored = RidgeHead(**params)
+    restored.set_state(meta, arrays)
+    assert restored.balance_classes is True
+    np.testing.assert_allclose(restored.decision_scores(X), head.decision_scores(X), rtol=1e-9)
+    exact = RidgeHead(**{**params, "exact_forget": True})
+    exact.learn_many(X, y)
+    exact.forget("c3")  # the model that never saw c3, balanced over the three left
+    rest = [i for i, label in enumerate(y) if label != "c3"]
+    expected = balanced_closed_form(exact, X[rest], [y[i] for i in rest], X, 0.5)
+    assert relative_gap(exact.decision_scores(X), expected) < 1e-8
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_balance_classes_must_be_a_bool(bad):
+    with pytest.raises(InvalidParameterError, match="balance_classes must be True or False"):
+        RidgeHead(balance_classes=bad)

@@ -32,7 +32,7 @@ def segments() -> list[tuple[dict[str, float], str]]:
 
 
 @pytest.mark.parametrize(
-    "params", list(RiverClassifier._unit_test_params()), ids=lambda p: repr(p["head"])
+    "params", list(RiverClassifier._unit_test_params()), ids=lambda p: repr(p.get("head", "auto"))
 )
 def test_river_check_estimator(params):
     # river's conformance suite for classifiers: clone, params, pickling, purity, shuffled and
@@ -82,7 +82,7 @@ def test_ridge_answers_equal_the_closed_form(phishing, m):
     stream = phishing[:80]
     queries = [x for x, _ in phishing[80:]]
     queries.append({k: v for k, v in list(phishing[0][0].items())[:4]})  # features missing: 0
-    model = RiverClassifier(RidgeHead(n_features=m, ridge=LAMBDA))
+    model = RiverClassifier(RidgeHead(n_features=m, ridge=LAMBDA), scale=False)
     for x, y in stream:
         model.learn_one(x, y)
     labels, scores = _reference_scores(stream, queries, m)
@@ -98,7 +98,7 @@ def test_progressive_answers_equal_the_learner_on_vectors(segments):
     # Predict, then learn, one at a time: the adapter must answer what the learner answers on
     # the same vectors (sorted features, labels as column numbers), step by step.
     names = sorted(segments[0][0])
-    model = RiverClassifier("slda")
+    model = RiverClassifier("slda", scale=False)
     learner = LifelongClassifier(head="slda")
     codes: dict[str, int] = {}
     for x, y in segments:
@@ -230,6 +230,7 @@ def test_bad_input_refused_and_nothing_learned(x, y, error, match):
         ({"features": ()}, "at least one"),
         ({"features": ("a", "a")}, "twice"),
         ({"blas_threads": 0}, "blas_threads"),
+        ({"scale": "yes"}, "scale must be True or False"),
     ],
 )
 def test_bad_parameters(params, match):
@@ -279,3 +280,70 @@ def test_no_open_set_work_unless_asked(phishing, head):
         model.predict_one(x)
         model.learn_one(x, y)
     assert model.model_.gate_ is None and model.model_.unknown_rate is None
+
+
+def test_scaling_equals_rivers_standard_scaler_in_front(segments):
+    # scale=True (the default) must answer as river's own StandardScaler piped into the
+    # unscaled model: the same running mean and population variance, step by step.
+    from river import preprocessing
+
+    ours = RiverClassifier(RidgeHead(n_features=128, ridge=LAMBDA))
+    theirs = preprocessing.StandardScaler() | RiverClassifier(
+        RidgeHead(n_features=128, ridge=LAMBDA), scale=False
+    )
+    agree = 0
+    for x, y in segments:
+        mine, reference = ours.predict_proba_one(x), theirs.predict_proba_one(x)
+        assert mine.keys() == reference.keys()
+        np.testing.assert_allclose(
+            [mine[k] for k in reference], list(reference.values()), rtol=1e-6, atol=1e-9
+        )
+        agree += ours.predict_one(x) == theirs.predict_one(x)
+        ours.learn_one(x, y)
+        theirs.learn_one(x, y)
+    assert agree == len(segments)
+
+
+def test_auto_head_width_follows_the_inputs(phishing, segments):
+    from perennial.river import auto_width
+
+    assert [auto_width(d) for d in (2, 9, 18, 100, 384)] == [256, 256, 288, 1600, 4096]
+    model = RiverClassifier()
+    for x, y in segments[:3]:
+        model.learn_one(x, y)
+    assert model.model_.head.n_features == auto_width(len(segments[0][0])) == 288
+    assert model.model_.head.balance_classes  # a class met a few times is not outvoted
+
+
+def test_the_auto_head_is_a_balanced_ridge_on_scaled_rows(segments):
+    # The default against the same head built by hand behind river's own StandardScaler.
+    from river import preprocessing
+
+    from perennial.heads import RidgeHead
+
+    ours = RiverClassifier()
+    theirs = preprocessing.StandardScaler() | RiverClassifier(
+        RidgeHead(n_features=288, balance_classes=True), scale=False
+    )
+    for x, y in segments[:140]:
+        assert ours.predict_one(x) == theirs.predict_one(x)
+        ours.learn_one(x, y)
+        theirs.learn_one(x, y)
+    probabilities = ours.predict_proba_one(segments[140][0])
+    expected = theirs.predict_proba_one(segments[140][0])
+    assert probabilities.keys() == expected.keys()
+    for label, p in expected.items():
+        assert probabilities[label] == pytest.approx(p, abs=1e-9)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_value_that_is_not_finite_is_refused_even_where_scaling_would_hide_it(phishing, value):
+    model = RiverClassifier()  # the first example's scaled row is all zeros
+    x = dict(phishing[0][0])
+    x[next(iter(x))] = value
+    with pytest.raises(InvalidInputError, match="every value must be finite"):
+        model.learn_one(x, True)
+    assert model.model_ is None
+    model.learn_one(phishing[0][0], True)
+    with pytest.raises(InvalidInputError, match="every value must be finite"):
+        model.predict_one(x)

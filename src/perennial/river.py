@@ -9,7 +9,7 @@ second implementation of learning here.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ except ImportError as error:  # pragma: no cover - the extra is installed for th
         "perennial.river needs the river package: pip install 'perennial[river]'"
     ) from error
 
-__all__ = ["RiverClassifier"]
+__all__ = ["RiverClassifier", "auto_width"]
 
 NEW_FEATURES = ("raise", "ignore")
 _PLAIN_NUMBERS = frozenset({float, int, bool})  # checked by type first: isinstance is slower
@@ -39,33 +39,48 @@ class _BlasThreads:
     them and waits for them, and on a busy machine a thread that lost its core holds up the
     call for a scheduler tick: predict-then-learn over river's Phishing with the default ridge
     head took 440 s on two threads against 110 s on one, on a loaded 2-core machine. The
-    libraries are found once, at the first use (after numpy and SciPy have loaded theirs).
+    libraries are found once, at the first use (after numpy and SciPy have loaded theirs), and
+    their C entry points are kept: threadpoolctl's per-call lookups cost about as much as a
+    small head's whole step.
     """
 
-    _libraries: list[Any] | None = None
+    _libraries: list[tuple[Callable[[], int], Callable[[int], Any]]] | None = None
 
     def __init__(self, n: int | None) -> None:
         self.n = n
         self._saved: list[int] = []
 
+    @staticmethod
+    def _find() -> list[tuple[Callable[[], int], Callable[[int], Any]]]:
+        from threadpoolctl import ThreadpoolController
+
+        found = []
+        for library in ThreadpoolController().select(user_api="blas").lib_controllers:
+            symbol = getattr(library, "_get_symbol", None)
+            get = symbol("openblas_get_num_threads") if symbol is not None else None
+            put = symbol("openblas_set_num_threads") if symbol is not None else None
+            if library.internal_api == "openblas" and get is not None and put is not None:
+                found.append((get, put))
+            else:  # another BLAS, or a threadpoolctl without the lookup: its public calls
+                found.append((library.get_num_threads, library.set_num_threads))
+        return found
+
     def __enter__(self) -> None:
         if self.n is None:
             return
         if _BlasThreads._libraries is None:
-            from threadpoolctl import ThreadpoolController
-
-            _BlasThreads._libraries = ThreadpoolController().select(user_api="blas").lib_controllers
-        self._saved = [library.get_num_threads() for library in _BlasThreads._libraries]
-        for library, n in zip(_BlasThreads._libraries, self._saved, strict=True):
+            _BlasThreads._libraries = self._find()
+        self._saved = [get() for get, _ in _BlasThreads._libraries]
+        for (_, put), n in zip(_BlasThreads._libraries, self._saved, strict=True):
             if n != self.n:
-                library.set_num_threads(self.n)
+                put(self.n)
 
     def __exit__(self, *exc: object) -> None:
         if self.n is None:
             return
-        for library, n in zip(_BlasThreads._libraries or [], self._saved, strict=True):
+        for (_, put), n in zip(_BlasThreads._libraries or [], self._saved, strict=True):
             if n != self.n:
-                library.set_num_threads(n)
+                put(n)
 
 
 def _feature_order(names: Iterable[Hashable]) -> tuple[Hashable, ...]:
@@ -99,8 +114,22 @@ class RiverClassifier(river_base.Classifier):
     Parameters
     ----------
     head
-        The head, by registry name (``"ridge"``, ``"ridge-ensemble"``, ``"slda"``, ``"ncm"``) or
-        as a :class:`~perennial.heads.Head`, which is cloned, never trained itself.
+        ``"auto"`` (the default for numeric streams): a ridge head on
+        ``clip(16 * d, 256, 4096)`` random features for ``d`` input features, chosen when the
+        first example arrives, with balanced class scores (``balance_classes=True``: a class
+        met a few times is not outvoted by the classes met often, which is what a stream
+        whose classes arrive one after another needs). A step costs ``O(M**2)``, and on river's
+        small numeric streams accuracy barely moved between 128 and 512 features
+        (``benchmarks/RESULTS.md``), so 4,096 (the learner's default, made for 384-d text
+        features) is kept for wide inputs. Or a head by registry name (``"ridge"``,
+        ``"ridge-ensemble"``, ``"slda"``, ``"ncm"``), or a :class:`~perennial.heads.Head`, which
+        is cloned, never trained itself.
+    scale
+        Standardise each feature by the running mean and standard deviation of the examples
+        learned so far, as river's ``preprocessing.StandardScaler`` does in front of a model
+        (a feature with no spread yet maps to 0). On by default: random features and ridge
+        penalties assume comparable scales, and river's numeric streams mix units. The head then
+        holds statistics of examples as they were scaled when learned.
     features
         The feature names, or None to take them from the first example learned.
     new_features
@@ -122,7 +151,7 @@ class RiverClassifier(river_base.Classifier):
     Examples
     --------
     >>> from river import datasets, evaluate, metrics
-    >>> model = RiverClassifier(head="slda")
+    >>> model = RiverClassifier(head="slda", scale=False)
     >>> model.predict_one({"x": 1.0}) is None
     True
     >>> model.learn_one({"x": 1.0, "y": 0.0}, True)
@@ -130,24 +159,27 @@ class RiverClassifier(river_base.Classifier):
     >>> model.predict_one({"x": 0.9, "y": 0.2})
     True
     >>> stream = datasets.Phishing().take(500)
-    >>> evaluate.progressive_val_score(stream, RiverClassifier("slda"), metrics.Accuracy())
-    Accuracy: 87.58%
+    >>> evaluate.progressive_val_score(stream, RiverClassifier(), metrics.Accuracy())
+    Accuracy: 87.37%
     """
 
     def __init__(
         self,
-        head: str | Head = "ridge",
+        head: str | Head = "auto",
         features: tuple[Hashable, ...] | None = None,
         new_features: str = "raise",
         blas_threads: int | None = 1,
+        scale: bool = True,
     ) -> None:
         if not isinstance(head, (str, Head)):
             raise InvalidParameterError(
-                f"head must be a Head or a head name ({', '.join(sorted(HEADS))}), "
+                f"head must be a Head, 'auto' or a head name ({', '.join(sorted(HEADS))}), "
                 f"got {type(head).__name__} ({head!r})"
             )
         if isinstance(head, str):
-            check_choice("head", head, tuple(sorted(HEADS)))
+            check_choice("head", head, ("auto", *sorted(HEADS)))
+        if not isinstance(scale, (bool, np.bool_)):
+            raise InvalidParameterError(f"scale must be True or False, got {scale!r}")
         if features is not None:
             features = tuple(features)
             if not features:
@@ -160,11 +192,16 @@ class RiverClassifier(river_base.Classifier):
         if blas_threads is not None:
             check_int("blas_threads", blas_threads, minimum=1)
         self.blas_threads = blas_threads
+        self.scale = bool(scale)
         self.model_: LifelongClassifier | None = None
         self.features_: tuple[Hashable, ...] | None = None
         self.labels_: list[Any] = []  # any hashable value
         self._columns: dict[Hashable, int] = {}  # feature name -> position in the vector
         self._codes: dict[Hashable, int] = {}  # label -> the model's class
+        # Running moments of the learned examples (Welford), for ``scale``.
+        self._count = 0
+        self._mean: np.ndarray | None = None
+        self._m2: np.ndarray | None = None
 
     @property
     def _multiclass(self) -> bool:
@@ -176,7 +213,8 @@ class RiverClassifier(river_base.Classifier):
         # wants the statistics' size reached early (a default ridge head's G is 128 MB).
         from perennial.heads import RidgeHead
 
-        yield {"head": RidgeHead(n_features=64), "new_features": "ignore"}
+        yield {"new_features": "ignore"}  # the default: scaled, ridge on 256 features
+        yield {"head": RidgeHead(n_features=64), "new_features": "ignore", "scale": False}
         yield {"head": "slda", "new_features": "ignore"}
         yield {"head": "ncm"}
 
@@ -211,6 +249,11 @@ class RiverClassifier(river_base.Classifier):
                 )
             values[position] = value
         row = np.array([values], dtype=np.float64)
+        if not np.isfinite(row).all():  # checked here: scaling could hide a NaN as 0
+            bad = [name for name, position in columns.items() if not np.isfinite(row[0, position])]
+            raise InvalidInputError(
+                f"feature {bad[0]!r} is {row[0, columns[bad[0]]]!r}; every value must be finite"
+            )
         return row
 
     def _prepare(self, x: dict[Hashable, Any]) -> tuple[np.ndarray, dict[Hashable, int] | None]:
@@ -228,6 +271,20 @@ class RiverClassifier(river_base.Classifier):
         columns = {name: i for i, name in enumerate(_feature_order(names))}
         return self._vector(x, columns), columns
 
+    def _make_head(self, dim: int) -> Head:
+        if isinstance(self.head, Head):
+            return self.head.clone()
+        if self.head == "auto":
+            return make_head("ridge", n_features=auto_width(dim), balance_classes=True)
+        return make_head(self.head)
+
+    def _scaled(self, row: np.ndarray, mean: np.ndarray, m2: np.ndarray, n: int) -> np.ndarray:
+        """``row`` standardised by the running moments (0 where a feature has no spread)."""
+        std = np.sqrt(m2 / max(n, 1))
+        out = np.zeros_like(row)
+        np.divide(row - mean, std, out=out, where=std > 0)
+        return out
+
     # --- learning and predicting ---------------------------------------------------------------
     def learn_one(self, x: dict[Hashable, Any], y: Hashable) -> None:
         """Learn one example; on any error, nothing changes."""
@@ -240,23 +297,40 @@ class RiverClassifier(river_base.Classifier):
         row, columns = self._prepare(x)
         model = self.model_
         if model is None:
-            head = make_head(self.head) if isinstance(self.head, str) else self.head.clone()
-            model = LifelongClassifier(head=head)
+            model = LifelongClassifier(head=self._make_head(row.shape[1]))
+        moments = None
+        if self.scale:  # river's StandardScaler: update the moments, then transform
+            n = self._count + 1
+            mean = np.zeros(row.shape[1]) if self._mean is None else self._mean
+            m2 = np.zeros(row.shape[1]) if self._m2 is None else self._m2
+            delta = row[0] - mean
+            mean = mean + delta / n
+            m2 = m2 + delta * (row[0] - mean)
+            moments = (n, mean, m2)
+            row = self._scaled(row, mean, m2, n)
         with _BlasThreads(self.blas_threads):
             model.learn_one(row[0], code)
         # Commit: the model learned the row.
         if columns is not None:
             self.model_, self._columns = model, columns
             self.features_ = tuple(columns)
+        if moments is not None:
+            self._count, self._mean, self._m2 = moments
         if code == len(self.labels_):
             self._codes[y] = code
             self.labels_.append(y)
+
+    def _query(self, x: dict[Hashable, Any]) -> np.ndarray:
+        row = self._vector(x, self._columns)
+        if self.scale and self._mean is not None and self._m2 is not None:
+            row = self._scaled(row, self._mean, self._m2, self._count)
+        return row
 
     def predict_proba_one(self, x: dict[Hashable, Any], **kwargs: Any) -> dict[Any, float]:
         """Probability of each label seen; ``{}`` before anything is learned."""
         if self.model_ is None:
             return {}
-        row = self._vector(x, self._columns)
+        row = self._query(x)
         with _BlasThreads(self.blas_threads):
             proba = self.model_.predict_proba_many(row)[0]
         return {
@@ -268,10 +342,15 @@ class RiverClassifier(river_base.Classifier):
         """The most likely label; None before anything is learned."""
         if self.model_ is None:
             return None
-        row = self._vector(x, self._columns)
+        row = self._query(x)
         with _BlasThreads(self.blas_threads):
             code = self.model_.predict_one(row[0])
         return self.labels_[int(code)]
+
+
+def auto_width(dim: int) -> int:
+    """The random features of ``head="auto"`` for ``dim`` input features: clip(16 d, 256, 4096)."""
+    return int(min(4096, max(256, 16 * dim)))
 
 
 def _shown(columns: dict[Hashable, int], limit: int = 5) -> str:

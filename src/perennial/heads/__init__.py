@@ -34,7 +34,7 @@ def make_head(name: str, **params: object) -> Head:
     Examples
     --------
     >>> make_head("ridge", n_features=128, max_pending=64)
-    RidgeHead(n_features=128, ridge='auto', seed=0, exact_forget=False, max_pending=64, max_dual_examples='auto')
+    RidgeHead(n_features=128, ridge='auto', seed=0, exact_forget=False, max_pending=64, max_dual_examples='auto', balance_classes=False)
     """
     from perennial.exceptions import InvalidParameterError
 

@@ -615,6 +615,16 @@ class ModelStore:
         """Width of the features the model takes (None until the first example)."""
         return self._dim
 
+    def records_after(self, version: int) -> list[Record] | None:
+        """The journal's records of the updates after ``version``, oldest first; None when a
+        snapshot took some of them out of the journal (they can no longer be read one by one)."""
+        with self._write_lock:  # no append or compaction meanwhile
+            records = [r for r in self._journal.read() if r.version > version]
+            current = self._version
+        if current > version and (not records or records[0].version != version + 1):
+            return None
+        return records
+
     # --- updates ------------------------------------------------------------------------------------
     def learn(self, features: Any, labels: Any) -> int:
         """Learn a batch of encoded examples durably; returns the new version.

@@ -6,6 +6,8 @@ A model directory served by ``perennial serve`` holds::
     snapshot-<version>/         a LifelongClassifier.save() of the model at that version, and
                                 its ledger in ledger/ (see perennial.service.ledger)
     journal.log                 every acknowledged update since (see perennial.service.journal)
+    desk-replies.json,          the support desk's replies and handed-over conversations (text
+    desk-handovers/             models; see perennial.service.desk)
 
 **Updates.** A learn, unlearn or forget is checked, written to the journal and synced, and only
 then acknowledged with its new version. The check needs only the feature width and the

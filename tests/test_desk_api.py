@@ -171,8 +171,9 @@ def test_replies_are_saved_atomically(server: Server) -> None:
     ok(operator.put("/v1/desk/replies/top_up_failed", json={"text": "Try the top-up again."}))
     saved = json.loads((server.model / "desk-replies.json").read_text(encoding="utf-8"))
     assert saved["top_up_failed"] == "Try the top-up again."
-    # Only the file itself is left: no temporary file of the write.
-    assert sorted(p.name for p in server.model.glob("*desk*")) == ["desk-replies.json"]
+    # Only the file itself is left: no temporary file of the write (nor of the hand-overs').
+    assert sorted(p.name for p in server.model.glob("*desk-replies*")) == ["desk-replies.json"]
+    assert list(server.model.glob("desk-handovers/.*")) == []
     intents = {i["label"]: i for i in ok(operator.get("/v1/desk/intents"))["intents"]}
     assert intents["top_up_failed"]["reply"] == "Try the top-up again."
     assert intents["top_up_failed"]["custom"] is True
@@ -206,6 +207,11 @@ def test_a_corrupted_replies_file_is_named_at_start(tmp_path: Path) -> None:
         ("put", "/v1/desk/replies/card_arrival", {"text": ""}, 422, "text is empty"),
         ("put", "/v1/desk/replies/no_such", {"text": "hi"}, 404, "no intent 'no_such'"),
         ("post", "/v1/desk/review/zzz", {"label": "   "}, 422, "label"),
+        ("post", "/v1/desk/review/zzz", {"label": ""}, 422, "label is blank ('')"),
+        ("post", "/v1/desk/review/zzz", {"label": "ok", "answer": " "}, 422, "answer is empty"),
+        ("post", "/v1/desk/conversations/zzz/answer", {"text": ""}, 422, "text is empty"),
+        ("post", "/v1/desk/try", {"text": ""}, 422, "text is empty"),
+        ("post", "/v1/desk/try", {"text": " \n "}, 422, "text is empty"),
         ("post", "/v1/desk/review/zzz", {"label": "y" * 10_000}, 413, "10000 characters"),
         ("post", "/v1/desk/review/zzz", {"label": "ok"}, 404, "no review item 'zzz'"),
         ("post", "/v1/desk/conversations/zzz/answer", {"text": "hi"}, 404, "no conversation"),
@@ -230,3 +236,151 @@ def test_the_pages_load_only_their_own_files(server: Server) -> None:
         assert "http" not in response.text.replace(server.url, "")  # no CDN
     assert httpx.get(server.url + "/desk/console.js").status_code == 200
     assert httpx.get(server.url + "/desk/..%2Fdesk.py").status_code == 404
+
+
+# --- hand-overs kept across a restart ----------------------------------------------------------------
+def _handed_over_desk(directory: Path, clock: Any) -> tuple[Any, Any, str, str]:
+    """A desk with one handed-over conversation whose item waits: (desk, queue, talk, item)."""
+    from perennial.service.desk import Desk
+    from perennial.service.review import ReviewQueue
+
+    review = ReviewQueue(ttl=600, clock=clock)
+    desk = Desk(directory, ttl=600, clock=clock, version=lambda: 7)
+    desk.keep(review, lambda version: [])
+    talk = desk.start()
+    desk.post(talk, "customer", NEW_TOPIC)
+    item = review.add(NEW_TOPIC, {"label": None, "score": 0.1}, version=7, size=42)
+    desk.hand_over(talk, review.get(item))
+    desk.post(talk, "bot", "Let me bring in a colleague.", handed_over=True)
+    return desk, review, talk, str(item)
+
+
+def _restarted(directory: Path, clock: Any, records: Any) -> tuple[Any, Any]:
+    from perennial.service.desk import Desk
+    from perennial.service.review import ReviewQueue
+
+    review = ReviewQueue(ttl=600, clock=clock)
+    desk = Desk(directory, ttl=600, clock=clock)
+    desk.keep(review, records)
+    return desk, review
+
+
+@pytest.mark.parametrize(
+    ("journal", "learned"),
+    [
+        ("the learning", True),  # it reached the model: never learned again
+        ("other learnings", False),  # it did not: the item waits again
+        ("nothing", False),
+        ("compacted", True),  # cannot tell: counted learned (logged), never learned twice
+    ],
+)
+def test_an_item_being_learned_at_a_crash_is_settled_by_the_journal(
+    tmp_path: Path, journal: str, learned: bool
+) -> None:
+    import numpy as np
+
+    from perennial.service.journal import Record
+
+    now = [1000.0]
+    desk, review, talk, item_id = _handed_over_desk(tmp_path, lambda: now[0])
+    item = review.claim(item_id)
+    features = np.full((1, 4), 0.25, dtype=np.float32)
+    desk.labelling(item, "age_limit", features)  # then the process dies before settled()
+    other = Record(8, "learn", ("age_limit",), np.zeros((1, 4), dtype=np.float32))
+    mine = Record(9, "learn", ("age_limit",), features.copy())
+    records = {
+        "the learning": [other, mine],
+        "other learnings": [other, Record(9, "learn", ("other",), features.copy())],
+        "nothing": [],
+        "compacted": None,
+    }[journal]
+    asked = []
+
+    def records_after(version: int) -> Any:
+        asked.append(version)
+        return records
+
+    now[0] += 60
+    desk, review = _restarted(tmp_path, lambda: now[0], records_after)
+    assert asked == [7]  # the version recorded before the learning
+    assert (review.get(item_id) is None) is learned
+    if not learned:  # back with its id, text and first expiry time
+        assert review.get(item_id) == item
+    (kept,) = desk.handed_over({i.id for i in review.items()})
+    assert kept["id"] == talk and kept["pending"] == ([] if learned else [item_id])
+    assert [m["text"] for m in kept["messages"]] == [NEW_TOPIC, "Let me bring in a colleague."]
+    # The file now says so too: a second restart gives the same queue, asking nothing.
+    desk, review = _restarted(tmp_path, lambda: now[0], lambda version: pytest.fail("asked"))
+    assert (review.get(item_id) is None) is learned
+
+
+def test_kept_conversations_expire_and_leave_no_file(tmp_path: Path) -> None:
+    now = [1000.0]
+    desk, review, talk, item_id = _handed_over_desk(tmp_path, lambda: now[0])
+    assert [p.name for p in (tmp_path / "desk-handovers").iterdir()] == [f"{talk}.json"]
+    review.discard(item_id)  # discarded: it leaves the file
+    desk, review = _restarted(tmp_path, lambda: now[0], lambda version: [])
+    assert len(review) == 0 and len(desk) == 1
+    now[0] += 601  # past the time-to-live after the last message
+    desk, review = _restarted(tmp_path, lambda: now[0], lambda version: [])
+    assert len(desk) == 0 and list((tmp_path / "desk-handovers").iterdir()) == []
+
+
+def test_a_restart_keeps_the_hand_overs_and_learns_nothing_twice(server: Server) -> None:
+    """A crash (SIGKILL) with two hand-overs: one waiting, one labelled just before."""
+    customer, operator = server.client(READER), server.client(OPERATOR)
+    waiting_question = "Can my teenager get a debit card of her own?"
+    labelled_question = "Do you offer loans for buying a boat?"
+    talks, items = {}, {}
+    for question in (waiting_question, labelled_question):
+        body = ok(customer.post("/v1/chat", json={"text": question}))
+        assert body["prediction"]["unknown"] is True, question
+        talks[question] = body["conversation"]
+        queue = ok(operator.get("/v1/desk/queue"))
+        mine = next(c for c in queue["conversations"] if c["id"] == body["conversation"])
+        items[question] = mine["pending"][0]["id"]
+    plain = ok(customer.post("/v1/chat", json={"text": next(iter(KNOWN))}))["conversation"]
+    label = {"label": "boat_loan", "answer": "We do not lend for boats."}
+    ok(operator.post(f"/v1/desk/review/{items[labelled_question]}", json=label))
+    ok(
+        operator.post(
+            f"/v1/desk/conversations/{talks[waiting_question]}/answer", json={"text": "One moment."}
+        )
+    )
+    before = ok(customer.get(f"/v1/chat/{talks[waiting_question]}"))["messages"]
+    server.kill()
+    server.start()
+    customer, operator = server.client(READER), server.client(OPERATOR)
+    # The operator still sees the waiting question, with its item, id and text.
+    queue = ok(operator.get("/v1/desk/queue"))
+    waiting = next(c for c in queue["conversations"] if c["id"] == talks[waiting_question])
+    assert [(i["id"], i["input"]) for i in waiting["pending"]] == [
+        (items[waiting_question], waiting_question)
+    ]
+    assert waiting["messages"] == before
+    # The customer's page polls the same conversation and sees the operator's answers.
+    assert ok(customer.get(f"/v1/chat/{talks[waiting_question]}"))["messages"] == before
+    labelled = next(c for c in queue["conversations"] if c["id"] == talks[labelled_question])
+    assert labelled["pending"] == []
+    assert labelled["messages"][-1]["text"] == "We do not lend for boats."
+    # The label sent before the crash, sent again: refused, learned once.
+    for path in (
+        f"/v1/desk/review/{items[labelled_question]}",
+        f"/v1/review/{items[labelled_question]}",
+    ):
+        again = operator.post(path, json={"label": label["label"]})
+        assert "labelled or discarded already" in refused(again, 404)
+    counts = {c["label"]: c["count"] for c in ok(operator.get("/v1/classes"))["classes"]}
+    assert counts["boat_loan"] == 1
+    # The waiting item is taught after the restart, and its answer reaches the customer.
+    answer = {"label": "child_card", "answer": "From the age of 13, with a parent."}
+    ok(operator.post(f"/v1/desk/review/{items[waiting_question]}", json=answer))
+    seen = ok(
+        customer.get(f"/v1/chat/{talks[waiting_question]}", params={"after": before[-1]["seq"]})
+    )
+    assert [(m["from"], m["text"]) for m in seen["messages"]] == [("operator", answer["answer"])]
+    counts = {c["label"]: c["count"] for c in ok(operator.get("/v1/classes"))["classes"]}
+    assert counts["child_card"] == 1
+    # A conversation never handed over lived in memory only.
+    gone = customer.get(f"/v1/chat/{plain}")
+    assert gone.status_code == 404 and "the service restarted" in gone.json()["error"]

@@ -61,9 +61,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def shots(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
     folder = Path(os.environ.get("PERENNIAL_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
     folder.mkdir(parents=True, exist_ok=True)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"desk screenshots: {folder}")
+    request.config.desk_screenshots = folder  # printed at the end of the run (conftest.py)
     return folder
 
 
@@ -154,6 +152,22 @@ def fill(driver: Any, element: Any, value: str) -> None:
     driver.execute_script("arguments[0].value = arguments[1]", element, value)
 
 
+def figure(driver: Any, name: str) -> float:
+    """A figure beside the chart, as shown (``dd.<name>``)."""
+    (shown,) = texts(driver, f"#figures dd.{name}")
+    return float(shown)
+
+
+def conversation_card(driver: Any, question: str) -> Any:
+    def find() -> Any:
+        for card in driver.find_elements(By.CSS_SELECTOR, "#conversations .conversation"):
+            if question in texts(card, ".log .text"):
+                return card
+        return None
+
+    return wait_for(driver, find, f"the conversation of {question!r} in the operator's queue")
+
+
 def intent_count(server: Server, label: str) -> int:
     classes = ok(server.client(OPERATOR).get("/v1/classes"))["classes"]
     return next((c["count"] for c in classes if c["label"] == label), 0)
@@ -198,6 +212,10 @@ def test_a_new_topic_is_handed_over_taught_and_answered(
         "the examples learned among the figures",
     )
     assert learned == 121
+    # The second customer's message came after sign-in: a fresh sample counts it per minute.
+    wait_for(browser, lambda: figure(browser, "predictions-per-minute") > 0, "predictions/min")
+    assert 0.0 <= figure(browser, "unknown-rate") <= 1.0
+    assert figure(browser, "version-lag") >= 0
     browser.save_screenshot(str(shots / "console-after-teaching.png"))
 
 
@@ -243,6 +261,92 @@ def test_a_wrong_key_is_refused_and_a_read_key_cannot_teach(browser: Any, server
     assert verdict[0].startswith(f"intent {intent} (score ")
     assert len(texts(browser, "#try-result .alternatives li")) == 5
     assert texts(browser, "#try-result .novelty")[0].startswith("novelty 0.")
+
+
+def test_the_operator_answers_assigns_an_existing_intent_and_hands_back(
+    browser: Any, server: Server
+) -> None:
+    question = "Is there a branch in Lisbon where I could talk to someone in person?"
+    customer = new_tab(browser, f"{server.url}/chat#key={READER}")
+    assert chat(browser, question)[-1] == "Let me bring in a colleague."
+    operator = console(browser, server)
+    talk = conversation_card(browser, question)
+    talk_id = talk.get_attribute("data-id")
+    # "Send": the operator's answer reaches the customer's chat.
+    answer = "Our nearest branch is in Porto; a colleague can call you instead."
+    fill(browser, talk.find_element(By.CSS_SELECTOR, ".row input[name='reply']"), answer)
+    talk.find_element(By.CSS_SELECTOR, "button.send-answer").click()
+    browser.switch_to.window(customer)
+    wait_for(browser, lambda: texts(browser, "#messages .msg.operator .text") == [answer], "answer")
+    # Assign an existing intent: it gains one example, and no new intent appears.
+    browser.switch_to.window(operator)
+    before = intent_count(server, "lost_or_stolen_card")
+    card = pending_card(browser, question)
+    fill(browser, card.find_element(By.NAME, "label"), "lost_or_stolen_card")
+    card.find_element(By.CSS_SELECTOR, "button.teach").click()
+    examples = "#intents tr[data-label='lost_or_stolen_card'] .examples"
+    wait_for(browser, lambda: texts(browser, examples) == [str(before + 1)], "one more example")
+    assert intent_count(server, "lost_or_stolen_card") == before + 1
+    assert not browser.find_element(By.ID, "error").is_displayed()
+    # "Hand back to the bot": the conversation leaves the queue; the bot answers it again.
+    conversation_card(browser, question).find_element(By.CSS_SELECTOR, "button.close").click()
+    wait_for(
+        browser,
+        lambda: (
+            talk_id
+            not in [
+                c.get_attribute("data-id")
+                for c in browser.find_elements(By.CSS_SELECTOR, ".conversation")
+            ]
+        ),
+        "the conversation out of the queue",
+    )
+    operator_client = server.client(OPERATOR)
+    assert ok(operator_client.get(f"/v1/chat/{talk_id}"))["handed_over"] is False
+    browser.switch_to.window(customer)
+    known = next(q for q, label in KNOWN.items() if label == "exchange_rate")
+    assert chat(browser, known)[-1] == "I can help with that: exchange rate."
+    # "Discard": another question leaves the queue without teaching anything.
+    discarded = "What time do you open on public holidays?"
+    new_tab(browser, f"{server.url}/chat#key={READER}")
+    assert chat(browser, discarded)[-1] == "Let me bring in a colleague."
+    browser.switch_to.window(operator)
+    learned = ok(operator_client.get("/v1/desk/stats"))["learned"]
+    card = pending_card(browser, discarded)
+    item_id = card.get_attribute("data-id")
+    card.find_element(By.CSS_SELECTOR, "button.discard").click()
+    wait_for(browser, lambda: discarded not in texts(browser, ".pending .quote"), "discarded")
+    assert item_id not in [i["id"] for i in ok(operator_client.get("/v1/review"))["items"]]
+    assert ok(operator_client.get("/v1/desk/stats"))["learned"] == learned
+    # "Save reply": saved with the model, and the next customer gets it.
+    reply = "If your top-up failed, please try again in a few minutes."
+    row = browser.find_element(By.CSS_SELECTOR, "#intents tr[data-label='top_up_failed']")
+    fill(browser, row.find_element(By.NAME, "reply"), reply)
+    row.find_element(By.CSS_SELECTOR, ".save-reply").click()
+    saved = wait_for(
+        browser,
+        lambda: next(
+            (
+                i
+                for i in ok(operator_client.get("/v1/desk/intents"))["intents"]
+                if i["label"] == "top_up_failed" and i["custom"]
+            ),
+            None,
+        ),
+        "the reply saved",
+    )
+    assert saved["reply"] == reply
+    assert not browser.find_element(By.ID, "error").is_displayed()
+    texts_, labels = banking(20)
+    question = next(  # one it learned and calls top_up_failed (some fall under unknown_rate)
+        t
+        for t, label in zip(texts_, labels, strict=True)
+        if label == "top_up_failed"
+        and ok(operator_client.post("/v1/desk/try", json={"text": t}))["prediction"]["label"]
+        == "top_up_failed"
+    )
+    new_tab(browser, f"{server.url}/chat#key={READER}")
+    assert chat(browser, question)[-1] == reply
 
 
 # --- bad input -----------------------------------------------------------------------------------------
@@ -316,18 +420,24 @@ def test_bad_labels_are_refused_with_the_apis_message(
     assert pending_card(browser, question).is_displayed()  # still waiting: nothing learned
 
 
-def test_the_chat_survives_a_lost_connection_and_a_restart(
+def test_a_lost_connection_and_a_restart_lose_nothing(
     browser: Any, server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    new_tab(browser, f"{server.url}/chat#key={READER}")
+    # A customer waits for the operator (handed over); another talks with the bot only.
+    waiting = "Can I bring my dog into the branch with me?"
+    handed = new_tab(browser, f"{server.url}/chat#key={READER}")
+    assert chat(browser, waiting)[-1] == "Let me bring in a colleague."
+    operator = console(browser, server)
+    item_id = pending_card(browser, waiting).get_attribute("data-id")
+    plain = new_tab(browser, f"{server.url}/chat#key={READER}")
     first = next(iter(KNOWN))
     assert chat(browser, first)[-1] == "I can help with that: exchange rate."
-    operator = server.client(OPERATOR)
+    client = server.client(OPERATOR)
     reply = "Cards arrive within five working days."
-    ok(operator.put("/v1/desk/replies/card_arrival", json={"text": reply}))
+    ok(client.put("/v1/desk/replies/card_arrival", json={"text": reply}))
     texts_, labels = banking(20)
     card_question = texts_[labels.index("card_arrival")]  # a text it learned: known for sure
-    talk = ok(server.client(READER).post("/v1/chat", json={"text": "hello"}))["conversation"]
+    talk = ok(server.client(READER).post("/v1/chat", json={"text": first}))["conversation"]
     server.stop()
     status = browser.find_element(By.ID, "status")
     wait_for(browser, lambda: "Connection lost" in status.text, "the lost connection shown")
@@ -336,10 +446,34 @@ def test_the_chat_survives_a_lost_connection_and_a_restart(
     browser.find_element(By.ID, "send-button").click()
     assert "not sent" in error_text(browser)
     assert browser.find_element(By.ID, "text").get_attribute("value") == "still there?"
+    # The console says the connection is lost too.
+    browser.switch_to.window(operator)
+    assert error_text(browser).startswith("Connection lost: the service did not answer")
     port = server.port
     monkeypatch.setattr(test_service_support, "free_port", lambda: port)
     server.start()
-    # The conversation is gone with the restart: the page says so and starts a new one.
+    # The console polls again: the error goes, and the waiting question is still there.
+    box = browser.find_element(By.ID, "error")
+    wait_for(browser, lambda: not box.is_displayed(), "the console's error gone")
+    assert item_id in [i["id"] for i in ok(server.client(OPERATOR).get("/v1/review"))["items"]]
+    assert pending_card(browser, waiting).get_attribute("data-id") == item_id
+    answer = "Dogs are welcome in all our branches."
+    talk_card = conversation_card(browser, waiting)
+    fill(browser, talk_card.find_element(By.CSS_SELECTOR, ".row input[name='reply']"), answer)
+    talk_card.find_element(By.CSS_SELECTOR, "button.send-answer").click()
+    card = pending_card(browser, waiting)
+    fill(browser, card.find_element(By.NAME, "label"), "pets_in_branch")
+    card.find_element(By.CSS_SELECTOR, "button.teach").click()
+    wait_for(browser, lambda: "pets_in_branch" in texts(browser, "#intents td.label"), "taught")
+    assert intent_count(server, "pets_in_branch") == 1
+    # The handed-over customer's page kept its conversation and sees the operator's answer.
+    browser.switch_to.window(handed)
+    wait_for(browser, lambda: texts(browser, "#messages .msg.operator .text") == [answer], "answer")
+    assert texts(browser, "#messages .msg .text")[:2] == [waiting, "Let me bring in a colleague."]
+    assert not browser.find_element(By.ID, "status").is_displayed()
+    # The other conversation is gone with the restart: the page says so and starts a new one.
+    browser.switch_to.window(plain)
+    status = browser.find_element(By.ID, "status")
     said = chat(browser, card_question, count=4)
     assert said[:2] == [first, "I can help with that: exchange rate."]  # nothing lost
     assert "restarted" in status.text

@@ -523,6 +523,11 @@ class _Service:
             problems["encoder"] = self.batching.problem
         return dict(problems)
 
+    def features_of(self, raw: Any) -> Any:
+        """The encoded features of one raw input, as a batch of one (a review item's)."""
+        prepared, _ = self.prepare([raw])
+        return self.encode(prepared)
+
     # --- checks, cheapest first; nothing is encoded before they pass ---------------------------------
     def prepare(self, inputs: list[Any], names: list[str] | None = None) -> tuple[Any, list[int]]:
         """Inputs as the encoder takes them, and the size of each raw input in bytes.
@@ -1054,14 +1059,8 @@ def create_app(
         summary="Label a queued input: the model learns it, and the item is deleted",
     )
     def review_answer(item_id: str, body: ReviewAnswer) -> dict[str, Any]:
-        labels = [service.check_label(body.label)]
-        item = service.review.claim(item_id)
-        try:
-            prepared, _ = service.prepare([item.input])
-            version = store_.learn(service.encode(prepared), labels)
-        except BaseException:
-            service.review.restore(item)
-            raise
+        label = service.check_label(body.label)
+        version = service.review.label(item_id, label, service.features_of, store_.learn)
         service.metrics.increment("perennial_learned_examples_total")
         return {"id": item_id, "version": version, "learned": 1}
 
@@ -1073,7 +1072,7 @@ def create_app(
         summary="Discard a queued input without learning it",
     )
     def review_discard(item_id: str) -> dict[str, Any]:
-        service.review.claim(item_id)
+        service.review.discard(item_id)
         return {"id": item_id, "discarded": True}
 
     # --- about the model ------------------------------------------------------------------------------

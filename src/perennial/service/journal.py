@@ -259,6 +259,17 @@ class Journal:
         descriptor = os.open(path, os.O_WRONLY | os.O_APPEND)
         return cls(path, descriptor, entries, end, format_version), records
 
+    def read(self) -> list[Record]:
+        """The records the file holds now, read without changing it (a torn tail is left out).
+
+        Raises :class:`~perennial.exceptions.CorruptedJournalError` for damage, as :meth:`open`.
+        """
+        data = self.path.read_bytes()
+        try:
+            return _scan(data, self.path)[1]
+        except _DamageError as damage:
+            raise CorruptedJournalError(_refusal(self.path, data, damage)) from None
+
     # --- writing ----------------------------------------------------------------------------------
     def append(self, record: Record) -> None:
         """Write ``record`` and make it durable (fdatasync) before returning.

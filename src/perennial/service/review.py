@@ -1,7 +1,10 @@
 """The review queue: inputs the model called unknown, waiting for an operator's label.
 
-This is the only place the service holds raw inputs, in memory only, each for a limited time:
-an item is deleted when it is labelled (which teaches the model), discarded, or expired.
+The queue holds raw inputs in memory, each for a limited time: an item is deleted when it is
+labelled (which teaches the model), discarded, or expired. A :class:`ReviewKeeper` may keep some
+items on disk as well: the support desk keeps the items of its handed-over conversations in the
+model's directory (:mod:`perennial.service.desk`), so that they survive a restart; it hears of
+each change to an item through the keeper's methods.
 """
 
 from __future__ import annotations
@@ -12,11 +15,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from perennial.exceptions import InvalidParameterError, UnknownLabelError
 
-__all__ = ["ReviewItem", "ReviewQueue"]
+__all__ = ["ReviewItem", "ReviewKeeper", "ReviewQueue"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,23 @@ class ReviewItem:
     version: int
     queued_at: float
     expires_at: float
+
+
+class ReviewKeeper(Protocol):
+    """What the queue tells the one who keeps some of its items durably.
+
+    ``labelling`` is called before the model learns an item, and must be durable when it
+    returns (it raises if it cannot be: then nothing is learned); ``settled`` after the item was
+    learned or discarded; ``restored`` after a failed learning put the item back. The last two
+    are best effort: a keeper that cannot record them must still be able to tell, after a crash,
+    whether a labelling reached the model (the desk asks the model's journal).
+    """
+
+    def labelling(self, item: ReviewItem, label: str, features: Any) -> None: ...
+
+    def settled(self, item: ReviewItem) -> None: ...
+
+    def restored(self, item: ReviewItem) -> None: ...
 
 
 class ReviewQueue:
@@ -77,6 +97,8 @@ class ReviewQueue:
         self._lock = threading.Lock()
         self.dropped = 0
         self.expired = 0
+        #: Told of the labelling, settling and restoring of items (the desk sets it).
+        self.keeper: ReviewKeeper | None = None
 
     @property
     def enabled(self) -> bool:
@@ -107,6 +129,12 @@ class ReviewQueue:
             self._purge(self.clock())
             return list(self._items.values())
 
+    def get(self, item_id: str) -> ReviewItem | None:
+        """The item ``item_id`` if it is waiting, else None."""
+        with self._lock:
+            self._purge(self.clock())
+            return self._items.get(item_id)
+
     def claim(self, item_id: str) -> ReviewItem:
         """Take an item out of the queue (to label it); :meth:`restore` puts it back."""
         with self._lock:
@@ -120,6 +148,39 @@ class ReviewQueue:
             self._bytes -= item.size
             return item
 
+    def discard(self, item_id: str) -> ReviewItem:
+        """Delete an item without learning it."""
+        item = self.claim(item_id)
+        if self.keeper is not None:
+            self.keeper.settled(item)
+        return item
+
+    def label(
+        self,
+        item_id: str,
+        label: str,
+        prepare: Callable[[Any], Any],
+        learn: Callable[[Any, list[str]], int],
+    ) -> int:
+        """Label an item: claim it, learn it through ``learn(features, [label])``, delete it.
+
+        ``prepare`` turns the item's input into the features learned. The item is claimed once
+        (a second call answers as :meth:`claim` does); if anything fails it is put back
+        (:meth:`restore`) and the error raised. Returns what ``learn`` returns (the version).
+        """
+        item = self.claim(item_id)
+        try:
+            features = prepare(item.input)
+            if self.keeper is not None:
+                self.keeper.labelling(item, label, features)  # durable before the model learns
+            result = learn(features, [label])
+        except BaseException:
+            self.restore(item)
+            raise
+        if self.keeper is not None:
+            self.keeper.settled(item)
+        return int(result)
+
     def restore(self, item: ReviewItem) -> None:
         """Put back an item whose labelling failed, with its first expiry time.
 
@@ -132,6 +193,8 @@ class ReviewQueue:
             self._items[item.id] = item
             self._items.move_to_end(item.id, last=False)  # it is among the oldest
             self._bytes += item.size
+        if self.keeper is not None:
+            self.keeper.restored(item)
 
     def _purge(self, now: float) -> None:
         for item in [item for item in self._items.values() if item.expires_at <= now]:

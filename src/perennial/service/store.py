@@ -6,6 +6,8 @@ A model directory served by ``perennial serve`` holds::
     snapshot-<version>/         a LifelongClassifier.save() of the model at that version, and
                                 its ledger in ledger/ (see perennial.service.ledger)
     journal.log                 every acknowledged update since (see perennial.service.journal)
+    desk-replies.json,          the support desk's replies and handed-over conversations (text
+    desk-handovers/             models; see perennial.service.desk)
 
 **Updates.** A learn, unlearn or forget is checked, written to the journal and synced, and only
 then acknowledged with its new version. The check needs only the feature width and the
@@ -614,6 +616,16 @@ class ModelStore:
     def dim(self) -> int | None:
         """Width of the features the model takes (None until the first example)."""
         return self._dim
+
+    def records_after(self, version: int) -> list[Record] | None:
+        """The journal's records of the updates after ``version``, oldest first; None when a
+        snapshot took some of them out of the journal (they can no longer be read one by one)."""
+        with self._write_lock:  # no append or compaction meanwhile
+            records = [r for r in self._journal.read() if r.version > version]
+            current = self._version
+        if current > version and (not records or records[0].version != version + 1):
+            return None
+        return records
 
     # --- updates ------------------------------------------------------------------------------------
     def learn(self, features: Any, labels: Any) -> int:

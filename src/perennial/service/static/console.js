@@ -24,6 +24,14 @@
 
   class ApiError extends Error {}
 
+  // A lost connection is shown until the service answers again; a refusal stays until the next
+  // action of the operator.
+  function showError(problem) {
+    show(errorBox, problem.message);
+    if (problem.offline) errorBox.dataset.offline = "1";
+    else delete errorBox.dataset.offline;
+  }
+
   async function api(method, path, body) {
     const headers = { Authorization: "Bearer " + (sessionStorage.getItem(KEY) || "") };
     if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -35,7 +43,9 @@
         body: body === undefined ? undefined : JSON.stringify(body),
       });
     } catch (problem) {
-      throw new ApiError("Connection lost: the service did not answer (" + problem.message + ")");
+      const lost = new ApiError("Connection lost: the service did not answer (" + problem.message + "); retrying");
+      lost.offline = true;
+      throw lost;
     }
     let answer = null;
     try { answer = await response.json(); } catch (ignored) { /* not JSON */ }
@@ -54,7 +64,7 @@
       show(errorBox, "");
       await refresh();
     } catch (problem) {
-      show(errorBox, problem.message);
+      showError(problem);
     } finally {
       if (button) button.disabled = false;
     }
@@ -297,6 +307,8 @@
   const history = [];
 
   function renderStats(stats) {
+    const previous = samples[samples.length - 1];
+    if (previous && stats.predicted < previous.predicted) samples.length = 0; // it restarted: counts anew
     samples.push({ time: stats.time, predicted: stats.predicted, unknown: stats.unknown,
       learned: stats.learned, lag: stats.version - stats.served_version });
     while (samples.length > 2 && samples[samples.length - 1].time - samples[0].time > 600) samples.shift();
@@ -318,6 +330,10 @@
     busy = true;
     try {
       const [intents, stats] = await Promise.all([api("GET", "/v1/desk/intents"), api("GET", "/v1/desk/stats")]);
+      if (errorBox.dataset.offline) { // the service answers again
+        delete errorBox.dataset.offline;
+        show(errorBox, "");
+      }
       renderIntents(intents.intents);
       renderStats(stats);
       $("who").textContent = "model version " + stats.version;
@@ -328,7 +344,7 @@
         show($("queue-error"), problem.message);
       }
     } catch (problem) {
-      show(errorBox, problem.message);
+      showError(problem);
     } finally {
       busy = false;
     }

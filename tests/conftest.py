@@ -1,0 +1,13 @@
+"""Shared pytest hooks of the test suite."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
+    """Say where the browser tests wrote their screenshots (test_desk_browser.py's ``shots``)."""
+    folder = getattr(config, "desk_screenshots", None)
+    if folder is not None:
+        terminalreporter.write_sep("-", "desk screenshots")
+        terminalreporter.write_line(f"desk screenshots: {folder}")

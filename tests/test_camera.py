@@ -301,3 +301,254 @@ def test_watch_learns_predicts_and_stops_cleanly(tmp_path: Path, folders: Path) 
         p.name for p in (folders / "train" / "grass").iterdir()
     )
     assert not (inbox / "brick").exists() or not any((inbox / "brick").iterdir())
+
+
+# -- the watcher outlives failures of files and folders ----------------------------------------------
+
+
+def small_model() -> LifelongClassifier:
+    from perennial.heads import RidgeHead
+
+    return LifelongClassifier(ImageEncoder(image_size=64), RidgeHead(n_features=256))
+
+
+def head_arrays(model: LifelongClassifier) -> dict[str, np.ndarray]:
+    return {key: np.array(value) for key, value in model.head.get_state()[1].items()}
+
+
+def assert_same_head(model: LifelongClassifier, arrays: dict[str, np.ndarray]) -> None:
+    now = head_arrays(model)
+    assert now.keys() == arrays.keys()
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(now[key], value)
+
+
+def test_watcher_goes_on_when_files_and_folders_vanish_mid_scan(
+    tmp_path: Path, crops: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import perennial.camera
+
+    inbox = tmp_path / "inbox"
+    for name, count in (("brick", 4), ("grass", 2), ("gravel", 3)):
+        for i in range(count):
+            save(crops[name][i], inbox / name / f"{i}.png")
+    lines: list[str] = []
+    model = small_model()
+    watcher = FolderWatcher(model, inbox, save_to=tmp_path / "m", report=lines.append)
+    assert watcher.scan() == 0  # all seen once
+    real_listing = perennial.camera.list_image_files
+
+    def racing_listing(folder: Any, **options: Any) -> list[Path]:
+        folder = Path(folder)
+        if folder.name == "gravel":  # removed between the watched folder's listing and its own
+            shutil.move(folder, tmp_path / "gravel-away")
+        listed = real_listing(folder, **options)
+        if folder.name == "brick":  # a file removed right after it was listed
+            (folder / "3.png").unlink()
+        return listed
+
+    monkeypatch.setattr(perennial.camera, "list_image_files", racing_listing)
+    assert watcher.scan() == 5  # brick 0-2 and grass 0-1, nothing about the gone ones
+    monkeypatch.setattr(perennial.camera, "list_image_files", real_listing)
+    assert [line.split(" in ")[0] for line in lines] == [
+        "learned 3 image(s) of 'brick' (a new class)",
+        "learned 2 image(s) of 'grass' (a new class)",
+    ]
+    shutil.move(tmp_path / "gravel-away", inbox / "gravel")
+    assert watcher.scan() == 0  # gravel seen again
+    # A file removed between the scan's listing and its reading: the batch teaches nothing ...
+    before, real_learn = head_arrays(model), model.learn_many
+
+    def learn_after_a_removal(files: list[Path], labels: list[str]) -> Any:
+        if files[0].parent.name == "gravel" and (inbox / "gravel" / "2.png").exists():
+            (inbox / "gravel" / "2.png").unlink()
+        return real_learn(files, labels)
+
+    monkeypatch.setattr(model, "learn_many", learn_after_a_removal)
+    assert watcher.scan() == 0
+    gone = repr(str(inbox / "gravel" / "2.png"))
+    assert lines[2].startswith("error learning 3 image(s) of 'gravel': ")
+    assert f"{gone} at index 2 does not exist" in lines[2]
+    assert lines[2].endswith("nothing learned from them, the files stay where they are")
+    assert model.classes_ == ["brick", "grass"] and model.n_seen_ == 5
+    assert_same_head(model, before)
+    # ... and its other files are learned on the next scan, as a new batch.
+    assert watcher.scan() == 2
+    assert lines[3].startswith("learned 2 image(s) of 'gravel' (a new class)")
+    assert len(lines) == 4
+    # The watcher's model is the library's, taught the same files in the same batches.
+    reference = small_model()
+    done = inbox / "done" / "learned"
+    for name in ("brick", "grass", "gravel"):
+        files = sorted((done / name).iterdir())
+        reference.learn_many(files, [name] * len(files))
+    assert [len(list((done / n).iterdir())) for n in ("brick", "grass", "gravel")] == [3, 2, 2]
+    probes = [done / "brick" / "0.png", done / "gravel" / "1.png"]
+    np.testing.assert_allclose(
+        model.decision_scores(probes), reference.decision_scores(probes), rtol=1e-9, atol=1e-12
+    )
+    assert_same_head(LifelongClassifier.load(tmp_path / "m"), head_arrays(model))
+
+
+def test_watcher_goes_on_when_files_and_folders_cannot_be_read_or_moved(
+    tmp_path: Path, crops: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import stat
+
+    import perennial.camera
+    from perennial.encoders import image_loading
+
+    inbox = tmp_path / "inbox"
+    save(crops["brick"][0], inbox / "brick" / "0.png")
+    save(crops["brick"][1], inbox / "brick" / "1.png")
+    save(crops["grass"][0], inbox / "grass" / "0.png")
+    shot = inbox / "shot.png"  # dropped once brick is known, unreadable
+    locked_folder = inbox / "grass"
+    if os.geteuid() != 0:
+        locked_folder.chmod(0)
+    else:  # root reads files whatever their mode: the reading fails as it would, by injection
+        real_open, real_listing = open, perennial.camera.list_image_files
+
+        def locked_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+            if Path(file) == shot and stat.S_IMODE(shot.stat().st_mode) == 0:
+                raise PermissionError(errno.EACCES, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
+
+        def locked_listing(folder: Any, **options: Any) -> list[Path]:
+            if Path(folder) == locked_folder and stat.S_IMODE(locked_folder.stat().st_mode) == 0:
+                raise PermissionError(errno.EACCES, "Permission denied", str(folder))
+            return real_listing(folder, **options)
+
+        monkeypatch.setattr(image_loading, "open", locked_open, raising=False)
+        monkeypatch.setattr(perennial.camera, "list_image_files", locked_listing)
+        locked_folder.chmod(0)
+    # Moves fail: "done" is a file, so nothing can be moved into done/learned or done/predicted.
+    (inbox / "done").write_bytes(b"in the way")
+    # Saves fail: the model's folder would be inside a file.
+    (tmp_path / "blocker").write_bytes(b"")
+    lines: list[str] = []
+    model = small_model()
+    watcher = FolderWatcher(model, inbox, save_to=tmp_path / "blocker" / "m", report=lines.append)
+    try:
+        watcher.scan()
+        assert lines == [
+            f"error: cannot read class folder {str(locked_folder)!r} (Permission denied); it is "
+            "skipped until it can be read"
+        ]
+        assert watcher.scan() == 2  # brick's two images learned
+        learned, saving, moving, moving_too = lines[1:]
+        assert learned.startswith("learned 2 image(s) of 'brick' (a new class) in ")
+        assert saving.startswith(f"error saving the model to {str(tmp_path / 'blocker' / 'm')!r}")
+        assert saving.endswith("tried again on every scan and when watching stops")
+        for line, name in ((moving, "0.png"), (moving_too, "1.png")):
+            assert line.startswith(f"error: cannot move {str(inbox / 'brick' / name)!r} to ")
+            assert line.endswith("is not learned again while it is unchanged")
+        save(crops["brick"][2], shot)
+        shot.chmod(0)
+        assert watcher.scan() == 0  # seen
+        assert watcher.scan() == 0  # cannot be read
+        predicting = lines[5]
+        assert predicting.startswith("error predicting: ")
+        assert repr(str(shot)) in predicting and "Permission denied" in predicting
+        # Nothing is taken twice, nothing is reported twice, and the model is what was learned.
+        learned_state = head_arrays(model)
+        for _ in range(2):
+            assert watcher.scan() == 0
+        assert len(lines) == 6 and model.n_seen_ == 2
+        assert_same_head(model, learned_state)
+        reference = small_model()
+        reference.learn_many(sorted((inbox / "brick").iterdir()), ["brick", "brick"])
+        probes = [inbox / "brick" / "0.png"]
+        np.testing.assert_allclose(
+            model.decision_scores(probes), reference.decision_scores(probes), rtol=1e-9, atol=1e-12
+        )
+        # Everything readable again: the folder's class is learned, the shot predicted, and the
+        # model saved; only the moves still fail.
+        locked_folder.chmod(0o755)
+        shot.chmod(0o644)
+        # A failed file is tried again once it changes (a mode change alone is not looked at).
+        os.utime(shot, ns=(time.time_ns(), time.time_ns() + 10**9))
+        (tmp_path / "blocker").unlink()
+        watcher.scan()
+        assert lines[6:8] == [
+            f"model saved to {str(tmp_path / 'blocker' / 'm')!r} (an earlier save failed)",
+            f"class folder {str(locked_folder)!r} can be read again",
+        ]
+        expected = model.predict_detailed([shot], top=1)[0]  # taken before grass is learned
+        assert watcher.scan() == 2
+        assert lines[8].startswith(
+            f"shot.png: {expected['label']} (instant, {expected['score']:.2f}) (error: cannot "
+            f"move {str(shot)!r} to {str(inbox / 'done' / 'predicted')!r}"
+        )
+        assert lines[8].endswith("is not predicted again while it is unchanged)")
+        assert lines[9].startswith("learned 1 image(s) of 'grass' (a new class)")
+        assert lines[10].startswith("error: cannot move ")
+        assert watcher.scan() == 0 and len(lines) == 11
+        assert LifelongClassifier.load(tmp_path / "blocker" / "m").n_seen_ == 3
+    finally:
+        locked_folder.chmod(0o755)
+        if shot.exists():
+            shot.chmod(0o644)
+
+
+def test_watcher_waits_for_the_watched_folder_to_come_back(tmp_path: Path, crops: dict) -> None:
+    from perennial.exceptions import DatasetNotFoundError
+
+    inbox = tmp_path / "inbox"
+    save(crops["brick"][0], inbox / "brick" / "0.png")
+    lines: list[str] = []
+    model = small_model()
+    watcher = FolderWatcher(model, inbox, report=lines.append)
+    assert watcher.scan() == 0
+    shutil.move(inbox, tmp_path / "away")
+    for _ in range(3):
+        assert watcher.scan() == 0
+    assert lines == [
+        f"error: the watched folder {str(inbox)!r} is gone; waiting for it to come back"
+    ]
+    shutil.move(tmp_path / "away", inbox)
+    assert watcher.scan() == 0  # back: its files must be seen unchanged once more
+    assert lines[1] == f"the watched folder {str(inbox)!r} is back; watching it again"
+    assert watcher.scan() == 1 and model.classes_ == ["brick"]
+    # Watching does not start on a folder that is not there.
+    with pytest.raises(DatasetNotFoundError, match=r"watched folder .* does not exist"):
+        FolderWatcher(model, tmp_path / "nowhere").run(0.1, should_stop=lambda: False)
+
+
+def test_watch_outlives_folders_removed_while_it_runs(tmp_path: Path, folders: Path) -> None:
+    inbox, model = tmp_path / "inbox", tmp_path / "model"
+    inbox.mkdir()
+    small = ["--no-pretrained", "--n-features", "256", "--image-size", "64", "--backend", "torch"]
+    watch = Watch("--model", str(model), str(inbox), "--interval", "0.2", *small)
+    try:
+        watch.wait_for(r"^watching ")
+        shutil.copytree(folders / "train" / "brick", inbox / "brick")
+        watch.wait_for(r"^learned 4 image\(s\) of 'brick' \(a new class\)")
+        # A class folder that comes and goes before its files settle, and folders named like
+        # images (at the top level and in a class): nothing to learn, nothing to stop for.
+        shutil.copytree(folders / "train" / "grass", inbox / "grass")
+        (inbox / "folder.png").mkdir()
+        (inbox / "gravel" / "folder.jpg").mkdir(parents=True)
+        time.sleep(0.1)
+        shutil.rmtree(inbox / "grass")
+        time.sleep(1.0)
+        # The watched folder itself goes away: reported once, waited for, and taken up again.
+        shutil.move(inbox, tmp_path / "away")
+        watch.wait_for(r"^error: the watched folder .* is gone; waiting for it to come back$")
+        time.sleep(1.0)
+        shutil.move(tmp_path / "away", inbox)
+        watch.wait_for(r"^the watched folder .* is back; watching it again$")
+        for path in (folders / "more" / "gravel").iterdir():
+            shutil.copy(path, inbox / "gravel" / path.name)
+        watch.wait_for(r"^learned 4 image\(s\) of 'gravel' \(a new class\)")
+        assert watch.process.poll() is None
+    finally:
+        watch.process.send_signal(signal.SIGTERM)
+    watch.wait_for(r"^stopped \(SIGTERM\); model saved to ")
+    assert watch.process.wait(timeout=60) == 0
+    assert [line for line in watch.seen if line.startswith("error")] == [
+        f"error: the watched folder {str(inbox)!r} is gone; waiting for it to come back"
+    ]
+    saved = LifelongClassifier.load(model)
+    assert saved.classes_ == ["brick", "gravel"] and saved.n_seen_ == 8

@@ -220,6 +220,86 @@ def test_in_memory_modes_float_and_32_bit() -> None:
     np.testing.assert_array_equal(load_image(grey[..., None]), load_image(grey))
 
 
+def _alpha_array(channels: int) -> np.ndarray:
+    """A 30 x 44 image with alpha: random colours, every alpha level, clear and opaque rows."""
+    rng = np.random.default_rng(20 + channels)
+    pixels = rng.integers(0, 256, (30, 44, channels), dtype=np.uint8)
+    pixels[0, :, -1] = 0  # fully transparent: the background shows
+    pixels[1, :, -1] = 255  # opaque: the colour as it is
+    pixels[2:8, :, -1] = np.resize(np.arange(256), (6, 44))  # every level, 0..255
+    return pixels
+
+
+@pytest.mark.parametrize("channels", [4, 2], ids=["rgba", "grey+alpha"])
+@pytest.mark.parametrize("resize", ["crop", "stretch"])
+def test_an_array_with_alpha_reads_as_its_png_file(
+    tmp_path: Path, network: EfficientNetLite0, channels: int, resize: str
+) -> None:
+    pixels = _alpha_array(channels)
+    path = tmp_path / "alpha.png"
+    Image.fromarray(pixels).save(path)
+    with Image.open(path) as written:
+        assert written.mode == ("RGBA" if channels == 4 else "LA")  # alpha really in the file
+    colour = pixels[..., :3] if channels == 4 else np.repeat(pixels[..., :1], 3, -1)
+    reference = _composite(colour, pixels[..., -1])  # numpy, over white
+    from_array = load_image(pixels)
+    assert from_array.dtype == np.uint8 and from_array.shape == (30, 44, 3)
+    assert np.abs(from_array - reference).max() <= 0.5 + 1e-9  # rounded, nowhere further
+    np.testing.assert_array_equal(from_array[0], 255)
+    np.testing.assert_array_equal(from_array[1], colour[1])
+    # One compositing rule: the array reads exactly as the PNG file of the same pixels, alone,
+    # in a list, and as a batch array; floats in [0, 1] read as their rounded 8-bit values.
+    np.testing.assert_array_equal(from_array, load_image(path))
+    encoder = ImageEncoder(image_size=64, resize=resize)
+    encoder._network = network  # loaded once for the module
+    from_file = encoder.preprocess([path])
+    np.testing.assert_array_equal(encoder.preprocess([pixels]), from_file)
+    np.testing.assert_array_equal(encoder.preprocess(np.stack([pixels, pixels])), [*from_file] * 2)
+    np.testing.assert_array_equal(encoder.preprocess([pixels / 255.0]), from_file)
+    np.testing.assert_array_equal(encoder.encode([pixels]), encoder.encode([path]))
+    # Not the same as dropping the alpha channel.
+    assert not np.array_equal(encoder.preprocess([colour]), from_file)
+
+
+def test_a_learner_taught_alpha_arrays_equals_one_taught_their_files(
+    tmp_path: Path, network: EfficientNetLite0
+) -> None:
+    rng = np.random.default_rng(30)
+    images, labels = [], []
+    for label, channel in (("red", 0), ("green", 1), ("blue", 2)):
+        for _ in range(3):
+            rgba = rng.integers(0, 80, (24, 24, 4), dtype=np.uint8)
+            rgba[..., channel] = rng.integers(170, 256, (24, 24), dtype=np.uint8)
+            rgba[..., 3] = rng.integers(0, 256, (24, 24), dtype=np.uint8)
+            images.append(rgba)
+            labels.append(label)
+    files = []
+    for index, rgba in enumerate(images):
+        Image.fromarray(rgba).save(tmp_path / f"{index}.png")
+        files.append(tmp_path / f"{index}.png")
+    models = []
+    for inputs in (np.stack(images), files):
+        model = LifelongClassifier(ImageEncoder(image_size=64), head="ncm")
+        model._encoder._network = network  # type: ignore[attr-defined]
+        model.learn_many(inputs, labels)
+        models.append(model)
+    probes = [images[0], files[4], np.full((10, 10, 2), 128, np.uint8)]
+    np.testing.assert_array_equal(
+        models[0].decision_scores(probes), models[1].decision_scores(probes)
+    )
+    # A bad alpha image in a batch: refused by index, nothing learned.
+    before = models[0].head.get_state()
+    bad = np.full((24, 24, 4), 300, np.int64)
+    with pytest.raises(InvalidInputError, match=r"0\.\.255.*at index 1"):
+        models[0].learn_many([images[0], bad], ["red", "red"])
+    with pytest.raises(InvalidInputError, match=r"got 5 .*\(24, 24, 5\)"):
+        models[0].learn_many([np.zeros((24, 24, 5), np.uint8)], ["red"])
+    after = models[0].head.get_state()
+    assert models[0].n_seen_ == 9
+    for key, value in before[1].items():
+        np.testing.assert_array_equal(after[1][key], value)
+
+
 # The EXIF specification's meaning of each orientation: how the stored pixels are turned into
 # the picture as shown.
 def _shown(stored: np.ndarray, orientation: int) -> np.ndarray:

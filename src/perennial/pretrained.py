@@ -18,7 +18,8 @@ and a machine; two ``"maillot"``); each of those is named with its WordNet id ap
 parentheses: ``"crane (n02012849)"``, ``"crane (n03126707)"``, ``"maillot (n03710637)"``,
 ``"maillot (n03710721)"``. Every name is thus unique, and the same on every machine.
 
-**Saving.** A saved model references the classifier instead of copying its 5 MB: it records the
+**Saving.** A saved model references the classifier instead of copying its 1,281,000 weights
+(5.1 MB as float32 in the packaged file, 10.2 MB as the float64 arrays used here): it records the
 SHA-256 of the weight file and of the class names, and a load refuses an installation whose
 weights or names differ (:class:`~perennial.exceptions.ModelMismatchError`). A pickle does the
 same (the service sends its models between processes so): it holds the record, and unpickling

@@ -27,17 +27,20 @@ from numpy.typing import NDArray
 
 from perennial.encoders.cache import file_sha256
 from perennial.encoders.image_loading import (
+    ALPHA_CHANNELS,
     DEFAULT_MAX_PIXELS,
     ImageSource,
     check_channels,
     check_max_pixels,
     check_source,
     check_values,
+    composite_array,
     is_pil_image,
     list_image_files,
     load_image,
     read_rgb,
     read_rgb_reduced,
+    where,
 )
 from perennial.exceptions import (
     EmptyInputError,
@@ -65,8 +68,8 @@ __all__ = [
 ]
 
 ImageBatch = NDArray[Any] | Sequence[ImageSource]
-"""An ``(n, H, W)`` / ``(n, H, W, 1)`` / ``(n, H, W, 3)`` array, or a sequence of single images
-(file paths, encoded bytes, PIL images, arrays), mixed as they come."""
+"""An ``(n, H, W)`` or ``(n, H, W, C)`` array (C: 1 grey, 2 grey and alpha, 3 RGB, 4 RGBA), or a
+sequence of single images (file paths, encoded bytes, PIL images, arrays), mixed as they come."""
 
 RESIZE_MODES = ("crop", "stretch")
 """How an image is brought to the network's square input (see :class:`ImageEncoder`)."""
@@ -110,10 +113,14 @@ def _available_cores() -> int:
 
 
 def _prepare_array(images: NDArray[Any]) -> NDArray[Any]:
-    """Validate a batch array; return it as ``(n, H, W, C)`` with C in {1, 3}."""
+    """Validate a batch array; return it as ``(n, H, W, C)`` with C in {1, 3}.
+
+    A batch with an alpha channel (C 2 or 4) comes back composited onto the white background,
+    image by image, by the code that composites files (:func:`composite_array`).
+    """
     if images.ndim not in (3, 4):
         raise InvalidInputError(
-            "expected a batch of images of shape (n, H, W), (n, H, W, 1) or (n, H, W, 3), "
+            "expected a batch of images of shape (n, H, W) or (n, H, W, C) with C 1, 2, 3 or 4, "
             f"got an array of shape {images.shape}"
             + ("; wrap a single image in a list" if images.ndim == 2 else "")
         )
@@ -126,7 +133,13 @@ def _prepare_array(images: NDArray[Any]) -> NDArray[Any]:
             f"expected images of nonzero size, got a batch of shape {images.shape}"
         )
     check_values(images, None, batch=True)
-    return images if images.ndim == 4 else images[..., None]
+    if images.ndim == 3:
+        return images[..., None]
+    if images.shape[3] in ALPHA_CHANNELS:
+        return np.stack(
+            [composite_array(image, f"the image{where(i)}") for i, image in enumerate(images)]
+        )
+    return images
 
 
 def _prepare_list(images: Sequence[Any]) -> list[Any]:
@@ -437,10 +450,11 @@ class ImageEncoder:
         Parameters
         ----------
         images
-            An array ``(n, H, W)``, ``(n, H, W, 1)`` or ``(n, H, W, 3)``, or a sequence of single
-            images of any sizes: file paths (``str`` or ``os.PathLike``), the encoded bytes of
-            a file, PIL images, or arrays ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)``. Arrays
-            hold uint8 (or another integer type) in 0..255, or floats in [0, 1].
+            An array ``(n, H, W)`` or ``(n, H, W, C)``, or a sequence of single images of any
+            sizes: file paths (``str`` or ``os.PathLike``), the encoded bytes of a file, PIL
+            images, or arrays ``(H, W)`` or ``(H, W, C)``. C is 1 (grey), 2 (grey and alpha), 3
+            (RGB) or 4 (RGBA); alpha is composited onto white as for files, after rounding to
+            8 bits. Arrays hold uint8 (or another integer type) in 0..255, or floats in [0, 1].
 
         Raises
         ------
@@ -455,7 +469,7 @@ class ImageEncoder:
         ImageTooLargeError
             An image over ``max_pixels`` pixels (a decompression bomb), refused undecoded.
         InvalidInputError
-            Wrong number of axes, a channel count other than 1 or 3, an image of zero size, or
+            Wrong number of axes, a channel count other than 1 to 4, an image of zero size, or
             values outside 0..255 (integers) / [0, 1] (floats).
         NonFiniteInputError
             NaN or infinity.

@@ -9,7 +9,9 @@ Every source becomes an RGB image of 8-bit pixels, whatever it was stored as:
 * grey (``L``) and 1-bit (``1``) images are repeated into three channels; palette images (``P``)
   are looked up; CMYK is converted by Pillow's formula; colour profiles are not applied;
 * transparency (``RGBA``, ``LA``, ``PA``, a palette or a single colour marked transparent) is
-  composited onto :data:`ALPHA_BACKGROUND`, white;
+  composited onto :data:`ALPHA_BACKGROUND`, white; arrays with an alpha channel, ``(H, W, 4)``
+  (RGBA) or ``(H, W, 2)`` (grey and alpha), are read as 8-bit pixels (floats rounded) and
+  composited by the same code, so an array and the PNG file of the same pixels read the same;
 * 16-bit images (``I;16``, ``I;16B``, ...; ``I`` is read the same way and must hold values in
   0..65535) are scaled by 255/65535 and rounded, so their full range maps onto 0..255;
 * float images (mode ``F``, like float arrays) hold values in [0, 1] and are scaled by 255.
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALPHA_BACKGROUND",
+    "ALPHA_CHANNELS",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "IMAGE_FORMATS",
@@ -60,6 +63,9 @@ __all__ = [
 
 ImageSource: TypeAlias = "str | os.PathLike[str] | bytes | PILImage | NDArray[Any]"
 """One image: a file path, encoded bytes, a PIL image or an ``(H, W[, C])`` array."""
+
+ALPHA_CHANNELS = (2, 4)
+"""Channel counts of arrays with an alpha channel last: grey and alpha, RGBA."""
 
 DEFAULT_MAX_PIXELS = 50_000_000
 """Largest image (width x height) decoded by default: 50 megapixels, a 8,660 x 5,773 photo."""
@@ -161,20 +167,23 @@ def check_values(array: NDArray[Any], index: int | None, *, batch: bool = False)
 
 
 def check_channels(shape: tuple[int, ...], what: str, index: int | None) -> None:
-    """Refuse a last axis that is neither 1 (grey) nor 3 (RGB) channels."""
-    if shape[-1] not in (1, 3):
+    """Refuse a last axis that is not 1 (grey), 2 (grey, alpha), 3 (RGB) or 4 (RGBA) channels."""
+    if shape[-1] not in (1, 2, 3, 4):
         raise InvalidInputError(
-            f"expected 1 (grayscale) or 3 (RGB) channels in the last axis, got {shape[-1]} in "
-            f"{what} of shape {shape}{where(index)}"
+            "expected 1 (grey), 2 (grey and alpha), 3 (RGB) or 4 (RGBA) channels in the last "
+            f"axis, got {shape[-1]} in {what} of shape {shape}{where(index)}"
         )
 
 
 def check_image_array(image: NDArray[Any], index: int | None) -> NDArray[Any]:
-    """Validate one ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)`` image; return it as ``(H, W, C)``."""
+    """Validate one ``(H, W)`` or ``(H, W, C)`` image; return it as ``(H, W, C)``, C 1 or 3.
+
+    An image with an alpha channel (C 2 or 4) comes back composited, as :func:`composite_array`.
+    """
     if image.ndim not in (2, 3):
         raise InvalidInputError(
-            "expected each image of shape (H, W), (H, W, 1) or (H, W, 3), got shape "
-            f"{image.shape}{where(index)}"
+            "expected each image of shape (H, W), (H, W, 1), (H, W, 2), (H, W, 3) or (H, W, 4), "
+            f"got shape {image.shape}{where(index)}"
         )
     if image.ndim == 3:
         check_channels(image.shape, "an image", index)
@@ -183,7 +192,20 @@ def check_image_array(image: NDArray[Any], index: int | None) -> NDArray[Any]:
             f"expected an image of nonzero size, got shape {image.shape}{where(index)}"
         )
     check_values(image, index)
-    return image if image.ndim == 3 else image[..., None]
+    if image.ndim == 2:
+        return image[..., None]
+    if image.shape[2] in ALPHA_CHANNELS:
+        return composite_array(image, describe(image, index))
+    return image
+
+
+def composite_array(image: NDArray[Any], what: str) -> NDArray[np.uint8]:
+    """A validated ``(H, W, 2)`` or ``(H, W, 4)`` image, composited: ``(H, W, 3)`` uint8 RGB.
+
+    The array becomes an ``LA`` or ``RGBA`` PIL image and goes through :func:`to_rgb`, the code
+    that composites decoded files onto :data:`ALPHA_BACKGROUND`: one rule for both.
+    """
+    return np.asarray(to_rgb(array_to_pil(image), what), dtype=np.uint8)
 
 
 def array_to_uint8(image: NDArray[Any]) -> NDArray[np.uint8]:
@@ -195,7 +217,7 @@ def array_to_uint8(image: NDArray[Any]) -> NDArray[np.uint8]:
 
 
 def array_to_pil(image: NDArray[Any]) -> PILImage:
-    """A validated ``(H, W, C)`` image array as a PIL image, ``RGB`` or ``L``."""
+    """A validated ``(H, W, C)`` image array as a PIL image: ``L``, ``LA``, ``RGB`` or ``RGBA``."""
     Image = _pil()
     pixels = np.ascontiguousarray(array_to_uint8(image))
     if pixels.shape[2] == 1:
@@ -389,8 +411,9 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     ----------
     source
         A path to a JPEG, PNG, BMP, WebP, GIF or TIFF file, the bytes of such a file, a PIL
-        image, or an array ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)`` (uint8 in 0..255 or
-        float in [0, 1], as the image encoder takes them).
+        image, or an array ``(H, W)`` or ``(H, W, C)`` with C 1 (grey), 2 (grey and alpha), 3
+        (RGB) or 4 (RGBA), uint8 in 0..255 or float in [0, 1], as the image encoder takes them;
+        alpha is composited onto :data:`ALPHA_BACKGROUND` as for files.
     max_pixels
         Refuse images with more pixels than this, before decoding them.
 
@@ -410,6 +433,8 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     --------
     >>> load_image(np.zeros((2, 3), dtype=np.uint8)).shape
     (2, 3, 3)
+    >>> load_image(np.array([[[0, 0, 0, 0], [0, 0, 0, 255]]], dtype=np.uint8)).tolist()
+    [[[255, 255, 255], [0, 0, 0]]]
     """
     limit = check_max_pixels(max_pixels)
     checked = check_source(source, None)

@@ -33,6 +33,7 @@ __all__ = [
     "METRICS",
     "RunResult",
     "aggregate",
+    "check_strategies",
     "check_strategy_names",
     "failures",
     "run_benchmark",
@@ -146,6 +147,25 @@ def check_supported(names: Sequence[str], scenario: Any) -> None:
             f"task-incremental scenario (split-mnist-task), or drop {'it' if one else 'them'} "
             "from --strategies"
         )
+
+
+def check_strategies(
+    names: Sequence[str],
+    params: dict[str, Any] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Each strategy's parameters, every strategy built once with them to check them.
+
+    ``params`` are shared (each strategy takes the ones it accepts), ``overrides`` per strategy
+    name (they win). A bad name or value (``lr=-1``) fails here, before any data is loaded.
+    """
+    names = check_strategy_names(names)
+    from perennial.strategies import make_strategy
+
+    own = {name: {**(params or {}), **(overrides or {}).get(name, {})} for name in names}
+    for name in names:
+        make_strategy(name, **{**params_for(name, own[name]), "seed": 0})
+    return own
 
 
 def params_for(name: str, params: dict[str, Any] | None) -> dict[str, Any]:
@@ -356,14 +376,11 @@ def run_benchmark(
     shipped, and the results come back in the same order as a serial run gives them.
     """
     from perennial.scenarios import make_scenario
-    from perennial.strategies import make_strategy
 
     names = check_strategy_names(strategies)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise InvalidParameterError(f"seeds must be a positive integer, got {seeds!r}")
-    own = {name: {**(strategy_params or {}), **(overrides or {}).get(name, {})} for name in names}
-    for name in names:  # bad parameters fail here, before the first run
-        make_strategy(name, **{**params_for(name, own[name]), "seed": 0})
+    own = check_strategies(names, strategy_params, overrides)  # before the first run
     options = dict(scenario_options or {})
     first = make_scenario(scenario_name, seed=0, **options)  # bad options fail here
     check_supported(names, first)

@@ -249,7 +249,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     strategy_params=strategy_params,
                     tasks=args.tune_tasks,
                     fraction=args.tune_fraction,
-                    progress=note,
+                    progress=sys.stderr,  # drawn in place on a terminal
                     client=client,
                 )
             )
@@ -663,13 +663,14 @@ def cmd_learn(args: argparse.Namespace) -> int:
     base = None if args.csv is None else Path(args.csv).parent
     inputs = _as_inputs(model, texts, base=base)
     before = set(model.classes_)
+    progress = _encoding_progress(len(inputs))
     if kind == "service":
         from perennial.service.directory import append_learned
 
-        version = append_learned(directory, model.encode(inputs), labels)
+        version = append_learned(directory, model.encode(inputs, progress=progress), labels)
         where = f"journaled as version {version} of the service in {directory}"
     else:
-        model.learn_many(inputs, labels)
+        model.learn_many(inputs, labels, progress=progress)
         model.save(directory)
         where = f"saved to {directory}"
         version = None
@@ -694,7 +695,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise PersistenceError(f"no model at {directory}: 'perennial learn' makes one")
     texts = _cli_inputs(args, command="predict")
     model = LifelongClassifier.load(directory)
-    rows = model.predict_detailed(_as_inputs(model, texts), top=args.top)
+    rows = model.predict_detailed(
+        _as_inputs(model, texts), top=args.top, progress=_encoding_progress(len(texts))
+    )
     for text, row in zip(texts, rows, strict=True):
         if args.json:
             print(json.dumps({"input": text, **row}, default=_json_value))
@@ -703,6 +706,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
             source = f"{row['source']}, " if "source" in row else ""
             print(f"{text}\t{label}\t({source}{row['score']:.3f})")
     return 0
+
+
+def _encoding_progress(n: int) -> Any:
+    """Where ``learn`` and ``predict`` report encoding ``n`` inputs: standard error (drawn in
+    place on a terminal) when they fill more than one chunk, else nowhere (one chunk is quick,
+    and a line per call would drown a script's output)."""
+    from perennial.learner import ENCODE_CHUNK
+
+    return sys.stderr if n > ENCODE_CHUNK else None
 
 
 def _count(n: int, noun: str) -> str:

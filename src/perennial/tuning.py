@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from perennial.exceptions import InvalidParameterError, TrainingDivergedError
+from perennial.progress import Output
 from perennial.scenarios.base import Experience, Scenario
 
 __all__ = [
@@ -264,57 +265,64 @@ def tune_strategies(
     strategy_params: dict[str, Any] | None = None,
     tasks: int = 3,
     fraction: float = 0.1,
-    progress: Callable[[str], None] | None = None,
+    progress: Output = None,
     client: Any = None,
 ) -> dict[str, TuningResult]:
     """:func:`tune` every strategy of ``names`` on the seed-0 scenario; on a Dask ``client``,
     every grid point of every strategy is one task.
 
     The names, ``tasks``, ``fraction`` and every strategy built with ``strategy_params`` are
-    checked before the scenario's data is loaded.
+    checked before the scenario's data is loaded. ``progress`` (a text stream, drawn in place on
+    a terminal, or a callable taking one line) gets the scenario's encoding, then the grid
+    points scored out of all of them, their rate and the time left, each with its score (see
+    :class:`perennial.progress.ProgressBar`).
     """
     from perennial.bench import check_strategies, params_for
+    from perennial.progress import ProgressBar
     from perennial.scenarios import make_scenario
 
     check_tuning(tasks, fraction)
     shared = check_strategies(names, strategy_params)  # a bad name or value fails before loading
-    names = list(shared)
-    fixed = {name: params_for(name, shared[name]) for name in names}
+    fixed = {name: params_for(name, shared[name]) for name in shared}
     options = dict(scenario_options or {})
-    scenario = make_scenario(scenario_name, seed=0, **options)
-    if client is None:
-        return {
-            name: tune(
-                scenario, name, fixed[name], tasks=tasks, fraction=fraction, progress=progress
+    scenario = make_scenario(scenario_name, seed=0, progress=progress, **options)
+    jobs = [(name, point) for name in fixed for point in grid_points(name, fixed[name])]
+    with ProgressBar(len(jobs), "tune", unit="grid points", output=progress) as bar:
+
+        def scored(line: str) -> None:
+            bar.update(1, note=line)
+
+        if client is None:
+            return {
+                name: tune(
+                    scenario, name, fixed[name], tasks=tasks, fraction=fraction, progress=scored
+                )
+                for name in fixed
+            }
+        started = time.perf_counter()
+        futures = [
+            client.submit(
+                _score_point,
+                scenario_name,
+                options,
+                name,
+                point,
+                fixed[name],
+                tasks,
+                fraction,
+                pure=False,
             )
-            for name in names
+            for name, point in jobs
+        ]
+        results = {
+            name: TuningResult(name, {}, tasks=min(tasks, len(scenario)), fraction=fraction)
+            for name in fixed
         }
-    started = time.perf_counter()
-    jobs = [(name, point) for name in names for point in grid_points(name, fixed[name])]
-    futures = [
-        client.submit(
-            _score_point,
-            scenario_name,
-            options,
-            name,
-            point,
-            fixed[name],
-            tasks,
-            fraction,
-            pure=False,
-        )
-        for name, point in jobs
-    ]
-    results = {
-        name: TuningResult(name, {}, tasks=min(tasks, len(scenario)), fraction=fraction)
-        for name in names
-    }
-    for (name, point), future in zip(jobs, futures, strict=True):
-        score, error = future.result()
-        results[name].scores.append({"params": point, "score": score, "error": error})
-        if progress is not None:
+        for (name, point), future in zip(jobs, futures, strict=True):
+            score, error = future.result()
+            results[name].scores.append({"params": point, "score": score, "error": error})
             shown = "diverged" if error else f"{100 * score:.2f}%"
-            progress(f"tune {name} {point}: validation accuracy {shown} (on the cluster)")
+            scored(f"tune {name} {point}: validation accuracy {shown} (on the cluster)")
     for result in results.values():
         valid = [
             (entry["score"], -i)

@@ -339,6 +339,166 @@ def test_library_names_in_errors_are_written_as_options(capsys):
     assert "n_tasks" not in err and "classes_per_task" not in err
 
 
+def status_of(capsys, argv: list[str]) -> tuple[int, str]:
+    """The exit status and standard error of ``perennial ARGV``, parser errors included."""
+    try:
+        status = main(argv)
+    except SystemExit as exit_:
+        status = int(exit_.code or 0)
+    return status, capsys.readouterr().err
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Data loaders, scenario builders and clusters that fail the test if anything calls them."""
+    import perennial.datasets
+    import perennial.distributed
+    import perennial.scenarios
+    import perennial.scenarios.mnist
+
+    def never(*args, **kwargs):
+        raise AssertionError("work started before every option was checked")
+
+    monkeypatch.setattr(perennial.datasets, "load_dataset", never)
+    monkeypatch.setattr(perennial.scenarios.mnist, "load_mnist", never)
+    monkeypatch.setattr(perennial.scenarios, "make_scenario", never)
+    monkeypatch.setattr(perennial.distributed, "dask_client", never)
+
+
+BENCH = ["bench", "--scenario", "split-mnist", "--strategies", "naive,er"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--tune-tasks", "0"], "--tune-tasks: expected a positive integer"),
+        (["--tune-tasks", "two"], "--tune-tasks: expected a positive integer"),
+        (["--tune-fraction", "1.5"], "--tune-fraction: expected a number strictly between"),
+        (["--tune-fraction", "0"], "--tune-fraction: expected a number strictly between"),
+        (["--tune", "--lr", "-1"], "--lr must be"),
+        (["--tune", "--epochs", "2", "--hidden", "0"], "--hidden must be"),
+        (["--tune", "--scheduler", "garbage"], "--scheduler must be an address"),
+        (["--json", "missing/results.json"], "the folder 'missing' does not exist"),
+        (["--json", "folder"], "--json folder is a directory"),
+        (["--report", "notes.txt"], "--report notes.txt is a file"),
+        (["--report", "notes.txt/report"], "'notes.txt' is a file"),
+    ],
+)
+def test_bench_options_are_checked_before_any_data_is_loaded(
+    extra, message, tmp_path, capsys, monkeypatch, no_loading
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    before = tree(tmp_path)
+    status, err = status_of(capsys, [*BENCH, *extra])
+    assert status == 2
+    assert message in err
+    assert tree(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "folder",
+        "notes.txt",
+    ]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder")
+def test_bench_refuses_a_folder_it_cannot_write_into_before_any_work(
+    tmp_path, capsys, monkeypatch, no_loading
+):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        for option, path in [("--json", locked / "r.json"), ("--report", locked / "report")]:
+            status, err = status_of(capsys, [*BENCH, option, str(path)])
+            assert status == 2 and "is not writable" in err
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)
+
+
+def test_bench_writes_where_the_checks_allowed(tmp_path, monkeypatch):
+    """The checks refuse no destination a run can write: a new report folder (parents
+    included) and a JSON file in an existing folder, relative or absolute."""
+    from perennial.cli import _check_file_destination, _check_folder_destination
+
+    monkeypatch.chdir(tmp_path)
+    _check_file_destination("results.json", "--json")
+    _check_file_destination(str(tmp_path / "results.json"), "--json")
+    _check_folder_destination("new/deeper/report", "--report")
+    _check_folder_destination(str(tmp_path), "--report")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fit_checks_the_scheduler_address_before_loading(tmp_path, capsys, monkeypatch, no_loading):
+    monkeypatch.chdir(tmp_path)
+    status, err = status_of(
+        capsys, ["fit", "--data", "clinc150", "--model", "m", "--scheduler", "tcp://nohost"]
+    )
+    assert status == 2 and "--scheduler must be an address" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+#: A Python identifier with an underscore (max_waiters, wait_seconds, ...) in a message.
+PYTHON_NAME = re.compile(r"(?<![\w-])[a-z]+(?:_[a-z]+)+\b")
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["serve", "--model", "m", "--port", "70000"], "--port"),
+        (["serve", "--model", "m", "--port", "-1"], "--port"),
+        (["serve", "--model", "m", "--max-waiters", "0"], "--max-waiters"),
+        (["serve", "--model", "m", "--max-waiters-per-client", "0"], "--max-waiters-per-client"),
+        (["serve", "--model", "m", "--wait-seconds", "0"], "--wait-seconds"),
+        (["serve", "--model", "m", "--shutdown-seconds", "-1"], "--shutdown-seconds"),
+        (["serve", "--model", "m", "--review-ttl", "-5"], "--review-ttl"),
+        (["serve", "--model", "m", "--max-batch", "0"], "--max-batch"),
+        ([*BENCH, "--tune-fraction", "2"], "--tune-fraction"),
+        ([*BENCH, "--tune-tasks", "-3"], "--tune-tasks"),
+        ([*BENCH, "--lr", "0"], "--lr"),
+        (["bench", "--scenario", "class-incremental", "--strategies", "naive"], "--data"),
+        (["fit", "--data", "clinc150", "--model", "m", "--scheduler", "nowhere"], "--scheduler"),
+        (["fit", "--data", "clinc150", "--model", "m", "--timeout", "0"], "--timeout"),
+    ],
+)
+def test_errors_name_the_option_not_the_python_parameter(
+    argv, option, tmp_path, capsys, monkeypatch
+):
+    import perennial.datasets
+
+    def never(*args, **kwargs):
+        raise AssertionError("data was loaded before the options were checked")
+
+    monkeypatch.setattr(perennial.datasets, "load_dataset", never)
+    monkeypatch.chdir(tmp_path)
+    status, err = status_of(capsys, argv)
+    message = err.strip().splitlines()[-1]  # the error itself, after any usage line
+    assert status == 2
+    assert re.search(rf"(?<![\w-]){re.escape(option)}\b(?!-)", message), message
+    assert PYTHON_NAME.search(message) is None, message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_serving_limit_has_a_cli_spelling():
+    """The library's own checks of the service's limits, should they speak, speak CLI."""
+    from perennial.cli import cli_spelling
+    from perennial.service.app import Limits
+
+    options = vars(dict(parsers())["perennial serve"].parse_args(["--model", "m"]))
+    names = [name for name in vars(Limits()) if name in options]  # those the CLI sets
+    assert len(names) >= 6
+    for name in [*names, "shutdown_seconds", "review_ttl", "snapshot_every"]:
+        spelled = cli_spelling(f"{name} must be a positive number, got 0")
+        assert spelled.startswith("--" + name.replace("_", "-")), spelled
+        assert PYTHON_NAME.search(spelled) is None, spelled
+    assert cli_spelling("class-incremental needs data=: a data set") == (
+        "class-incremental needs --data: a data set"
+    )
+    assert (
+        cli_spelling("the data set and its training data") == "the data set and its training data"
+    )
+
+
 # --- help -----------------------------------------------------------------------------------------------
 def parsers() -> list[tuple[str, argparse.ArgumentParser]]:
     found = []
@@ -387,7 +547,14 @@ def test_every_option_explains_itself_and_shows_its_default(name, parser):
         )
         shown = option_help(parser, option)
         words = shown.split(None, 1)
-        assert len(words) > 1 and len(words[1]) > 12, f"{name} {option} does not explain itself"
+        # What the option is, besides its metavar and its default ("default ridge" is not help).
+        explained = re.sub(r"\(?\bdefault\b:?\s*[^);]*\)?", "", words[1] if len(words) > 1 else "")
+        if action.metavar is None and action.choices is not None:
+            explained = explained.replace("{" + ",".join(map(str, action.choices)) + "}", "")
+        explained = explained.replace(str(action.metavar or action.dest.upper()), "")
+        assert len(re.findall(r"[a-z]{3,}", explained)) >= 2, (
+            f"{name} {option} does not say what it is: {shown!r}"
+        )
         default = action.default
         if action.required or isinstance(action, argparse._StoreTrueAction):
             continue
@@ -411,6 +578,18 @@ def test_bench_help_lists_every_scenario_and_strategy_with_a_line(capsys):
     for name in (*SCENARIO_NAMES, *STRATEGY_NAMES):
         line = next((line for line in lines if line.startswith(f"  {name} ")), None)
         assert line is not None and len(line.split()) > 3, name
+
+
+@pytest.mark.parametrize("command", ["incremental", "fit", "openset", "serve", "learn"])
+def test_head_help_says_what_a_head_is_and_names_every_head(command):
+    from perennial.heads import HEADS
+
+    shown = option_help(dict(parsers())[f"perennial {command}"], "--head")
+    described = shown.split("}", 1)[1]  # after the choices
+    assert "classifier" in described and "features" in described
+    for head in HEADS:
+        assert re.search(rf"(?<![\w-]){re.escape(head)}, \w+", described), (head, shown)
+    assert "default ridge" in described
 
 
 def test_the_backends_are_explained_and_serve_takes_encoder_auto():

@@ -178,3 +178,129 @@ def test_quiet_dask_shutdown_is_scoped(caplog):
         assert nanny.level == level
         nanny.warning("after the block")
     assert "after the block" in caplog.text
+
+
+# --- scenario encoding, the tuning grid, and learn/predict on many inputs ----------------------------
+def feature_data(n_train: int = 2500, n_test: int = 400):
+    from perennial.datasets import Dataset, Split
+
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> Split:
+        labels = np.arange(n) % 4
+        return Split(rng.normal(size=(n, 3)) + labels[:, None], labels)
+
+    return Dataset("blobs", split(n_train), split(n_test), metadata={"kind": "features"})
+
+
+def test_scenario_encoding_reports_chunks_and_cache_reads(tmp_path):
+    from perennial.scenarios import make_scenario
+
+    data, cache = feature_data(), FeatureCache(tmp_path)
+    options = {"data": data, "n_tasks": 2, "encoder": IdentityEncoder(), "cache": cache}
+    first: list[str] = []
+    scenario = make_scenario("class-incremental", progress=first.append, **options)
+    train = [line for line in first if line.startswith("encoding class-incremental train:")]
+    # 2,500 inputs in chunks of 1,024: two lines under way (count, rate, time left), a summary.
+    assert [line.split(" (")[0] for line in train] == [
+        "encoding class-incremental train: 1024/2500 inputs",
+        "encoding class-incremental train: 2048/2500 inputs",
+        "encoding class-incremental train: 2500/2500 inputs in 0 s",
+    ]
+    assert "/s, ETA " in train[0] and "cache" not in "".join(first)
+    assert first[-1].startswith("encoding class-incremental test: 400/400 inputs in ")
+
+    again: list[str] = []
+    rebuilt = make_scenario("class-incremental", progress=again.append, **options)
+    assert (
+        again[-1].endswith("(all read from the cache)") and "[1024 read from the cache]" in again[0]
+    )
+    assert not any("/s" in line for line in again)  # no speed claimed for features only read
+    for old, new in zip(scenario, rebuilt, strict=True):
+        np.testing.assert_array_equal(old.train_x, new.train_x)
+    silent = make_scenario("class-incremental", **options)  # no progress: nothing to say
+    assert len(silent) == 2
+
+
+def test_bench_reports_the_scenario_encoding_first_and_later_seeds_as_news():
+    lines: list[str] = []
+    run_benchmark(
+        "class-incremental",
+        ["naive"],
+        2,
+        scenario_options={"data": feature_data(), "n_tasks": 2, "encoder": IdentityEncoder()},
+        strategy_params={"hidden": (8,), "epochs": 1},
+        progress=lines.append,
+    )
+    first_bench = next(i for i, line in enumerate(lines) if line.startswith("bench:"))
+    assert lines[0].startswith("encoding class-incremental train: 1024/2500 inputs (")
+    assert all(line.startswith("encoding class-incremental") for line in lines[:first_bench])
+    # Seed 1's scenario is encoded under the open bench bar: its lines are the bar's news.
+    news = [line for line in lines[first_bench:] if "encoding class-incremental" in line]
+    assert news and all(line.startswith("bench: 2/4 experiences") for line in news)
+    assert lines[-1].startswith("bench: 4/4 experiences in ")
+
+
+def test_the_tuning_grid_reports_points_done_of_all_with_rate_and_eta():
+    from perennial.tuning import grid_points, tune_strategies
+
+    lines: list[str] = []
+    results = tune_strategies(
+        "class-incremental",
+        ["er", "naive"],
+        scenario_options={"data": feature_data(400, 80), "n_tasks": 2},
+        strategy_params={"hidden": (8,), "epochs": 1},
+        tasks=2,
+        fraction=0.25,
+        progress=lines.append,
+    )
+    total = len(grid_points("er")) + len(grid_points("naive"))
+    assert total == 7 and [len(result.scores) for result in results.values()] == [3, 4]
+    under_way = lines[:-1]
+    assert [line.split(" (")[0] for line in under_way] == [
+        f"tune: {done}/{total} grid points" for done in range(1, total)
+    ] + [f"tune: {total}/{total} grid points"]  # the last point's news, then the summary
+    assert all("/s, ETA " in line for line in under_way[:-1])
+    assert "tune er {'lr': 0.01}: validation accuracy " in under_way[0]
+    assert "tune naive {'lr': 0.1}: validation accuracy " in under_way[-1]
+    assert lines[-1].startswith(f"tune: {total}/{total} grid points in ")
+
+
+def test_learn_and_predict_report_encoding_many_inputs_in_chunks(tmp_path, capsys):
+    from perennial import LifelongClassifier
+    from perennial.cli import main
+    from perennial.learner import ENCODE_CHUNK
+
+    rng = np.random.default_rng(3)
+    n = 2 * ENCODE_CHUNK + 88
+    X = rng.normal(size=(n, 4)).round(3) + (np.arange(n) % 3)[:, None]
+    labels = [f"c{i % 3}" for i in range(n)]
+    rows = "".join(f'"{",".join(map(str, x))}",{y}\n' for x, y in zip(X, labels, strict=True))
+    (tmp_path / "many.csv").write_text("text,category\n" + rows, encoding="utf-8")
+    model = tmp_path / "model"
+    args = ["--model", str(model), "--encoder", "identity", "--n-features", "64"]
+    assert main(["learn", *args, "--csv", str(tmp_path / "many.csv")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in err] == [
+        f"encoding: {ENCODE_CHUNK}/{n} inputs",
+        f"encoding: {2 * ENCODE_CHUNK}/{n} inputs",
+        f"encoding: {n}/{n} inputs in 0 s",
+    ]
+    # Encoded in chunks, learned in one step: the model the library makes in one call.
+    from perennial.heads import make_head
+
+    expected = LifelongClassifier("identity", make_head("ridge", n_features=64), unknown_rate=0.02)
+    expected.learn_many(X, labels)
+    learned = LifelongClassifier.load(model)
+    np.testing.assert_allclose(learned.decision_scores(X[:20]), expected.decision_scores(X[:20]))
+
+    (tmp_path / "queries.txt").write_text(
+        "".join(",".join(map(str, x)) + "\n" for x in X), encoding="utf-8"
+    )
+    assert main(["predict", "--model", str(model), "--file", str(tmp_path / "queries.txt")]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == n
+    assert err.splitlines()[-1].startswith(f"encoding: {n}/{n} inputs in ")
+    # A few inputs: no encoding lines among the command's own output.
+    assert main(["predict", "--model", str(model), "1,2,3,4"]) == 0
+    assert "encoding" not in capsys.readouterr().err

@@ -33,6 +33,7 @@ __all__ = [
     "METRICS",
     "RunResult",
     "aggregate",
+    "check_strategies",
     "check_strategy_names",
     "failures",
     "run_benchmark",
@@ -146,6 +147,25 @@ def check_supported(names: Sequence[str], scenario: Any) -> None:
             f"task-incremental scenario (split-mnist-task), or drop {'it' if one else 'them'} "
             "from --strategies"
         )
+
+
+def check_strategies(
+    names: Sequence[str],
+    params: dict[str, Any] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Each strategy's parameters, every strategy built once with them to check them.
+
+    ``params`` are shared (each strategy takes the ones it accepts), ``overrides`` per strategy
+    name (they win). A bad name or value (``lr=-1``) fails here, before any data is loaded.
+    """
+    names = check_strategy_names(names)
+    from perennial.strategies import make_strategy
+
+    own = {name: {**(params or {}), **(overrides or {}).get(name, {})} for name in names}
+    for name in names:
+        make_strategy(name, **{**params_for(name, own[name]), "seed": 0})
+    return own
 
 
 def params_for(name: str, params: dict[str, Any] | None) -> dict[str, Any]:
@@ -350,22 +370,21 @@ def run_benchmark(
 
     Every name and option is checked, and the scenario for seed 0 is built, before any training.
     ``progress`` (a text stream, drawn in place on a terminal, or a callable taking one line)
-    gets the experiences trained out of all, their rate and the time left, with the last run's
-    news (see :class:`perennial.progress.ProgressBar`). With a Dask ``client`` (see :func:`perennial.distributed.dask_client`) each (strategy, seed)
+    gets the encoding of the scenario's inputs (texts), then the experiences trained out of
+    all, their rate and the time left, with the last run's news (see
+    :class:`perennial.progress.ProgressBar`). With a Dask ``client`` (see :func:`perennial.distributed.dask_client`) each (strategy, seed)
     run is one task on the cluster; the worker builds the scenario itself, so no data is
     shipped, and the results come back in the same order as a serial run gives them.
     """
     from perennial.scenarios import make_scenario
-    from perennial.strategies import make_strategy
 
     names = check_strategy_names(strategies)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise InvalidParameterError(f"seeds must be a positive integer, got {seeds!r}")
-    own = {name: {**(strategy_params or {}), **(overrides or {}).get(name, {})} for name in names}
-    for name in names:  # bad parameters fail here, before the first run
-        make_strategy(name, **{**params_for(name, own[name]), "seed": 0})
+    own = check_strategies(names, strategy_params, overrides)  # before the first run
     options = dict(scenario_options or {})
-    first = make_scenario(scenario_name, seed=0, **options)  # bad options fail here
+    # Bad options fail here; the encoding of inputs (texts) reports on ``progress``.
+    first = make_scenario(scenario_name, seed=0, progress=progress, **options)
     check_supported(names, first)
     total = seeds * len(names) * len(first)
     with ProgressBar(total, "bench", unit="experiences", output=progress) as bar:
@@ -375,7 +394,11 @@ def run_benchmark(
             )
         runs: list[RunResult] = []
         for seed in range(seeds):
-            scenario = first if seed == 0 else make_scenario(scenario_name, seed=seed, **options)
+            if seed == 0:
+                scenario = first
+            else:  # encoded under the open bar: its lines are the bar's news
+                news = None if progress is None else _as_news(bar)
+                scenario = make_scenario(scenario_name, seed=seed, progress=news, **options)
             for name in names:
                 counted = bar.done
                 report = None if progress is None else _RunProgress(bar, len(scenario), name)
@@ -389,6 +412,15 @@ def run_benchmark(
                     )
                     runs.append(_failed_run(scenario, name, seed, str(error), own[name]))
     return runs
+
+
+def _as_news(bar: ProgressBar) -> Callable[[str], None]:
+    """A progress output whose lines are shown as ``bar``'s news, without counting work."""
+
+    def show(line: str) -> None:
+        bar.update(0, note=line)
+
+    return show
 
 
 class _RunProgress:

@@ -124,8 +124,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
             f"--model {args.model} is a service's directory; fit into a new directory and serve "
             "that, or send the examples to the service"
         )
-    if args.timeout <= 0:
-        raise InvalidParameterError(f"--timeout must be positive, got {args.timeout!r}")
+    if args.scheduler is not None:
+        from perennial.distributed import check_address
+
+        check_address(args.scheduler, "--scheduler")  # its form; the cluster is asked later
     dataset = load_dataset(args.data, test=args.data if is_csv else None)
     train = dataset.train
     encoder = _encoder_for(args, str(dataset.metadata.get("kind", "text")))
@@ -201,7 +203,7 @@ def cmd_openset(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from perennial.bench import aggregate, failures, run_benchmark
+    from perennial.bench import aggregate, check_strategies, failures, run_benchmark
     from perennial.report import format_table, write_report
 
     strategies = args.strategies  # checked against the registry by the parser
@@ -217,6 +219,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
             strategy_params[option] = value
     if args.hidden is not None:
         strategy_params["hidden"] = _int_tuple(args.hidden, "--hidden")
+    # Every option is checked before a cluster starts or any data is loaded: the strategies are
+    # built with their options (--lr -1 fails here, with --tune too), the address is read, and
+    # the destinations of --json and --report are checked, which are written only at the end.
+    check_strategies(strategies, strategy_params)
+    if args.scheduler is not None:
+        from perennial.distributed import check_address
+
+        check_address(args.scheduler, "--scheduler")
+    if args.json:
+        _check_file_destination(args.json, "--json")
+    if args.report:
+        _check_folder_destination(args.report, "--report")
 
     def note(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -235,7 +249,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     strategy_params=strategy_params,
                     tasks=args.tune_tasks,
                     fraction=args.tune_fraction,
-                    progress=note,
+                    progress=sys.stderr,  # drawn in place on a terminal
                     client=client,
                 )
             )
@@ -649,13 +663,14 @@ def cmd_learn(args: argparse.Namespace) -> int:
     base = None if args.csv is None else Path(args.csv).parent
     inputs = _as_inputs(model, texts, base=base)
     before = set(model.classes_)
+    progress = _encoding_progress(len(inputs))
     if kind == "service":
         from perennial.service.directory import append_learned
 
-        version = append_learned(directory, model.encode(inputs), labels)
+        version = append_learned(directory, model.encode(inputs, progress=progress), labels)
         where = f"journaled as version {version} of the service in {directory}"
     else:
-        model.learn_many(inputs, labels)
+        model.learn_many(inputs, labels, progress=progress)
         model.save(directory)
         where = f"saved to {directory}"
         version = None
@@ -680,7 +695,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise PersistenceError(f"no model at {directory}: 'perennial learn' makes one")
     texts = _cli_inputs(args, command="predict")
     model = LifelongClassifier.load(directory)
-    rows = model.predict_detailed(_as_inputs(model, texts), top=args.top)
+    rows = model.predict_detailed(
+        _as_inputs(model, texts), top=args.top, progress=_encoding_progress(len(texts))
+    )
     for text, row in zip(texts, rows, strict=True):
         if args.json:
             print(json.dumps({"input": text, **row}, default=_json_value))
@@ -689,6 +706,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
             source = f"{row['source']}, " if "source" in row else ""
             print(f"{text}\t{label}\t({source}{row['score']:.3f})")
     return 0
+
+
+def _encoding_progress(n: int) -> Any:
+    """Where ``learn`` and ``predict`` report encoding ``n`` inputs: standard error (drawn in
+    place on a terminal) when they fill more than one chunk, else nowhere (one chunk is quick,
+    and a line per call would drown a script's output)."""
+    from perennial.learner import ENCODE_CHUNK
+
+    return sys.stderr if n > ENCODE_CHUNK else None
 
 
 def _count(n: int, noun: str) -> str:
@@ -853,7 +879,22 @@ _CLI_SPELLINGS = {
     "n_features": "--n-features",
     "n_members": "--members",
     "image_size": "--image-size",
+    "lr": "--lr",
+    "max_body_bytes": "--max-body-bytes",
+    "max_batch": "--max-batch",
+    "max_text_chars": "--max-text-chars",
+    "wait_seconds": "--wait-seconds",
+    "max_waiters": "--max-waiters",
+    "max_waiters_per_client": "--max-waiters-per-client",
+    "shutdown_seconds": "--shutdown-seconds",
+    "review_ttl": "--review-ttl",
+    "snapshot_every": "--snapshot-every",
+    "background_nice": "--background-nice",
+    "encoder_threads": "--encoder-threads",
 }
+
+#: Names too common as words to be replaced anywhere: only as ``name=`` ("needs data=").
+_CLI_SPELLINGS_WITH_EQUALS = {"data": "--data", "port": "--port", "seeds": "--seeds"}
 
 
 def cli_spelling(message: str) -> str:
@@ -863,15 +904,26 @@ def cli_spelling(message: str) -> str:
     --------
     >>> cli_spelling("classes_per_task=3 is more than the 2 classes; pass n_tasks=1 as well")
     '--classes-per-task 3 is more than the 2 classes; pass --tasks 1 as well'
+    >>> cli_spelling("class-incremental needs data=: a data set name")
+    'class-incremental needs --data: a data set name'
     """
     import re
 
-    pattern = r"(?<![\w-])(" + "|".join(_CLI_SPELLINGS) + r")\b(=?)"
+    # Longer names first, so that max_waiters_per_client is not read as max_waiters.
+    names = sorted(_CLI_SPELLINGS, key=len, reverse=True)
+    pattern = r"(?<![\w-])(" + "|".join(names) + r")\b(=?)"
+    equals = r"(?<![\w-])(" + "|".join(_CLI_SPELLINGS_WITH_EQUALS) + r")(=)"
 
-    def option(match: re.Match[str]) -> str:
-        return _CLI_SPELLINGS[match.group(1)] + (" " if match.group(2) else "")
+    def option(spellings: dict[str, str]) -> Any:
+        def replace(match: re.Match[str]) -> str:
+            after = match.string[match.end() : match.end() + 1]
+            space = " " if match.group(2) and after not in ("", ":", ",", ";", ".", ")") else ""
+            return spellings[match.group(1)] + space
 
-    return re.sub(pattern, option, message)
+        return replace
+
+    message = re.sub(pattern, option(_CLI_SPELLINGS), message)
+    return re.sub(equals, option(_CLI_SPELLINGS_WITH_EQUALS), message)
 
 
 def _int_tuple(text: str, option: str) -> tuple[int, ...]:
@@ -884,6 +936,48 @@ def _int_tuple(text: str, option: str) -> tuple[int, ...]:
             f"{option} must be comma-separated positive integers, got {text!r}"
         )
     return values
+
+
+def _check_file_destination(path: str, option: str) -> None:
+    """Refuse, before any work, a file ``path`` that could not be written at the end.
+
+    Nothing is created: the folder must exist and be writable, and ``path`` must not be a
+    folder.
+    """
+    import os
+
+    target = Path(path)
+    if target.is_dir():
+        raise InvalidParameterError(f"{option} {path} is a directory, expected a file path")
+    folder = target.parent
+    if not folder.is_dir():
+        raise InvalidParameterError(
+            f"{option} {path}: the folder {str(folder)!r} does not exist; create it first"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidParameterError(f"{option} {path}: the folder {str(folder)!r} is not writable")
+
+
+def _check_folder_destination(path: str, option: str) -> None:
+    """Refuse, before any work, a folder ``path`` that could not be written at the end.
+
+    ``path`` may be missing (it is created at the end, parents included): then its nearest
+    existing ancestor must be a writable folder. Nothing is created now.
+    """
+    import os
+
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise InvalidParameterError(f"{option} {path} is a file, expected a folder")
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise InvalidParameterError(
+            f"{option} {path}: {str(existing)!r} is a file, so no folder can be made below it"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidParameterError(f"{option} {path}: {str(existing)!r} is not writable")
 
 
 def _write_text(path: str, text: str) -> None:
@@ -982,16 +1076,29 @@ def _image_encoder_options(*, serving: bool = False) -> argparse.ArgumentParser:
     return group
 
 
+#: One line per head for ``--head``'s help (a head not listed shows its docstring's first line).
+_HEAD_HELP = {
+    "ridge": "exact ridge regression on random ReLU features of them",
+    "ridge-ensemble": "the average of --members ridge heads, each with its own random features",
+    "slda": "class means with one shared covariance (streaming LDA)",
+    "ncm": "the nearest class mean",
+}
+
+
 def _head_options(*, serving: bool = False) -> argparse.ArgumentParser:
     """--head and its parameters (read by :func:`_head_params`); ``serving``: for a new model."""
     from perennial.heads import HEADS
 
     group = argparse.ArgumentParser(add_help=False)
+    heads = "; ".join(
+        f"{name}, {_HEAD_HELP.get(name) or _first_line(HEADS[name].__doc__)}" for name in HEADS
+    )
     group.add_argument(
         "--head",
         default=None if serving else "ridge",
         choices=tuple(HEADS),
-        help="head of a new model (default ridge)" if serving else "default ridge",
+        help=("for a new model: " if serving else "")
+        + f"the classifier learned on the encoder's features: {heads} (default ridge)",
     )
     group.add_argument(
         "--members",
@@ -1118,6 +1225,43 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    """An option's value that measures something (seconds): a finite number above 0."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    """A finite number of at least 0 (0 turns something off)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    """A TCP port: an integer from 0 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port from 0 to 65535, got {text!r}")
+    return value
+
+
 def _fraction(text: str) -> float:
     """A share strictly between 0 and 1."""
     try:
@@ -1207,7 +1351,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--timeout",
-        type=float,
+        type=_positive_float,
         default=30.0,
         help="seconds to wait for the scheduler and a first worker (default 30)",
     )
@@ -1341,11 +1485,14 @@ def build_parser() -> argparse.ArgumentParser:
         "options given on the command line are kept, not searched",
     )
     bench.add_argument(
-        "--tune-tasks", type=int, default=3, help="tasks of the validation stream (default 3)"
+        "--tune-tasks",
+        type=_positive_int,
+        default=3,
+        help="tasks of the validation stream (default 3)",
     )
     bench.add_argument(
         "--tune-fraction",
-        type=float,
+        type=_fraction,
         default=0.1,
         help="share of each task's training data held out for validation (default 0.1)",
     )
@@ -1397,7 +1544,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, loopback)"
     )
-    serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
+    serve.add_argument(
+        "--port", type=_port, default=8000, help="TCP port to listen on, 0 to 65535 (0: any free)"
+    )
     serve.add_argument(
         "--keys",
         default=None,
@@ -1424,25 +1573,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--wait-seconds",
-        type=float,
+        type=_positive_float,
         default=30.0,
         help="longest a prediction waits for its min_version (default 30)",
     )
     serve.add_argument(
         "--max-waiters",
-        type=int,
+        type=_positive_int,
         default=256,
         help="predictions that may wait for a min_version at once (default 256; 429 beyond)",
     )
     serve.add_argument(
         "--max-waiters-per-client",
-        type=int,
+        type=_positive_int,
         default=32,
         help="of those, from one API key, or one address without keys (default 32)",
     )
     serve.add_argument(
         "--review-ttl",
-        type=float,
+        type=_non_negative_float,
         default=3600.0,
         help="seconds an unknown input waits for review (0: no queue)",
     )
@@ -1469,7 +1618,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--shutdown-seconds",
-        type=float,
+        type=_positive_float,
         default=10.0,
         help="most a shutdown takes (default 10); what the last snapshot cannot take in that "
         "time stays in the journal, replayed at the next start",

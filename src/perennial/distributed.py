@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from distributed import Client, Future
 
 __all__ = [
+    "check_address",
     "dask_client",
     "fit_distributed",
     "learn_partition",
@@ -159,20 +160,25 @@ def _check_timeout(timeout: Any) -> float:
     return float(timeout)
 
 
-def _check_address(scheduler: Any) -> str:
+def check_address(scheduler: Any, name: str = "scheduler") -> str:
+    """``scheduler`` stripped, or an error naming ``name`` unless it reads as a Dask address.
+
+    Only the form is checked (nothing is contacted), so a command can refuse a mistyped
+    address before it loads any data.
+
+    >>> check_address(" tcp://10.0.0.5:8786 ")
+    'tcp://10.0.0.5:8786'
+    """
+    expected = f"{name} must be an address such as 'tcp://10.0.0.5:8786', got {scheduler!r}"
     if not isinstance(scheduler, str) or not scheduler.strip():
-        raise InvalidParameterError(
-            f"scheduler must be an address such as 'tcp://10.0.0.5:8786', got {scheduler!r}"
-        )
+        raise InvalidParameterError(expected)
+    _import_distributed()
     from distributed.comm.addressing import get_address_host_port
 
     try:
         get_address_host_port(scheduler.strip())
     except ValueError as error:
-        raise InvalidParameterError(
-            f"scheduler must be an address such as 'tcp://10.0.0.5:8786', got {scheduler!r} "
-            f"({error})"
-        ) from None
+        raise InvalidParameterError(f"{expected} ({error})") from None
     return scheduler.strip()
 
 
@@ -240,7 +246,7 @@ def dask_client(
             stack.callback(_close_quietly, cluster)
             client = Client(cluster, set_as_default=False)  # type: ignore[no-untyped-call]
         else:
-            address = _check_address(scheduler)
+            address = check_address(scheduler)
             try:
                 client = Client(  # type: ignore[no-untyped-call]
                     address, timeout=timeout, set_as_default=False

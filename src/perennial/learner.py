@@ -35,6 +35,7 @@ from perennial.openset import OpenSetGate
 from perennial.params import check_choice, check_fraction, check_int
 from perennial.persistence import read_model_files, write_model_files
 from perennial.pretrained import PRETRAINED, PretrainedHead
+from perennial.progress import Output
 
 __all__ = ["LifelongClassifier"]
 
@@ -43,6 +44,9 @@ NOVELTY_SCORES = ("auto", *SCORES)
 
 # Encoders whose ``encode`` returns check_features' output (as float32).
 _VALIDATING_ENCODERS = (IdentityEncoder, Precomputed)
+
+#: Inputs encoded at a time when :meth:`LifelongClassifier.encode` reports its progress.
+ENCODE_CHUNK = 256
 
 
 def _one(x: Any) -> Any:
@@ -413,19 +417,34 @@ class LifelongClassifier:
             extra += f", pretrained={self.pretrained!r}"
         return f"LifelongClassifier(encoder={self._encoder!r}, head={self.head!r}{extra})"
 
-    def encode(self, inputs: Any) -> np.ndarray:
-        """Features of a batch of inputs, as the head sees them."""
-        _batch_length(inputs)
-        return self._encoder.encode(inputs)
+    def encode(self, inputs: Any, *, progress: Output = None) -> np.ndarray:
+        """Features of a batch of inputs, as the head sees them.
 
-    def _features(self, inputs: Any) -> FloatArray:
+        With ``progress`` (a text stream, drawn in place on a terminal, or a callable taking one
+        line; see :class:`perennial.progress.ProgressBar`) the inputs are encoded in chunks of
+        ``ENCODE_CHUNK`` and each chunk is reported with the count, rate and time left.
+        """
+        n = _batch_length(inputs)
+        if progress is None:
+            return self._encoder.encode(inputs)
+        from perennial.progress import ProgressBar
+
+        chunks = []
+        with ProgressBar(n, "encoding", unit="inputs", output=progress) as bar:
+            for start in range(0, n, ENCODE_CHUNK):
+                chunk = inputs[start : start + ENCODE_CHUNK]
+                chunks.append(np.asarray(self._encoder.encode(chunk)))
+                bar.update(len(chunk))
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+    def _features(self, inputs: Any, progress: Output = None) -> FloatArray:
         """Encoded, validated float64 features of the width the model learned."""
         dim = self.head.dim_
         if dim is None and self.gate_ is not None:
             dim = self.gate_.dim
         if dim is None and self.pretrained_ is not None:
             dim = self.pretrained_.dim
-        features = self.encode(inputs)
+        features = self.encode(inputs, progress=progress)
         if type(self._encoder) in _VALIDATING_ENCODERS:
             # Their output went through check_features already: finite, 2-D, not empty.
             if dim is not None and features.shape[1] != dim:
@@ -438,10 +457,10 @@ class LifelongClassifier:
         """Learn one example."""
         self.learn_many(_one(x), [y])
 
-    def learn_many(self, X: Any, y: Any) -> None:
-        """Learn a batch, whole or not at all."""
+    def learn_many(self, X: Any, y: Any, *, progress: Output = None) -> None:
+        """Learn a batch, whole or not at all; ``progress``: see :meth:`encode`."""
         labels = check_labels(y, _batch_length(X))  # cheap checks first, before any encoding
-        self._learn([(self._features(X), labels)])
+        self._learn([(self._features(X, progress), labels)])
 
     def learn_batches(self, batches: Sequence[tuple[Any, Any]]) -> None:
         """Learn several batches as if one after another, all of them or none.
@@ -837,7 +856,9 @@ class LifelongClassifier:
         """The threshold set by :meth:`tune_threshold`, if any."""
         return None if self.gate_ is None else self.gate_.threshold_override_
 
-    def predict_detailed(self, X: Any, top: int = 3) -> list[dict[str, Any]]:
+    def predict_detailed(
+        self, X: Any, top: int = 3, *, progress: Output = None
+    ) -> list[dict[str, Any]]:
         """Label, score, novelty, unknown decision and the ``top`` best labels of each input.
 
         ``label`` is the best known label, or ``unknown_label`` when the input is unknown;
@@ -849,6 +870,7 @@ class LifelongClassifier:
         With a pretrained classifier, each row also says which head answered (``"source"``:
         ``"instant"`` or ``"pretrained"``); ``score`` and ``top`` are that head's (the instant
         head's scores, or the ImageNet classifier's probabilities), and ``unknown`` is False.
+        ``progress`` reports the encoding (see :meth:`encode`).
 
         Examples
         --------
@@ -862,10 +884,10 @@ class LifelongClassifier:
         """
         top = check_int("top", top, minimum=1)
         if self.pretrained_ is not None:
-            return self._pretrained_rows(self._features(X), top)
+            return self._pretrained_rows(self._features(X, progress), top)
         self._require_fitted()
         self._check_open_set()
-        features = self._features(X)
+        features = self._features(X, progress)
         scores = self.head._scores(features)
         gate = self.gate_
         threshold = self.unknown_threshold_

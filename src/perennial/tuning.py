@@ -25,12 +25,14 @@ from typing import Any
 import numpy as np
 
 from perennial.exceptions import InvalidParameterError, TrainingDivergedError
+from perennial.progress import Output
 from perennial.scenarios.base import Experience, Scenario
 
 __all__ = [
     "GRIDS",
     "TuningResult",
     "add_to_report",
+    "check_tuning",
     "describe",
     "grid_points",
     "tune",
@@ -84,6 +86,26 @@ def grid_points(name: str, fixed: dict[str, Any] | None = None) -> list[dict[str
     return [dict(zip(keys, values, strict=True)) for values in product(*grid.values())]
 
 
+def check_tuning(tasks: int, fraction: float) -> None:
+    """Refuse a validation stream of no task, or a held-out share outside (0, 1).
+
+    >>> check_tuning(3, 1.5)
+    Traceback (most recent call last):
+    ...
+    perennial.exceptions.InvalidParameterError: the held-out fraction must lie strictly between 0 and 1, got 1.5
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise InvalidParameterError(f"the held-out fraction must be a number, got {fraction!r}")
+    if not 0.0 < fraction < 1.0:
+        raise InvalidParameterError(
+            f"the held-out fraction must lie strictly between 0 and 1, got {fraction!r}"
+        )
+    if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 1:
+        raise InvalidParameterError(
+            f"the validation stream needs at least 1 task, got {tasks!r} tasks"
+        )
+
+
 def validation_stream(scenario: Scenario, tasks: int, fraction: float, seed: int) -> Scenario:
     """The first ``tasks`` experiences, each scored on a held-out part of its *training* data.
 
@@ -91,10 +113,7 @@ def validation_stream(scenario: Scenario, tasks: int, fraction: float, seed: int
     label (at least 1 when the label has 2 examples or more) become the validation set; the rest
     are trained on. The test data is never read.
     """
-    if not 0.0 < fraction < 1.0:
-        raise InvalidParameterError(f"tune fraction must lie in (0, 1), got {fraction!r}")
-    if tasks < 1:
-        raise InvalidParameterError(f"tune tasks must be at least 1, got {tasks!r}")
+    check_tuning(tasks, fraction)
     rng = np.random.default_rng(seed)
     experiences = []
     for experience in scenario.experiences[: min(tasks, len(scenario))]:
@@ -246,52 +265,64 @@ def tune_strategies(
     strategy_params: dict[str, Any] | None = None,
     tasks: int = 3,
     fraction: float = 0.1,
-    progress: Callable[[str], None] | None = None,
+    progress: Output = None,
     client: Any = None,
 ) -> dict[str, TuningResult]:
     """:func:`tune` every strategy of ``names`` on the seed-0 scenario; on a Dask ``client``,
-    every grid point of every strategy is one task."""
-    from perennial.bench import check_strategy_names, params_for
+    every grid point of every strategy is one task.
+
+    The names, ``tasks``, ``fraction`` and every strategy built with ``strategy_params`` are
+    checked before the scenario's data is loaded. ``progress`` (a text stream, drawn in place on
+    a terminal, or a callable taking one line) gets the scenario's encoding, then the grid
+    points scored out of all of them, their rate and the time left, each with its score (see
+    :class:`perennial.progress.ProgressBar`).
+    """
+    from perennial.bench import check_strategies, params_for
+    from perennial.progress import ProgressBar
     from perennial.scenarios import make_scenario
 
-    names = check_strategy_names(names)
+    check_tuning(tasks, fraction)
+    shared = check_strategies(names, strategy_params)  # a bad name or value fails before loading
+    fixed = {name: params_for(name, shared[name]) for name in shared}
     options = dict(scenario_options or {})
-    scenario = make_scenario(scenario_name, seed=0, **options)
-    validation_stream(scenario, tasks, fraction, 0)  # bad tasks/fraction fail before any run
-    fixed = {name: params_for(name, strategy_params) for name in names}
-    if client is None:
-        return {
-            name: tune(
-                scenario, name, fixed[name], tasks=tasks, fraction=fraction, progress=progress
+    scenario = make_scenario(scenario_name, seed=0, progress=progress, **options)
+    jobs = [(name, point) for name in fixed for point in grid_points(name, fixed[name])]
+    with ProgressBar(len(jobs), "tune", unit="grid points", output=progress) as bar:
+
+        def scored(line: str) -> None:
+            bar.update(1, note=line)
+
+        if client is None:
+            return {
+                name: tune(
+                    scenario, name, fixed[name], tasks=tasks, fraction=fraction, progress=scored
+                )
+                for name in fixed
+            }
+        started = time.perf_counter()
+        futures = [
+            client.submit(
+                _score_point,
+                scenario_name,
+                options,
+                name,
+                point,
+                fixed[name],
+                tasks,
+                fraction,
+                pure=False,
             )
-            for name in names
+            for name, point in jobs
+        ]
+        results = {
+            name: TuningResult(name, {}, tasks=min(tasks, len(scenario)), fraction=fraction)
+            for name in fixed
         }
-    started = time.perf_counter()
-    jobs = [(name, point) for name in names for point in grid_points(name, fixed[name])]
-    futures = [
-        client.submit(
-            _score_point,
-            scenario_name,
-            options,
-            name,
-            point,
-            fixed[name],
-            tasks,
-            fraction,
-            pure=False,
-        )
-        for name, point in jobs
-    ]
-    results = {
-        name: TuningResult(name, {}, tasks=min(tasks, len(scenario)), fraction=fraction)
-        for name in names
-    }
-    for (name, point), future in zip(jobs, futures, strict=True):
-        score, error = future.result()
-        results[name].scores.append({"params": point, "score": score, "error": error})
-        if progress is not None:
+        for (name, point), future in zip(jobs, futures, strict=True):
+            score, error = future.result()
+            results[name].scores.append({"params": point, "score": score, "error": error})
             shown = "diverged" if error else f"{100 * score:.2f}%"
-            progress(f"tune {name} {point}: validation accuracy {shown} (on the cluster)")
+            scored(f"tune {name} {point}: validation accuracy {shown} (on the cluster)")
     for result in results.values():
         valid = [
             (entry["score"], -i)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,7 @@ from perennial.exceptions import (
     InvalidParameterError,
     NonFiniteInputError,
 )
+from perennial.progress import Output, ProgressBar
 from perennial.scenarios.base import Experience, FloatArray, LabelArray, Scenario
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "check_seed",
     "featurize",
     "input_kind",
+    "reporting_to",
     "resolve_cache",
     "resolve_dataset",
     "resolve_encoder",
@@ -381,20 +385,47 @@ def resolve_encoder(encoder: EncoderLike, kind: str) -> Encoder | None:
     return as_encoder(encoder)
 
 
-def _encode(encoder: Encoder, inputs: Any, cache: FeatureCache | None) -> FloatArray:
+#: Where the encoding of a scenario being built reports its progress (see :func:`reporting_to`).
+_PROGRESS: ContextVar[Output] = ContextVar("perennial_scenario_progress", default=None)
+
+
+@contextmanager
+def reporting_to(progress: Output) -> Iterator[None]:
+    """Inside the block, the scenarios built report their encoding to ``progress``.
+
+    ``progress`` is what :class:`perennial.progress.ProgressBar` takes: a text stream (drawn in
+    place on a terminal), a callable taking one line, or None (silence). Scoped to the block
+    (and to the calling thread or task), so a builder's signature stays that of its data.
+    :func:`perennial.scenarios.make_scenario` opens it for its ``progress`` argument.
+    """
+    token = _PROGRESS.set(progress)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def _encode(
+    encoder: Encoder, inputs: Any, cache: FeatureCache | None, what: str = "inputs"
+) -> FloatArray:
     chunks: list[FloatArray] = []
-    for start in range(0, len(inputs), _ENCODE_BATCH):
-        chunk = inputs[start : start + _ENCODE_BATCH]
-        raw = cache.encode(encoder, chunk) if cache is not None else encoder.encode(chunk)
-        features = np.asarray(raw, dtype=np.float32)
-        if features.ndim != 2 or features.shape[0] != len(chunk):
-            raise EncoderError(
-                f"encoder {encoder.name!r} returned features of shape {features.shape} for "
-                f"{len(chunk)} inputs; expected ({len(chunk)}, dim)"
-            )
-        if not np.isfinite(features).all():
-            raise EncoderError(f"encoder {encoder.name!r} returned non-finite features")
-        chunks.append(features)
+    with ProgressBar(len(inputs), f"encoding {what}", unit="inputs", output=_PROGRESS.get()) as bar:
+        for start in range(0, len(inputs), _ENCODE_BATCH):
+            chunk = inputs[start : start + _ENCODE_BATCH]
+            if cache is not None:
+                raw, read = cache.read_or_encode(encoder, chunk)
+            else:
+                raw, read = encoder.encode(chunk), False
+            features = np.asarray(raw, dtype=np.float32)
+            if features.ndim != 2 or features.shape[0] != len(chunk):
+                raise EncoderError(
+                    f"encoder {encoder.name!r} returned features of shape {features.shape} for "
+                    f"{len(chunk)} inputs; expected ({len(chunk)}, dim)"
+                )
+            if not np.isfinite(features).all():
+                raise EncoderError(f"encoder {encoder.name!r} returned non-finite features")
+            chunks.append(features)
+            bar.update(len(chunk), cached=len(chunk) if read else 0)
     return np.concatenate(chunks)
 
 
@@ -404,11 +435,15 @@ def featurize(
     kind: str,
     encoder: Encoder | None,
     cache: FeatureCache | None,
+    what: str = "inputs",
 ) -> FloatArray:
-    """float32 features of ``split.inputs[indices]``, shape ``(len(indices), d)``."""
+    """float32 features of ``split.inputs[indices]``, shape ``(len(indices), d)``.
+
+    An encoder's work is reported as "encoding ``what``" (see :func:`reporting_to`).
+    """
     subset = split.subset(indices).inputs
     if encoder is not None:
-        return _encode(encoder, subset, cache)
+        return _encode(encoder, subset, cache, what)
     assert isinstance(subset, np.ndarray)  # resolve_encoder gives texts an encoder
     flat = subset.reshape(len(subset), -1)
     if kind == "image":
@@ -471,8 +506,8 @@ def assemble(
     kind = input_kind(dataset)
     train_used = np.unique(np.concatenate(chosen))
     test_used = np.unique(np.concatenate([g.test_idx for g in groups]))
-    train_x = featurize(dataset.train, train_used, kind, encoder, cache)
-    test_x = featurize(dataset.test, test_used, kind, encoder, cache)
+    train_x = featurize(dataset.train, train_used, kind, encoder, cache, f"{name} train")
+    test_x = featurize(dataset.test, test_used, kind, encoder, cache, f"{name} test")
     if train_x.shape[1] != test_x.shape[1]:
         raise EncoderError(
             f"expected train and test features of one width, got {train_x.shape[1]} "

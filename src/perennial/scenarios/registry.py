@@ -9,7 +9,8 @@ from typing import Any
 
 from perennial.encoders.cache import FeatureCache
 from perennial.exceptions import InvalidParameterError
-from perennial.scenarios.assembly import EncoderLike
+from perennial.progress import Output
+from perennial.scenarios.assembly import EncoderLike, reporting_to
 from perennial.scenarios.base import Scenario
 from perennial.scenarios.cifar import split_cifar10, split_cifar100
 from perennial.scenarios.generic import class_incremental, domain_incremental
@@ -62,7 +63,7 @@ _BUILDERS: dict[str, Callable[..., Scenario]] = {
 SCENARIO_NAMES: tuple[str, ...] = tuple(sorted(_BUILDERS))
 
 
-def make_scenario(name: str, **options: Any) -> Scenario:
+def make_scenario(name: str, *, progress: Output = None, **options: Any) -> Scenario:
     """Build the scenario registered as ``name`` with ``options``.
 
     Parameters
@@ -74,6 +75,11 @@ def make_scenario(name: str, **options: Any) -> Scenario:
         ``degrees_per_task``), and always :data:`COMMON_OPTIONS`. An option set to None takes
         the builder's default; ``class-incremental`` and ``domain-incremental`` need ``data``
         (a data set name or CSV path) and take ``encoder`` for texts.
+    progress
+        Where the encoding of the inputs reports its count, rate and time left, features read
+        from ``cache`` counted apart: a text stream (drawn in place on a terminal), a callable
+        taking one line, or None (see :class:`perennial.progress.ProgressBar`). Scenarios
+        without an encoder encode nothing and say nothing.
 
     Returns
     -------
@@ -124,4 +130,5 @@ def make_scenario(name: str, **options: Any) -> Scenario:
                 f"unknown option {option!r} for the scenario {key!r}; it accepts "
                 f"{', '.join(accepted)}"
             )
-    return builder(**kwargs)
+    with reporting_to(progress):
+        return builder(**kwargs)

@@ -251,6 +251,9 @@ def test_every_strategy_gets_its_own_colour_and_marker(report):
     assert len({colour for colour, _, _ in first}) == 13
     assert len({marker for _, marker, _ in first}) == 13
     assert len(set(styles.values())) == len(STRATEGY_NAMES)  # every strategy its own style
+    # Scatter plots draw no lines: colour and marker alone must tell every strategy apart.
+    assert len({(colour, marker) for colour, marker, _ in styles.values()}) == 25
+    assert len({(colour, line) for colour, _, line in styles.values()}) == 25
     directory, _ = report
     for name in (
         "accuracy_matrices.png",

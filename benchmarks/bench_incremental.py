@@ -26,15 +26,17 @@ from perennial.protocols.incremental import run_incremental
 from perennial.selection import Candidate, select_by_holdout
 
 
-def candidates() -> list[Candidate]:
+def candidates(model: str = "all-MiniLM-L6-v2") -> list[Candidate]:
     """Configurations compared by ``--select``, cheapest first (ties go to the first)."""
     return [
-        Candidate("mean-layers + ridge", TextEncoder(pooling="mean-layers"), make_head("ridge")),
-        Candidate("last + ridge", TextEncoder(pooling="last"), make_head("ridge")),
-        Candidate("layers + ridge", TextEncoder(pooling="layers"), make_head("ridge")),
+        Candidate(
+            "mean-layers + ridge", TextEncoder(model, pooling="mean-layers"), make_head("ridge")
+        ),
+        Candidate("last + ridge", TextEncoder(model, pooling="last"), make_head("ridge")),
+        Candidate("layers + ridge", TextEncoder(model, pooling="layers"), make_head("ridge")),
         Candidate(
             "layers + ridge-ensemble(2)",
-            TextEncoder(pooling="layers"),
+            TextEncoder(model, pooling="layers"),
             make_head("ridge-ensemble", n_members=2),
         ),
     ]
@@ -47,6 +49,11 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=2, help="members of a ridge-ensemble")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--encoder",
+        default="all-MiniLM-L6-v2",
+        help="the text model: all-MiniLM-L6-v2 (default), or mpnet (all-mpnet-base-v2)",
+    )
+    parser.add_argument(
         "--pooling", default="mean-layers", choices=["mean-layers", "last", "layers"]
     )
     parser.add_argument(
@@ -58,12 +65,12 @@ def main() -> None:
     summary = {}
     for name in args.datasets.split(","):
         data = load_dataset(name)
-        encoder = TextEncoder(pooling=args.pooling)
+        encoder = TextEncoder(args.encoder, pooling=args.pooling)
         head = make_head(
             args.head, **({"n_members": args.members} if args.head == "ridge-ensemble" else {})
         )
         if args.select:
-            options = candidates()
+            options = candidates(args.encoder)
             print(f"{name}: choosing on 10% of the training split", file=sys.stderr, flush=True)
             choice = select_by_holdout(
                 data.train.inputs, data.train.labels.tolist(), options, cache=FeatureCache()

@@ -44,6 +44,11 @@ def main() -> None:
     parser.add_argument(
         "--pooling", default="mean-layers", choices=["mean-layers", "last", "layers"]
     )
+    parser.add_argument(
+        "--encoder",
+        default="all-MiniLM-L6-v2",
+        help="the text model: all-MiniLM-L6-v2 (default), or mpnet (all-mpnet-base-v2)",
+    )
     parser.add_argument("--texts", type=int, default=2000, help="texts per throughput run")
     parser.add_argument("--runs", type=int, default=3, help="throughput runs per backend")
     parser.add_argument("--calls", type=int, default=50, help="single-text calls per backend")
@@ -59,8 +64,10 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"cores available: {len(os.sched_getaffinity(0))}; load average {os.getloadavg()}")
-    torch_encoder = TextEncoder(pooling=args.pooling)
-    onnx_encoder = TextEncoder(pooling=args.pooling, backend="onnx", onnx_dir=args.onnx_dir)
+    torch_encoder = TextEncoder(args.encoder, pooling=args.pooling)
+    onnx_encoder = TextEncoder(
+        args.encoder, pooling=args.pooling, backend="onnx", onnx_dir=args.onnx_dir
+    )
     encoders = {"torch": torch_encoder, "onnx-int8": onnx_encoder}
     export_seconds = timed(lambda: onnx_encoder.encode(["warm up"]))
     print(
@@ -100,7 +107,11 @@ def main() -> None:
     sweep = {}
     for size in [int(value) for value in args.sweep.split(",") if value]:
         encoder = TextEncoder(
-            pooling=args.pooling, backend="onnx", onnx_dir=args.onnx_dir, batch_size=size
+            args.encoder,
+            pooling=args.pooling,
+            backend="onnx",
+            onnx_dir=args.onnx_dir,
+            batch_size=size,
         )
         encoder.encode(texts[:200])
         values = [timed(lambda encoder=encoder: encoder.encode(texts)) for _ in range(args.runs)]

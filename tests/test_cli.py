@@ -226,7 +226,7 @@ def offered(option: str, text: str) -> list[str] | None:
 
 
 def test_every_command_offers_exactly_the_registered_heads_and_encoders(capsys):
-    from perennial.encoders import ENCODERS
+    from perennial.encoders import ENCODER_NAMES as ENCODERS
     from perennial.heads import HEADS
 
     listed = re.search(r"\{([^}]*)\}", help_text(capsys))  # usage: perennial [-h] {...}

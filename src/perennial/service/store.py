@@ -72,7 +72,7 @@ from typing import Any
 
 import numpy as np
 
-from perennial.encoders import make_encoder, rebuild_encoder
+from perennial.encoders import make_encoder, rebuild_encoder, recorded_params, resolve_encoder
 from perennial.encoders.base import Encoder
 from perennial.exceptions import (
     CorruptedJournalError,
@@ -316,8 +316,8 @@ class ModelStore:
         Parameters
         ----------
         encoder, encoder_params
-            The encoder registry name (``text``, ``image``, ``identity``) and its parameters. For
-            a new directory they choose the encoder (default ``text``); for an existing one they
+            The encoder registry name (``text``, ``image``, ``identity``, or a text model such
+            as ``mpnet``: the text encoder of that model) and its parameters. For a new directory they choose the encoder (default ``text``); for an existing one they
             must agree with what it was written with, or :class:`ModelMismatchError` is raised.
         head, head_params
             The head of a new model (default ``ridge``); checked like the encoder otherwise.
@@ -375,6 +375,8 @@ class ModelStore:
             raise InvalidParameterError(
                 f"unknown_rate must be in [0, 1) (0: open-set off), got {unknown_rate!r}"
             )
+        if encoder is not None:  # "mpnet" is the text encoder with model="all-mpnet-base-v2"
+            encoder, encoder_params = resolve_encoder(encoder, encoder_params)
         path = Path(directory)
         if path.exists() and not path.is_dir():
             raise PersistenceError(f"model directory {path} is a file, expected a directory")
@@ -978,16 +980,17 @@ def _check_encoder(
             f"{path} was written with the custom encoder {recorded_name!r}; the service builds "
             "only the text, image and identity encoders"
         )
-    recorded_params = dict(spec.get("params") or {})
+    # A record older than a parameter holds the value that reproduces its features.
+    recorded = recorded_params(str(recorded_kind), dict(spec.get("params") or {}))
     for key, value in (params or {}).items():
         if key in _RUNTIME_PARAMS:
-            recorded_params[key] = value  # how fast, not which features: this run's choice
-        elif key in recorded_params and recorded_params[key] != value:
+            recorded[key] = value  # how fast, not which features: this run's choice
+        elif key in recorded and recorded[key] != value:
             raise ModelMismatchError(
                 f"{path} was written with the {recorded_kind} encoder's {key}="
-                f"{recorded_params[key]!r}, not {value!r}"
+                f"{recorded[key]!r}, not {value!r}"
             )
-    encoder = rebuild_encoder(str(recorded_kind), recorded_params)
+    encoder = rebuild_encoder(str(recorded_kind), recorded)
     if encoder.name != recorded_name:
         raise ModelMismatchError(
             f"{path} was written with encoder {recorded_name!r}; this installation's is "

@@ -67,6 +67,8 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
     "vcl": {"lr": [0.001, 0.003, 0.01], "init_logvar": [-10.0, -6.0]},
     "mbpa": {"adapt_steps": [0, 5, 10], "adapt_lr": [0.01, 0.1]},
     "gdumb": {"lr": [0.01, 0.03, 0.1]},
+    # Not 16,384: G alone is 2 GiB and each solve's eigendecomposition about 64 times the
+    # 4,096-feature one's (README, toolkit section); the ridge strength is chosen by GCV.
     "lifelong": {"n_features": [2048, 4096, 8192]},
 }
 

@@ -171,6 +171,46 @@ def test_cli_sets_the_lifelong_width_and_ridge_and_reports_them(tmp_path: Path):
             "--n-features",
         ),
         (["--scenario", "split-mnist", "--strategies", "lifelong", "--ridge", "-1"], "--ridge"),
+        (
+            [
+                "--scenario",
+                "permuted-mnist",
+                "--strategies",
+                "naive,icarl",
+                "--tasks",
+                "2",
+                "--examples-per-task",
+                "50",
+            ],
+            "icarl is a class-incremental method",
+        ),
+        (
+            [
+                "--scenario",
+                "permuted-mnist",
+                "--strategies",
+                "icarl",
+                "--tasks",
+                "2",
+                "--examples-per-task",
+                "50",
+                "--tune",
+            ],
+            "icarl is a class-incremental method",
+        ),
+        (
+            [
+                "--scenario",
+                "split-mnist",
+                "--strategies",
+                "packnet,pnn",
+                "--tasks",
+                "2",
+                "--examples-per-task",
+                "50",
+            ],
+            "packnet, pnn need the task of each test input",
+        ),
         (["--scenario", "split-mnst", "--strategies", "naive"], "split-mnist"),
         (["--scenario", "split-mnist", "--strategies", "naive", "--tasks", "0"], "--tasks"),
         (["--scenario", "split-mnist", "--strategies", "er", "--memory-per-class", "-1"], "memory"),
@@ -181,7 +221,8 @@ def test_cli_bad_input_fails_before_training(args, message):
     done = _cli(*args)
     assert done.returncode == 2
     assert message in done.stderr
-    assert "experience" not in done.stderr
+    assert "seed 0:" not in done.stderr  # no run started (its progress names the seed)
+    assert "validation accuracy" not in done.stderr  # nor a point of the tuning grid
 
 
 def test_curves_change_nothing_and_give_continual_world_metrics():

@@ -442,6 +442,30 @@ def test_icarl_classifies_by_the_nearest_exemplar_mean_and_distils_old_classes(m
     np.testing.assert_array_equal(strategy.predict(test_x), distances.argmin(axis=1))
 
 
+def test_icarl_refuses_a_stream_that_brings_a_class_again():
+    from perennial.bench import check_supported
+    from perennial.exceptions import InvalidParameterError
+    from perennial.strategies import ICaRL
+
+    again = make_scenario(tasks=((0, 1), (2, 3), (3, 0)))
+    assert again.recurring_classes == (0, 3)
+    assert make_scenario(tasks=((0, 1), (2, 3))).recurring_classes == ()
+    strategy = ICaRL(hidden=(4,))
+    with pytest.raises(InvalidParameterError, match=r"classes 0, 3 again"):
+        strategy.fit_experience(again[0], again)  # refused at once, not when class 3 comes back
+    assert getattr(strategy, "trainer_", None) is None
+    with pytest.raises(InvalidParameterError, match="icarl is a class-incremental method") as e:
+        check_supported(["naive", "icarl"], again)
+    assert "classes 0, 3 again" in str(e.value) and "split-mnist" in str(e.value)
+    # Ten digits in each of three tasks, as in permuted MNIST: the list is cut short.
+    digits = make_scenario(tasks=(tuple(range(10)),) * 3, per_class=2)
+    with pytest.raises(InvalidParameterError, match=r"0, 1, 2, 3, 4, \.\.\. \(10 classes\)"):
+        check_supported(["icarl", "er"], digits)
+    check_supported(["icarl"], make_scenario())  # disjoint classes: accepted
+    check_supported(["icarl"], task_scenario())
+    check_supported(["naive", "er", "mc-sgd"], again)  # the others take any stream
+
+
 # --- PackNet and progressive networks: task-incremental, nothing forgotten -------------------------
 def task_scenario(**kwargs) -> Scenario:
     plain = make_scenario(**kwargs)

@@ -279,7 +279,7 @@ def tune_strategies(
     points scored out of all of them, their rate and the time left, each with its score (see
     :class:`perennial.progress.ProgressBar`).
     """
-    from perennial.bench import check_strategies, params_for
+    from perennial.bench import check_strategies, check_supported, params_for
     from perennial.progress import ProgressBar
     from perennial.scenarios import make_scenario
 
@@ -288,6 +288,7 @@ def tune_strategies(
     fixed = {name: params_for(name, shared[name]) for name in shared}
     options = dict(scenario_options or {})
     scenario = make_scenario(scenario_name, seed=0, progress=progress, **options)
+    check_supported(list(fixed), scenario)  # as the measured runs will, before the first point
     jobs = [(name, point) for name in fixed for point in grid_points(name, fixed[name])]
     with ProgressBar(len(jobs), "tune", unit="grid points", output=progress) as bar:
 

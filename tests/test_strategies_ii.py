@@ -466,6 +466,19 @@ def test_icarl_refuses_a_stream_that_brings_a_class_again():
     check_supported(["naive", "er", "mc-sgd"], again)  # the others take any stream
 
 
+def test_icarl_answers_a_task_not_learned_yet_within_the_task():
+    from perennial.strategies import ICaRL
+
+    scenario = task_scenario(tasks=((0, 1), (2, 3)), per_class=15)
+    strategy = ICaRL(memory_per_class=3, hidden=(8,))
+    strategy.fit_experience(scenario[0], scenario)
+    later = scenario[1]
+    # No exemplar mean of classes 2 and 3 yet: the network's argmax over the task's classes.
+    logits = strategy.logits(later.test_x).numpy()[:, [2, 3]]
+    expected = np.array([2, 3])[logits.argmax(axis=1)]
+    np.testing.assert_array_equal(strategy.predict(later.test_x, later), expected)
+
+
 # --- PackNet and progressive networks: task-incremental, nothing forgotten -------------------------
 def task_scenario(**kwargs) -> Scenario:
     plain = make_scenario(**kwargs)

@@ -183,7 +183,9 @@ class ICaRL(GradientStrategy):
         labels = sorted(self.class_means_)
         if self.task_labels_ and experience is not None:
             allowed = {int(c) for c in experience.classes}
-            labels = [c for c in labels if c in allowed] or labels
+            labels = [c for c in labels if c in allowed]
+            if not labels:  # a task not learned yet: no exemplar mean among its classes
+                return super().predict(x, experience)  # the network's, within the task
         means = torch.stack([self.class_means_[c] for c in labels])
         rows = to_tensor(as_rows(x, self.n_features_))
         model = self.trainer_.model

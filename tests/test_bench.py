@@ -138,10 +138,79 @@ def test_cli_on_split_mnist(tmp_path: Path):
     assert "naive" in done.stdout and "average_accuracy" in done.stdout
 
 
+def test_cli_sets_the_lifelong_width_and_ridge_and_reports_them(tmp_path: Path):
+    from perennial.scenarios import make_scenario
+
+    out = tmp_path / "results.json"
+    done = _cli(
+        "--scenario", "split-mnist", "--strategies", "naive,lifelong", "--tasks", "2",
+        "--examples-per-task", "100", "--hidden", "16", "--n-features", "96", "--ridge", "0.5",
+        "--json", str(out), "--report", str(tmp_path / "report"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    document = json.loads(out.read_text())
+    assert document["config"]["n_features"] == 96 and document["config"]["ridge"] == 0.5
+    runs = {run["strategy"]: run for run in document["runs"]}
+    assert runs["lifelong"]["params"] == {"n_features": 96, "ridge": 0.5}
+    assert "n_features" not in runs["naive"]["params"]  # only the strategy that takes it
+    assert "n_features=96" in (tmp_path / "report" / "report.md").read_text()
+    # The width reached the head: the same matrix as a strategy built with it by hand.
+    scenario = make_scenario("split-mnist", seed=0, n_tasks=2, examples_per_task=100)
+    by_hand = run_one(scenario, "lifelong", 0, {"n_features": 96, "ridge": 0.5})
+    np.testing.assert_array_equal(runs["lifelong"]["accuracy_matrix"], by_hand.matrix)
+    other = run_one(scenario, "lifelong", 0, {"n_features": 64, "ridge": 0.5})
+    assert not np.array_equal(other.matrix, by_hand.matrix)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--scenario", "split-mnist", "--strategies", "naive,sgd"], "valid strategies"),
+        (
+            ["--scenario", "split-mnist", "--strategies", "lifelong", "--n-features", "0"],
+            "--n-features",
+        ),
+        (["--scenario", "split-mnist", "--strategies", "lifelong", "--ridge", "-1"], "--ridge"),
+        (
+            [
+                "--scenario",
+                "permuted-mnist",
+                "--strategies",
+                "naive,icarl",
+                "--tasks",
+                "2",
+                "--examples-per-task",
+                "50",
+            ],
+            "icarl is a class-incremental method",
+        ),
+        (
+            [
+                "--scenario",
+                "permuted-mnist",
+                "--strategies",
+                "icarl",
+                "--tasks",
+                "2",
+                "--examples-per-task",
+                "50",
+                "--tune",
+            ],
+            "icarl is a class-incremental method",
+        ),
+        (
+            [
+                "--scenario",
+                "split-mnist",
+                "--strategies",
+                "packnet,pnn",
+                "--tasks",
+                "2",
+                "--examples-per-task",
+                "50",
+            ],
+            "packnet, pnn need the task of each test input",
+        ),
         (["--scenario", "split-mnst", "--strategies", "naive"], "split-mnist"),
         (["--scenario", "split-mnist", "--strategies", "naive", "--tasks", "0"], "--tasks"),
         (["--scenario", "split-mnist", "--strategies", "er", "--memory-per-class", "-1"], "memory"),
@@ -152,7 +221,8 @@ def test_cli_bad_input_fails_before_training(args, message):
     done = _cli(*args)
     assert done.returncode == 2
     assert message in done.stderr
-    assert "experience" not in done.stderr
+    assert "seed 0:" not in done.stderr  # no run started (its progress names the seed)
+    assert "validation accuracy" not in done.stderr  # nor a point of the tuning grid
 
 
 def test_curves_change_nothing_and_give_continual_world_metrics():

@@ -192,7 +192,7 @@ def test_stable_sgd_without_dropout_or_decay_is_naive():
 # --- MC-SGD --------------------------------------------------------------------------------------
 def test_mc_sgd_line_loss_gradient_is_the_weighted_sum_along_the_segment():
     scenario = make_scenario()
-    strategy = MCSGD(memory_per_class=2, hidden=(6,), line_samples=4)
+    strategy = MCSGD(memory_per_class=2, hidden=(6,), line_samples=4, dropout=0.0)
     strategy.fit_experience(scenario[0], scenario)
     model = strategy.model_
     start = {n: p.detach().clone() + 0.3 for n, p in model.named_parameters()}
@@ -217,7 +217,9 @@ def test_mc_sgd_line_loss_gradient_is_the_weighted_sum_along_the_segment():
 
 def test_mc_sgd_search_starts_midway_and_lowers_the_line_losses():
     scenario = make_scenario(per_class=30)
-    strategy = MCSGD(memory_per_class=10, hidden=(8,), lr=0.05, mc_epochs=20, alpha=0.5)
+    strategy = MCSGD(
+        memory_per_class=10, hidden=(8,), lr=0.05, mc_epochs=20, alpha=0.5, dropout=0.0, decay=1.0
+    )
     strategy.fit_experience(scenario[0], scenario)
     previous = {n: p.detach().clone() for n, p in strategy.model_.named_parameters()}
     found = {}
@@ -235,7 +237,7 @@ def test_mc_sgd_search_starts_midway_and_lowers_the_line_losses():
         finetuned = {n: p.detach().clone() for n, p in model.named_parameters()}
         midway = {n: (previous_weights[n] + finetuned[n]) / 2 for n in finetuned}
         original(model, previous_weights, new_x, new_y)
-        probe = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
+        probe = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.0), nn.Linear(8, 4))
         with torch.no_grad():
             for q, name in zip(probe.parameters(), finetuned, strict=True):
                 q.copy_(midway[name])
@@ -246,6 +248,62 @@ def test_mc_sgd_search_starts_midway_and_lowers_the_line_losses():
     strategy.fit_experience(scenario[1], scenario)
     assert strategy.searches_ == 1 and len(strategy.memory_y_) == 40
     assert found["end"] < found["start"]
+
+
+def test_mc_sgd_trains_its_minima_in_the_stable_regime(monkeypatch):
+    # Mirzadeh et al. (2021) train the continual minima with Stable SGD's dropout and decay.
+    scenario = make_scenario(tasks=((0, 1), (2, 3), (0, 3)))
+    strategy = MCSGD(memory_per_class=2, hidden=(8,), decay=0.5, seed=1)
+    assert (strategy.dropout, strategy.decay, strategy.lr) == (0.5, 0.5, 0.1)  # the defaults
+    stable = StableSGD(hidden=(8,), decay=0.5, dropout=0.5, seed=1)
+    stable.prepare(scenario)  # its optimiser is built before the recording below
+    finetuned = []
+    original = strategy._connect
+
+    def spy(model, previous_weights, new_x, new_y):
+        finetuned.append(weights(model))
+        original(model, previous_weights, new_x, new_y)
+
+    strategy._connect = spy  # type: ignore[method-assign]
+    rates = []
+    real_sgd = torch.optim.SGD
+
+    def recording_sgd(params, lr, **kwargs):
+        rates.append(lr)
+        return real_sgd(params, lr=lr, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "SGD", recording_sgd)
+    strategy.fit_experience(scenario[0], scenario)
+    stable.fit_experience(scenario[0], scenario)
+    dropouts = [m.p for m in strategy.model_.modules() if isinstance(m, nn.Dropout)]
+    assert dropouts == [0.5]
+    # No search after the first experience: the weights are Stable SGD's, dropout draws and all.
+    for a, b in zip(weights(strategy.model_), weights(stable.model_), strict=True):
+        np.testing.assert_array_equal(a, b)
+    strategy.fit_experience(scenario[1], scenario)
+    stable.fit_experience(scenario[1], scenario)
+    # w^_2 is Stable SGD's second minimum (from the same w_1, at the decayed rate) ...
+    for a, b in zip(finetuned[0], weights(stable.model_), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # ... and the search moved away from it.
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(weights(strategy.model_), finetuned[0], strict=True)
+    )
+    strategy.fit_experience(scenario[2], scenario)
+    assert strategy.learning_rates_ == [0.1, 0.05, 0.025]
+    assert rates == [0.1, 0.05, 0.025]  # the trainer's, then each search at the decayed rate
+    assert strategy.searches_ == 2
+
+
+def test_mc_sgd_without_dropout_or_decay_trains_its_first_task_like_naive():
+    scenario = make_scenario()
+    mc = MCSGD(hidden=(8,), lr=0.05, decay=1.0, dropout=0.0, seed=2)
+    naive = Naive(hidden=(8,), lr=0.05, seed=2)
+    mc.fit_experience(scenario[0], scenario)
+    naive.fit_experience(scenario[0], scenario)
+    for a, b in zip(weights(mc.model_), weights(naive.model_), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 # --- IMM -----------------------------------------------------------------------------------------
@@ -382,6 +440,43 @@ def test_icarl_classifies_by_the_nearest_exemplar_mean_and_distils_old_classes(m
     test_x = np.vstack([e.test_x for e in scenario])
     distances = np.linalg.norm(mlp_features(strategy.model_, test_x)[:, None] - means, axis=2)
     np.testing.assert_array_equal(strategy.predict(test_x), distances.argmin(axis=1))
+
+
+def test_icarl_refuses_a_stream_that_brings_a_class_again():
+    from perennial.bench import check_supported
+    from perennial.exceptions import InvalidParameterError
+    from perennial.strategies import ICaRL
+
+    again = make_scenario(tasks=((0, 1), (2, 3), (3, 0)))
+    assert again.recurring_classes == (0, 3)
+    assert make_scenario(tasks=((0, 1), (2, 3))).recurring_classes == ()
+    strategy = ICaRL(hidden=(4,))
+    with pytest.raises(InvalidParameterError, match=r"classes 0, 3 again"):
+        strategy.fit_experience(again[0], again)  # refused at once, not when class 3 comes back
+    assert getattr(strategy, "trainer_", None) is None
+    with pytest.raises(InvalidParameterError, match="icarl is a class-incremental method") as e:
+        check_supported(["naive", "icarl"], again)
+    assert "classes 0, 3 again" in str(e.value) and "split-mnist" in str(e.value)
+    # Ten digits in each of three tasks, as in permuted MNIST: the list is cut short.
+    digits = make_scenario(tasks=(tuple(range(10)),) * 3, per_class=2)
+    with pytest.raises(InvalidParameterError, match=r"0, 1, 2, 3, 4, \.\.\. \(10 classes\)"):
+        check_supported(["icarl", "er"], digits)
+    check_supported(["icarl"], make_scenario())  # disjoint classes: accepted
+    check_supported(["icarl"], task_scenario())
+    check_supported(["naive", "er", "mc-sgd"], again)  # the others take any stream
+
+
+def test_icarl_answers_a_task_not_learned_yet_within_the_task():
+    from perennial.strategies import ICaRL
+
+    scenario = task_scenario(tasks=((0, 1), (2, 3)), per_class=15)
+    strategy = ICaRL(memory_per_class=3, hidden=(8,))
+    strategy.fit_experience(scenario[0], scenario)
+    later = scenario[1]
+    # No exemplar mean of classes 2 and 3 yet: the network's argmax over the task's classes.
+    logits = strategy.logits(later.test_x).numpy()[:, [2, 3]]
+    expected = np.array([2, 3])[logits.argmax(axis=1)]
+    np.testing.assert_array_equal(strategy.predict(later.test_x, later), expected)
 
 
 # --- PackNet and progressive networks: task-incremental, nothing forgotten -------------------------

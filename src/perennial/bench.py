@@ -135,7 +135,13 @@ def check_strategy_names(names: Sequence[str]) -> list[str]:
 
 
 def check_supported(names: Sequence[str], scenario: Any) -> None:
-    """Refuse strategies that need task labels on a stream without them, before any work."""
+    """Refuse, before any work, the strategies the scenario does not suit.
+
+    Task-incremental methods (``task_incremental_only``: PackNet, PNN) need the task of each
+    test input; class-incremental ones (``class_incremental_only``: iCaRL) need each class to
+    arrive in one experience only, which a domain-incremental stream such as permuted MNIST,
+    whose every task brings the same ten digits again, does not give.
+    """
     from perennial.strategies import STRATEGIES
 
     needing = [name for name in names if STRATEGIES[name].task_incremental_only]
@@ -146,6 +152,20 @@ def check_supported(names: Sequence[str], scenario: Any) -> None:
             f"the scenario {scenario.name!r} gives none: run {'it' if one else 'them'} on a "
             f"task-incremental scenario (split-mnist-task), or drop {'it' if one else 'them'} "
             "from --strategies"
+        )
+    splitting = [name for name in names if STRATEGIES[name].class_incremental_only]
+    again = tuple(scenario.recurring_classes)
+    if splitting and again:
+        one = len(splitting) == 1
+        labels = ", ".join(str(label) for label in again[:5])
+        labels += f", ... ({len(again)} classes)" if len(again) > 5 else ""
+        raise InvalidParameterError(
+            f"{', '.join(splitting)} {'is a' if one else 'are'} class-incremental "
+            f"method{'' if one else 's'}: each class must arrive in one experience only, and in "
+            f"the scenario {scenario.name!r} later experiences bring classes {labels} again: "
+            f"run {'it' if one else 'them'} on a class-split scenario (split-mnist, "
+            "split-mnist-task, split-cifar10, split-cifar100, class-incremental), or drop "
+            f"{'it' if one else 'them'} from --strategies"
         )
 
 

@@ -220,7 +220,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if value is not None:
             scenario_options["n_tasks" if option == "tasks" else option] = value
     strategy_params: dict[str, Any] = {}
-    for option in ("epochs", "batch_size", "memory_per_class", "lr", "threads"):
+    for option in (
+        "epochs",
+        "batch_size",
+        "memory_per_class",
+        "lr",
+        "threads",
+        "n_features",
+        "ridge",
+    ):
         value = getattr(args, option)
         if value is not None:
             strategy_params[option] = value
@@ -1490,6 +1498,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         help="torch threads per run (default: torch's own setting)",
+    )
+    bench.add_argument(
+        "--n-features",
+        type=_positive_int,
+        default=None,
+        help="width of the lifelong strategy's random expansion: random ReLU features of its "
+        f"ridge head ({_strategy_default('n_features')}); its memory grows as the square "
+        "(G is n x n float64) and its solves as the cube",
+    )
+    bench.add_argument(
+        "--ridge",
+        type=_positive_float,
+        default=None,
+        help="fixed ridge strength of the lifelong strategy's head (default: chosen by "
+        "generalised cross-validation at each solve)",
     )
     bench.add_argument(
         "--tune",

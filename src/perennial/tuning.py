@@ -67,6 +67,8 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
     "vcl": {"lr": [0.001, 0.003, 0.01], "init_logvar": [-10.0, -6.0]},
     "mbpa": {"adapt_steps": [0, 5, 10], "adapt_lr": [0.01, 0.1]},
     "gdumb": {"lr": [0.01, 0.03, 0.1]},
+    # Not 16,384: G alone is 2 GiB and each solve's eigendecomposition about 64 times the
+    # 4,096-feature one's (README, toolkit section); the ridge strength is chosen by GCV.
     "lifelong": {"n_features": [2048, 4096, 8192]},
 }
 
@@ -277,7 +279,7 @@ def tune_strategies(
     points scored out of all of them, their rate and the time left, each with its score (see
     :class:`perennial.progress.ProgressBar`).
     """
-    from perennial.bench import check_strategies, params_for
+    from perennial.bench import check_strategies, check_supported, params_for
     from perennial.progress import ProgressBar
     from perennial.scenarios import make_scenario
 
@@ -286,6 +288,7 @@ def tune_strategies(
     fixed = {name: params_for(name, shared[name]) for name in shared}
     options = dict(scenario_options or {})
     scenario = make_scenario(scenario_name, seed=0, progress=progress, **options)
+    check_supported(list(fixed), scenario)  # as the measured runs will, before the first point
     jobs = [(name, point) for name in fixed for point in grid_points(name, fixed[name])]
     with ProgressBar(len(jobs), "tune", unit="grid points", output=progress) as bar:
 

@@ -98,3 +98,17 @@ class Scenario:
     @property
     def n_features(self) -> int:
         return int(np.prod(self.input_shape))
+
+    @property
+    def recurring_classes(self) -> tuple[int, ...]:
+        """Labels in the ``classes`` of more than one experience, ascending.
+
+        Empty for a class-incremental stream (split MNIST), every label for a domain-incremental
+        one (permuted MNIST), where each task brings the same classes again.
+        """
+        seen: set[int] = set()
+        again: set[int] = set()
+        for experience in self.experiences:
+            for label in {int(c) for c in experience.classes}:
+                (again if label in seen else seen).add(label)
+        return tuple(sorted(again))

@@ -96,6 +96,10 @@ class Strategy(ABC):
     whole_stream: ClassVar[bool] = False
     #: True for strategies that need the task of each test input (task-incremental streams).
     task_incremental_only: ClassVar[bool] = False
+    #: True for class-incremental methods, which need each class to arrive in one experience
+    #: only: a stream whose experiences bring a class again (``Scenario.recurring_classes``) is
+    #: refused.
+    class_incremental_only: ClassVar[bool] = False
 
     # --- parameters ----------------------------------------------------------------------------------
     @classmethod
@@ -325,6 +329,13 @@ class GradientStrategy(Strategy, TrainingHooks):
                 f"{scenario.name!r} has none (use a task-incremental scenario, e.g. --scenario "
                 "split-mnist-task)"
             )
+        if self.class_incremental_only and scenario.recurring_classes:
+            raise InvalidParameterError(
+                f"{type(self).__name__} needs each class to arrive in one experience only; in "
+                f"scenario {scenario.name!r} later experiences bring classes "
+                f"{_listed(scenario.recurring_classes)} again (use a class-split scenario, e.g. "
+                "--scenario split-mnist)"
+            )
         if self.threads is not None:
             torch.set_num_threads(int(self.threads))
         if getattr(self, "trainer_", None) is None:
@@ -425,6 +436,12 @@ class GradientStrategy(Strategy, TrainingHooks):
         else:
             labels = scores.argmax(dim=1)
         return labels.numpy().astype(np.int64, copy=False)
+
+
+def _listed(labels: Sequence[int], shown: int = 5) -> str:
+    """``0, 1, 2, 3, 4, ... (10 in all)`` for a long list, ``0, 3`` for a short one."""
+    head = ", ".join(str(label) for label in labels[:shown])
+    return head if len(labels) <= shown else f"{head}, ... ({len(labels)} in all)"
 
 
 def total(terms: Iterable[Tensor]) -> Tensor:

@@ -63,6 +63,18 @@ class ICaRL(GradientStrategy):
     a total memory ``K`` shared by the classes seen; here, as for the other replay strategies of
     this package, the budget is ``memory_per_class`` per class, so they compare at the same size.
 
+    **Class-incremental streams only.** The paper's setting (its sections 1 and 2.1) is a stream
+    in which the examples of each class arrive together, in one batch of new classes; its
+    algorithms build a class's exemplar set once, when the class is new (ConstructExemplarSet),
+    and only shrink it later (ReduceExemplarSet). A stream whose experiences bring a class again
+    (permuted MNIST: every task brings the ten digits again, with new inputs) is outside that
+    setting, and :meth:`prepare` refuses it with
+    :class:`~perennial.exceptions.InvalidParameterError` (``class_incremental_only``;
+    ``perennial bench`` refuses it before any work). Run on such a stream, the first task's
+    exemplars stood for each digit and the nearest-mean rule read features that the later tasks
+    had moved (benchmarks/RESULTS.md): re-selecting exemplars when a class recurs would be a
+    method of our own, not the paper's.
+
     Parameters
     ----------
     memory_per_class
@@ -81,6 +93,8 @@ class ICaRL(GradientStrategy):
     >>> strategy.exemplar_y_.tolist().count(3), sorted(strategy.class_means_)
     (5, [0, 1, 2, 3])
     """
+
+    class_incremental_only = True
 
     def __init__(self, *, memory_per_class: int = 20, **common: Unpack[CommonParams]) -> None:
         super().__init__(**common)
@@ -151,7 +165,7 @@ class ICaRL(GradientStrategy):
             for label in experience.classes:
                 rows = x[y == int(label)]
                 if int(self.exemplar_y_.eq(int(label)).sum()) or len(rows) == 0:
-                    continue  # a class met again keeps the exemplars it has
+                    continue  # a class already held keeps its exemplars (see the class doc)
                 chosen = herding(self.features(rows), int(self.memory_per_class))
                 keep_x.append(rows[chosen])
                 keep_y.append(torch.full((len(chosen),), int(label), dtype=torch.int64))
@@ -169,7 +183,9 @@ class ICaRL(GradientStrategy):
         labels = sorted(self.class_means_)
         if self.task_labels_ and experience is not None:
             allowed = {int(c) for c in experience.classes}
-            labels = [c for c in labels if c in allowed] or labels
+            labels = [c for c in labels if c in allowed]
+            if not labels:  # a task not learned yet: no exemplar mean among its classes
+                return super().predict(x, experience)  # the network's, within the task
         means = torch.stack([self.class_means_[c] for c in labels])
         rows = to_tensor(as_rows(x, self.n_features_))
         model = self.trainer_.model

@@ -9,23 +9,18 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from perennial.scenarios.base import Experience, Scenario
-from perennial.strategies.base import (
-    CommonParams,
-    GradientStrategy,
-    check_int,
-    check_number,
-    tensor_bytes,
-)
+from perennial.strategies.base import check_int, check_number, tensor_bytes
 from perennial.strategies.buffers import per_class_sample
+from perennial.strategies.stable_sgd import StableParams, StableSGD
 
 __all__ = ["MCSGD"]
 
 
-class MCSGD(GradientStrategy):
+class MCSGD(StableSGD):
     """MC-SGD: after each experience, find weights on a low-loss line to the old and new minima.
 
-    Experience ``t`` is first learned by plain SGD from the continual solution ``w_{t-1}``, which
-    gives ``w^_t``. The new continual solution ``w_t`` starts at ``w_{t-1} + alpha (w^_t -
+    Experience ``t`` is first learned by SGD in Stable SGD's regime from the continual solution
+    ``w_{t-1}``, which gives ``w^_t``. The new continual solution ``w_t`` starts at ``w_{t-1} + alpha (w^_t -
     w_{t-1})`` and is trained by SGD, for ``mc_epochs`` passes, on
 
         mean over b in B of [ L_old(w_{t-1} + b (w - w_{t-1})) + L_new(w^_t + b (w - w^_t)) ],
@@ -37,6 +32,15 @@ class MCSGD(GradientStrategy):
     Farajtabar, Gorur, Pascanu & Ghasemzadeh, 2021, ICLR) finds between multitask and continual
     minima. The gradient flows through the interpolation (a point at ``b`` contributes ``b``
     times the loss gradient there).
+
+    **The training regime.** Mirzadeh et al. (2021) obtain the continual minima ``w^_t`` with the
+    regime of "Understanding the Role of Training Regimes in Continual Learning" (Mirzadeh et al.,
+    2020): dropout, a learning rate that decays from task to task, small batches. MC-SGD is
+    therefore a :class:`~perennial.strategies.stable_sgd.StableSGD` (same ``dropout``, ``decay``
+    and ``lr`` defaults, the same network and seeding) plus the memory and the search: before its
+    first search it trains exactly as Stable SGD does. ``dropout=0, decay=1, lr=0.01`` gives
+    plain SGD. The search trains with dropout on, at the experience's decayed learning rate
+    unless ``mc_lr`` is given.
 
     Parameters
     ----------
@@ -50,9 +54,10 @@ class MCSGD(GradientStrategy):
     mc_epochs
         Passes over the memories in the connectivity search; default 1.
     mc_lr
-        Its learning rate; None (default) uses ``lr``.
-    **common
-        The keywords of :class:`~perennial.strategies.base.GradientStrategy`.
+        Its learning rate; None (default) uses the experience's: ``lr * decay ** t``.
+    **stable
+        The keywords of :class:`~perennial.strategies.stable_sgd.StableSGD` (``dropout`` 0.5,
+        ``decay`` 0.8, ``lr`` 0.1) and of :class:`~perennial.strategies.base.GradientStrategy`.
 
     Examples
     --------
@@ -73,9 +78,9 @@ class MCSGD(GradientStrategy):
         line_samples: int = 5,
         mc_epochs: int = 1,
         mc_lr: float | None = None,
-        **common: Unpack[CommonParams],
+        **stable: Unpack[StableParams],
     ) -> None:
-        super().__init__(**common)
+        super().__init__(**stable)
         self.memory_per_class = memory_per_class
         self.alpha = alpha
         self.line_samples = line_samples
@@ -143,7 +148,7 @@ class MCSGD(GradientStrategy):
         with torch.no_grad():
             for name, p in model.named_parameters():
                 p.copy_(previous[name] + alpha * (finetuned[name] - previous[name]))
-        rate = float(self.lr if self.mc_lr is None else self.mc_lr)
+        rate = float(self.learning_rates_[-1] if self.mc_lr is None else self.mc_lr)
         optimizer = torch.optim.SGD(model.parameters(), lr=rate)
         old_n, new_n = int(self.memory_y_.shape[0]), int(new_y.shape[0])
         size = int(self.batch_size)

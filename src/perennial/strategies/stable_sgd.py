@@ -13,7 +13,7 @@ from perennial.scenarios.base import Experience
 from perennial.strategies.base import GradientStrategy, check_number
 from perennial.strategies.trainer import Progress, Trainer
 
-__all__ = ["StableSGD", "dropout_mlp"]
+__all__ = ["StableParams", "StableSGD", "dropout_mlp"]
 
 
 def dropout_mlp(
@@ -44,6 +44,14 @@ class _OtherParams(TypedDict, total=False):
     momentum: float
     seed: int
     threads: int | None
+
+
+class StableParams(_OtherParams, total=False):
+    """The keywords of :class:`StableSGD`, for methods trained in its regime (MC-SGD)."""
+
+    dropout: float
+    decay: float
+    lr: float
 
 
 class StableSGD(GradientStrategy):

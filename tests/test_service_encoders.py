@@ -143,6 +143,19 @@ def test_text_service_end_to_end(tmp_path: Path) -> None:
     assert b"wibble" not in stored
 
 
+def colour_images() -> tuple[list[np.ndarray], list[str]]:
+    """Four noisy 40 x 40 images each of red, green and blue, with their labels."""
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for label, channel in (("red", 0), ("green", 1), ("blue", 2)):
+        for _ in range(4):
+            image = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
+            image[..., channel] = rng.integers(180, 255, (40, 40), dtype=np.uint8)
+            images.append(image)
+            labels.append(label)
+    return images, labels
+
+
 def png(array: np.ndarray) -> str:
     from PIL import Image
 
@@ -174,14 +187,7 @@ def test_image_service_end_to_end(tmp_path: Path) -> None:
     ).start()
     try:
         client = server.client()
-        rng = np.random.default_rng(0)
-        images, labels = [], []
-        for label, channel in (("red", 0), ("green", 1), ("blue", 2)):
-            for _ in range(4):
-                image = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
-                image[..., channel] = rng.integers(180, 255, (40, 40), dtype=np.uint8)
-                images.append(image)
-                labels.append(label)
+        images, labels = colour_images()
         version = ok(
             client.post("/v1/learn", json={"inputs": [png(i) for i in images], "labels": labels})
         )["version"]
@@ -349,14 +355,7 @@ def test_an_unknown_image_goes_through_the_review_queue(tmp_path: Path) -> None:
     ).start()
     try:
         client = server.client()
-        rng = np.random.default_rng(0)
-        images, labels = [], []
-        for label, channel in (("red", 0), ("green", 1), ("blue", 2)):
-            for _ in range(4):
-                image = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
-                image[..., channel] = rng.integers(180, 255, (40, 40), dtype=np.uint8)
-                images.append(image)
-                labels.append(label)
+        images, labels = colour_images()
         version = ok(
             client.post("/v1/learn", json={"inputs": [png(i) for i in images], "labels": labels})
         )["version"]

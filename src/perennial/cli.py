@@ -242,15 +242,48 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from perennial.distributed import check_address
 
         check_address(args.scheduler, "--scheduler")
+    if args.resume and not args.json:
+        raise InvalidParameterError(
+            "--resume goes on from the file of --json: give --json PATH (it is written after "
+            "every run, so an interrupted benchmark can resume)"
+        )
     if args.json:
         _check_file_destination(args.json, "--json")
     if args.report:
         _check_folder_destination(args.report, "--report")
+    config = {"scenario": args.scenario, "seeds": args.seeds, **scenario_options, **strategy_params}
+    if args.tune:
+        config["tune"] = f"first {args.tune_tasks} tasks, {args.tune_fraction:.0%} held out"
+    earlier_runs, earlier_searches = _earlier_bench(args, scenario_options)
 
     def note(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
     tuned: dict[str, Any] = {}
+    new_runs: list[Any] = []
+
+    def save(runs: list[Any], *, complete: bool) -> None:
+        # Written after every search and every run (atomically), and once more at the end.
+        if not args.json:
+            return
+        document: dict[str, Any] = {
+            "config": {key: list(v) if isinstance(v, tuple) else v for key, v in config.items()},
+            "complete": complete,
+            "results": aggregate(runs),
+            "failures": failures(runs),
+            "runs": [run.to_json() for run in runs],
+        }
+        if tuned:
+            document["tuning"] = {name: result.to_json() for name, result in tuned.items()}
+        _write_text(args.json, json.dumps(document, indent=2))
+
+    def searched(result: Any) -> None:
+        tuned[result.strategy] = result
+        save(earlier_runs, complete=False)
+
+    def ran(run: Any) -> None:
+        new_runs.append(run)
+        save([*earlier_runs, *new_runs], complete=False)
 
     def run(client: Any = None) -> list[Any]:
         if args.tune:
@@ -266,6 +299,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     fraction=args.tune_fraction,
                     progress=sys.stderr,  # drawn in place on a terminal
                     client=client,
+                    done=earlier_searches,
+                    on_result=searched,
                 )
             )
             for name, result in tuned.items():
@@ -281,6 +316,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             curves=args.curves,
             client=client,
             overrides={name: result.chosen for name, result in tuned.items()},
+            done=earlier_runs,
+            on_run=ran,
         )
 
     if args.scheduler is not None or args.workers is not None:
@@ -291,9 +328,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         runs = run()
     results = aggregate(runs)
-    config = {"scenario": args.scenario, "seeds": args.seeds, **scenario_options, **strategy_params}
-    if args.tune:
-        config["tune"] = f"first {args.tune_tasks} tasks, {args.tune_fraction:.0%} held out"
     print(
         f"{args.scenario}: mean [90% bootstrap interval] over {args.seeds} seed(s); "
         "accuracies in percent"
@@ -303,15 +337,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         seeds = ", ".join(str(entry["seed"]) for entry in failed)
         print(f"{name}: training diverged on seed(s) {seeds}; means are over the other seeds")
     if args.json:
-        document = {
-            "config": {key: list(v) if isinstance(v, tuple) else v for key, v in config.items()},
-            "results": results,
-            "failures": failures(runs),
-            "runs": [run.to_json() for run in runs],
-        }
-        if tuned:
-            document["tuning"] = {name: result.to_json() for name, result in tuned.items()}
-        _write_text(args.json, json.dumps(document, indent=2))
+        save(runs, complete=True)
         print(f"JSON written to {args.json}")
     if args.report:
         path = write_report(
@@ -323,6 +349,65 @@ def cmd_bench(args: argparse.Namespace) -> int:
             add_to_report(args.report, list(tuned.values()))
         print(f"report written to {path}")
     return 0
+
+
+def _earlier_bench(
+    args: argparse.Namespace, scenario_options: dict[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """With ``--resume``, the runs and searches of the ``--json`` file, if it exists.
+
+    The file must be a ``perennial bench --json`` document of the same scenario and scenario
+    options; whether each run and search matches the strategies' options is checked by
+    :func:`perennial.bench.run_benchmark` and :func:`perennial.tuning.tune_strategies`.
+    """
+    from pathlib import Path
+
+    from perennial.bench import RunResult
+
+    path = Path(args.json) if args.json else None
+    if not args.resume or path is None or not path.exists():
+        return [], {}
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        config = dict(document["config"])
+        runs = [RunResult.from_json(record) for record in document["runs"]]
+        searches = dict(document.get("tuning") or {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise PersistenceError(
+            f"--resume: cannot read {args.json!r} as perennial bench results: {error}"
+        ) from error
+    wanted = {"scenario": args.scenario, **scenario_options}
+    for key in ("scenario", "n_tasks", "classes_per_task", "examples_per_task", "data"):
+        if config.get(key) != wanted.get(key):
+            raise InvalidParameterError(
+                f"--resume: {args.json!r} holds runs with {key}={config.get(key)!r}, and "
+                f"this command asks for {key}={wanted.get(key)!r}: give the same scenario "
+                "options, or another --json path"
+            )
+    if searches and not args.tune:
+        raise InvalidParameterError(
+            f"--resume: {args.json!r} holds tuned runs (--tune), and this command does not tune: "
+            "add --tune, or give another --json path"
+        )
+    if args.tune and runs and not searches:
+        raise InvalidParameterError(
+            f"--resume: {args.json!r} holds untuned runs, and this command tunes: drop --tune, "
+            "or give another --json path"
+        )
+    from perennial.tuning import TuningResult
+
+    try:
+        tuned = {name: TuningResult.from_json(record) for name, record in searches.items()}
+    except (ValueError, KeyError, TypeError) as error:
+        raise PersistenceError(
+            f"--resume: cannot read the searches of {args.json!r}: {error}"
+        ) from error
+    print(
+        f"--resume: {len(runs)} run(s) and {len(tuned)} search(es) read from {args.json}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return runs, tuned
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -1536,7 +1621,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="also sample learning curves for Continual World's forward transfer (ft_auc)",
     )
     bench.add_argument(
-        "--json", default=None, help="write results as JSON to this path (default: none)"
+        "--json",
+        default=None,
+        help="write results as JSON to this path, again after every run and search so that "
+        "an interrupted benchmark keeps its work (default: none)",
+    )
+    bench.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from the --json file of an earlier, interrupted or shorter, run of this "
+        "command: its runs and searches are kept where they match the options given now, the "
+        "rest are run (more --seeds add seeds); a file of other options is refused",
     )
     bench.add_argument(
         "--report",

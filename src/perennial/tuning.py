@@ -158,6 +158,26 @@ class TuningResult:
     fraction: float = 0.0
     seconds: float = 0.0
 
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> TuningResult:
+        """Rebuild a search from :meth:`to_json` output (``null`` scores become NaN)."""
+        scores = [
+            {
+                "params": dict(entry["params"]),
+                "score": float("nan") if entry["score"] is None else float(entry["score"]),
+                "error": entry.get("error"),
+            }
+            for entry in record["scores"]
+        ]
+        return cls(
+            strategy=str(record["strategy"]),
+            chosen=dict(record["chosen"]),
+            scores=scores,
+            tasks=int(record["tasks"]),
+            fraction=float(record["fraction"]),
+            seconds=float(record.get("seconds") or 0.0),
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "strategy": self.strategy,
@@ -269,6 +289,8 @@ def tune_strategies(
     fraction: float = 0.1,
     progress: Output = None,
     client: Any = None,
+    done: dict[str, TuningResult] | None = None,
+    on_result: Callable[[TuningResult], None] | None = None,
 ) -> dict[str, TuningResult]:
     """:func:`tune` every strategy of ``names`` on the seed-0 scenario; on a Dask ``client``,
     every grid point of every strategy is one task.
@@ -278,6 +300,11 @@ def tune_strategies(
     a terminal, or a callable taking one line) gets the scenario's encoding, then the grid
     points scored out of all of them, their rate and the time left, each with its score (see
     :class:`perennial.progress.ProgressBar`).
+
+    ``done`` holds searches finished earlier (:meth:`TuningResult.from_json`), which are kept
+    when they searched the same grid with the same ``tasks`` and ``fraction`` (anything else is
+    an error naming the difference); ``on_result`` is called with each new search as soon as
+    its last point is scored, so that a caller can save it.
     """
     from perennial.bench import check_strategies, check_supported, params_for
     from perennial.progress import ProgressBar
@@ -288,20 +315,26 @@ def tune_strategies(
     fixed = {name: params_for(name, shared[name]) for name in shared}
     options = dict(scenario_options or {})
     scenario = make_scenario(scenario_name, seed=0, progress=progress, **options)
+    kept = _check_done_searches(done or {}, fixed, min(tasks, len(scenario)), fraction)
     check_supported(list(fixed), scenario)  # as the measured runs will, before the first point
-    jobs = [(name, point) for name in fixed for point in grid_points(name, fixed[name])]
+    results: dict[str, TuningResult] = dict(kept)
+    todo = [name for name in fixed if name not in kept]
+    jobs = [(name, point) for name in todo for point in grid_points(name, fixed[name])]
     with ProgressBar(len(jobs), "tune", unit="grid points", output=progress) as bar:
+        if kept:
+            bar.update(0, note=f"searches done earlier are kept: {', '.join(kept)}")
 
         def scored(line: str) -> None:
             bar.update(1, note=line)
 
         if client is None:
-            return {
-                name: tune(
+            for name in todo:
+                results[name] = tune(
                     scenario, name, fixed[name], tasks=tasks, fraction=fraction, progress=scored
                 )
-                for name in fixed
-            }
+                if on_result is not None:
+                    on_result(results[name])
+            return {name: results[name] for name in fixed}
         started = time.perf_counter()
         futures = [
             client.submit(
@@ -317,26 +350,67 @@ def tune_strategies(
             )
             for name, point in jobs
         ]
-        results = {
+        pending = {
             name: TuningResult(name, {}, tasks=min(tasks, len(scenario)), fraction=fraction)
-            for name in fixed
+            for name in todo
         }
+        remaining = {name: len(grid_points(name, fixed[name])) for name in todo}
         for (name, point), future in zip(jobs, futures, strict=True):
             score, error = future.result()
-            results[name].scores.append({"params": point, "score": score, "error": error})
+            pending[name].scores.append({"params": point, "score": score, "error": error})
             shown = "diverged" if error else f"{100 * score:.2f}%"
             scored(f"tune {name} {point}: validation accuracy {shown} (on the cluster)")
-    for result in results.values():
-        valid = [
-            (entry["score"], -i)
-            for i, entry in enumerate(result.scores)
-            if entry["error"] is None and np.isfinite(entry["score"])
-        ]
-        if not valid:
-            raise TrainingDivergedError(f"every point of {result.strategy}'s tuning grid diverged")
-        result.chosen = dict(result.scores[-max(valid)[1]]["params"])
-        result.seconds = time.perf_counter() - started
-    return results
+            remaining[name] -= 1
+            if remaining[name] == 0:
+                result = _choose(pending[name])
+                result.seconds = time.perf_counter() - started
+                results[name] = result
+                if on_result is not None:
+                    on_result(result)
+    return {name: results[name] for name in fixed}
+
+
+def _choose(result: TuningResult) -> TuningResult:
+    """Set ``result.chosen`` to its best point (ties to the earlier one); refuse if none ran."""
+    valid = [
+        (entry["score"], -i)
+        for i, entry in enumerate(result.scores)
+        if entry["error"] is None and np.isfinite(entry["score"])
+    ]
+    if not valid:
+        raise TrainingDivergedError(f"every point of {result.strategy}'s tuning grid diverged")
+    result.chosen = dict(result.scores[-max(valid)[1]]["params"])
+    return result
+
+
+def _check_done_searches(
+    done: dict[str, TuningResult], fixed: dict[str, dict[str, Any]], tasks: int, fraction: float
+) -> dict[str, TuningResult]:
+    """The earlier searches of ``done`` that belong to this one; any other is an error."""
+    from perennial.bench import _jsonable
+
+    kept: dict[str, TuningResult] = {}
+    for name, result in done.items():
+        where = f"the earlier search of {name}"
+        if name not in fixed:
+            raise InvalidParameterError(
+                f"{where} is not of a strategy named now ({', '.join(fixed)}): name it too, or "
+                "keep its results apart"
+            )
+        if result.fraction != fraction or result.tasks != tasks:
+            raise InvalidParameterError(
+                f"{where} held out {result.fraction:g} of {result.tasks} task(s), and now it "
+                f"would hold out {fraction:g} of {tasks}: the same --tune-tasks and "
+                "--tune-fraction are needed to go on"
+            )
+        searched = [_jsonable(entry["params"]) for entry in result.scores]
+        if searched != _jsonable(grid_points(name, fixed[name])):
+            raise InvalidParameterError(
+                f"{where} scored other grid points than its grid gives now (a value fixed on "
+                "the command line is not searched): the same options are needed to go on"
+            )
+        kept[name] = result
+    return kept
 
 
 def add_to_report(directory: str | Path, results: Sequence[TuningResult]) -> None:

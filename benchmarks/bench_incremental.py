@@ -8,8 +8,10 @@ softmax head fine-tuned by SGD in the same order. Features are cached on disk af
 Run: .venv/bin/python benchmarks/bench_incremental.py [--datasets clinc150,banking77] [--head ridge]
 
 With ``--select``, the pooling and head are chosen per data set by held-out accuracy on 10% of
-its *training* split (:func:`perennial.selection.select_by_holdout`); the test set is used only
-to report the chosen configuration's accuracy.
+its *training* split (:func:`perennial.selection.select_by_holdout` over
+:func:`perennial.selection.text_candidates`); with ``--select-models minilm,mpnet`` the text
+model too. The test set is used only to report the chosen configuration's accuracy. Each model
+encodes the training texts once: the cache keeps every layer's token means for all poolings.
 """
 
 from __future__ import annotations
@@ -23,23 +25,7 @@ from perennial.encoders import FeatureCache
 from perennial.encoders.text import TextEncoder
 from perennial.heads import make_head
 from perennial.protocols.incremental import run_incremental
-from perennial.selection import Candidate, select_by_holdout
-
-
-def candidates(model: str = "all-MiniLM-L6-v2") -> list[Candidate]:
-    """Configurations compared by ``--select``, cheapest first (ties go to the first)."""
-    return [
-        Candidate(
-            "mean-layers + ridge", TextEncoder(model, pooling="mean-layers"), make_head("ridge")
-        ),
-        Candidate("last + ridge", TextEncoder(model, pooling="last"), make_head("ridge")),
-        Candidate("layers + ridge", TextEncoder(model, pooling="layers"), make_head("ridge")),
-        Candidate(
-            "layers + ridge-ensemble(2)",
-            TextEncoder(model, pooling="layers"),
-            make_head("ridge-ensemble", n_members=2),
-        ),
-    ]
+from perennial.selection import select_by_holdout, text_candidates
 
 
 def main() -> None:
@@ -61,6 +47,12 @@ def main() -> None:
         action="store_true",
         help="choose pooling and head per data set on 10%% of its training split",
     )
+    parser.add_argument(
+        "--select-models",
+        default=None,
+        help="with --select, the text models to choose among, e.g. minilm,mpnet "
+        "(default: --encoder)",
+    )
     args = parser.parse_args()
     summary = {}
     for name in args.datasets.split(","):
@@ -69,11 +61,13 @@ def main() -> None:
         head = make_head(
             args.head, **({"n_members": args.members} if args.head == "ridge-ensemble" else {})
         )
+        cache = FeatureCache(per_layer=args.select)
         if args.select:
-            options = candidates(args.encoder)
+            models = (args.select_models or args.encoder).split(",")
+            options = text_candidates(models)
             print(f"{name}: choosing on 10% of the training split", file=sys.stderr, flush=True)
             choice = select_by_holdout(
-                data.train.inputs, data.train.labels.tolist(), options, cache=FeatureCache()
+                data.train.inputs, data.train.labels.tolist(), options, cache=cache
             )
             print(f"{name}: chose {choice.best_name} {choice.to_dict()}", flush=True)
             encoder, head = options[choice.best].encoder, options[choice.best].head
@@ -83,10 +77,12 @@ def main() -> None:
             head,
             step=10,
             seed=args.seed,
-            cache=FeatureCache(),
+            cache=cache,
             progress=sys.stderr,
         )
         summary[name] = result.to_dict()
+        if args.select:
+            summary[name]["chosen"] = choice.best_name
         gap = 100 * (result.final_accuracy - (result.joint_accuracy or 0.0))
         print(
             f"{name:<10} instant learner {100 * result.final_accuracy:6.2f}%  "
@@ -108,7 +104,10 @@ def main() -> None:
                         "learn_us_per_example",
                         "state_bytes",
                         "raw_bytes_stored",
+                        "encoder",
+                        "chosen",
                     )
+                    if m in v
                 }
                 for k, v in summary.items()
             }

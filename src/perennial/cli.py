@@ -90,12 +90,21 @@ def cmd_incremental(args: argparse.Namespace) -> int:
     from perennial.protocols.incremental import format_summary, run_incremental
 
     head = make_head(args.head, **_head_params(args))  # checked before any data is read
+    models = _selection_models(args)
     dataset = load_dataset(
         args.data, test=args.test, test_fraction=args.test_fraction, seed=args.seed
     )
     kind = str(dataset.metadata.get("kind", "text"))
     encoder = _encoder_for(args, kind)
-    cache = None if args.no_cache else FeatureCache(args.cache_dir)
+    # With --select, one pass of each model keeps every layer's token means for all poolings.
+    cache = None if args.no_cache else FeatureCache(args.cache_dir, per_layer=args.select)
+    selection = None
+    if models:
+        if kind != "text":
+            raise InvalidParameterError(
+                f"--select chooses among text encoders, and {args.data!r} is an {kind} data set"
+            )
+        encoder, head, selection = _select_text_configuration(args, dataset, models, cache)
     result = run_incremental(
         dataset,
         encoder,
@@ -107,10 +116,75 @@ def cmd_incremental(args: argparse.Namespace) -> int:
         progress=sys.stderr if args.json else sys.stdout,
     )
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        document = result.to_dict()
+        if selection is not None:
+            document["selection"] = selection.to_dict()
+        print(json.dumps(document, indent=2))
     else:
         print(format_summary(result))
     return 0
+
+
+def _selection_models(args: argparse.Namespace) -> list[str]:
+    """The text models ``--select`` chooses among (none without ``--select``), checked early."""
+    from perennial.encoders.text_models import text_model
+
+    if args.select_models is not None and not args.select:
+        raise InvalidParameterError(
+            "--select-models names the models --select chooses among: add --select"
+        )
+    if not args.select:
+        return []
+    for option, default in (("pooling", "mean-layers"), ("head", "ridge")):
+        if getattr(args, option) != default:
+            raise InvalidParameterError(
+                f"--select chooses the {option} itself: drop --{option} {getattr(args, option)}"
+            )
+    if args.select_models is not None:
+        names = [name.strip() for name in args.select_models.split(",") if name.strip()]
+        if not names:
+            raise InvalidParameterError("--select-models needs at least one model name")
+    elif args.encoder in ("auto", "text"):
+        names = ["all-MiniLM-L6-v2"]
+    else:
+        names = [args.encoder]
+    models = []
+    for name in names:
+        try:
+            models.append(text_model(name).name)
+        except InvalidParameterError as error:
+            raise InvalidParameterError(f"--select-models: {error}") from None
+    if len(set(models)) != len(models):
+        raise InvalidParameterError(f"--select-models names a model twice: {args.select_models}")
+    return models
+
+
+def _select_text_configuration(
+    args: argparse.Namespace, dataset: Any, models: list[str], cache: Any
+) -> tuple[Any, Any, Any]:
+    """``--select``: the text model, pooling and head with the best held-out accuracy on 10%
+    of the *training* split; the test split is not read."""
+    from perennial.selection import select_by_holdout, text_candidates
+
+    candidates = text_candidates(models, backend=args.backend)
+    out = sys.stderr if args.json else sys.stdout
+    print(
+        f"choosing among {len(candidates)} configurations on 10% of the training split "
+        f"({', '.join(models)})",
+        file=out,
+        flush=True,
+    )
+    choice = select_by_holdout(
+        dataset.train.inputs,
+        dataset.train.labels.tolist(),
+        candidates,
+        seed=args.seed,
+        cache=cache,
+        progress=out,
+    )
+    print(f"chose {choice.best_name}", file=out, flush=True)
+    best = candidates[choice.best]
+    return best.encoder, best.head, choice
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -1420,6 +1494,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inc.add_argument(
         "--no-baselines", action="store_true", help="skip joint LR and SGD fine-tuning"
+    )
+    inc.add_argument(
+        "--select",
+        action="store_true",
+        help="choose the text encoder's pooling and the head (ridge, or two ridge heads) by "
+        "accuracy on 10%% of the training split, held out; the test split only scores the "
+        "choice. Each model encodes the training texts once (every layer kept in the cache)",
+    )
+    inc.add_argument(
+        "--select-models",
+        default=None,
+        help="with --select, the text models to choose among too, comma-separated, cheapest "
+        "first (ties go to the earlier), e.g. minilm,mpnet (default: the --encoder's model)",
     )
     inc.set_defaults(handler=cmd_incremental)
 

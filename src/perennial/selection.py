@@ -24,7 +24,7 @@ from perennial.encoders.cache import FeatureCache
 from perennial.exceptions import EmptyInputError, InvalidParameterError, LabelLengthError
 from perennial.heads.base import Head
 
-__all__ = ["Candidate", "Selection", "select_by_holdout"]
+__all__ = ["Candidate", "Selection", "select_by_holdout", "text_candidates"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,49 @@ class Selection:
             "n_fit": self.n_fit,
             "n_holdout": self.n_holdout,
         }
+
+
+def text_candidates(
+    models: Sequence[str] = ("all-MiniLM-L6-v2",), *, backend: str = "torch"
+) -> list[Candidate]:
+    """The text configurations ``--select`` compares, for each model in the order given.
+
+    Per model, cheapest first: the layer average with a ridge head, the last layer (the
+    standard sentence embedding) with a ridge head, the concatenated layers with a ridge head,
+    and the concatenated layers with an ensemble of two ridge heads. List the cheaper model
+    first: ties go to the earlier candidate. Every candidate of one model computes its features
+    from the same per-layer token means, so with a :class:`FeatureCache` made with
+    ``per_layer=True`` each model encodes the training texts once.
+
+    >>> [c.name for c in text_candidates(["minilm", "mpnet"])][::4]
+    ['all-MiniLM-L6-v2 mean-layers + ridge', 'all-mpnet-base-v2 mean-layers + ridge']
+    """
+    from perennial.encoders.text import TextEncoder
+    from perennial.encoders.text_models import text_model
+    from perennial.heads import make_head
+
+    if isinstance(models, str) or not models:
+        raise InvalidParameterError(f"models must be a non-empty list of names, got {models!r}")
+    names = [text_model(model).name for model in models]
+    if len(set(names)) != len(names):
+        raise InvalidParameterError(f"models must not repeat a model, got {list(models)}")
+    candidates = []
+    for model in names:
+
+        def encoder(pooling: str, model: str = model) -> TextEncoder:
+            return TextEncoder(model, pooling=pooling, backend=backend)
+
+        candidates += [
+            Candidate(f"{model} mean-layers + ridge", encoder("mean-layers"), make_head("ridge")),
+            Candidate(f"{model} last + ridge", encoder("last"), make_head("ridge")),
+            Candidate(f"{model} layers + ridge", encoder("layers"), make_head("ridge")),
+            Candidate(
+                f"{model} layers + ridge-ensemble(2)",
+                encoder("layers"),
+                make_head("ridge-ensemble", n_members=2),
+            ),
+        ]
+    return candidates
 
 
 def select_by_holdout(

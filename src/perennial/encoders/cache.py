@@ -85,6 +85,13 @@ class FeatureCache:
     ----------
     directory
         Where the ``.npy`` files live; created on first write.
+    per_layer
+        For an encoder that computes several poolings from one pass (a
+        :class:`~perennial.encoders.TextEncoder`: ``encode_per_layer`` and ``pool``), keep the
+        token means of every layer instead of the pooled features, so that every pooling and
+        layer choice of the same model reads them back (what a selection over poolings wants;
+        ``layers`` times the space). Off by default. Whichever is on, a batch cached either way
+        is read back: its pooled features first, else its per-layer means, pooled.
 
     Examples
     --------
@@ -95,13 +102,15 @@ class FeatureCache:
     (2, 2)
     """
 
-    def __init__(self, directory: str | Path | None = None) -> None:
+    def __init__(self, directory: str | Path | None = None, *, per_layer: bool = False) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
+        self.per_layer = bool(per_layer)
 
-    def path_for(self, encoder: Encoder, inputs: Any) -> Path:
+    def path_for(self, encoder: Encoder, inputs: Any, *, name: str | None = None) -> Path:
+        """The file of ``inputs`` encoded by ``encoder`` (or under another encoder ``name``)."""
         files = getattr(encoder, "kind", None) == "image"
         digest = inputs_digest(inputs, files=files)
-        key = hashlib.sha256(f"{encoder.name}\0{digest}".encode()).hexdigest()
+        key = hashlib.sha256(f"{name or encoder.name}\0{digest}".encode()).hexdigest()
         return self.directory / f"{key}.npy"
 
     def encode(self, encoder: Encoder, inputs: Any) -> Float32Array:
@@ -111,14 +120,40 @@ class FeatureCache:
     def read_or_encode(self, encoder: Encoder, inputs: Any) -> tuple[Float32Array, bool]:
         """Like :meth:`encode`, and whether the features were read from the cache."""
         path = self.path_for(encoder, inputs)
-        if path.exists():
-            try:
-                cached = np.load(path, allow_pickle=False)
-                if cached.ndim == 2 and cached.shape[0] == len(inputs):
-                    return np.asarray(cached, dtype=np.float32), True
-            except (OSError, ValueError):
-                pass  # an unreadable entry is recomputed and overwritten below
-        features = encoder.encode(inputs)
+        cached = self._read(path, len(inputs), ndim=2)
+        if cached is not None:
+            return cached, True
+        name = getattr(encoder, "per_layer_name", None)
+        if not isinstance(name, str):
+            features = encoder.encode(inputs)
+            self._write(path, features)
+            return features, False
+        pool = encoder.pool  # type: ignore[attr-defined]
+        layered = self.path_for(encoder, inputs, name=name)
+        per_layer = self._read(layered, len(inputs), ndim=3)
+        if per_layer is not None:
+            return pool(per_layer), True
+        if not self.per_layer:
+            features = encoder.encode(inputs)
+            self._write(path, features)
+            return features, False
+        per_layer = encoder.encode_per_layer(inputs)  # type: ignore[attr-defined]
+        self._write(layered, per_layer)
+        return pool(per_layer), False
+
+    @staticmethod
+    def _read(path: Path, rows: int, *, ndim: int) -> Float32Array | None:
+        if not path.exists():
+            return None
+        try:
+            cached = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None  # an unreadable entry is recomputed and overwritten
+        if cached.ndim != ndim or cached.shape[0] != rows:
+            return None
+        return np.asarray(cached, dtype=np.float32)
+
+    def _write(self, path: Path, features: np.ndarray) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
         try:
@@ -128,4 +163,3 @@ class FeatureCache:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-        return features, False

@@ -305,14 +305,19 @@ class TextEncoder:
             return np.asarray(embeddings, dtype=np.float32)
         return self._encode_layer_mean(model, texts)
 
-    def _encode_layer_mean(self, model: Any, texts: list[str]) -> Float32Array:
+    def _encode_layer_mean(
+        self, model: Any, texts: list[str], *, every_layer: bool = False
+    ) -> Float32Array:
         import torch
 
         transformer = model[0].auto_model
         batch_size = self._batch_size()
         # Sorting by length keeps padding, and so the cost, small; the order is restored below.
         order = np.argsort([-len(text) for text in texts], kind="stable")
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        shape = (
+            (len(texts), self.n_layers, self.layer_dim) if every_layer else (len(texts), self.dim)
+        )
+        out = np.empty(shape, dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
                 rows = order[start : start + batch_size]
@@ -323,8 +328,51 @@ class TextEncoder:
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden[0].dtype)
                 count = mask.sum(dim=1).clamp(min=1e-9)
                 per_layer = torch.stack([(h * mask).sum(dim=1) / count for h in hidden], dim=1)
-                out[rows] = _pool_layers(per_layer.numpy()[:, self._layer_indices()], self.pooling)
+                if every_layer:
+                    out[rows] = per_layer.numpy()
+                else:
+                    selected = per_layer.numpy()[:, self._layer_indices()]
+                    out[rows] = _pool_layers(selected, self.pooling)
         return out
+
+    # --- one pass for every pooling ----------------------------------------------------------------
+    @property
+    def per_layer_name(self) -> str:
+        """Name of :meth:`encode_per_layer`'s output: the model, its version and the backend.
+
+        Every pooling and layer choice of one model and backend is computed from the same
+        per-layer token means, so a feature cache keyed by this name encodes a text once for
+        all of them (:class:`perennial.encoders.FeatureCache` with ``per_layer=True``).
+        """
+        return f"{self.model}@{self._spec.version()}/per-layer{_NAME_SUFFIX[self.backend]}"
+
+    def encode_per_layer(self, inputs: Any) -> Float32Array:
+        """The attention-masked token mean of every layer: shape (n, layers, layer width).
+
+        :meth:`pool` turns it into this encoder's features; any other pooling or layer choice
+        of the same model and backend turns the same array into its own.
+        """
+        texts = check_texts(inputs)
+        if self.backend != "torch":
+            return self._onnx_per_layer(texts)
+        return self._encode_layer_mean(self._load(), texts, every_layer=True)
+
+    def pool(self, per_layer: np.ndarray) -> Float32Array:
+        """This encoder's features from :meth:`encode_per_layer`'s output.
+
+        Equal to :meth:`encode` up to float32 rounding (a text's features do not depend on its
+        batch-mates beyond that); ``"last"`` is the last layer's mean, L2-normalised, which is
+        what sentence-transformers computes.
+        """
+        array = np.asarray(per_layer)
+        if array.ndim != 3 or array.shape[1:] != (self.n_layers, self.layer_dim):
+            raise InvalidParameterError(
+                f"per-layer features of {self.model} have shape (n, {self.n_layers}, "
+                f"{self.layer_dim}), got {array.shape}"
+            )
+        pooling = "mean-layers" if self.pooling == "last" else self.pooling
+        selected = array[:, self._layer_indices()]
+        return _pool_layers(selected, pooling).astype(np.float32, copy=False)
 
     # --- ONNX Runtime ------------------------------------------------------------------------------
     def onnx_directory(self) -> Path:
@@ -340,6 +388,9 @@ class TextEncoder:
             return self._runtime
 
     def _encode_onnx(self, texts: list[str]) -> Float32Array:
+        return self.pool(self._onnx_per_layer(texts))
+
+    def _onnx_per_layer(self, texts: list[str]) -> Float32Array:
         runtime = self._load_runtime()
         workers = self.num_threads or _available_cores()
         # Longest first, so that each batch pads little; each batch at most batch_size texts and,
@@ -358,9 +409,7 @@ class TextEncoder:
                 results = pool.map(runtime.run, feeds)
                 for rows, result in zip(chunks, results, strict=True):
                     per_layer[rows] = result
-        selected = per_layer[:, self._layer_indices()]
-        pooling = "mean-layers" if self.pooling == "last" else self.pooling
-        return _pool_layers(selected, pooling).astype(np.float32, copy=False)
+        return per_layer
 
     def __repr__(self) -> str:
         start = "" if self.model == DEFAULT_TEXT_MODEL else f"model={self.model!r}, "

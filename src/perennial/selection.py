@@ -168,7 +168,7 @@ def select_by_holdout(
     accuracies = []
     for candidate in candidates:
         features = encode_split(
-            candidate.encoder, inputs, cache, what=f"inputs for {candidate.name}"
+            candidate.encoder, inputs, cache, progress=progress, what=f"inputs for {candidate.name}"
         )
         model = LifelongClassifier(Precomputed(candidate.encoder), candidate.head.clone())
         model.learn_many(features[fit_rows], label_array[fit_rows].tolist())

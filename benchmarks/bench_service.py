@@ -32,6 +32,7 @@ Nothing here is a test; figures depend on what else runs on the machine (the loa
 printed).
 
 Run: .venv/bin/python benchmarks/bench_service.py [--seconds 30] [--clients 1,2,4] [--backend torch]
+     [--encoder mpnet]
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def start_server(directory: Path, args: argparse.Namespace) -> tuple[subprocess.
         "--model",
         str(directory / "model"),
         "--encoder",
-        "text",
+        args.encoder,
         *(["--backend", args.backend] if args.backend else []),
         "--n-features",
         str(args.n_features),
@@ -286,6 +287,11 @@ def main() -> None:
         help="passed to perennial serve (default: its default, onnx)",
     )
     parser.add_argument(
+        "--encoder",
+        default="text",
+        help="passed to perennial serve: text (all-MiniLM-L6-v2, the default) or mpnet",
+    )
+    parser.add_argument(
         "--background-nice", type=int, default=None, help="passed to perennial serve (default 10)"
     )
     parser.add_argument(
@@ -362,7 +368,8 @@ def main() -> None:
         assert status == 200, body
         print(
             f"model: {len(seed_set)} BANKING77 texts of {len(seen)} classes learned and served in "
-            f"{time.perf_counter() - started:.1f} s (n_features={args.n_features}, "
+            f"{time.perf_counter() - started:.1f} s (encoder={args.encoder}, "
+            f"n_features={args.n_features}, "
             f"backend={args.backend or 'onnx (default)'}, background_nice="
             f"{args.background_nice if args.background_nice is not None else '10 (default)'}, "
             f"encoder_threads={args.encoder_threads or '1 (default)'}"

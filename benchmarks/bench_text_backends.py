@@ -61,6 +61,12 @@ def main() -> None:
     parser.add_argument(
         "--accuracy", action="store_true", help="also run the incremental protocol per backend"
     )
+    parser.add_argument(
+        "--call-size",
+        type=int,
+        default=64,
+        help="also time calls of this many texts each, as a server's batches (default 64)",
+    )
     args = parser.parse_args()
 
     print(f"cores available: {len(os.sched_getaffinity(0))}; load average {os.getloadavg()}")
@@ -91,6 +97,21 @@ def main() -> None:
         print(f"throughput {name:<9} {rate[name]:7.0f} texts/s  (runs {runs} s)")
     speedup = rate["onnx-int8"] / rate["torch"]
     print(f"throughput onnx-int8 / torch = {speedup:.2f}x  target >= 2x  {verdict(speedup >= 2)}")
+
+    # Calls of --call-size texts each (a service's batches), the backends taking turns.
+    calls = [texts[i : i + args.call_size] for i in range(0, len(texts), args.call_size)]
+    batched: dict[str, list[float]] = {name: [] for name in encoders}
+    for _ in range(args.runs):
+        for name, encoder in encoders.items():
+            batched[name].append(
+                timed(lambda encoder=encoder: [encoder.encode(call) for call in calls])
+            )
+    call_rate = {name: len(texts) / statistics.median(values) for name, values in batched.items()}
+    for name in encoders:
+        print(
+            f"throughput {name:<9} {call_rate[name]:7.0f} texts/s in calls of {args.call_size} "
+            "texts"
+        )
 
     # Single-text latency: one call per text, 5 warm-up calls first.
     latency = {}
@@ -128,7 +149,7 @@ def main() -> None:
                     RidgeHead(),
                     step=10,
                     seed=0,
-                    cache=FeatureCache(),
+                    cache=FeatureCache(per_layer=True),
                     baselines=False,
                     audit=False,
                     progress=None,
@@ -147,6 +168,7 @@ def main() -> None:
             {
                 "pooling": args.pooling,
                 "texts_per_second": rate,
+                f"texts_per_second_in_calls_of_{args.call_size}": call_rate,
                 "speedup": speedup,
                 "latency_ms": latency,
                 "sweep_texts_per_second": sweep,

@@ -183,7 +183,7 @@ def test_select_chooses_on_training_data_and_runs_the_choice(intents_csv, tmp_pa
                                 baselines=False, progress=None)  # fmt: skip
     assert document["final_accuracy"] == pytest.approx(reference.final_accuracy, abs=0.02)
     # One encoding pass of the training texts served the four candidates.
-    assert "4 configurations" in done.stderr
+    assert "5 configurations" in done.stderr
     assert "encoding inputs for all-MiniLM-L6-v2 mean-layers + ridge" in done.stderr  # progress
 
 

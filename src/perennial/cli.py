@@ -1498,7 +1498,7 @@ def build_parser() -> argparse.ArgumentParser:
     inc.add_argument(
         "--select",
         action="store_true",
-        help="choose the text encoder's pooling and the head (ridge, or two ridge heads) by "
+        help="choose the text encoder's pooling and the head (a ridge head, two, or one twice as wide) by "
         "accuracy on 10%% of the training split, held out; the test split only scores the "
         "choice. Each model encodes the training texts once (every layer kept in the cache)",
     )

@@ -62,6 +62,12 @@ def main() -> None:
         "--accuracy", action="store_true", help="also run the incremental protocol per backend"
     )
     parser.add_argument(
+        "--n-features",
+        type=int,
+        default=4096,
+        help="random features of the ridge head in --accuracy (default 4096)",
+    )
+    parser.add_argument(
         "--call-size",
         type=int,
         default=64,
@@ -146,7 +152,7 @@ def main() -> None:
                 result = run_incremental(
                     dataset,
                     encoder,
-                    RidgeHead(),
+                    RidgeHead(n_features=args.n_features),
                     step=10,
                     seed=0,
                     cache=FeatureCache(per_layer=True),

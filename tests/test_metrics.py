@@ -542,6 +542,12 @@ def test_resource_meter_sees_a_200_mb_peak_freed_inside_the_block():
     with ResourceMeter() as meter:
         block = np.ones(25_000_000)  # 200 MB, every page written
         time.sleep(0.05)
+        # Hold the block until the sampler has read the resident size twice since it was
+        # written (the first read may have begun before): on a loaded machine the sampler
+        # thread may wait far longer than its 5 ms interval, and no time budget is assumed.
+        seen = meter.samples
+        while meter.samples < seen + 2:
+            time.sleep(0.005)
         del block
     outside = time.perf_counter() - outside
     assert meter.memory_source == "statm"
@@ -568,6 +574,7 @@ def test_resource_meter_falls_back_to_getrusage(monkeypatch, tmp_path):
         block = np.ones(25_000_000)
     del block
     assert meter.memory_source == "getrusage"
+    assert meter.samples == 0  # no sampler thread without /proc
     assert meter.peak_rss_bytes > 200e6  # the lifetime peak includes the block
     assert meter.peak_rss_bytes == pytest.approx(lifetime_peak_rss_bytes(), abs=1e6)
     assert meter.peak_rss_increase_bytes >= 0

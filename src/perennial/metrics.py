@@ -684,7 +684,10 @@ class ResourceMeter:
 
     Attributes are set when the block ends (also when it raises): ``seconds``,
     ``peak_rss_bytes`` and ``peak_rss_increase_bytes`` (peak minus the resident size at entry).
-    Before that they are ``nan``, 0 and 0. A meter may be reused for another block, one at a time.
+    Before that they are ``nan``, 0 and 0. ``samples`` counts the background samples taken so far
+    in the current block (it grows while the block runs; 0 with ``getrusage``): code that must be
+    sure a peak was seen can hold it until the count has grown by two. A meter may be reused for
+    another block, one at a time.
 
     Parameters
     ----------
@@ -716,6 +719,7 @@ class ResourceMeter:
         self.peak_rss_bytes: int = 0
         self.peak_rss_increase_bytes: int = 0
         self.memory_source: str = ""
+        self.samples: int = 0
         self._start_time = 0.0
         self._start_rss = 0
         self._peak = 0
@@ -725,10 +729,12 @@ class ResourceMeter:
     def _sample_forever(self) -> None:
         while not self._stop.wait(self.interval):
             self._peak = max(self._peak, _statm_rss_bytes())
+            self.samples += 1
 
     def __enter__(self) -> ResourceMeter:
         self.seconds = math.nan
         self.peak_rss_bytes = self.peak_rss_increase_bytes = 0
+        self.samples = 0
         try:
             self._start_rss = _statm_rss_bytes()
             self.memory_source = "statm"

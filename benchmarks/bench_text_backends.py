@@ -73,7 +73,14 @@ def main() -> None:
         default=64,
         help="also time calls of this many texts each, as a server's batches (default 64)",
     )
+    parser.add_argument(
+        "--accuracy-only",
+        action="store_true",
+        help="with --accuracy: skip the speed figures (for a run beside other work)",
+    )
     args = parser.parse_args()
+    if args.accuracy_only and not args.accuracy:
+        parser.error("--accuracy-only needs --accuracy")
 
     print(f"cores available: {len(os.sched_getaffinity(0))}; load average {os.getloadavg()}")
     torch_encoder = TextEncoder(args.encoder, pooling=args.pooling)
@@ -90,60 +97,72 @@ def main() -> None:
     picked = np.random.default_rng(0).choice(len(train), size=args.texts, replace=False)
     texts = [str(train[i]) for i in picked]
 
-    # Throughput: one call with every text; the backends alternate run by run.
-    for encoder in encoders.values():
-        encoder.encode(texts[:200])
-    seconds: dict[str, list[float]] = {name: [] for name in encoders}
-    for _ in range(args.runs):
-        for name, encoder in encoders.items():
-            seconds[name].append(timed(lambda encoder=encoder: encoder.encode(texts)))
-    rate = {name: len(texts) / statistics.median(values) for name, values in seconds.items()}
-    for name, values in seconds.items():
-        runs = ", ".join(f"{value:.2f}" for value in values)
-        print(f"throughput {name:<9} {rate[name]:7.0f} texts/s  (runs {runs} s)")
-    speedup = rate["onnx-int8"] / rate["torch"]
-    print(f"throughput onnx-int8 / torch = {speedup:.2f}x  target >= 2x  {verdict(speedup >= 2)}")
-
-    # Calls of --call-size texts each (a service's batches), the backends taking turns.
-    calls = [texts[i : i + args.call_size] for i in range(0, len(texts), args.call_size)]
-    batched: dict[str, list[float]] = {name: [] for name in encoders}
-    for _ in range(args.runs):
-        for name, encoder in encoders.items():
-            batched[name].append(
-                timed(lambda encoder=encoder: [encoder.encode(call) for call in calls])
-            )
-    call_rate = {name: len(texts) / statistics.median(values) for name, values in batched.items()}
-    for name in encoders:
+    rate: dict[str, float] = {}
+    call_rate: dict[str, float] = {}
+    speedup = float("nan")
+    latency: dict[str, float] = {}
+    sweep: dict[int, float] = {}
+    if not args.accuracy_only:
+        # Throughput: one call with every text; the backends alternate run by run.
+        for encoder in encoders.values():
+            encoder.encode(texts[:200])
+        seconds: dict[str, list[float]] = {name: [] for name in encoders}
+        for _ in range(args.runs):
+            for name, encoder in encoders.items():
+                seconds[name].append(timed(lambda encoder=encoder: encoder.encode(texts)))
+        rate = {name: len(texts) / statistics.median(values) for name, values in seconds.items()}
+        for name, values in seconds.items():
+            runs = ", ".join(f"{value:.2f}" for value in values)
+            print(f"throughput {name:<9} {rate[name]:7.0f} texts/s  (runs {runs} s)")
+        speedup = rate["onnx-int8"] / rate["torch"]
         print(
-            f"throughput {name:<9} {call_rate[name]:7.0f} texts/s in calls of {args.call_size} "
-            "texts"
+            f"throughput onnx-int8 / torch = {speedup:.2f}x  target >= 2x  {verdict(speedup >= 2)}"
         )
 
-    # Single-text latency: one call per text, 5 warm-up calls first.
-    latency = {}
-    for name, encoder in encoders.items():
-        for text in texts[:5]:
-            encoder.encode([text])
-        calls = [
-            timed(lambda text=text, encoder=encoder: encoder.encode([text]))
-            for text in texts[: args.calls]
-        ]
-        latency[name] = 1000 * statistics.median(calls)
-        print(f"latency {name:<9} {latency[name]:7.2f} ms per text (median of {len(calls)} calls)")
+        # Calls of --call-size texts each (a service's batches), the backends taking turns.
+        calls = [texts[i : i + args.call_size] for i in range(0, len(texts), args.call_size)]
+        batched: dict[str, list[float]] = {name: [] for name in encoders}
+        for _ in range(args.runs):
+            for name, encoder in encoders.items():
+                batched[name].append(
+                    timed(lambda encoder=encoder: [encoder.encode(call) for call in calls])
+                )
+        call_rate = {
+            name: len(texts) / statistics.median(values) for name, values in batched.items()
+        }
+        for name in encoders:
+            print(
+                f"throughput {name:<9} {call_rate[name]:7.0f} texts/s in calls of {args.call_size} "
+                "texts"
+            )
 
-    sweep = {}
-    for size in [int(value) for value in args.sweep.split(",") if value]:
-        encoder = TextEncoder(
-            args.encoder,
-            pooling=args.pooling,
-            backend="onnx",
-            onnx_dir=args.onnx_dir,
-            batch_size=size,
-        )
-        encoder.encode(texts[:200])
-        values = [timed(lambda encoder=encoder: encoder.encode(texts)) for _ in range(args.runs)]
-        sweep[size] = len(texts) / statistics.median(values)
-        print(f"sweep onnx-int8 batch_size={size:<4} {sweep[size]:7.0f} texts/s")
+        # Single-text latency: one call per text, 5 warm-up calls first.
+        for name, encoder in encoders.items():
+            for text in texts[:5]:
+                encoder.encode([text])
+            calls = [
+                timed(lambda text=text, encoder=encoder: encoder.encode([text]))
+                for text in texts[: args.calls]
+            ]
+            latency[name] = 1000 * statistics.median(calls)
+            print(
+                f"latency {name:<9} {latency[name]:7.2f} ms per text (median of {len(calls)} calls)"
+            )
+
+        for size in [int(value) for value in args.sweep.split(",") if value]:
+            encoder = TextEncoder(
+                args.encoder,
+                pooling=args.pooling,
+                backend="onnx",
+                onnx_dir=args.onnx_dir,
+                batch_size=size,
+            )
+            encoder.encode(texts[:200])
+            values = [
+                timed(lambda encoder=encoder: encoder.encode(texts)) for _ in range(args.runs)
+            ]
+            sweep[size] = len(texts) / statistics.median(values)
+            print(f"sweep onnx-int8 batch_size={size:<4} {sweep[size]:7.0f} texts/s")
 
     accuracy: dict[str, dict[str, float]] = {}
     if args.accuracy:

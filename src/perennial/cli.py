@@ -89,8 +89,10 @@ def cmd_incremental(args: argparse.Namespace) -> int:
     from perennial.heads import make_head
     from perennial.protocols.incremental import format_summary, run_incremental
 
-    head = make_head(args.head, **_head_params(args))  # checked before any data is read
     models = _selection_models(args)
+    args.pooling = args.pooling or "mean-layers"
+    args.head = args.head or "ridge"
+    head = make_head(args.head, **_head_params(args))  # checked before any data is read
     dataset = load_dataset(
         args.data, test=args.test, test_fraction=args.test_fraction, seed=args.seed
     )
@@ -135,8 +137,8 @@ def _selection_models(args: argparse.Namespace) -> list[str]:
         )
     if not args.select:
         return []
-    for option, default in (("pooling", "mean-layers"), ("head", "ridge")):
-        if getattr(args, option) != default:
+    for option in ("pooling", "head"):
+        if getattr(args, option) is not None:
             raise InvalidParameterError(
                 f"--select chooses the {option} itself: drop --{option} {getattr(args, option)}"
             )
@@ -283,16 +285,25 @@ def cmd_openset(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Scenario options of ``perennial bench``, by the scenario parameter (and JSON key) each sets.
+_SCENARIO_OPTIONS = {
+    "tasks": "n_tasks",
+    "classes_per_task": "classes_per_task",
+    "examples_per_task": "examples_per_task",
+    "data": "data",
+}
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from perennial.bench import aggregate, check_strategies, failures, run_benchmark
     from perennial.report import format_table, write_report
 
     strategies = args.strategies  # checked against the registry by the parser
     scenario_options: dict[str, Any] = {}
-    for option in ("tasks", "classes_per_task", "examples_per_task", "data"):
+    for option, key in _SCENARIO_OPTIONS.items():
         value = getattr(args, option)
         if value is not None:
-            scenario_options["n_tasks" if option == "tasks" else option] = value
+            scenario_options[key] = value
     strategy_params: dict[str, Any] = {}
     for option in (
         "epochs",
@@ -451,7 +462,7 @@ def _earlier_bench(
             f"--resume: cannot read {args.json!r} as perennial bench results: {error}"
         ) from error
     wanted = {"scenario": args.scenario, **scenario_options}
-    for key in ("scenario", "n_tasks", "classes_per_task", "examples_per_task", "data"):
+    for key in ("scenario", *_SCENARIO_OPTIONS.values()):
         if config.get(key) != wanted.get(key):
             raise InvalidParameterError(
                 f"--resume: {args.json!r} holds runs with {key}={config.get(key)!r}, and "
@@ -1508,7 +1519,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --select, the text models to choose among too, comma-separated, cheapest "
         "first (ties go to the earlier), e.g. minilm,mpnet (default: the --encoder's model)",
     )
-    inc.set_defaults(handler=cmd_incremental)
+    # Given or not is told apart for --select (which chooses both); filled in by the command.
+    inc.set_defaults(handler=cmd_incremental, pooling=None, head=None)
 
     fit = commands.add_parser(
         "fit",

@@ -214,3 +214,41 @@ def test_select_refuses_an_image_data_set(tmp_path):
     done = _cli("--data", "mnist", "--select", "--no-baselines", cache=tmp_path)
     assert done.returncode == 2
     assert "--select chooses among text encoders" in done.stderr
+
+
+def test_a_model_fitted_on_per_layer_cached_features_predicts_raw_texts_alike(tmp_path):
+    """Fit on features pooled from the per-layer cache, pickle, reload, predict uncached texts.
+
+    The reloaded pipeline encodes the texts directly (no cache): its scores must match those
+    of the same pipeline reading the cache, to the rounding between the two paths (2e-6 on the
+    features), and so must its predictions.
+    """
+    import pickle
+
+    from sklearn.pipeline import make_pipeline
+
+    from perennial.datasets import load_banking77
+    from perennial.encoders.sklearn import EncoderTransformer
+    from perennial.sklearn import PerennialClassifier
+
+    train = load_banking77().train
+    keep = np.isin(train.labels, np.unique(train.labels)[:6])
+    texts = [str(text) for text in np.asarray(train.inputs, dtype=object)[keep][:120]]
+    labels = np.asarray(train.labels)[keep][:120]
+    # The cache holds every layer's token means only (as `incremental --select` leaves it).
+    FeatureCache(tmp_path, per_layer=True).encode(TextEncoder(pooling="last"), texts)
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+    params = {"pooling": "last"}
+    cached = make_pipeline(
+        EncoderTransformer("text", encoder_params=params, cache=tmp_path),
+        PerennialClassifier("slda"),
+    ).fit(texts, labels)
+    assert len(list(tmp_path.glob("*.npy"))) == 1  # read back, not encoded again
+    reloaded = pickle.loads(pickle.dumps(cached))
+    reloaded.set_params(encodertransformer__cache=None)
+    direct = reloaded.decision_function(texts)
+    through_cache = cached.decision_function(texts)
+    scale = np.abs(through_cache).max()
+    np.testing.assert_allclose(direct, through_cache, rtol=0, atol=1e-4 * scale)
+    np.testing.assert_array_equal(reloaded.predict(texts), cached.predict(texts))
+    assert (cached.predict(texts) == labels).mean() > 0.9  # a model that learned, not noise

@@ -174,6 +174,19 @@ def test_onnx_features_do_not_depend_on_the_batch(onnx_dir, real_sentences):
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
+def test_onnx_batches_cut_by_token_count_give_each_text_its_own_features(onnx_dir, real_sentences):
+    # The texts are tokenised once, sorted by token count and cut into batches trimmed to their
+    # longest text: whatever the order given and the batch size, each row must be that text's
+    # own features, in the caller's order (the reference: the text encoded alone).
+    texts = [*real_sentences, "ok", real_sentences[0] * 3]  # one very short, one very long
+    alone = np.vstack([TextEncoder(backend="onnx", onnx_dir=onnx_dir).encode([t]) for t in texts])
+    shuffled = np.random.default_rng(3).permutation(len(texts))
+    for batch_size in (1, 3, 16, 64):
+        encoder = TextEncoder(backend="onnx", onnx_dir=onnx_dir, batch_size=batch_size)
+        got = encoder.encode([texts[i] for i in shuffled])
+        np.testing.assert_allclose(got, alone[shuffled], atol=1e-5)
+
+
 def test_the_per_row_int8_rewrite_is_exact_on_extreme_inputs(tmp_path):
     # The rewritten integer GEMM must equal its integer arithmetic on every CPU. With full-range
     # per-row activations and weights of +-127, ONNX Runtime's uint8 x int8 kernel saturates on

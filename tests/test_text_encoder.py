@@ -174,7 +174,11 @@ def test_onnx_features_do_not_depend_on_the_batch(onnx_dir, real_sentences):
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
-def test_onnx_batches_cut_by_token_count_give_each_text_its_own_features(onnx_dir, real_sentences):
+def test_onnx_batches_cut_by_token_count_give_each_text_its_own_features(
+    onnx_dir, real_sentences, monkeypatch
+):
+    import perennial.encoders.text as text_module
+
     # The texts are tokenised once, sorted by token count and cut into batches trimmed to their
     # longest text: whatever the order given and the batch size, each row must be that text's
     # own features, in the caller's order (the reference: the text encoded alone).
@@ -185,6 +189,10 @@ def test_onnx_batches_cut_by_token_count_give_each_text_its_own_features(onnx_di
         encoder = TextEncoder(backend="onnx", onnx_dir=onnx_dir, batch_size=batch_size)
         got = encoder.encode([texts[i] for i in shuffled])
         np.testing.assert_allclose(got, alone[shuffled], atol=1e-5)
+    # A call longer than one tokenising block is done block by block, in order.
+    monkeypatch.setattr(text_module, "_ONNX_TOKENIZE_BLOCK", 7)
+    got = TextEncoder(backend="onnx", onnx_dir=onnx_dir).encode([texts[i] for i in shuffled])
+    np.testing.assert_allclose(got, alone[shuffled], atol=1e-5)
 
 
 def test_the_per_row_int8_rewrite_is_exact_on_extreme_inputs(tmp_path):

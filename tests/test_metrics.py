@@ -546,8 +546,10 @@ def test_resource_meter_sees_a_200_mb_peak_freed_inside_the_block():
         # written (the first read may have begun before): on a loaded machine the sampler
         # thread may wait far longer than its 5 ms interval, and no time budget is assumed.
         seen = meter.samples
-        while meter.samples < seen + 2:
-            time.sleep(0.005)
+        waited = time.monotonic()
+        while meter.samples < seen + 2 and time.monotonic() - waited < 300:
+            time.sleep(0.005)  # 300 s guards a dead sampler thread only (a failure, not a hang)
+        assert meter.samples >= seen + 2, "the sampler thread stopped sampling"
         del block
     outside = time.perf_counter() - outside
     assert meter.memory_source == "statm"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from perennial.encoders import FeatureCache
-from perennial.encoders.text import TextEncoder
+from perennial.encoders.text import ONNX_FORMAT_VERSION, TextEncoder
 from perennial.exceptions import InvalidParameterError
 
 SENTENCES = [
@@ -43,7 +43,23 @@ def test_pooled_per_layer_means_equal_the_encoders_features(view):
 def test_the_per_layer_name_names_the_model_and_backend_only():
     names = {TextEncoder(**view).per_layer_name for view in VIEWS}
     assert len(names) == 1 and "all-MiniLM-L6-v2@" in names.pop()
-    assert TextEncoder(backend="onnx").per_layer_name.endswith("+onnx-int8")
+    assert TextEncoder(backend="onnx").per_layer_name.endswith(f"+onnx-int8#v{ONNX_FORMAT_VERSION}")
+
+
+def test_the_cache_keys_onnx_features_by_their_export_format(tmp_path, monkeypatch):
+    # Features cached from an earlier int8 recipe must not be read back as the current one's.
+    import perennial.encoders.text as text_module
+
+    cache = FeatureCache(tmp_path)
+    texts = ["hello there"]
+    encoder = TextEncoder(backend="onnx")
+    assert encoder.cache_name == f"{encoder.name}#v{ONNX_FORMAT_VERSION}"
+    assert TextEncoder().cache_name == TextEncoder().name
+    current = cache.path_for(encoder, texts)
+    torch_path = cache.path_for(TextEncoder(), texts)
+    monkeypatch.setattr(text_module, "ONNX_FORMAT_VERSION", ONNX_FORMAT_VERSION + 1)
+    assert cache.path_for(encoder, texts) != current
+    assert cache.path_for(TextEncoder(), texts) == torch_path  # torch's features are unchanged
 
 
 def test_pool_refuses_another_models_shape():

@@ -196,15 +196,15 @@ def test_onnx_batches_cut_by_token_count_give_each_text_its_own_features(
 
 
 def test_the_per_row_int8_rewrite_is_exact_on_extreme_inputs(tmp_path):
-    # The rewritten integer GEMM must equal its integer arithmetic on every CPU. With full-range
-    # per-row activations and weights of +-127, ONNX Runtime's uint8 x int8 kernel saturates on
-    # x86-64 without VNNI (pairs of products summed into int16), hence uint8 x uint8 weights.
+    # The rewritten graph must compute its integer arithmetic on every CPU. ONNX Runtime's
+    # uint8 x int8 kernel adds pairs of products into int16 on x86-64 without VNNI, so the weights
+    # are kept in [-64, 64]: full-range per-row activations (0..255) times weights of +-64 must
+    # come out exact (a saturated pair would be off by thousands of units).
     import onnx
     import onnxruntime
     from onnx import TensorProto, helper, numpy_helper
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from perennial.encoders.text_onnx import _quantize_rows
+    from perennial.encoders.text_onnx import _quantize_rows, _quantize_weights
 
     rng = np.random.default_rng(7)
     k, n = 64, 48
@@ -221,14 +221,7 @@ def test_the_per_row_int8_rewrite_is_exact_on_extreme_inputs(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(tmp_path / "fp32.onnx"))
-    quantize_dynamic(
-        str(tmp_path / "fp32.onnx"),
-        str(tmp_path / "dynamic.onnx"),
-        op_types_to_quantize=["MatMul"],
-        per_channel=True,
-        reduce_range=False,
-        weight_type=QuantType.QInt8,
-    )
+    _quantize_weights(tmp_path / "fp32.onnx", tmp_path / "dynamic.onnx")
     quantized = onnx.load(str(tmp_path / "dynamic.onnx"))
     initializers = {item.name: numpy_helper.to_array(item) for item in quantized.graph.initializer}
     rewritten = _quantize_rows(quantized)
@@ -240,6 +233,10 @@ def test_the_per_row_int8_rewrite_is_exact_on_extreme_inputs(tmp_path):
     batch[0, :5] = np.abs(batch[0, :5]) * 10
     batch[1, :5] = -np.abs(batch[1, :5]) * 10
     batch[2, 0, 0] = 40.0
+    # A constant positive row quantizes to 255 everywhere: its pairs of products reach
+    # 255 * (w_a + w_b), near the int16 limit where two weights are close to +-64.
+    batch[2, 1] = 3.0
+    batch[2, 2] = -3.0
     got = session.run(["y1", "y2"], {"x": batch})
 
     rows = batch.reshape(-1, k)
@@ -252,12 +249,17 @@ def test_the_per_row_int8_rewrite_is_exact_on_extreme_inputs(tmp_path):
     for name, y in zip(("w1", "w2"), got, strict=True):
         w_int = initializers[f"{name}_quantized"].astype(np.int64)
         w_scale = initializers[f"{name}_scale"].astype(np.float64)
-        assert np.abs(w_int).max() == 127
+        assert np.abs(w_int).max() == 64
+        # The largest sum of a pair of products the kernel forms: over the int16 limit only if
+        # the weights were wider than +-64.
+        pairs = q[:, 0::2, None] * w_int[0::2] + q[:, 1::2, None] * w_int[1::2]
+        assert 30000 < np.abs(pairs).max() <= 32767
         exact = ((q - zero).astype(np.int64) @ w_int) * w_scale * scale
         assert y.shape == (3, 20, n)
+        # The zero-point correction is subtracted in float32: equal to float32 rounding.
         gap = np.abs(y.reshape(-1, n) - exact).max() / np.abs(exact).max()
         assert gap < 1e-5, gap
-        # ... and close to the float product (8-bit activations, 8-bit weights).
+        # ... and close to the float product (8-bit activations, 7-bit weights).
         np.testing.assert_allclose(y, batch @ weights[name], atol=0.05 * np.abs(y).max())
 
 

@@ -110,7 +110,12 @@ class FeatureCache:
         """The file of ``inputs`` encoded by ``encoder`` (or under another encoder ``name``)."""
         files = getattr(encoder, "kind", None) == "image"
         digest = inputs_digest(inputs, files=files)
-        key = hashlib.sha256(f"{name or encoder.name}\0{digest}".encode()).hexdigest()
+        if name is None:
+            # An encoder may name its features more finely than by its name (a TextEncoder's
+            # ONNX backends add their export-format version).
+            name = getattr(encoder, "cache_name", None)
+            name = name if isinstance(name, str) else encoder.name
+        key = hashlib.sha256(f"{name}\0{digest}".encode()).hexdigest()
         return self.directory / f"{key}.npy"
 
     def encode(self, encoder: Encoder, inputs: Any) -> Float32Array:

@@ -347,7 +347,20 @@ class TextEncoder:
         per-layer token means, so a feature cache keyed by this name encodes a text once for
         all of them (:class:`perennial.encoders.FeatureCache` with ``per_layer=True``).
         """
-        return f"{self.model}@{self._spec.version()}/per-layer{_NAME_SUFFIX[self.backend]}"
+        return f"{self.model}@{self._spec.version()}/per-layer{self._export_tag()}"
+
+    @property
+    def cache_name(self) -> str:
+        """What a feature cache keys this encoder's features by: :attr:`name` and the export.
+
+        The ONNX backends add their export-format version (``ONNX_FORMAT_VERSION``), so that
+        features cached from an earlier recipe are never read back as this one's.
+        """
+        return f"{self.name}{self._export_tag()[len(_NAME_SUFFIX[self.backend]) :]}"
+
+    def _export_tag(self) -> str:
+        suffix = _NAME_SUFFIX[self.backend]
+        return suffix if self.backend == "torch" else f"{suffix}#v{ONNX_FORMAT_VERSION}"
 
     def encode_per_layer(self, inputs: Any) -> Float32Array:
         """The attention-masked token mean of every layer: shape (n, layers, layer width).

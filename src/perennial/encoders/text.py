@@ -387,7 +387,8 @@ class TextEncoder:
                 f"{self.layer_dim}), got {array.shape}"
             )
         pooling = "mean-layers" if self.pooling == "last" else self.pooling
-        selected = array[:, self._layer_indices()]
+        indices = self._layer_indices()
+        selected = array if indices == list(range(self.n_layers)) else array[:, indices]
         return _pool_layers(selected, pooling).astype(np.float32, copy=False)
 
     # --- ONNX Runtime ------------------------------------------------------------------------------
@@ -462,8 +463,11 @@ class TextEncoder:
 def _pool_layers(per_layer: np.ndarray, pooling: str) -> np.ndarray:
     """Combine per-layer token means (n, layers, d) into one unit-norm row per text."""
     if pooling == "layers":
-        unit = per_layer / np.maximum(np.linalg.norm(per_layer, axis=2, keepdims=True), 1e-12)
-        return unit.reshape(len(per_layer), -1) / np.sqrt(per_layer.shape[1])  # type: ignore[no-any-return]
+        # One pass for the norms and one for the product: np.linalg.norm's temporaries made this
+        # ~7x slower, 2-3% of an int8 ONNX encoding.
+        norms = np.sqrt(np.einsum("nld,nld->nl", per_layer, per_layer))
+        factor = (1 / np.sqrt(per_layer.shape[1])) / np.maximum(norms, 1e-12)
+        return (per_layer * factor[:, :, None].astype(per_layer.dtype)).reshape(len(per_layer), -1)  # type: ignore[no-any-return]
     pooled = per_layer.mean(axis=1)
     return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)  # type: ignore[no-any-return]
 

@@ -356,7 +356,7 @@ class TextEncoder:
         The ONNX backends add their export-format version (``ONNX_FORMAT_VERSION``), so that
         features cached from an earlier recipe are never read back as this one's.
         """
-        return f"{self.name}{self._export_tag()[len(_NAME_SUFFIX[self.backend]) :]}"
+        return self.name if self.backend == "torch" else f"{self.name}#v{ONNX_FORMAT_VERSION}"
 
     def _export_tag(self) -> str:
         suffix = _NAME_SUFFIX[self.backend]

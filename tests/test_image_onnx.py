@@ -406,3 +406,22 @@ def test_an_onnx_image_model_learns_and_reloads(
     np.testing.assert_allclose(
         loaded.decision_scores(photos[5:]), model.decision_scores(photos[5:]), atol=1e-6
     )
+
+
+def test_the_feature_cache_keys_onnx_image_features_by_their_export_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Features cached from an earlier export recipe must not be read back as the current one's.
+    import perennial.encoders.image_onnx as image_onnx
+    from perennial.encoders import FeatureCache
+
+    images = [np.zeros((8, 8, 3), dtype=np.uint8)]
+    cache = FeatureCache(tmp_path)
+    int8, reference = ImageEncoder(backend="onnx"), ImageEncoder(backend="torch")
+    version = image_onnx.IMAGE_ONNX_FORMAT_VERSION
+    assert int8.cache_name == f"{int8.name}#v{version}"
+    assert reference.cache_name == reference.name
+    before = cache.path_for(int8, images), cache.path_for(reference, images)
+    monkeypatch.setattr(image_onnx, "IMAGE_ONNX_FORMAT_VERSION", version + 1)
+    assert cache.path_for(int8, images) != before[0]
+    assert cache.path_for(reference, images) == before[1]

@@ -375,6 +375,19 @@ class ImageEncoder:
         suffix += _NAME_SUFFIX[self.backend]
         return f"efficientnet-lite0-{self.image_size}px@{digest[:8]}{suffix}"
 
+    @property
+    def cache_name(self) -> str:
+        """What a feature cache keys this encoder's features by: :attr:`name` and the export.
+
+        The ONNX backends add their export-format version (``IMAGE_ONNX_FORMAT_VERSION``), so
+        that features cached from an earlier recipe are never read back as this one's.
+        """
+        if self.backend == "torch":
+            return self.name
+        from perennial.encoders.image_onnx import IMAGE_ONNX_FORMAT_VERSION
+
+        return f"{self.name}#v{IMAGE_ONNX_FORMAT_VERSION}"
+
     def onnx_directory(self) -> Path:
         """Folder of the cached ONNX exports this encoder reads and writes."""
         from perennial.encoders.onnx_cache import default_onnx_dir

@@ -347,7 +347,8 @@ class TextEncoder:
         per-layer token means, so a feature cache keyed by this name encodes a text once for
         all of them (:class:`perennial.encoders.FeatureCache` with ``per_layer=True``).
         """
-        return f"{self.model}@{self._spec.version()}/per-layer{self._export_tag()}"
+        version = self._spec.version()
+        return f"{self.model}@{version}/per-layer{_NAME_SUFFIX[self.backend]}{self._export_tag()}"
 
     @property
     def cache_name(self) -> str:
@@ -356,11 +357,11 @@ class TextEncoder:
         The ONNX backends add their export-format version (``ONNX_FORMAT_VERSION``), so that
         features cached from an earlier recipe are never read back as this one's.
         """
-        return self.name if self.backend == "torch" else f"{self.name}#v{ONNX_FORMAT_VERSION}"
+        return f"{self.name}{self._export_tag()}"
 
     def _export_tag(self) -> str:
-        suffix = _NAME_SUFFIX[self.backend]
-        return suffix if self.backend == "torch" else f"{suffix}#v{ONNX_FORMAT_VERSION}"
+        """``#v`` and the ONNX export-format version for the ONNX backends; empty for torch."""
+        return "" if self.backend == "torch" else f"#v{ONNX_FORMAT_VERSION}"
 
     def encode_per_layer(self, inputs: Any) -> Float32Array:
         """The attention-masked token mean of every layer: shape (n, layers, layer width).

@@ -317,6 +317,18 @@ def test_mpnet_features_match_plain_transformers(cache):
 
 @needs_parts
 @needs_text
+def test_the_packed_forward_of_the_mpnet_export_is_the_model(cache):
+    # MPNet's attention adds a relative position bias: the packed forward of the ONNX export
+    # must still give the model's own layer means on a batch of very unequal lengths.
+    from test_text_encoder import packed_against_the_model
+
+    texts = ["ok", *SENTENCES, " ".join(SENTENCES) * 12]  # the last one truncated at 384 tokens
+    gap, largest = packed_against_the_model(mpnet_model_dir(), texts)
+    assert gap < 1e-5 * max(1.0, largest), gap
+
+
+@needs_parts
+@needs_text
 def test_mpnet_is_not_minilm(cache):
     mpnet, minilm = TextEncoder("mpnet"), TextEncoder()
     assert (mpnet.dim, minilm.dim) == (768, 384)

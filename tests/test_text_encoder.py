@@ -232,7 +232,14 @@ def test_the_packed_forward_of_the_export_is_the_model(real_sentences):
     assert gap < 1e-5 * max(1.0, largest), gap
 
 
-def test_the_per_row_int8_rewrite_is_exact_on_extreme_inputs(tmp_path):
+@pytest.mark.parametrize(
+    ("shape", "names", "symmetric"),
+    [
+        ((64, 48), ("w1", "w2"), False),  # two MatMuls share the input: min/max rows
+        ((48, 64), ("w1",), True),  # one MatMul, K <= N: symmetric rows, zero point 128
+    ],
+)
+def test_the_per_row_int8_rewrite_is_exact_on_extreme_inputs(tmp_path, shape, names, symmetric):
     # The rewritten graph must compute its integer arithmetic on every CPU. ONNX Runtime's
     # uint8 x int8 kernel adds pairs of products into int16 on x86-64 without VNNI, so the weights
     # are kept in [-64, 64]: full-range per-row activations (0..255) times weights of +-64 must
@@ -244,15 +251,15 @@ def test_the_per_row_int8_rewrite_is_exact_on_extreme_inputs(tmp_path):
     from perennial.encoders.text_onnx import _quantize_rows, _quantize_weights
 
     rng = np.random.default_rng(7)
-    k, n = 64, 48
-    weights = {name: rng.normal(size=(k, n)).astype(np.float32) for name in ("w1", "w2")}
+    k, n = shape
+    weights = {name: rng.normal(size=(k, n)).astype(np.float32) for name in names}
+    outputs = [f"y{name}" for name in names]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "tokens", k])
-    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in (1, 2)]
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"], name=f"mm{i}") for i in (1, 2)],
+        [helper.make_node("MatMul", ["x", w], [f"y{w}"], name=f"mm{w}") for w in names],
         "g",
         [x],
-        outputs,
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, None) for y in outputs],
         [numpy_helper.from_array(w, name) for name, w in weights.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -262,6 +269,8 @@ def test_the_per_row_int8_rewrite_is_exact_on_extreme_inputs(tmp_path):
     quantized = onnx.load(str(tmp_path / "dynamic.onnx"))
     initializers = {item.name: numpy_helper.to_array(item) for item in quantized.graph.initializer}
     rewritten = _quantize_rows(quantized)
+    # The symmetric rows need no zero-point correction: no Gemm is left in the graph.
+    assert any(node.op_type == "Gemm" for node in rewritten.graph.node) is not symmetric
     session = onnxruntime.InferenceSession(
         rewritten.SerializeToString(), providers=["CPUExecutionProvider"]
     )
@@ -274,16 +283,20 @@ def test_the_per_row_int8_rewrite_is_exact_on_extreme_inputs(tmp_path):
     # 255 * (w_a + w_b), near the int16 limit where two weights are close to +-64.
     batch[2, 1] = 3.0
     batch[2, 2] = -3.0
-    got = session.run(["y1", "y2"], {"x": batch})
+    got = session.run(outputs, {"x": batch})
 
     rows = batch.reshape(-1, k)
-    high = np.maximum(rows.max(axis=1, keepdims=True), np.float32(0))
-    low = np.minimum(rows.min(axis=1, keepdims=True), np.float32(0))
-    scale = np.maximum((high - low) * np.float32(1 / 255), np.float32(1e-12))
-    zero = np.round(-(low / scale))
+    if symmetric:
+        scale = np.maximum(np.abs(rows).max(axis=1, keepdims=True) / np.float32(127), 1e-12)
+        zero = np.full((len(rows), 1), 128.0)
+    else:
+        high = np.maximum(rows.max(axis=1, keepdims=True), np.float32(0))
+        low = np.minimum(rows.min(axis=1, keepdims=True), np.float32(0))
+        scale = np.maximum((high - low) * np.float32(1 / 255), np.float32(1e-12))
+        zero = np.round(-(low / scale))
     q = np.clip(np.round(rows / scale) + zero, 0, 255)
-    assert q.max() == 255 and q.min() == 0  # the full range is exercised
-    for name, y in zip(("w1", "w2"), got, strict=True):
+    assert q.max() == 255 and q.min() == (1 if symmetric else 0)  # the full range is exercised
+    for name, y in zip(names, got, strict=True):
         w_int = initializers[f"{name}_quantized"].astype(np.int64)
         w_scale = initializers[f"{name}_scale"].astype(np.float64)
         assert np.abs(w_int).max() == 64

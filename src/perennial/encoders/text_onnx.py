@@ -575,16 +575,18 @@ def _quantize_rows(model: Any) -> Any:
             rescale = only_consumer(cast.output[0], "Mul")
             scales = producer[next(i for i in rescale.input if i != cast.output[0])]
             w_scale = next(i for i in scales.input if i in initializers)
-            scale_values = numpy_helper.to_array(initializers[w_scale]).astype(np.float64)
-            column_sums = w.astype(np.int64).sum(axis=0) * scale_values
             new_initializers += [
                 numpy_helper.from_array(w, f"{q}_w"),
-                numpy_helper.from_array(column_sums.astype(np.float32)[None, :], f"{q}_c"),
                 numpy_helper.from_array(np.array([w.shape[1]], np.int64), f"{q}_n"),
             ]
             if symmetric:  # the GEMM subtracts the scalar zero point 128 itself
                 a_zero, centred, correction = "rq_mid_scalar", f"{q}_acc", []
             else:
+                scale_values = numpy_helper.to_array(initializers[w_scale]).astype(np.float64)
+                column_sums = w.astype(np.int64).sum(axis=0) * scale_values
+                new_initializers.append(
+                    numpy_helper.from_array(column_sums.astype(np.float32)[None, :], f"{q}_c")
+                )
                 a_zero, centred = "", f"{q}_centred"
                 correction = [n("Gemm", [f"{p}_zfloat", f"{q}_c", f"{q}_acc"], centred, alpha=-1.0)]
             after[node.name] = [

@@ -182,6 +182,34 @@ def test_a_tuned_bench_resumes_without_searching_again(tmp_path: Path):
     assert len(final["runs"]) == 6
 
 
+def test_a_resumed_tuned_bench_that_stops_after_a_search_keeps_the_earlier_searches(
+    tmp_path: Path,
+):
+    # A resumed bench saves each new search at once. When it then stops (here: an earlier run
+    # whose parameters no longer match is refused after the new search), the file must still
+    # hold every search it held before, beside the new one.
+    out = tmp_path / "results.json"
+    tune = ["--tune", "--tune-tasks", "2"]
+    first = _bench(*CLI_SMALL, "--strategies", "naive,er", "--seeds", "1", *tune,
+                   "--json", str(out))  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    document = json.loads(out.read_text())
+    before = document["tuning"]
+    (er_run,) = [run for run in document["runs"] if run["strategy"] == "er"]
+    er_run["params"]["lr"] = 0.5 if er_run["params"]["lr"] != 0.5 else 0.25
+    out.write_text(json.dumps(document))
+
+    grown = _bench(*CLI_SMALL, "--strategies", "naive,er,agem", "--seeds", "1", *tune,
+                   "--json", str(out), "--resume")  # fmt: skip
+    assert grown.returncode != 0
+    assert "the earlier run of er with seed 0 ran with" in grown.stderr
+    assert "tune agem" in grown.stderr and "tune naive" not in grown.stderr
+    after = json.loads(out.read_text())
+    assert set(after["tuning"]) == {"naive", "er", "agem"}
+    assert {name: after["tuning"][name] for name in before} == before
+    assert _matrices(after) == _matrices(document)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

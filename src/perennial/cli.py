@@ -344,7 +344,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def note(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    tuned: dict[str, Any] = {}
+    # The searches read back are saved with every new one, so that a resumed bench that stops
+    # after a search (interrupted, or a run refused) still holds all of them.
+    tuned: dict[str, Any] = dict(earlier_searches)
     new_runs: list[Any] = []
 
     def save(runs: list[Any], *, complete: bool) -> None:

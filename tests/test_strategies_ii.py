@@ -306,6 +306,24 @@ def test_mc_sgd_without_dropout_or_decay_trains_its_first_task_like_naive():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_mc_sgd_runs_reproduce_whatever_the_global_random_state():
+    # The search trains with dropout, inside Stable SGD's per-experience seeding: its draws must
+    # not depend on torch's global generator as it stands, which differs from fit to fit in a
+    # Dask worker (one process runs many fits), and the caller's state must be left as it was.
+    scenario = make_scenario(tasks=((0, 1), (2, 3), (0, 3)))
+    runs = []
+    for global_seed in (0, 12345):
+        torch.manual_seed(global_seed)
+        state = torch.get_rng_state()
+        strategy = MCSGD(memory_per_class=2, hidden=(8,), seed=3)
+        fit_all(strategy, scenario)
+        assert strategy.searches_ == 2
+        assert torch.equal(torch.get_rng_state(), state)  # the caller's state is untouched
+        runs.append(weights(strategy.model_))
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 # --- IMM -----------------------------------------------------------------------------------------
 def test_imm_mean_predicts_with_the_average_and_trains_on_like_naive():
     scenario = make_scenario(tasks=((0, 1), (2, 3), (1, 2)))
